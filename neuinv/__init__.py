@@ -1,0 +1,14 @@
+"""neuinv: fast, verified inverses of large batches of small dense matrices in PyTorch.
+
+Learned, warm-started or classical initial guesses are refined by Newton–Schulz and every
+matrix is verified; anything that cannot be certified takes an exact LU path. Following
+Ji, Wu & Xi, "Rethinking Neural-based Matrix Inversion: Why can't, and Where can" (AISTATS 2025).
+"""
+from .backends import available_backends
+from .inverse import (ACCEPT_RESIDUAL, GUARD_RESIDUAL, InverseInfo, batched_inverse, batched_inverse_ex,
+                      default_tol)
+
+__version__ = "0.1.0"
+
+__all__ = ["ACCEPT_RESIDUAL", "GUARD_RESIDUAL", "InverseInfo", "available_backends", "batched_inverse",
+           "batched_inverse_ex", "default_tol", "__version__"]

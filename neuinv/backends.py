@@ -1,0 +1,110 @@
+"""Backends: the pure-torch reference and the fast paths that override it.
+
+A backend provides three operations on flat batches ``(b, n, n)``:
+``newton_schulz_step``, ``residual_norm`` and ``exact_inverse`` (see
+:mod:`neuinv.reference` for their definitions). :func:`resolve_backend` is the one
+place that decides which backend runs: ``"auto"`` takes the fastest usable one and
+falls back quietly; an explicitly named backend that cannot run raises.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import NamedTuple
+
+import torch
+
+from . import reference
+
+BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
+
+
+class BackendStatus(NamedTuple):
+    available: bool
+    reason: str
+
+
+class TorchBackend:
+    """The reference path: batched matmuls and LAPACK/cuSOLVER LU. Any dtype, any device."""
+
+    name = "torch"
+    newton_schulz_step = staticmethod(reference.newton_schulz_step)
+    residual_norm = staticmethod(reference.residual_norm)
+    exact_inverse = staticmethod(reference.exact_inverse)
+
+    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+        return None
+
+
+class TritonBackend(TorchBackend):
+    """Fused Triton kernels for the Newton–Schulz step and the residual (real dtypes).
+
+    Runs on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 (the Triton
+    interpreter, used by the test suite on machines without a GPU).
+    """
+
+    name = "triton"
+
+    def __init__(self):
+        from neuinv.kernels import newton_schulz
+
+        self.newton_schulz_step = newton_schulz.newton_schulz_step
+        self.residual_norm = newton_schulz.residual_norm
+
+    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+        if A.dtype not in (torch.float32, torch.float64):
+            return f"the Triton kernels take float32 or float64, not {A.dtype}"
+        if A.device.type == "cuda" or (A.device.type == "cpu" and _triton_interpreter_on()):
+            return None
+        return (f"the Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1), "
+                f"not on {A.device.type}")
+
+
+_BACKEND_CLASSES = {"torch": TorchBackend, "triton": TritonBackend}
+
+
+def _triton_interpreter_on() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _triton_status() -> BackendStatus:
+    try:
+        importlib.import_module("triton")
+    except ImportError as error:
+        return BackendStatus(False, f"triton is not importable ({error})")
+    if torch.cuda.is_available():
+        return BackendStatus(True, "Triton kernels on CUDA")
+    if _triton_interpreter_on():
+        return BackendStatus(True, "Triton interpreter on the CPU (TRITON_INTERPRET=1; slow, for testing)")
+    return BackendStatus(False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)")
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Each backend name mapped to (available, reason): whether it can run here, or why not."""
+    compiled = BackendStatus(False, "the C++/CUDA extension is not part of this release of neuinv")
+    return {
+        "torch": BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)"),
+        "triton": _triton_status(),
+        "cpp": compiled,
+        "cuda": compiled,
+    }
+
+
+def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
+    """The dispatch point: the backend that runs for input A when the user asked for `name`."""
+    if name not in BACKEND_NAMES + ("auto",):
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
+    if name == "auto":
+        if A.device.type == "cuda" and available_backends()["triton"].available:
+            triton_backend = TritonBackend()
+            if triton_backend.unsupported_reason(A) is None:
+                return triton_backend
+        return TorchBackend()
+    status = available_backends()[name]
+    if not status.available:
+        raise RuntimeError(f"backend {name!r} was requested but is not available: {status.reason}")
+    backend = _BACKEND_CLASSES[name]()
+    reason = backend.unsupported_reason(A)
+    if reason is not None:
+        raise RuntimeError(f"backend {name!r} cannot run this input: {reason}")
+    return backend

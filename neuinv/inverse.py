@@ -1,0 +1,314 @@
+"""``batched_inverse``: a verified, drop-in replacement for ``torch.linalg.inv``.
+
+How each matrix A is inverted
+-----------------------------
+1. An initial guess X0: the user's ``init`` (warm start), a learned ``model``, or the
+   classical scaled transpose A^H / (||A||_1 ||A||_inf).
+2. Guard: a guess from ``init`` or ``model`` whose residual r0 = ||I - A X0||_F is at least
+   ``GUARD_RESIDUAL`` (or that the model calls out of its domain) is not refined; the matrix
+   takes the exact path. (r0 < 1 guarantees quadratic convergence since ||.||_F >= ||.||_2.)
+3. Newton–Schulz (Hotelling, 1943): X <- X + X (I - A X), which squares the residual each step.
+   A matrix stops when r <= min(tol ||A||_F ||X||_F, accept) -- the rounding floor of the
+   iteration (a backward-error test: ``torch.linalg.inv`` itself lands at about
+   eps ||A||_F ||X||_F) -- or goes to the exact path when it reaches ``max_iter``, stops
+   decreasing once below 1, or turns non-finite.
+4. Exact path: LU with partial pivoting, then verified: its residual must be at most
+   ``accept`` (``ACCEPT_RESIDUAL``).
+
+Every returned matrix therefore carries a certificate: ||X - A^-1||_2 <= r ||A^-1||_2, with
+r = info.residual. ``info.converged`` is True exactly when X is finite and r <= accept;
+``batched_inverse`` raises for any other matrix, so it never returns an uncertified inverse.
+
+Without ``init`` or ``model``, ``backend="auto"`` goes straight to the exact path: from the
+scaled transpose, Newton–Schulz needs about 2 log2(cond A) + 6 steps of 4 n^3 flops each,
+against 2 n^3 for LU. Naming a backend explicitly runs Newton–Schulz from the scaled
+transpose instead (the textbook method, for study and benchmarks).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import reference
+from .backends import TorchBackend, resolve_backend
+
+GUARD_RESIDUAL = 0.5
+"""Initial guesses (init or model) with ||I - A X0||_F >= this take the exact path."""
+
+ACCEPT_RESIDUAL = {torch.float32: 1e-3, torch.complex64: 1e-3,
+                   torch.float64: 1e-6, torch.complex128: 1e-6}
+"""Largest certified residual ||I - A X||_F accepted as an answer, per dtype."""
+
+MAX_ITER_FROM_GUESS = 10
+"""Default max_iter with init or model: from r0 < 0.5, six steps reach 0.5**64 ~ 5e-20."""
+
+MAX_ITER_FROM_SCALED_TRANSPOSE = 64
+"""Default max_iter from the scaled transpose: enough for cond(A) up to about 1e9."""
+
+WORKSPACE_BYTES = 512 * 2**20
+"""Large batches are processed in chunks whose workspace stays under this many bytes."""
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Default stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F): 2 eps(dtype)."""
+    return 2.0 * torch.finfo(dtype).eps
+
+
+class InverseInfo(NamedTuple):
+    """Per-matrix report of :func:`batched_inverse_ex`; each field has A's batch shape.
+
+    converged: X is finite and certified: residual <= ACCEPT_RESIDUAL[dtype].
+    iterations: Newton–Schulz steps applied (also counted when the matrix then fell back).
+    residual: ||I - A X||_F of the returned X (NaN where A is not finite).
+    fallback: the returned X came from the exact (LU) path.
+    """
+
+    converged: torch.Tensor
+    iterations: torch.Tensor
+    residual: torch.Tensor
+    fallback: torch.Tensor
+
+
+def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None,
+                    backend: str = "auto") -> torch.Tensor:
+    """Inverse of each matrix in A, shape (*, n, n); a drop-in for ``torch.linalg.inv``.
+
+    Raises ``torch.linalg.LinAlgError`` naming the first matrix that is singular or whose
+    inverse cannot be certified in A's dtype, and ``ValueError`` for NaN or Inf input.
+    See :func:`batched_inverse_ex` for the arguments.
+    """
+    X, info = batched_inverse_ex(A, model=model, init=init, tol=tol, max_iter=max_iter, backend=backend)
+    if not bool(info.converged.all()):
+        _raise_first_failure(A, info)
+    return X
+
+
+def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None,
+                       backend: str = "auto") -> tuple[torch.Tensor, InverseInfo]:
+    """Inverse of each matrix in A and an :class:`InverseInfo`; never raises for singular input.
+
+    Args:
+        A: (*, n, n) float32, float64, complex64 or complex128 tensor; never modified.
+        model: learned initializer, an ``nn.Module`` mapping (b, n, n) matrices to (b, n, n)
+            guesses, with ``in_domain(A) -> bool tensor (b,)``.
+        init: (*, n, n) tensor of approximate inverses (a warm start), same dtype and device.
+        tol: stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F); default 2 eps(dtype).
+        max_iter: most Newton–Schulz steps per matrix; default ``MAX_ITER_FROM_GUESS`` with
+            init or model, ``MAX_ITER_FROM_SCALED_TRANSPOSE`` otherwise.
+        backend: "auto", "torch", "triton", "cpp" or "cuda" (see ``available_backends()``).
+
+    Gradients flow to A by the analytic rule dA = -X^H G X^H, not through the iterations.
+    """
+    _check_arguments(A, model, init, tol, max_iter)
+    options = dict(model=model, init=init, tol=tol, max_iter=max_iter, backend=backend)
+    X, *info = _BatchedInverse.apply(A, options)
+    return X, InverseInfo(*info)
+
+
+class _BatchedInverse(torch.autograd.Function):
+    """Forward: the verified inverse. Backward: d(A^-1) = -A^-1 dA A^-1, so grad_A = -X^H G X^H."""
+
+    @staticmethod
+    def forward(ctx, A, options):
+        X, info = _invert(A.detach(), **options)
+        ctx.save_for_backward(X)
+        ctx.mark_non_differentiable(*info)
+        return (X, *info)
+
+    @staticmethod
+    def backward(ctx, grad_X, *unused_info_grads):
+        (X,) = ctx.saved_tensors
+        X_h = X.mH
+        return -(X_h @ grad_X @ X_h), None
+
+
+def _invert(A, *, model, init, tol, max_iter, backend):
+    batch_shape, n = A.shape[:-2], A.shape[-1]
+    real_dtype = A.real.dtype if A.is_complex() else A.dtype
+    if n == 0:
+        info = InverseInfo(torch.ones(batch_shape, dtype=torch.bool, device=A.device),
+                           torch.zeros(batch_shape, dtype=torch.int32, device=A.device),
+                           torch.zeros(batch_shape, dtype=real_dtype, device=A.device),
+                           torch.zeros(batch_shape, dtype=torch.bool, device=A.device))
+        return A.new_empty(A.shape), info
+
+    chosen = resolve_backend(backend, A)
+    use_newton_schulz = init is not None or model is not None or backend != "auto"
+    settings = _Settings(
+        tol=default_tol(A.dtype) if tol is None else float(tol),
+        accept=ACCEPT_RESIDUAL[A.dtype],
+        max_iter=max_iter if max_iter is not None else (
+            MAX_ITER_FROM_GUESS if (init is not None or model is not None) else MAX_ITER_FROM_SCALED_TRANSPOSE),
+        guarded=init is not None or model is not None,
+    )
+
+    A_flat = A.reshape(-1, n, n)
+    init_flat = None if init is None else init.detach().reshape(-1, n, n)
+    b = A_flat.shape[0]
+    X = torch.empty_like(A_flat)
+    converged = torch.zeros(b, dtype=torch.bool, device=A.device)
+    iterations = torch.zeros(b, dtype=torch.int32, device=A.device)
+    residual = torch.full((b,), float("nan"), dtype=real_dtype, device=A.device)
+    fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
+
+    chunk = max(1, WORKSPACE_BYTES // (8 * n * n * A.element_size()))
+    for start in range(0, b, chunk):
+        part = slice(start, min(start + chunk, b))
+        _invert_chunk(chosen, settings, A_flat[part], None if init_flat is None else init_flat[part], model,
+                      use_newton_schulz,
+                      out=(X[part], converged[part], iterations[part], residual[part], fallback[part]))
+
+    info = InverseInfo(converged.reshape(batch_shape), iterations.reshape(batch_shape),
+                       residual.reshape(batch_shape), fallback.reshape(batch_shape))
+    return X.reshape(A.shape), info
+
+
+class _Settings(NamedTuple):
+    tol: float
+    accept: float
+    max_iter: int
+    guarded: bool
+
+
+def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, use_newton_schulz, out):
+    """Invert one chunk (b, n, n), writing X and the info fields into `out`."""
+    X, converged, iterations, residual, fallback = out
+    finite = torch.isfinite(A).all(dim=-1).all(dim=-1)
+    X[~finite] = float("nan")
+
+    to_refine = finite
+    if model is not None:
+        to_refine = finite & _model_in_domain(model, A)
+    exact_idx = (finite & ~to_refine).nonzero().squeeze(1)
+
+    if use_newton_schulz:
+        refine_idx = to_refine.nonzero().squeeze(1)
+        if refine_idx.numel():
+            A_r = A[refine_idx]
+            if init is not None:
+                X0 = init[refine_idx]
+            elif model is not None:
+                X0 = _model_guess(model, A_r)
+            else:
+                X0 = reference.scaled_transpose_guess(A_r)
+            X_r, r, done, steps = _newton_schulz(backend, settings, A_r, X0)
+            X[refine_idx] = X_r
+            residual[refine_idx] = r
+            converged[refine_idx] = done
+            iterations[refine_idx] = steps
+            exact_idx = torch.cat([exact_idx, refine_idx[~done]])
+    else:
+        exact_idx = finite.nonzero().squeeze(1)
+
+    if exact_idx.numel():
+        A_e = A[exact_idx]
+        X_e, _pivot_info = backend.exact_inverse(A_e)
+        r = backend.residual_norm(A_e, X_e)
+        X[exact_idx] = X_e
+        residual[exact_idx] = r
+        converged[exact_idx] = r <= settings.accept  # False for NaN/Inf, which singular LU gives
+        fallback[exact_idx] = True
+
+
+def _newton_schulz(backend: TorchBackend, settings: _Settings, A, X0):
+    """Refine X0 until each matrix meets the stopping test; matrices that stop are set aside."""
+    b = A.shape[0]
+    X = torch.empty_like(A)
+    residual = torch.empty(b, dtype=A.real.dtype if A.is_complex() else A.dtype, device=A.device)
+    converged = torch.zeros(b, dtype=torch.bool, device=A.device)
+    steps = torch.zeros(b, dtype=torch.int32, device=A.device)
+
+    active = torch.arange(b, device=A.device)
+    A_act, X_act = A, X0
+    a_norm = torch.linalg.matrix_norm(A)
+    previous = torch.full_like(residual, float("inf"))
+    for step in range(settings.max_iter + 1):
+        X_next, r, done = backend.newton_schulz_step(A_act, X_act, a_norm, settings.tol, settings.accept)
+        stop = done | ~torch.isfinite(r) | ((previous < 1) & (r >= previous))
+        if step == 0 and settings.guarded:
+            stop |= r >= GUARD_RESIDUAL
+        if step == settings.max_iter:
+            stop = torch.ones_like(stop)
+        if bool(stop.any()):
+            finished = active[stop]
+            X[finished] = X_act[stop]
+            residual[finished] = r[stop]
+            converged[finished] = done[stop]
+            steps[finished] = step
+            keep = ~stop
+            active, A_act, X_act, a_norm, previous = active[keep], A_act[keep], X_next[keep], a_norm[keep], r[keep]
+        else:
+            X_act, previous = X_next, r
+        if active.numel() == 0:
+            break
+    return X, residual, converged, steps
+
+
+def _model_in_domain(model, A) -> torch.Tensor:
+    with torch.no_grad():
+        inside = model.in_domain(A)
+    if not isinstance(inside, torch.Tensor) or inside.shape != A.shape[:1] or inside.dtype != torch.bool:
+        raise ValueError(f"model.in_domain(A) must return a bool tensor of shape {tuple(A.shape[:1])}, "
+                         f"got {getattr(inside, 'dtype', type(inside))} of shape {tuple(getattr(inside, 'shape', ()))}")
+    return inside.to(A.device)
+
+
+def _model_guess(model, A) -> torch.Tensor:
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    model_dtype = A.dtype if parameter is None else parameter.dtype
+    with torch.no_grad():
+        X0 = model(A.to(model_dtype))
+    if not isinstance(X0, torch.Tensor) or X0.shape != A.shape:
+        raise ValueError(f"model(A) must return a tensor of shape {tuple(A.shape)}, "
+                         f"got {tuple(getattr(X0, 'shape', ()))}")
+    return X0.to(A.dtype)
+
+
+def _check_arguments(A, model, init, tol, max_iter) -> None:
+    if not isinstance(A, torch.Tensor):
+        raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
+    if A.dim() < 2:
+        raise ValueError(f"A must have shape (*, n, n); got a {A.dim()}-D tensor of shape {tuple(A.shape)}")
+    if A.shape[-1] != A.shape[-2]:
+        raise ValueError(f"A must hold square matrices (*, n, n); got shape {tuple(A.shape)}")
+    if A.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"A must be float32, float64, complex64 or complex128; got {A.dtype}")
+    if init is not None and model is not None:
+        raise ValueError("give an initial guess by init or by model, not both")
+    if init is not None:
+        if not isinstance(init, torch.Tensor):
+            raise TypeError(f"init must be a torch.Tensor, got {type(init).__name__}")
+        if init.shape != A.shape:
+            raise ValueError(f"init must have A's shape {tuple(A.shape)}, got {tuple(init.shape)}")
+        if init.dtype != A.dtype:
+            raise TypeError(f"init must have A's dtype {A.dtype}, got {init.dtype}")
+        if init.device != A.device:
+            raise ValueError(f"init must be on A's device {A.device}, got {init.device}")
+    if model is not None:
+        if not callable(model) or not callable(getattr(model, "in_domain", None)):
+            raise TypeError("model must be callable and have an in_domain(A) method")
+        model_n = getattr(model, "n", None)
+        if model_n is not None and model_n != A.shape[-1]:
+            raise ValueError(f"model was built for {model_n}x{model_n} matrices, but A holds "
+                             f"{A.shape[-1]}x{A.shape[-1]} matrices")
+    if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < float("inf")):
+        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+    if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 0):
+        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+
+
+def _raise_first_failure(A: torch.Tensor, info: InverseInfo) -> None:
+    failed = (~info.converged).nonzero()
+    count = failed.shape[0]
+    index = tuple(int(i) for i in failed[0])
+    name = "A" if not index else "A[" + ", ".join(map(str, index)) + "]"
+    others = f" ({count} matrices of the batch failed; batched_inverse_ex returns the others)" if count > 1 else ""
+    if not bool(torch.isfinite(A[index]).all()):
+        raise ValueError(f"neuinv.batched_inverse: {name} contains NaN or Inf{others}")
+    raise torch.linalg.LinAlgError(
+        f"neuinv.batched_inverse: {name} is singular or too ill-conditioned for {A.dtype}: "
+        f"its inverse could not be certified (||I - A X||_F = {float(info.residual[index]):.3g}, "
+        f"needs <= {ACCEPT_RESIDUAL[A.dtype]:g}){others}")
