@@ -1,0 +1,141 @@
+"""Bad input gets a clear error or a documented result; nothing is silently wrong."""
+import pytest
+import torch
+
+import neuinv
+from conftest import conditioned_matrices, residual_bound, true_residual, warm_start
+
+
+class TinyModel(torch.nn.Module):
+    """A learned-initializer stand-in: exact inverse for matrices with a positive diagonal."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, A):
+        return torch.linalg.inv(A) * self.scale
+
+    def in_domain(self, A):
+        return (torch.diagonal(A, dim1=-2, dim2=-1) > 0).all(-1)
+
+
+@pytest.mark.parametrize("A, error, words", [
+    pytest.param(torch.ones(4), ValueError, "1-D", id="one-dimensional"),
+    pytest.param(torch.ones(()), ValueError, "0-D", id="scalar"),
+    pytest.param(torch.ones(2, 3, 4), ValueError, "square", id="non-square"),
+    pytest.param(torch.ones(2, 3, 3, dtype=torch.int64), TypeError, "torch.int64", id="integer"),
+    pytest.param(torch.ones(2, 3, 3, dtype=torch.bool), TypeError, "torch.bool", id="bool"),
+    pytest.param(torch.ones(2, 3, 3, dtype=torch.float16), TypeError, "torch.float16", id="half"),
+    pytest.param([[1.0, 0.0], [0.0, 1.0]], TypeError, "torch.Tensor", id="list"),
+])
+def test_bad_matrices_are_named(A, error, words):
+    with pytest.raises(error, match=words):
+        neuinv.batched_inverse(A)
+
+
+def test_bad_init_is_named():
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    with pytest.raises(ValueError, match="init must have A's shape"):
+        neuinv.batched_inverse(A, init=torch.zeros(3, 4, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="init must have A's dtype"):
+        neuinv.batched_inverse(A, init=torch.linalg.inv(A).float())
+    with pytest.raises(ValueError, match="not both"):
+        neuinv.batched_inverse(A, init=torch.linalg.inv(A), model=TinyModel(4))
+
+
+def test_bad_model_is_named():
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    with pytest.raises(ValueError, match="built for 5x5"):
+        neuinv.batched_inverse(A, model=TinyModel(5))
+    with pytest.raises(TypeError, match="in_domain"):
+        neuinv.batched_inverse(A, model=torch.nn.Identity())
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"tol": -1.0}, "tol"), ({"tol": float("nan")}, "tol"), ({"max_iter": -1}, "max_iter"),
+    ({"max_iter": 2.5}, "max_iter"), ({"backend": "fortran"}, "backend must be"),
+])
+def test_bad_options_are_named(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        neuinv.batched_inverse(conditioned_matrices(2, 3, 10.0, torch.float64), **kwargs)
+
+
+def test_missing_backend_requested_explicitly_raises():
+    for name, status in neuinv.available_backends().items():
+        if not status.available:
+            with pytest.raises(RuntimeError, match=name):
+                neuinv.batched_inverse(torch.eye(3)[None], backend=name)
+
+
+def good_batch_with(bad_members, n=4, dtype=torch.float64):
+    A = conditioned_matrices(7, n, 10.0, dtype)
+    for index, matrix in bad_members.items():
+        A[index] = matrix
+    return A
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("guess", ["exact", "scaled_transpose", "warm_start"])
+def test_singular_members_are_flagged_and_the_rest_exact(dtype, guess):
+    n = 4
+    rank_deficient = torch.ones(n, n)  # rank 1
+    nearly_singular = conditioned_matrices(1, n, 1e12, torch.float64, seed=3)[0]
+    A = good_batch_with({2: rank_deficient, 5: nearly_singular}, n, dtype)
+    kwargs = {"exact": {}, "scaled_transpose": {"backend": "torch"},
+              "warm_start": {"init": torch.nan_to_num(warm_start(A, 1e-2))}}[guess]
+    X, info = neuinv.batched_inverse_ex(A, **kwargs)
+    good = torch.tensor([i not in (2, 5) for i in range(7)])
+    assert info.converged.tolist() == good.tolist()
+    assert info.fallback[~good].all()
+    assert true_residual(A[good], X[good]).max().item() <= residual_bound(A[good])
+    with pytest.raises(torch.linalg.LinAlgError, match=r"A\[2\] is singular.*2 matrices"):
+        neuinv.batched_inverse(A, **kwargs)
+
+
+def test_singular_error_names_multi_dimensional_index():
+    A = conditioned_matrices(6, 3, 10.0, torch.float64).reshape(2, 3, 3, 3)
+    A[1, 2] = 0.0
+    with pytest.raises(torch.linalg.LinAlgError, match=r"A\[1, 2\] is singular"):
+        neuinv.batched_inverse(A)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_members(poison):
+    A = good_batch_with({}, 4)
+    A[3, 1, 2] = poison
+    X, info = neuinv.batched_inverse_ex(A, init=torch.linalg.inv(torch.nan_to_num(A)))
+    assert not info.converged[3] and info.converged[torch.arange(7) != 3].all()
+    assert torch.isnan(X[3]).all() and torch.isnan(info.residual[3])
+    with pytest.raises(ValueError, match=r"A\[3\] contains NaN or Inf"):
+        neuinv.batched_inverse(A)
+
+
+def test_guard_sends_bad_guesses_to_the_exact_path():
+    A = conditioned_matrices(6, 5, 10.0, torch.float64)
+    init = warm_start(A, 1e-3)
+    init[1] = 0.0  # residual ||I||_F = sqrt(5): far outside the guard
+    init[4] = warm_start(A[4:5], neuinv.GUARD_RESIDUAL * 1.2)[0]  # just outside
+    X, info = neuinv.batched_inverse_ex(A, init=init)
+    assert info.fallback.tolist() == [False, True, False, False, True, False]
+    assert info.converged.all()
+    assert torch.allclose(X, torch.linalg.inv(A), atol=1e-12)
+
+
+def test_model_out_of_domain_takes_exact_path():
+    A = conditioned_matrices(6, 3, 10.0, torch.float64)
+    sign = torch.sign(torch.diagonal(A, dim1=-2, dim2=-1))
+    A = A * sign[..., None, :]  # make every diagonal positive
+    A[0] *= -1  # now out of the model's domain
+    X, info = neuinv.batched_inverse_ex(A, model=TinyModel(3))
+    assert info.fallback.tolist() == [True] + [False] * 5
+    assert (info.iterations[1:] <= 3).all()  # the guess was exact: only the rounding-floor test runs
+    assert torch.allclose(X, torch.linalg.inv(A), atol=1e-12)
+
+
+def test_max_iter_reached_falls_back():
+    A = conditioned_matrices(4, 6, 1e3, torch.float64)
+    X, info = neuinv.batched_inverse_ex(A, backend="torch", max_iter=3)
+    assert info.fallback.all() and (info.iterations == 3).all() and info.converged.all()
+    assert torch.allclose(X, torch.linalg.inv(A), rtol=1e-9, atol=1e-9)
