@@ -1,0 +1,38 @@
+"""Matrices with a chosen condition number and accuracy measures, for tests, benchmarks and the demo."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def conditioned_matrices(batch: int, n: int, cond: float, dtype=torch.float64, seed: int = 0,
+                         symmetric: bool = False) -> torch.Tensor:
+    """A = Q1 diag(sigma) Q2^T, Q random orthogonal, sigma log-spaced from 1 to 1/cond
+    (built in float64, then rounded to dtype), so cond_2(A) = cond exactly before rounding."""
+    g = torch.Generator().manual_seed(seed)
+    q1, _ = torch.linalg.qr(torch.randn(batch, n, n, generator=g, dtype=torch.float64))
+    q2 = q1 if symmetric else torch.linalg.qr(torch.randn(batch, n, n, generator=g, dtype=torch.float64))[0]
+    if n > 1:
+        sigma = torch.logspace(0, -math.log10(cond), n, dtype=torch.float64)
+    else:
+        sigma = torch.ones(1, dtype=torch.float64)
+    return ((q1 * sigma) @ q2.mT).to(dtype)
+
+
+def warm_start(A: torch.Tensor, residual: float, seed: int = 0) -> torch.Tensor:
+    """An approximate inverse X0 = A^-1 (I - E) with ||I - A X0||_F = ||E||_F = residual
+    (A^-1 from float64 LU; singular members give non-finite guesses)."""
+    g = torch.Generator().manual_seed(seed)
+    A64 = A.detach().cpu().double()
+    E = torch.randn(A64.shape, generator=g, dtype=torch.float64)
+    E *= residual / torch.linalg.matrix_norm(E)[..., None, None]
+    X0 = torch.linalg.inv_ex(A64).inverse @ (torch.eye(A.shape[-1], dtype=torch.float64) - E)
+    return X0.to(dtype=A.dtype, device=A.device)
+
+
+def true_residual(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """||I - A X||_F per matrix, computed in float64 (complex128) from the rounded inputs."""
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    A64, X64 = A.detach().cpu().to(wide), X.detach().cpu().to(wide)
+    return torch.linalg.matrix_norm(torch.eye(A.shape[-1], dtype=wide) - A64 @ X64)
