@@ -59,3 +59,22 @@ def exact_inverse(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     zero pivot of A[i] (exactly singular), 0 otherwise.
     """
     return torch.linalg.inv_ex(A)
+
+
+def mlp_initializer(a: torch.Tensor, center: torch.Tensor, inv_radius: float, weights: list[torch.Tensor],
+                    biases: list[torch.Tensor], skip: torch.Tensor | None = None) -> torch.Tensor:
+    """The learned initializer's forward pass on flattened matrices a (b, n*n).
+
+    u = (a - vec(A0)) / radius, the paper's normalised perturbation (Ji, Wu & Xi 2025);
+    h = ReLU(W_i h + b_i) for every layer but the last; out = W_last h + b_last (+ skip u).
+    A skip matrix S = -radius (B kron B^T) with vec(B) in b_last gives the "Taylor + correction"
+    head: out = B - B (A - A0) B + MLP(u), B = A0^-1.
+    """
+    u = (a - center) * inv_radius
+    h = u
+    for weight, bias in zip(weights[:-1], biases[:-1]):
+        h = torch.relu(torch.addmm(bias, h, weight.T))
+    out = torch.addmm(biases[-1], h, weights[-1].T)
+    if skip is not None:
+        out = torch.addmm(out, u, skip.T)
+    return out

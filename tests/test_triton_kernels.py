@@ -84,3 +84,73 @@ def test_triton_backend_rejects_complex():
     A = torch.eye(3, dtype=torch.complex128, device=DEVICE)[None]
     with pytest.raises(RuntimeError, match="float32 or float64"):
         neuinv.batched_inverse(A, backend="triton")
+
+
+def random_mlp(n, hidden, depth, dtype, skip, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    K = n * n
+    dims = [K] + [hidden] * (depth - 1) + [K]
+    weights = [torch.randn(dims[i + 1], dims[i], generator=g, dtype=torch.float64) / dims[i] ** 0.5 for i in range(depth)]
+    biases = [torch.randn(dims[i + 1], generator=g, dtype=torch.float64) for i in range(depth)]
+    skip_matrix = torch.randn(K, K, generator=g, dtype=torch.float64) / K if skip else None
+    center = torch.randn(K, generator=g, dtype=torch.float64)
+    return center, weights, biases, skip_matrix
+
+
+def mlp_cases():
+    cases = []
+    for n, hidden in [(1, 8), (2, 8), (2, 32), (3, 72), (5, 32), (8, 72), (16, 2048)]:
+        for depth in (2, 3):
+            if depth == 3 and hidden > 512:
+                continue
+            for dtype in (torch.float32, torch.float64):
+                cases.append(pytest.param(n, hidden, depth, dtype, id=f"n{n}-h{hidden}-{depth}FC-{str(dtype)[6:]}"))
+    return cases
+
+
+@pytest.mark.parametrize("n, hidden, depth, dtype", mlp_cases())
+@pytest.mark.parametrize("skip", [False, True], ids=["direct", "taylor"])
+def test_fused_mlp_matches_reference(n, hidden, depth, dtype, skip, monkeypatch):
+    from neuinv.kernels.mlp import fused_mlp_initializer
+
+    center64, weights64, biases64, skip64 = random_mlp(n, hidden, depth, torch.float64, skip)
+    batch = 37  # a masked tail for every tile size
+    a64 = center64 + 0.01 * (2 * torch.rand(batch, n * n, generator=torch.Generator().manual_seed(1),
+                                            dtype=torch.float64) - 1)
+    truth = reference.mlp_initializer(a64, center64, 100.0, weights64, biases64, skip64)
+
+    def cast(t):
+        return None if t is None else t.to(dtype=dtype, device=DEVICE)
+
+    args = (cast(a64), cast(center64), 100.0, [cast(w) for w in weights64], [cast(b) for b in biases64], cast(skip64))
+    expected = reference.mlp_initializer(*args)
+    poison = torch.full_like(args[0], float("nan"))
+    empty_like = torch.empty_like
+    monkeypatch.setattr(torch, "empty_like", lambda t, **kw: poison if t is args[0] else empty_like(t, **kw))
+    out = fused_mlp_initializer(*args)
+    monkeypatch.undo()
+    assert out.data_ptr() == poison.data_ptr() and torch.isfinite(out).all()
+    torch_error = (expected.double().cpu() - truth).abs().max().item()
+    kernel_error = (out.double().cpu() - truth).abs().max().item()
+    # A priori rounding bound: gamma_k |W| |h| summed over the layers, from the network on absolute values.
+    magnitude = reference.mlp_initializer((a64 - center64).abs(), torch.zeros_like(center64), 100.0,
+                                          [w.abs() for w in weights64], [b.abs() for b in biases64],
+                                          None if skip64 is None else skip64.abs()).max().item()
+    inner = n * n * (2 if skip else 1) + (depth - 1) * hidden
+    assert kernel_error <= 4 * torch_error + inner * torch.finfo(dtype).eps * magnitude
+
+
+def test_fused_mlp_rejects_bad_shapes():
+    from neuinv.kernels.mlp import fused_mlp_initializer
+
+    center, weights, biases, _ = random_mlp(2, 8, 2, torch.float64, False)
+    a = torch.zeros(3, 4, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="layer 2"):
+        fused_mlp_initializer(a, center.to(DEVICE), 1.0, [weights[0].to(DEVICE), weights[0].to(DEVICE)],
+                              [b.to(DEVICE) for b in biases])
+    with pytest.raises(TypeError, match="one dtype"):
+        fused_mlp_initializer(a.float(), center.to(DEVICE), 1.0, [w.to(DEVICE) for w in weights],
+                              [b.to(DEVICE) for b in biases])
+    with pytest.raises(ValueError, match="hidden <= 512"):
+        c3, w3, b3, _ = random_mlp(2, 600, 3, torch.float64, False)
+        fused_mlp_initializer(a, c3.to(DEVICE), 1.0, [w.to(DEVICE) for w in w3], [b.to(DEVICE) for b in b3])
