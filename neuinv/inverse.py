@@ -47,7 +47,7 @@ MAX_ITER_FROM_GUESS = 10
 MAX_ITER_FROM_SCALED_TRANSPOSE = 64
 """Default max_iter from the scaled transpose: enough for cond(A) up to about 1e9."""
 
-WORKSPACE_BYTES = 512 * 2**20
+WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace stays under this many bytes."""
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)

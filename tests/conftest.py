@@ -6,6 +6,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("NEUINV_TRITON_AUTOTUNE", "0")  # one tile per kernel: tests check results, not speed
 
 from neuinv.testing import conditioned_matrices, true_residual, warm_start  # noqa: E402,F401 (re-exported)
 

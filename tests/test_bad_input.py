@@ -139,3 +139,19 @@ def test_max_iter_reached_falls_back():
     X, info = neuinv.batched_inverse_ex(A, backend="torch", max_iter=3)
     assert info.fallback.all() and (info.iterations == 3).all() and info.converged.all()
     assert torch.allclose(X, torch.linalg.inv(A), rtol=1e-9, atol=1e-9)
+
+
+def test_taylor_initializer_in_and_out_of_its_box():
+    from neuinv.models import TaylorInitializer
+
+    g = torch.Generator().manual_seed(0)
+    center = torch.randint(-2, 3, (6, 6), generator=g).double() + 6 * torch.eye(6, dtype=torch.float64)
+    model = TaylorInitializer(center, radius=0.01)
+    A = center + 0.01 * (2 * torch.rand(9, 6, 6, generator=g, dtype=torch.float64) - 1)
+    A[4] += 0.5  # leaves the box
+    X, info = neuinv.batched_inverse_ex(A, model=model)
+    assert info.fallback.tolist() == [i == 4 for i in range(9)]
+    assert info.converged.all() and (info.iterations[info.fallback == 0] <= 3).all()
+    assert torch.allclose(X, torch.linalg.inv(A), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="singular"):
+        TaylorInitializer(torch.ones(3, 3), 0.1)

@@ -154,3 +154,16 @@ def test_fused_mlp_rejects_bad_shapes():
     with pytest.raises(ValueError, match="hidden <= 512"):
         c3, w3, b3, _ = random_mlp(2, 600, 3, torch.float64, False)
         fused_mlp_initializer(a, c3.to(DEVICE), 1.0, [w.to(DEVICE) for w in w3], [b.to(DEVICE) for b in b3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_auto_uses_triton_on_cuda_and_matches_cpu(dtype):
+    from neuinv.backends import resolve_backend
+
+    A = conditioned_matrices(1000, 7, 100.0, dtype).cuda()
+    assert resolve_backend("auto", A).name == "triton"
+    init = warm_start(A, 1e-2)
+    X, info = neuinv.batched_inverse_ex(A, init=init)
+    assert info.converged.all() and not info.fallback.any()
+    assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
