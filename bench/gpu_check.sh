@@ -11,11 +11,11 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 python3 -m pip install --no-deps --no-build-isolation --quiet -e . > "$OUT/install.log" 2>&1 \
   || { echo "install failed:"; tail -20 "$OUT/install.log"; exit 1; }
 python3 -m neuinv.cli info
-timeout 200 python3 -m pytest -q -x -p no:cacheprovider tests/ > "$OUT/pytest-cuda.txt" 2>&1
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/ > "$OUT/pytest-cuda.txt" 2>&1
 echo "pytest exit $?: $(tail -1 "$OUT/pytest-cuda.txt")"
-timeout 240 python3 bench/kernels.py --json "$OUT/kernels.json" > "$OUT/kernels.md" 2>&1
+timeout 200 python3 bench/kernels.py --json "$OUT/kernels.json" > "$OUT/kernels.md" 2>&1
 echo "kernels exit $?"
-timeout 150 python3 bench/throughput.py --device cuda --sizes 4 16 32 --max-batch 1000000 --repeats 5 \
+timeout 100 python3 bench/throughput.py --device cuda --sizes 4 16 32 --max-batch 1000000 --repeats 5 \
   --skip-slow --json "$OUT/throughput-cuda.json" > "$OUT/throughput-cuda.md" 2> "$OUT/throughput-cuda.log"
 echo "throughput exit $?"
 grep -E "FAILED|Error" "$OUT/pytest-cuda.txt" | head -20

@@ -26,8 +26,7 @@ def _configs():
     if os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("NEUINV_TRITON_AUTOTUNE", "1") == "0":
         return [triton.Config({"BLOCK_M": 32, "BLOCK_H": 64}, num_warps=4)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_H": h}, num_warps=w, num_stages=s)
-            for m, h, w, s in [(16, 64, 4, 2), (32, 64, 4, 2), (32, 128, 4, 2), (64, 64, 4, 3),
-                               (64, 128, 8, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 32, 8, 2)]]
+            for m, h, w, s in [(32, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 32, 4, 2)]]
 
 
 @triton.autotune(configs=_configs(), key=["K", "H", "DEPTH", "HAS_SKIP", "PRECISION"])
