@@ -24,12 +24,33 @@ def _configs():
     """Tile sizes to autotune over; one fixed tile under the interpreter (which would run every
     config) or with NEUINV_TRITON_AUTOTUNE=0 (no tuning runs at first use, e.g. in test suites)."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("NEUINV_TRITON_AUTOTUNE", "1") == "0":
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_H": 64}, num_warps=4)]
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_H": 32}, num_warps=4, num_stages=1)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_H": h}, num_warps=w, num_stages=s)
-            for m, h, w, s in [(32, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 32, 4, 2)]]
+            for m, h, w, s in [(32, 64, 4, 2), (64, 64, 4, 3), (64, 128, 8, 3), (128, 64, 8, 3), (128, 32, 4, 2),
+                               (32, 32, 4, 1), (64, 16, 4, 2), (16, 32, 4, 2), (16, 16, 4, 1)]]
 
 
-@triton.autotune(configs=_configs(), key=["K", "H", "DEPTH", "HAS_SKIP", "PRECISION"])
+SHARED_MEMORY_BUDGET = 200 * 1024
+
+
+def _fits_shared_memory(configs, named_args, **kwargs):
+    """Drop tiles whose staged weight chunks and activation tiles would overflow shared memory
+    (estimate: stages x both weight chunks + the input and hidden tiles); keep the smallest if none fit."""
+    args = {**named_args, **kwargs}
+    element = args["a_ptr"].element_size()
+    k_pad, h_pad = args["K_PAD"], args["H_PAD"] if args["DEPTH"] == 3 else 0
+
+    def estimate(config):
+        m, h = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_H"]
+        inner = k_pad + h_pad
+        return element * (config.num_stages * 2 * inner * h + m * (k_pad + h_pad + h))
+
+    fitting = [c for c in configs if estimate(c) <= SHARED_MEMORY_BUDGET]
+    return fitting or [min(configs, key=estimate)]
+
+
+@triton.autotune(configs=_configs(), key=["K", "H", "DEPTH", "HAS_SKIP", "PRECISION"],
+                 prune_configs_by={"early_config_prune": _fits_shared_memory})
 @triton.jit
 def _fused_mlp_kernel(
     # pointers: input matrices (batch, K), centre (K), layer weights and biases, skip (K, K), output

@@ -182,29 +182,32 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
     """Invert one chunk (b, n, n), writing X and the info fields into `out`."""
     X, converged, iterations, residual, fallback = out
     finite = torch.isfinite(A).all(dim=-1).all(dim=-1)
-    X[~finite] = float("nan")
-
     to_refine = finite
     if model is not None:
         to_refine = finite & _model_in_domain(model, A)
+    if not bool(to_refine.all()):
+        X[~finite] = float("nan")
     exact_idx = (finite & ~to_refine).nonzero().squeeze(1)
 
     if use_newton_schulz:
         refine_idx = to_refine.nonzero().squeeze(1)
+        # The common case refines the whole chunk: index with a view rather than a gathered copy.
+        chosen = slice(None) if refine_idx.numel() == A.shape[0] else refine_idx
         if refine_idx.numel():
-            A_r = A[refine_idx]
+            A_r = A[chosen]
             if init is not None:
-                X0 = init[refine_idx]
+                X0 = init[chosen]
             elif model is not None:
                 X0 = _model_guess(model, A_r)
             else:
                 X0 = reference.scaled_transpose_guess(A_r)
             X_r, r, done, steps = _newton_schulz(backend, settings, A_r, X0)
-            X[refine_idx] = X_r
-            residual[refine_idx] = r
-            converged[refine_idx] = done
-            iterations[refine_idx] = steps
-            exact_idx = torch.cat([exact_idx, refine_idx[~done]])
+            X[chosen] = X_r
+            residual[chosen] = r
+            converged[chosen] = done
+            iterations[chosen] = steps
+            if not bool(done.all()):
+                exact_idx = torch.cat([exact_idx, refine_idx[~done]])
     else:
         exact_idx = finite.nonzero().squeeze(1)
 

@@ -12,8 +12,13 @@ from neuinv.testing import conditioned_matrices, true_residual, warm_start  # no
 
 
 def residual_bound(A):
-    """What neuinv must achieve: 4x torch.linalg.inv's worst residual on the same batch,
-    with a floor of n*eps for sizes where torch happens to be exact."""
-    torch_residual = true_residual(A, torch.linalg.inv(A)).max().item()
-    eps = torch.finfo(A.dtype).eps
-    return 4 * max(torch_residual, A.shape[-1] * eps)
+    """What neuinv must achieve: 4x torch.linalg.inv's worst residual on the same batch.
+
+    Two floors: n eps(dtype), for sizes where torch happens to be exact (n = 1); and the
+    resolution of the float64 measurement itself, eps64 ||A||_F ||X||_F, below which float64
+    inputs' residuals cannot be told apart (LAPACK's 2x2 inverses sometimes land there)."""
+    X = torch.linalg.inv(A)
+    torch_residual = true_residual(A, X).max().item()
+    measurement = torch.finfo(torch.float64).eps * (
+        torch.linalg.matrix_norm(A.double().cpu()) * torch.linalg.matrix_norm(X.double().cpu())).max().item()
+    return 4 * max(torch_residual, A.shape[-1] * torch.finfo(A.dtype).eps, measurement)
