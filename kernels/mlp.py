@@ -43,7 +43,7 @@ def _fits_shared_memory(configs, named_args, **kwargs):
     def estimate(config):
         m, h = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_H"]
         inner = k_pad + h_pad
-        return element * (config.num_stages * 2 * inner * h + m * (k_pad + h_pad + h))
+        return element * (config.num_stages * 2 * inner * h + m * (2 * k_pad + h_pad + h))
 
     fitting = [c for c in configs if estimate(c) <= SHARED_MEMORY_BUDGET]
     return fitting or [min(configs, key=estimate)]
@@ -109,10 +109,17 @@ def _fused_mlp_kernel(
         acc += tl.load(b3_ptr + cols, mask=col_mask, other=0.0)[None, :]
 
     if HAS_SKIP:
-        # S as (K_PAD, K_PAD) = S^T
-        skip_t = tl.load(skip_ptr + cols[None, :] * K + cols[:, None], mask=col_mask[None, :] & col_mask[:, None],
-                         other=0.0)
-        acc += tl.dot(u, skip_t, input_precision=PRECISION)
+        # acc += u S^T over chunks of BLOCK_H input columns (u's chunk reloaded: S^T whole would not fit)
+        for k0 in range(0, K, BLOCK_H):
+            ks = k0 + tl.arange(0, BLOCK_H)
+            k_mask = ks < K
+            chunk_mask = row_mask[:, None] & k_mask[None, :]
+            a_chunk = tl.load(a_ptr + rows.to(tl.int64)[:, None] * K + ks[None, :], mask=chunk_mask, other=0.0)
+            center_chunk = tl.load(center_ptr + ks, mask=k_mask, other=0.0)
+            u_chunk = tl.where(chunk_mask, (a_chunk - center_chunk[None, :]) * inv_radius, 0.0)
+            skip_t = tl.load(skip_ptr + cols[None, :] * K + ks[:, None], mask=col_mask[None, :] & k_mask[:, None],
+                             other=0.0)
+            acc += tl.dot(u_chunk, skip_t, input_precision=PRECISION)
 
     tl.store(out_ptr + rows.to(tl.int64)[:, None] * K + cols[None, :], acc, mask=tile_mask)
 

@@ -181,18 +181,18 @@ class _Settings(NamedTuple):
 def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, use_newton_schulz, out):
     """Invert one chunk (b, n, n), writing X and the info fields into `out`."""
     X, converged, iterations, residual, fallback = out
-    finite = torch.isfinite(A).all(dim=-1).all(dim=-1)
-    to_refine = finite
-    if model is not None:
-        to_refine = finite & _model_in_domain(model, A)
-    if not bool(to_refine.all()):
-        X[~finite] = float("nan")
-    exact_idx = (finite & ~to_refine).nonzero().squeeze(1)
+    b = A.shape[0]
+    everything = torch.ones(b, dtype=torch.bool, device=A.device)
+    to_refine = _model_in_domain(model, A) if model is not None else everything
+    if not use_newton_schulz:
+        to_refine = ~everything
+    exact_idx = (~to_refine).nonzero().squeeze(1)
 
+    # NaN or Inf in A needs no pre-pass: it makes the residual non-finite, the matrix goes to the
+    # exact path and fails verification; only failures are checked for it, at the end.
     if use_newton_schulz:
         refine_idx = to_refine.nonzero().squeeze(1)
-        # The common case refines the whole chunk: index with a view rather than a gathered copy.
-        chosen = slice(None) if refine_idx.numel() == A.shape[0] else refine_idx
+        chosen = _index_or_view(refine_idx, b)
         if refine_idx.numel():
             A_r = A[chosen]
             if init is not None:
@@ -208,17 +208,27 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
             iterations[chosen] = steps
             if not bool(done.all()):
                 exact_idx = torch.cat([exact_idx, refine_idx[~done]])
-    else:
-        exact_idx = finite.nonzero().squeeze(1)
 
     if exact_idx.numel():
-        A_e = A[exact_idx]
+        chosen = _index_or_view(exact_idx, b)
+        A_e = A[chosen]
         X_e, _pivot_info = backend.exact_inverse(A_e)
         r = backend.residual_norm(A_e, X_e)
-        X[exact_idx] = X_e
-        residual[exact_idx] = r
-        converged[exact_idx] = r <= settings.accept  # False for NaN/Inf, which singular LU gives
-        fallback[exact_idx] = True
+        X[chosen] = X_e
+        residual[chosen] = r
+        converged[chosen] = r <= settings.accept  # False for NaN/Inf, which singular LU gives
+        fallback[chosen] = True
+
+    failed = (~converged).nonzero().squeeze(1)
+    if failed.numel():
+        non_finite = failed[~torch.isfinite(A[failed]).all(dim=-1).all(dim=-1)]
+        X[non_finite] = float("nan")
+        residual[non_finite] = float("nan")
+
+
+def _index_or_view(indices: torch.Tensor, batch: int):
+    """The indices, or a slice (a view, no gathered copy) when they cover the whole chunk."""
+    return slice(None) if indices.numel() == batch else indices
 
 
 def _newton_schulz(backend: TorchBackend, settings: _Settings, A, X0):
@@ -231,10 +241,9 @@ def _newton_schulz(backend: TorchBackend, settings: _Settings, A, X0):
 
     active = torch.arange(b, device=A.device)
     A_act, X_act = A, X0
-    a_norm = torch.linalg.matrix_norm(A)
     previous = torch.full_like(residual, float("inf"))
     for step in range(settings.max_iter + 1):
-        X_next, r, done = backend.newton_schulz_step(A_act, X_act, a_norm, settings.tol, settings.accept)
+        X_next, r, done = backend.newton_schulz_step(A_act, X_act, settings.tol, settings.accept)
         at_floor = (previous < 0.5) & (r > previous / 2)  # quadratic phase over: rounding floor
         done = done | (at_floor & (r <= settings.accept))
         stop = done | at_floor | ~torch.isfinite(r)
@@ -249,7 +258,7 @@ def _newton_schulz(backend: TorchBackend, settings: _Settings, A, X0):
             converged[finished] = done[stop]
             steps[finished] = step
             keep = ~stop
-            active, A_act, X_act, a_norm, previous = active[keep], A_act[keep], X_next[keep], a_norm[keep], r[keep]
+            active, A_act, X_act, previous = active[keep], A_act[keep], X_next[keep], r[keep]
         else:
             X_act, previous = X_next, r
         if active.numel() == 0:

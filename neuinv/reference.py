@@ -26,7 +26,7 @@ def scaled_transpose_guess(A: torch.Tensor) -> torch.Tensor:
     return A.mH / scale[:, None, None].to(A.dtype)
 
 
-def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, a_norm: torch.Tensor, tol: float,
+def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, tol: float,
                        accept: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One Newton–Schulz (Hotelling) step with its stopping test, per matrix.
 
@@ -39,8 +39,7 @@ def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, a_norm: torch.Tensor, t
     eye = torch.eye(n, dtype=A.dtype, device=A.device).expand_as(A)
     R = torch.baddbmm(eye, A, X, alpha=-1)
     r = torch.linalg.matrix_norm(R)
-    x_norm = torch.linalg.matrix_norm(X)
-    done = r <= torch.clamp(tol * a_norm * x_norm, max=accept)
+    done = r <= torch.clamp(tol * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X), max=accept)
     X_next = torch.where(done[:, None, None], X, torch.baddbmm(X, X, R))
     return X_next, r, done
 
