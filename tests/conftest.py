@@ -20,5 +20,5 @@ def residual_bound(A):
     X = torch.linalg.inv(A)
     torch_residual = true_residual(A, X).max().item()
     measurement = torch.finfo(torch.float64).eps * (
-        torch.linalg.matrix_norm(A.double().cpu()) * torch.linalg.matrix_norm(X.double().cpu())).max().item()
+        torch.linalg.matrix_norm(A).cpu().double() * torch.linalg.matrix_norm(X).cpu().double()).max().item()
     return 4 * max(torch_residual, A.shape[-1] * torch.finfo(A.dtype).eps, measurement)
