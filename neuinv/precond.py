@@ -142,13 +142,15 @@ def _boundaries(N: int, block_size, blocks) -> np.ndarray:
 def _coordinates(A, device=None, dtype=None):
     """(rows, cols, values, shape, device, dtype) of a scipy.sparse, torch sparse or dense matrix."""
     if scipy.sparse.issparse(A):
-        coo = scipy.sparse.coo_matrix(A)
-        coo.sum_duplicates()
+        csr = scipy.sparse.csr_matrix(A)  # no copy for CSR input
+        if not csr.has_canonical_format:
+            csr = csr.copy()
+            csr.sum_duplicates()
         device = device or torch.device("cpu")
-        values = torch.as_tensor(coo.data, device=device)
-        rows = torch.as_tensor(coo.row.astype(np.int64), device=device)
-        cols = torch.as_tensor(coo.col.astype(np.int64), device=device)
-        shape = coo.shape
+        values = torch.as_tensor(csr.data, device=device)
+        rows = torch.as_tensor(np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr)), device=device)
+        cols = torch.as_tensor(csr.indices.astype(np.int64), device=device)
+        shape = csr.shape
     elif isinstance(A, torch.Tensor) and A.dim() == 2:
         coo = (A.to_sparse_coo() if A.layout != torch.sparse_coo else A).coalesce()
         rows, cols = coo.indices()
