@@ -112,12 +112,13 @@ def bench_matrix(path: Path, rows: list, histories: dict):
         rows.append(dict(matrix=name, n=A.shape[0], nnz=A.nnz, block=block_size, spd=bool(symmetric), method=method,
                          solver="scipy cg" if symmetric else "scipy gmres(50)", converged=converged,
                          iterations=iterations, setup_s=setup_s, solve_s=solve_s))
-        histories[f"{name}: {method}"] = history
+        histories[f"{name}: {method}"] = (history, bool(symmetric))
     M, setup_s = timed(lambda: BlockJacobi(A, block_size=block_size))
     solve = solvers.cg if symmetric else solvers.gmres
-    result, solve_s = timed(lambda: solve(A, torch.as_tensor(b), M, rtol=RTOL, max_iter=MAX_ITER))
+    kwargs = {} if symmetric else {"restart": 50}
+    result, solve_s = timed(lambda: solve(A, torch.as_tensor(b), M, rtol=RTOL, max_iter=MAX_ITER, **kwargs))
     rows.append(dict(matrix=name, n=A.shape[0], nnz=A.nnz, block=block_size, spd=bool(symmetric),
-                     method="block-Jacobi, neuinv", solver="neuinv cg" if symmetric else "neuinv gmres(30)",
+                     method="block-Jacobi, neuinv", solver="neuinv cg" if symmetric else "neuinv gmres(50)",
                      converged=bool(result.converged.all()), iterations=int(result.iterations.max()),
                      setup_s=setup_s, solve_s=solve_s))
 
@@ -220,11 +221,16 @@ def plot(histories: dict, path: str, names: list[str]):
 
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.5), squeeze=False)
     for ax, name in zip(axes[0], names):
-        for label, history in histories.items():
+        symmetric = True
+        for label, (history, spd) in histories.items():
             if label.startswith(name + ":") and history:
-                ax.semilogy(np.arange(1, len(history) + 1), history, label=label.split(": ", 1)[1])
+                method = label.split(": ", 1)[1]
+                ax.loglog(np.arange(1, len(history) + 1), history, label=method,
+                          linestyle="--" if "neuinv" in method else "-")
+                symmetric = spd
         ax.axhline(RTOL, color="grey", linestyle=":")
-        ax.set(title=name, xlabel="iteration", ylabel="relative residual")
+        what = "relative residual (scipy cg)" if symmetric else "preconditioned residual (scipy gmres pr_norm)"
+        ax.set(title=name, xlabel="iteration", ylabel=what)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
