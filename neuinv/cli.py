@@ -1,4 +1,4 @@
-"""The ``neuinv`` command: ``neuinv demo`` and ``neuinv info``."""
+"""The ``neuinv`` command: ``demo``, ``info``, ``train`` and ``reproduce``."""
 from __future__ import annotations
 
 import argparse
@@ -79,6 +79,34 @@ def info(args) -> int:
     return 0
 
 
+def train(args) -> int:
+    """Train a learned initializer on one of the paper's datasets and save the checkpoint."""
+    from .data import paper_sampler
+    from .training import fit
+
+    sampler = paper_sampler(args.dataset, seed=args.seed, base_matrix=args.base_matrix)
+    test = paper_sampler(args.dataset, seed=args.seed + 10_000, base_matrix=args.base_matrix).sample(10_000)
+    model, history = fit(sampler, hidden=args.hidden, depth=args.depth, head=args.head, steps=args.steps,
+                         epochs=args.epochs, train_size=args.train_size, seed=args.seed, device=args.device,
+                         dtype=getattr(torch, args.dtype), test=test)
+    model.metadata["dataset"] = args.dataset
+    model.save(args.out, **model.metadata)
+    print(f"average absolute test error {history.test_error:.3g} on 10000 fresh matrices; saved {args.out}")
+    return 0
+
+
+def reproduce(args) -> int:
+    """Train and evaluate the paper's models; print our errors beside Table 1 and Table 2."""
+    from .paper import markdown, reproduce as run
+
+    if args.quick:
+        print("QUICK run: every network trains for 3000 steps instead of the paper's schedule; expect larger "
+              "errors than the paper's. Drop --quick for the full-length runs.")
+    rows = run(table=args.table, runs=args.runs, quick=args.quick, device=args.device)
+    print(markdown(rows))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="neuinv", description="Fast, verified batched matrix inverses.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +117,29 @@ def main(argv=None) -> int:
     demo_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     demo_parser.set_defaults(run=demo)
     commands.add_parser("info", help=info.__doc__).set_defaults(run=info)
+    train_parser = commands.add_parser("train", help=train.__doc__)
+    train_parser.add_argument("--dataset", default="paper-3x3",
+                              choices=["paper-2x2-1st", "paper-2x2-2nd", "paper-3x3", "paper-16x16"])
+    train_parser.add_argument("--base-matrix", help=".npy file replacing the dataset's centre A0")
+    train_parser.add_argument("--hidden", type=int, default=72)
+    train_parser.add_argument("--depth", type=int, choices=[2, 3], default=2)
+    train_parser.add_argument("--head", choices=["direct", "taylor"], default="direct")
+    length = train_parser.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int)
+    length.add_argument("--epochs", type=int)
+    train_parser.add_argument("--train-size", type=int, help="fixed training set size (default: fresh batches)")
+    train_parser.add_argument("--seed", type=int, default=0)
+    train_parser.add_argument("--device", default="cpu")
+    train_parser.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                              help="network precision (the paper trains in float64)")
+    train_parser.add_argument("--out", required=True, help="checkpoint file to write")
+    train_parser.set_defaults(run=train)
+    reproduce_parser = commands.add_parser("reproduce", help=reproduce.__doc__)
+    reproduce_parser.add_argument("--quick", action="store_true", help="3000 steps per network (minutes on a CPU)")
+    reproduce_parser.add_argument("--table", choices=["1", "2", "all"], default="all")
+    reproduce_parser.add_argument("--runs", type=int, default=3)
+    reproduce_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    reproduce_parser.set_defaults(run=reproduce)
     args = parser.parse_args(argv)
     return args.run(args)
 
