@@ -63,13 +63,14 @@ def test_taylor_head_with_zero_network_is_the_taylor_map():
 def test_short_training_lowers_the_loss_and_the_taylor_head_wins():
     sampler = paper_sampler("paper-2x2-1st", seed=0)
     test = paper_sampler("paper-2x2-1st", seed=1).sample(2000)
-    _, direct = fit(sampler, hidden=16, steps=600, epoch_steps=100, test=test, progress=False)
+    _, direct = fit(sampler, hidden=16, steps=600, epoch_steps=100, lr=1e-3, test=test, progress=False)
     assert direct.losses[-1] < direct.losses[0] / 2
-    _, taylor = fit(paper_sampler("paper-2x2-1st", seed=0), hidden=16, steps=600, epoch_steps=100, head="taylor",
-                    test=test, progress=False)
+    _, taylor = fit(paper_sampler("paper-2x2-1st", seed=0), hidden=16, steps=600, epoch_steps=100, lr=1e-3,
+                    head="taylor", test=test, progress=False)
     assert taylor.test_error < direct.test_error
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_round_trip_and_safe_loading(tmp_path):
     sampler = BoxSampler(torch.eye(2, dtype=torch.float64) * 3, 0.05)
     model, _ = fit(sampler, hidden=8, steps=20, progress=False)
@@ -96,7 +97,7 @@ def test_checkpoint_round_trip_and_safe_loading(tmp_path):
 def test_model_in_batched_inverse_guard_catches_outside_and_near_singular():
     center = torch.tensor([[1.0, 2.0], [2.0, 4.0 + 1e-3]], dtype=torch.float64)  # near-singular centre
     sampler = BoxSampler(torch.tensor([[2.0, 2.0], [2.0, 3.0]], dtype=torch.float64), 0.01)
-    model, _ = fit(sampler, hidden=16, steps=300, progress=False)
+    model, _ = fit(sampler, hidden=16, steps=300, lr=1e-3, head="taylor", progress=False)
     A = sampler.sample(8).A
     A[2] = center  # far outside the box and nearly singular
     A[5] = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)  # singular
@@ -126,3 +127,26 @@ def test_shipped_checkpoints_meet_their_recorded_error(name):
 def test_unknown_pretrained_name():
     with pytest.raises(ValueError, match="available"):
         load_pretrained("paper-5x5")
+
+
+def test_region_analysis_on_a_hand_built_network():
+    from neuinv.analysis import activation_regions, taylor_affine_map
+
+    model = InverseMLP(1, 2, 2, center=torch.tensor([[2.0]], dtype=torch.float64), radius=0.5)
+    first, second = model.layers
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        first.bias.zero_()
+        second.weight.copy_(torch.tensor([[-0.125, 0.125]]))  # u > 0: -0.125 u; u < 0: -0.125 u as well
+        second.bias.fill_(0.5)
+    weight, bias = taylor_affine_map(model.center, model.radius)  # 1/A near A0 = 2: 0.5 - 0.5 * 0.25 u
+    assert torch.allclose(weight, torch.tensor([[-0.125]], dtype=torch.float64)) and bias.item() == 0.5
+    U = (torch.arange(-500, 501, dtype=torch.float64) / 500)[:, None, None]
+    regions = activation_regions(model, U)
+    assert [r.pattern for r in regions] == [(0, 1), (1, 0), (0, 0)]  # 500 below, 500 above, u = 0 alone
+    assert abs(regions[0].share - 0.5) < 1e-12 and abs(regions[2].share - 0.001) < 1e-12
+    assert regions[0].taylor_distance == 0.0 and regions[1].taylor_distance == 0.0
+    with torch.no_grad():
+        second.weight.copy_(torch.tensor([[-0.125, 0.2]]))  # the u < 0 region now has slope -0.2
+    regions = {r.pattern: r for r in activation_regions(model, U)}
+    assert abs(regions[(0, 1)].taylor_distance - 0.075) < 1e-12 and regions[(1, 0)].taylor_distance == 0.0
