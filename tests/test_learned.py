@@ -144,7 +144,7 @@ def test_region_analysis_on_a_hand_built_network():
     U = (torch.arange(-500, 501, dtype=torch.float64) / 500)[:, None, None]
     regions = activation_regions(model, U)
     assert [r.pattern for r in regions] == [(0, 1), (1, 0), (0, 0)]  # 500 below, 500 above, u = 0 alone
-    assert abs(regions[0].share - 0.5) < 1e-12 and abs(regions[2].share - 0.001) < 1e-12
+    assert abs(regions[0].share - 500 / 1001) < 1e-12 and abs(regions[2].share - 1 / 1001) < 1e-12
     assert regions[0].taylor_distance == 0.0 and regions[1].taylor_distance == 0.0
     with torch.no_grad():
         second.weight.copy_(torch.tensor([[-0.125, 0.2]]))  # the u < 0 region now has slope -0.2
