@@ -147,6 +147,6 @@ def test_region_analysis_on_a_hand_built_network():
     assert abs(regions[0].share - 500 / 1001) < 1e-12 and abs(regions[2].share - 1 / 1001) < 1e-12
     assert regions[0].taylor_distance == 0.0 and regions[1].taylor_distance == 0.0
     with torch.no_grad():
-        second.weight.copy_(torch.tensor([[-0.125, 0.2]]))  # the u < 0 region now has slope -0.2
+        second.weight.copy_(torch.tensor([[-0.125, 0.2]], dtype=torch.float64))  # the u < 0 region now has slope -0.2
     regions = {r.pattern: r for r in activation_regions(model, U)}
     assert abs(regions[(0, 1)].taylor_distance - 0.075) < 1e-12 and regions[(1, 0)].taylor_distance == 0.0
