@@ -154,6 +154,19 @@ def regions(args) -> int:
     return 0
 
 
+def why_cant(args) -> int:
+    """Pictures of the near-singular set and the growing-error experiment (paper §3, Figs. 1-2)."""
+    from .whycant import box_experiment, markdown, near_singular_figures
+
+    for path in near_singular_figures(args.out):
+        print(f"wrote {path}")
+    if args.quick:
+        print("QUICK run: 1000 training steps per box (the trend, not converged networks).")
+    results = box_experiment(steps=1000 if args.quick else 20_000, test_size=5000 if args.quick else 50_000)
+    print(markdown(results))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="neuinv", description="Fast, verified batched matrix inverses.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +205,10 @@ def main(argv=None) -> int:
     regions_parser.add_argument("--samples", type=int, default=1_000_000)
     regions_parser.add_argument("--seed", type=int, default=0)
     regions_parser.set_defaults(run=regions)
+    why_parser = commands.add_parser("why-cant", help=why_cant.__doc__)
+    why_parser.add_argument("--quick", action="store_true")
+    why_parser.add_argument("--out", default="why-cant", help="folder for the PNG figures")
+    why_parser.set_defaults(run=why_cant)
     args = parser.parse_args(argv)
     return args.run(args)
 

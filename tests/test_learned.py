@@ -150,3 +150,16 @@ def test_region_analysis_on_a_hand_built_network():
         second.weight.copy_(torch.tensor([[-0.125, 0.2]], dtype=torch.float64))  # the u < 0 region now has slope -0.2
     regions = {r.pattern: r for r in activation_regions(model, U)}
     assert abs(regions[(0, 1)].taylor_distance - 0.075) < 1e-12 and regions[(1, 0)].taylor_distance == 0.0
+
+
+def test_why_cant_error_grows_near_singular_while_the_guard_stays_exact(tmp_path):
+    from neuinv.whycant import box_experiment, near_singular_figures, singular_threshold
+
+    far, near = box_experiment(offsets=(6.0, 0.0), steps=300, test_size=2000, progress=False)
+    assert far.offset > singular_threshold() > near.offset
+    assert near.min_sigma < 1e-2 < far.min_sigma
+    assert near.error_moments[2] > 100 * far.error_moments[2]
+    for result in (far, near):
+        assert result.guarded_uncertified == 0 and result.guarded_worst_residual < 1e-9
+    for path in near_singular_figures(tmp_path):
+        assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
