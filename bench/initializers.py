@@ -12,9 +12,9 @@ import argparse
 import datetime
 import json
 import platform
-import time
 
 import torch
+from throughput import median_seconds  # bench/throughput.py, beside this script
 
 import neuinv
 from neuinv.data import PAPER_EPS, paper_sampler
@@ -56,10 +56,10 @@ def run(batch: int, repeats: int):
                      (label, dict(model=pretrained)),
                      ("warm start (previous step's inverse)", dict(init=warm.guess)),
                      ("exact path (LU) + verification", dict())]
-            inv_seconds = _median(lambda: torch.linalg.inv(A), repeats)
+            inv_seconds = median_seconds(lambda: torch.linalg.inv(A), "cpu", repeats)[0]
             for name, kwargs in cases:
                 X, info = neuinv.batched_inverse_ex(A, **kwargs)
-                seconds = _median(lambda: neuinv.batched_inverse_ex(A, **kwargs), repeats)
+                seconds = median_seconds(lambda: neuinv.batched_inverse_ex(A, **kwargs), "cpu", repeats)[0]
                 rows.append(dict(dataset=dataset, n=n, dtype=str(dtype)[6:], initializer=name,
                                  mean_steps=float(info.iterations.float().mean()),
                                  max_steps=int(info.iterations.max()), fallbacks=int(info.fallback.sum()),
@@ -68,16 +68,6 @@ def run(batch: int, repeats: int):
                                  step_flops=4 * n**3, microseconds_per_matrix=seconds / batch * 1e6,
                                  torch_inv_microseconds_per_matrix=inv_seconds / batch * 1e6))
     return rows
-
-
-def _median(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def markdown(rows) -> str:
