@@ -53,7 +53,7 @@ def activation_regions(model: InverseMLP, U: torch.Tensor) -> list[Region]:
 def markdown(regions: list[Region], top: int = 6) -> str:
     lines = ["| pattern | share of inputs | largest coefficient distance to the Taylor map |", "|---|---:|---:|"]
     for region in regions[:top]:
-        lines.append(f"| {''.join(map(str, region.pattern))} | {100 * region.share:.1f}% | {region.taylor_distance:.3g} |")
+        lines.append(f"| {''.join(map(str, region.pattern))} | {100 * region.share:.3g}% | {region.taylor_distance:.3g} |")
     rest = sum(r.share for r in regions[top:])
     if rest:
         lines.append(f"| {len(regions) - top} other patterns | {100 * rest:.2f}% | |")
