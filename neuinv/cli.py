@@ -129,7 +129,7 @@ def reproduce(args) -> int:
     from .paper import markdown, reproduce as run
 
     if args.quick:
-        print("QUICK run: one run per entry, 3000 training steps (300 for 16x16) instead of the paper's "
+        print("QUICK run: one run per entry, 20000 training steps (300 for 16x16) instead of the paper's "
               "schedule; expect larger errors than the paper's. Drop --quick for the full-length runs.")
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     rows = run(table=args.table, runs=runs, quick=args.quick, device=args.device)
@@ -196,7 +196,8 @@ def main(argv=None) -> int:
     train_parser.add_argument("--out", required=True, help="checkpoint file to write")
     train_parser.set_defaults(run=train)
     reproduce_parser = commands.add_parser("reproduce", help=reproduce.__doc__)
-    reproduce_parser.add_argument("--quick", action="store_true", help="3000 steps per network (minutes on a CPU)")
+    reproduce_parser.add_argument("--quick", action="store_true",
+                                  help="one run, 20000 steps per network (300 for 16x16): minutes on a CPU")
     reproduce_parser.add_argument("--table", choices=["1", "2", "all"], default="all")
     reproduce_parser.add_argument("--runs", type=int, help="training runs per entry (default 3; 1 with --quick)")
     reproduce_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
