@@ -67,7 +67,8 @@ def methods(A: torch.Tensor, init: torch.Tensor, device: str):
         yield "numpy.linalg.inv", lambda: np.linalg.inv(A_np), 2
     yield "neuinv auto (exact path)", lambda: neuinv.batched_inverse(A), 2
     available = neuinv.available_backends()
-    compiled_backends = [name for name in ("triton",) if available[name].available and device.startswith("cuda")]
+    device_backends = ("triton",) if device.startswith("cuda") else ("cpp",)
+    compiled_backends = [name for name in device_backends if available[name].available]
     for backend in ["torch"] + compiled_backends:
         yield f"neuinv {backend}, scaled transpose", lambda b=backend: neuinv.batched_inverse(A, backend=b), 2
         yield f"neuinv {backend}, warm start 1e-3", lambda b=backend: neuinv.batched_inverse(A, init=init, backend=b), 3

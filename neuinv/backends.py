@@ -17,6 +17,8 @@ import torch
 from . import reference
 
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
+CPP_EXACT_MAX_N = 2
+"""Largest n for which the C++ Gauss–Jordan kernel beat torch.linalg.inv (2-core CPU, 2026-11-27)."""
 
 
 class BackendStatus(NamedTuple):
@@ -32,7 +34,44 @@ class TorchBackend:
     residual_norm = staticmethod(reference.residual_norm)
     exact_inverse = staticmethod(reference.exact_inverse)
 
+    def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
+        """Refine X0 to (X, r, converged, steps): :func:`neuinv.reference.newton_schulz_refine`."""
+        return reference.newton_schulz_refine(self.newton_schulz_step, A, X0, tol, accept, max_iter, guarded, guard)
+
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
+        return None
+
+
+class CppBackend(TorchBackend):
+    """The compiled CPU kernels (csrc/neuinv_cpu.cpp): the whole Newton–Schulz loop per matrix in
+    one call and the residual, threads over the batch; the exact path uses the kernel's
+    Gauss–Jordan inverse for n <= ``CPP_EXACT_MAX_N`` and LAPACK above, where LAPACK measured faster."""
+
+    name = "cpp"
+
+    def __init__(self):
+        from . import extension
+
+        extension.load()
+
+    @staticmethod
+    def exact_inverse(A):
+        if A.shape[-1] <= CPP_EXACT_MAX_N:
+            return torch.ops.neuinv.exact_inverse(A)
+        return reference.exact_inverse(A)
+
+    @staticmethod
+    def residual_norm(A, X):
+        return torch.ops.neuinv.residual_norm(A, X)
+
+    def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
+        return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
+
+    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+        if A.dtype not in (torch.float32, torch.float64):
+            return f"the C++ kernels take float32 or float64, not {A.dtype}"
+        if A.device.type != "cpu":
+            return f"the C++ kernels run on CPU tensors, not on {A.device.type}"
         return None
 
 
@@ -60,7 +99,7 @@ class TritonBackend(TorchBackend):
                 f"not on {A.device.type}")
 
 
-_BACKEND_CLASSES = {"torch": TorchBackend, "triton": TritonBackend}
+_BACKEND_CLASSES = {"torch": TorchBackend, "triton": TritonBackend, "cpp": CppBackend}
 
 
 def _triton_interpreter_on() -> bool:
@@ -81,12 +120,13 @@ def _triton_status() -> BackendStatus:
 
 def available_backends() -> dict[str, BackendStatus]:
     """Each backend name mapped to (available, reason): whether it can run here, or why not."""
-    compiled = BackendStatus(False, "the C++/CUDA extension is not part of this release of neuinv")
+    from . import extension
+
     return {
         "torch": BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)"),
         "triton": _triton_status(),
-        "cpp": compiled,
-        "cuda": compiled,
+        "cpp": BackendStatus(*extension.status()),
+        "cuda": BackendStatus(False, "the CUDA kernels of the compiled extension are not written yet"),
     }
 
 
@@ -95,11 +135,14 @@ def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
     if name not in BACKEND_NAMES + ("auto",):
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
-        if A.device.type == "cuda" and available_backends()["triton"].available:
-            triton_backend = TritonBackend()
-            if triton_backend.unsupported_reason(A) is None:
-                return triton_backend
-        return TorchBackend()
+        status = available_backends()
+        if A.device.type == "cuda" and status["triton"].available:
+            candidate = TritonBackend()
+        elif A.device.type == "cpu" and status["cpp"].available:
+            candidate = CppBackend()
+        else:
+            return TorchBackend()
+        return candidate if candidate.unsupported_reason(A) is None else TorchBackend()
     status = available_backends()[name]
     if not status.available:
         raise RuntimeError(f"backend {name!r} was requested but is not available: {status.reason}")

@@ -168,6 +168,16 @@ def why_cant(args) -> int:
     return 0
 
 
+def build_ext(args) -> int:
+    """Compile the C++ CPU kernels (the `cpp` backend) into neuinv's cache folder."""
+    from . import extension
+
+    print(f"building the neuinv extension in {extension.build_directory()} (a minute or two) ...", flush=True)
+    path = extension.build(verbose=args.verbose)
+    print(f"built and loaded {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="neuinv", description="Fast, verified batched matrix inverses.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +221,9 @@ def main(argv=None) -> int:
     why_parser.add_argument("--quick", action="store_true")
     why_parser.add_argument("--out", default="why-cant", help="folder for the PNG figures")
     why_parser.set_defaults(run=why_cant)
+    build_parser = commands.add_parser("build-ext", help=build_ext.__doc__)
+    build_parser.add_argument("--verbose", action="store_true")
+    build_parser.set_defaults(run=build_ext)
     args = parser.parse_args(argv)
     return args.run(args)
 

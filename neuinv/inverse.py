@@ -201,7 +201,8 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
                 X0 = _model_guess(model, A_r)
             else:
                 X0 = reference.scaled_transpose_guess(A_r)
-            X_r, r, done, steps = _newton_schulz(backend, settings, A_r, X0)
+            X_r, r, done, steps = backend.newton_schulz(A_r, X0, settings.tol, settings.accept, settings.max_iter,
+                                                        settings.guarded, GUARD_RESIDUAL)
             X[chosen] = X_r
             residual[chosen] = r
             converged[chosen] = done
@@ -229,41 +230,6 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
 def _index_or_view(indices: torch.Tensor, batch: int):
     """The indices, or a slice (a view, no gathered copy) when they cover the whole chunk."""
     return slice(None) if indices.numel() == batch else indices
-
-
-def _newton_schulz(backend: TorchBackend, settings: _Settings, A, X0):
-    """Refine X0 until each matrix meets the stopping test; matrices that stop are set aside."""
-    b = A.shape[0]
-    X = torch.empty_like(A)
-    residual = torch.empty(b, dtype=A.real.dtype if A.is_complex() else A.dtype, device=A.device)
-    converged = torch.zeros(b, dtype=torch.bool, device=A.device)
-    steps = torch.zeros(b, dtype=torch.int32, device=A.device)
-
-    active = torch.arange(b, device=A.device)
-    A_act, X_act = A, X0
-    previous = torch.full_like(residual, float("inf"))
-    for step in range(settings.max_iter + 1):
-        X_next, r, done = backend.newton_schulz_step(A_act, X_act, settings.tol, settings.accept)
-        at_floor = (previous < 0.5) & (r > previous / 2)  # quadratic phase over: rounding floor
-        done = done | (at_floor & (r <= settings.accept))
-        stop = done | at_floor | ~torch.isfinite(r)
-        if step == 0 and settings.guarded:
-            stop |= r >= GUARD_RESIDUAL
-        if step == settings.max_iter:
-            stop = torch.ones_like(stop)
-        if bool(stop.any()):
-            finished = active[stop]
-            X[finished] = X_act[stop]
-            residual[finished] = r[stop]
-            converged[finished] = done[stop]
-            steps[finished] = step
-            keep = ~stop
-            active, A_act, X_act, previous = active[keep], A_act[keep], X_next[keep], r[keep]
-        else:
-            X_act, previous = X_next, r
-        if active.numel() == 0:
-            break
-    return X, residual, converged, steps
 
 
 def _model_in_domain(model, A) -> torch.Tensor:

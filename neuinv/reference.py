@@ -77,3 +77,46 @@ def mlp_initializer(a: torch.Tensor, center: torch.Tensor, inv_radius: float, we
     if skip is not None:
         out = torch.addmm(out, u, skip.T)
     return out
+
+
+def newton_schulz_refine(step, A: torch.Tensor, X0: torch.Tensor, tol: float, accept: float, max_iter: int,
+                         guarded: bool, guard: float):
+    """Refine X0 by Newton–Schulz steps (``step``: :func:`newton_schulz_step` or a fused override)
+    until each matrix stops; matrices that stop are set aside and the rest go on.
+
+    A matrix stops when it is done (the step's test, or the quadratic phase is over -- r_prev < 0.5
+    but r > r_prev / 2, the rounding floor -- with r <= accept), at the floor above accept, when r
+    is not finite, at step 0 when ``guarded`` and r >= guard, or at ``max_iter``.
+    Returns (X, r, converged, steps) with r the residual of the returned X.
+    """
+    b = A.shape[0]
+    X = torch.empty_like(A)
+    residual = torch.empty(b, dtype=A.real.dtype if A.is_complex() else A.dtype, device=A.device)
+    converged = torch.zeros(b, dtype=torch.bool, device=A.device)
+    steps = torch.zeros(b, dtype=torch.int32, device=A.device)
+
+    active = torch.arange(b, device=A.device)
+    A_act, X_act = A, X0
+    previous = torch.full_like(residual, float("inf"))
+    for k in range(max_iter + 1):
+        X_next, r, done = step(A_act, X_act, tol, accept)
+        at_floor = (previous < 0.5) & (r > previous / 2)
+        done = done | (at_floor & (r <= accept))
+        stop = done | at_floor | ~torch.isfinite(r)
+        if k == 0 and guarded:
+            stop |= r >= guard
+        if k == max_iter:
+            stop = torch.ones_like(stop)
+        if bool(stop.any()):
+            finished = active[stop]
+            X[finished] = X_act[stop]
+            residual[finished] = r[stop]
+            converged[finished] = done[stop]
+            steps[finished] = k
+            keep = ~stop
+            active, A_act, X_act, previous = active[keep], A_act[keep], X_next[keep], r[keep]
+        else:
+            X_act, previous = X_next, r
+        if active.numel() == 0:
+            break
+    return X, residual, converged, steps

@@ -1,0 +1,235 @@
+// neuinv's CPU kernels, registered once as torch operators (neuinv::exact_inverse,
+// neuinv::newton_schulz, neuinv::residual_norm); the Python reference implementations they
+// override are in neuinv/reference.py. One matrix per task, the batch split across threads by
+// at::parallel_for; each matrix lives in a small local buffer while it is worked on.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace neuinv {
+namespace {
+
+void check_batch(const at::Tensor& A, const char* name) {
+  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), name, " must have shape (b, n, n), got ", A.sizes());
+  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", A.scalar_type());
+  TORCH_CHECK(A.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(A.size(1) <= 64, name, " holds ", A.size(1), "x", A.size(1), " matrices; the kernels take n <= 64");
+}
+
+constexpr int64_t kMaxN = 64;
+
+// Sizes compiled with a fixed n (loops fully known to the compiler); other n take the N = 0 path.
+#define NEUINV_DISPATCH_SIZE(n, ...)                         \
+  switch (n) {                                               \
+    case 1: { constexpr int N = 1; __VA_ARGS__(); break; }   \
+    case 2: { constexpr int N = 2; __VA_ARGS__(); break; }   \
+    case 3: { constexpr int N = 3; __VA_ARGS__(); break; }   \
+    case 4: { constexpr int N = 4; __VA_ARGS__(); break; }   \
+    case 5: { constexpr int N = 5; __VA_ARGS__(); break; }   \
+    case 6: { constexpr int N = 6; __VA_ARGS__(); break; }   \
+    case 8: { constexpr int N = 8; __VA_ARGS__(); break; }   \
+    case 16: { constexpr int N = 16; __VA_ARGS__(); break; } \
+    default: { constexpr int N = 0; __VA_ARGS__(); break; }  \
+  }
+
+// Gauss-Jordan elimination with partial pivoting on [A | I]. Returns 0, or the 1-based column
+// of the first zero pivot (A singular), as LAPACK's getrf reports it.
+template <typename T, int N>
+int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  const int64_t w = 2 * n;
+  alignas(64) T work[(N > 0 ? N : kMaxN) * 2 * (N > 0 ? N : kMaxN)];
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      work[i * w + j] = a[i * n + j];
+      work[i * w + n + j] = (i == j) ? T(1) : T(0);
+    }
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t pivot = k;
+    T best = std::abs(work[k * w + k]);
+    for (int64_t i = k + 1; i < n; ++i) {
+      const T value = std::abs(work[i * w + k]);
+      if (value > best) { best = value; pivot = i; }
+    }
+    if (!(best > T(0))) {
+      return k + 1;
+    }
+    if (pivot != k) {
+      for (int64_t j = 0; j < w; ++j) std::swap(work[k * w + j], work[pivot * w + j]);
+    }
+    T* row_k = work + k * w;
+    const T inverse_pivot = T(1) / row_k[k];
+    for (int64_t j = 0; j < w; ++j) row_k[j] *= inverse_pivot;
+    for (int64_t i = 0; i < n; ++i) {
+      if (i == k) continue;
+      T* row_i = work + i * w;
+      const T factor = row_i[k];
+      for (int64_t j = 0; j < w; ++j) row_i[j] -= factor * row_k[j];
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) x[i * n + j] = work[i * w + n + j];
+  }
+  return 0;
+}
+
+// R = I - A X (all n x n, row-major); returns ||R||_F.
+template <typename T, int N>
+T residual(const T* a, const T* x, T* r, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  T sum = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    T* r_row = r + i * n;
+    for (int64_t j = 0; j < n; ++j) r_row[j] = (i == j) ? T(1) : T(0);
+    for (int64_t k = 0; k < n; ++k) {
+      const T a_ik = a[i * n + k];
+      const T* x_row = x + k * n;
+      for (int64_t j = 0; j < n; ++j) r_row[j] -= a_ik * x_row[j];
+    }
+    for (int64_t j = 0; j < n; ++j) sum += r_row[j] * r_row[j];
+  }
+  return std::sqrt(sum);
+}
+
+template <typename T, int N>
+T frobenius(const T* a, int64_t n_runtime) {
+  const int64_t count = N > 0 ? N * N : n_runtime * n_runtime;
+  T sum = T(0);
+  for (int64_t i = 0; i < count; ++i) sum += a[i] * a[i];
+  return std::sqrt(sum);
+}
+
+std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
+  check_batch(A_in, "A");
+  const at::Tensor A = A_in.contiguous();
+  const int64_t b = A.size(0), n = A.size(1);
+  at::Tensor X = at::empty_like(A);
+  at::Tensor info = at::zeros({b}, A.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_exact_inverse", [&] {
+    const scalar_t* a = A.data_ptr<scalar_t>();
+    scalar_t* x = X.data_ptr<scalar_t>();
+    int32_t* pivots = info.data_ptr<int32_t>();
+    NEUINV_DISPATCH_SIZE(n, [&] {
+      at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t m = begin; m < end; ++m) {
+          const int64_t zero_pivot = gauss_jordan<scalar_t, N>(a + m * n * n, x + m * n * n, n);
+          pivots[m] = static_cast<int32_t>(zero_pivot);
+          if (zero_pivot) {
+            std::fill(x + m * n * n, x + (m + 1) * n * n, std::numeric_limits<scalar_t>::quiet_NaN());
+          }
+        }
+      });
+    });
+  });
+  return {X, info};
+}
+
+at::Tensor residual_norm_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
+  check_batch(A_in, "A");
+  check_batch(X_in, "X");
+  TORCH_CHECK(A_in.sizes() == X_in.sizes() && A_in.scalar_type() == X_in.scalar_type(),
+              "A and X must have the same shape and dtype");
+  const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
+  const int64_t b = A.size(0), n = A.size(1);
+  at::Tensor r = at::empty({b}, A.options());
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_residual_norm", [&] {
+    const scalar_t* a = A.data_ptr<scalar_t>();
+    const scalar_t* x = X.data_ptr<scalar_t>();
+    scalar_t* out = r.data_ptr<scalar_t>();
+    NEUINV_DISPATCH_SIZE(n, [&] {
+      at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
+        alignas(64) scalar_t R[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
+        for (int64_t m = begin; m < end; ++m) out[m] = residual<scalar_t, N>(a + m * n * n, x + m * n * n, R, n);
+      });
+    });
+  });
+  return r;
+}
+
+// Newton-Schulz refinement of every matrix from X0, with the stopping rules of
+// neuinv/reference.py: newton_schulz_refine (tolerance, rounding floor, guard, max_iter).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cpu(
+    const at::Tensor& A_in, const at::Tensor& X0_in, double tol, double accept, int64_t max_iter,
+    bool guarded, double guard) {
+  check_batch(A_in, "A");
+  check_batch(X0_in, "X0");
+  TORCH_CHECK(A_in.sizes() == X0_in.sizes() && A_in.scalar_type() == X0_in.scalar_type(),
+              "A and X0 must have the same shape and dtype");
+  const at::Tensor A = A_in.contiguous(), X0 = X0_in.contiguous();
+  const int64_t b = A.size(0), n = A.size(1);
+  at::Tensor X = at::empty_like(A);
+  at::Tensor r_out = at::empty({b}, A.options());
+  at::Tensor done_out = at::empty({b}, A.options().dtype(at::kBool));
+  at::Tensor steps_out = at::empty({b}, A.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_newton_schulz", [&] {
+    const scalar_t* a_all = A.data_ptr<scalar_t>();
+    const scalar_t* x0_all = X0.data_ptr<scalar_t>();
+    scalar_t* x_all = X.data_ptr<scalar_t>();
+    scalar_t* r_all = r_out.data_ptr<scalar_t>();
+    bool* done_all = done_out.data_ptr<bool>();
+    int32_t* steps_all = steps_out.data_ptr<int32_t>();
+    NEUINV_DISPATCH_SIZE(n, [&] {
+      at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
+        constexpr int64_t M = N > 0 ? N : kMaxN;
+        alignas(64) scalar_t x[M * M], R[M * M], next[M * M];
+        for (int64_t m = begin; m < end; ++m) {
+          const scalar_t* a = a_all + m * n * n;
+          std::copy(x0_all + m * n * n, x0_all + (m + 1) * n * n, x);
+          const double a_norm = frobenius<scalar_t, N>(a, n);
+          double previous = std::numeric_limits<double>::infinity();
+          double r = 0.0;
+          bool done = false;
+          int64_t step = 0;
+          for (;; ++step) {
+            r = residual<scalar_t, N>(a, x, R, n);
+            const double x_norm = frobenius<scalar_t, N>(x, n);
+            done = r <= std::min(tol * a_norm * x_norm, accept);
+            const bool at_floor = previous < 0.5 && r > previous / 2;
+            done = done || (at_floor && r <= accept);
+            const bool stop = done || at_floor || !std::isfinite(r) || (guarded && step == 0 && r >= guard) ||
+                              step == max_iter;
+            if (stop) break;
+            const int64_t nn = N > 0 ? N : n;
+            for (int64_t i = 0; i < nn; ++i) {  // next = X + X R
+              for (int64_t j = 0; j < nn; ++j) next[i * nn + j] = x[i * nn + j];
+              for (int64_t k = 0; k < nn; ++k) {
+                const scalar_t x_ik = x[i * nn + k];
+                for (int64_t j = 0; j < nn; ++j) next[i * nn + j] += x_ik * R[k * nn + j];
+              }
+            }
+            std::copy(next, next + nn * nn, x);
+            previous = r;
+          }
+          std::copy(x, x + n * n, x_all + m * n * n);
+          r_all[m] = static_cast<scalar_t>(r);
+          done_all[m] = done;
+          steps_all[m] = static_cast<int32_t>(step);
+        }
+      });
+    });
+  });
+  return {X, r_out, done_out, steps_out};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(neuinv, m) {
+  m.def("exact_inverse(Tensor A) -> (Tensor, Tensor)");
+  m.def("residual_norm(Tensor A, Tensor X) -> Tensor");
+  m.def("newton_schulz(Tensor A, Tensor X0, float tol, float accept, int max_iter, bool guarded, float guard)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(neuinv, CPU, m) {
+  m.impl("exact_inverse", &exact_inverse_cpu);
+  m.impl("residual_norm", &residual_norm_cpu);
+  m.impl("newton_schulz", &newton_schulz_cpu);
+}
+
+}  // namespace neuinv

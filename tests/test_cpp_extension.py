@@ -1,0 +1,91 @@
+"""The compiled CPU kernels against the torch reference and a float64 truth (needs `neuinv build-ext`)."""
+import pytest
+import torch
+
+import neuinv
+from neuinv import extension, reference
+from conftest import conditioned_matrices, residual_bound, true_residual, warm_start
+
+pytestmark = pytest.mark.skipif(not extension.load(), reason="the C++ extension is not built (neuinv build-ext)")
+SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 31, 32, 33, 64]
+
+
+def cases():
+    return [pytest.param(n, dtype, id=f"n{n}-{str(dtype)[6:]}") for n in SIZES for dtype in (torch.float32, torch.float64)]
+
+
+@pytest.mark.parametrize("n, dtype", cases())
+def test_exact_kernel_matches_torch(n, dtype):
+    A = conditioned_matrices(37, n, 100.0, dtype, seed=n)
+    X, pivots = torch.ops.neuinv.exact_inverse(A)
+    assert (pivots == 0).all()
+    assert true_residual(A, X).max().item() <= residual_bound(A)
+    # Both compute I - A X in working precision, in different orders: equal up to eps ||A||_F ||X||_F.
+    rounding = torch.finfo(dtype).eps * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)
+    assert ((torch.ops.neuinv.residual_norm(A, X) - reference.residual_norm(A, X)).abs() <= 2 * rounding).all()
+
+
+@pytest.mark.parametrize("n, dtype", cases())
+def test_newton_schulz_kernel_matches_reference(n, dtype):
+    A = conditioned_matrices(37, n, 100.0, dtype, seed=n)
+    X0 = warm_start(A, 0.05, seed=2)
+    eps = torch.finfo(dtype).eps
+    args = (A, X0, eps / 4, 1e-3, 10, True, 0.5)
+    X_ref, r_ref, done_ref, steps_ref = reference.newton_schulz_refine(reference.newton_schulz_step, *args)
+    X, r, done, steps = torch.ops.neuinv.newton_schulz(*args)
+    assert done.all() and done_ref.all()
+    assert (steps - steps_ref).abs().max() <= 1
+    assert true_residual(A, X).max().item() <= residual_bound(A)
+
+
+def test_singular_and_nan_members_are_flagged_alone():
+    A = conditioned_matrices(9, 5, 10.0, torch.float64)
+    A[2] = 1.0  # rank one
+    A[6, 0, 0] = float("nan")
+    X, pivots = torch.ops.neuinv.exact_inverse(A)
+    assert pivots[2] > 0 and torch.isnan(X[2]).all()
+    good = torch.tensor([i not in (2, 6) for i in range(9)])
+    assert (pivots[good] == 0).all() and torch.allclose(X[good], torch.linalg.inv(A[good]), atol=1e-10)
+    X_ns, r, done, _ = torch.ops.neuinv.newton_schulz(A, torch.nan_to_num(warm_start(A, 1e-3)), 1e-16, 1e-6, 10, True, 0.5)
+    assert not done[6] and not done[2] and done[good].all()
+    Xb, info = neuinv.batched_inverse_ex(A, init=torch.nan_to_num(warm_start(A, 1e-3)), backend="cpp")
+    assert info.converged.tolist() == good.tolist()
+
+
+def test_non_contiguous_input_and_bad_shapes():
+    A = conditioned_matrices(6, 4, 10.0, torch.float64).mT
+    X, _ = torch.ops.neuinv.exact_inverse(A)
+    assert torch.allclose(X, torch.linalg.inv(A), atol=1e-12)
+    with pytest.raises(RuntimeError, match="n <= 64"):
+        torch.ops.neuinv.exact_inverse(torch.eye(65)[None])
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        torch.ops.neuinv.exact_inverse(torch.eye(3, dtype=torch.complex64)[None])
+
+
+def test_cpp_backend_end_to_end_and_auto_dispatch():
+    from neuinv.backends import resolve_backend
+
+    A = conditioned_matrices(50, 6, 100.0, torch.float32)
+    assert resolve_backend("auto", A).name == "cpp"
+    for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cpp"}):
+        X, info = neuinv.batched_inverse_ex(A, **kwargs)
+        assert info.converged.all()
+        assert true_residual(A, X).max().item() <= residual_bound(A)
+
+
+@pytest.mark.parametrize("op, args", [
+    ("exact_inverse", lambda A: (A,)),
+    ("residual_norm", lambda A: (A, torch.linalg.inv(A))),
+    ("newton_schulz", lambda A: (A, torch.linalg.inv(A), 1e-7, 1e-3, 5, True, 0.5)),
+])
+def test_opcheck(op, args):
+    A = conditioned_matrices(4, 3, 10.0, torch.float64)
+    torch.library.opcheck(getattr(torch.ops.neuinv, op).default, args(A), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_traces_batched_inverse():
+    A = conditioned_matrices(8, 4, 10.0, torch.float64)
+    init = warm_start(A, 1e-2)
+    compiled = torch.compile(lambda M, X0: torch.ops.neuinv.newton_schulz(M, X0, 1e-16, 1e-6, 10, True, 0.5)[0],
+                             backend="eager", fullgraph=True)
+    assert torch.allclose(compiled(A, init), torch.linalg.inv(A), atol=1e-12)
