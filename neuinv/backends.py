@@ -19,6 +19,8 @@ from . import reference
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
 CPP_EXACT_MAX_N = 2
 """Largest n for which the C++ Gauss–Jordan kernel beat torch.linalg.inv (2-core CPU, 2026-11-27)."""
+CPP_REFINE_MAX_N = 8
+"""Largest n for which the C++ Newton–Schulz loop beat the torch path's batched products (same machine)."""
 
 
 class BackendStatus(NamedTuple):
@@ -43,9 +45,10 @@ class TorchBackend:
 
 
 class CppBackend(TorchBackend):
-    """The compiled CPU kernels (csrc/neuinv_cpu.cpp): the whole Newton–Schulz loop per matrix in
-    one call and the residual, threads over the batch; the exact path uses the kernel's
-    Gauss–Jordan inverse for n <= ``CPP_EXACT_MAX_N`` and LAPACK above, where LAPACK measured faster."""
+    """The compiled CPU kernels (csrc/neuinv_cpu.cpp), used where they measured faster than the
+    torch path on CPU: the whole Newton–Schulz loop per matrix in one call and the residual for
+    n <= ``CPP_REFINE_MAX_N`` (batched MKL products win above), the Gauss–Jordan inverse for
+    n <= ``CPP_EXACT_MAX_N`` (LAPACK wins above)."""
 
     name = "cpp"
 
@@ -62,10 +65,14 @@ class CppBackend(TorchBackend):
 
     @staticmethod
     def residual_norm(A, X):
-        return torch.ops.neuinv.residual_norm(A, X)
+        if A.shape[-1] <= CPP_REFINE_MAX_N:
+            return torch.ops.neuinv.residual_norm(A, X)
+        return reference.residual_norm(A, X)
 
     def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
-        return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
+        if A.shape[-1] <= CPP_REFINE_MAX_N:
+            return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
+        return super().newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):

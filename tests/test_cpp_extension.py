@@ -65,12 +65,13 @@ def test_non_contiguous_input_and_bad_shapes():
 def test_cpp_backend_end_to_end_and_auto_dispatch():
     from neuinv.backends import resolve_backend
 
-    A = conditioned_matrices(50, 6, 100.0, torch.float32)
-    assert resolve_backend("auto", A).name == "cpp"
-    for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cpp"}):
-        X, info = neuinv.batched_inverse_ex(A, **kwargs)
-        assert info.converged.all()
-        assert true_residual(A, X).max().item() <= residual_bound(A)
+    for n in (2, 6, 16):  # kernels for n <= 8, the torch path's products above (CPP_REFINE_MAX_N)
+        A = conditioned_matrices(50, n, 100.0, torch.float32)
+        assert resolve_backend("auto", A).name == "cpp"
+        for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cpp"}):
+            X, info = neuinv.batched_inverse_ex(A, **kwargs)
+            assert info.converged.all()
+            assert true_residual(A, X).max().item() <= residual_bound(A)
 
 
 @pytest.mark.parametrize("op, args", [
