@@ -70,6 +70,9 @@ class InverseMLP(torch.nn.Module):
         if head == "taylor":
             if pivot_info.item() != 0:
                 raise ValueError("the Taylor head needs a non-singular center")
+            # The correction starts at zero, so an untrained model is exactly the Taylor map.
+            torch.nn.init.zeros_(self.layers[-1].weight)
+            torch.nn.init.zeros_(self.layers[-1].bias)
             self.register_buffer("taylor_offset", B.reshape(-1).to(dtype))
             self.register_buffer("taylor_skip", (-self.radius * torch.kron(B.contiguous(), B.T.contiguous())).to(dtype))
 
