@@ -1,8 +1,8 @@
 """Backends: the pure-torch reference and the fast paths that override it.
 
-A backend provides three operations on flat batches ``(b, n, n)``:
-``newton_schulz_step``, ``residual_norm`` and ``exact_inverse`` (see
-:mod:`neuinv.reference` for their definitions). :func:`resolve_backend` is the one
+A backend provides four operations on flat batches ``(b, n, n)``:
+``newton_schulz_step``, ``newton_schulz`` (the refinement loop), ``residual_norm`` and
+``exact_inverse`` (see :mod:`neuinv.reference` for their definitions). :func:`resolve_backend` is the one
 place that decides which backend runs: ``"auto"`` takes the fastest usable one and
 falls back quietly; an explicitly named backend that cannot run raises.
 """
