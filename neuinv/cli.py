@@ -71,8 +71,8 @@ def _demo_learned(device) -> int:
 
     model = load_pretrained("paper-16x16", map_location=device)
     A = paper_sampler("paper-16x16", seed=12345).sample(10_000).A.to(device)
-    print("\nlearned initializer paper-16x16 (2-FC, h=2048) on 10000 in-domain 16x16 float64 matrices "
-          "(A = A0 + 0.01 U):")
+    print(f"\nlearned initializer paper-16x16 ({model.depth}-FC, h={model.hidden}, {model.head} head, "
+          f"{str(model.dtype).replace('torch.', '')}) on 10000 in-domain 16x16 float64 matrices (A = A0 + 0.01 U):")
     (X_model, info_model), t_model = _timed(lambda: batched_inverse_ex(A, model=model), device)
     (X_classic, info_classic), t_classic = _timed(lambda: batched_inverse_ex(A, backend="torch"), device)
     _, t_torch = _timed(lambda: torch.linalg.inv(A), device)
