@@ -54,12 +54,13 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex
 
 
 def default_tol(dtype: torch.dtype) -> float:
-    """Default stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F): eps(dtype) / 4.
+    """Default stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F): eps(dtype) / 2.
 
     ||A||_F ||X||_F overestimates cond_2(A) by up to n, and LU lands at about
     0.2-1 eps ||A||_F ||X||_F; matrices whose rounding floor lies above this tolerance stop
-    by the floor test instead (one more step), so the result is as accurate as LU's."""
-    return torch.finfo(dtype).eps / 4
+    by the floor test instead (one more step), so the result is as accurate as LU's.
+    (eps/4 cost 0.3-0.6 more steps on average for warm starts; eps failed the 4x-LU accuracy bar.)"""
+    return torch.finfo(dtype).eps / 2
 
 
 class InverseInfo(NamedTuple):
@@ -100,7 +101,7 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         model: learned initializer, an ``nn.Module`` mapping (b, n, n) matrices to (b, n, n)
             guesses, with ``in_domain(A) -> bool tensor (b,)``.
         init: (*, n, n) tensor of approximate inverses (a warm start), same dtype and device.
-        tol: stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F); default eps(dtype) / 4.
+        tol: stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F); default eps(dtype) / 2.
         max_iter: most Newton–Schulz steps per matrix; default ``MAX_ITER_FROM_GUESS`` with
             init or model, ``MAX_ITER_FROM_SCALED_TRANSPOSE`` otherwise.
         backend: "auto", "torch", "triton", "cpp" or "cuda" (see ``available_backends()``).
