@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from .models import InverseMLP
+from .models import InverseMLP, taylor_affine_map
 
 
 class Region(NamedTuple):
@@ -20,12 +20,6 @@ class Region(NamedTuple):
     weight: torch.Tensor   # (n^2, n^2): the region's affine map in u = (A - A0) / radius
     bias: torch.Tensor     # (n^2,)
     taylor_distance: float  # largest |coefficient - Taylor coefficient| over weight and bias
-
-
-def taylor_affine_map(center: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """T(u) = vec(B) - radius (B kron B^T) u, the first-order Taylor map of A^-1 at A0 in u."""
-    B = torch.linalg.inv(center.double())
-    return -radius * torch.kron(B.contiguous(), B.T.contiguous()), B.reshape(-1)
 
 
 def activation_regions(model: InverseMLP, U: torch.Tensor) -> list[Region]:

@@ -142,13 +142,14 @@ def _invert(A, *, model, init, tol, max_iter, backend):
         return A.new_empty(A.shape), info
 
     chosen = resolve_backend(backend, A)
-    use_newton_schulz = init is not None or model is not None or backend != "auto"
+    has_guess = init is not None or model is not None
+    use_newton_schulz = has_guess or backend != "auto"
     settings = _Settings(
         tol=default_tol(A.dtype) if tol is None else float(tol),
         accept=ACCEPT_RESIDUAL[A.dtype],
         max_iter=max_iter if max_iter is not None else (
-            MAX_ITER_FROM_GUESS if (init is not None or model is not None) else MAX_ITER_FROM_SCALED_TRANSPOSE),
-        guarded=init is not None or model is not None,
+            MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
+        guarded=has_guess,
     )
 
     A_flat = A.reshape(-1, n, n)
@@ -183,10 +184,10 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
     """Invert one chunk (b, n, n), writing X and the info fields into `out`."""
     X, converged, iterations, residual, fallback = out
     b = A.shape[0]
-    everything = torch.ones(b, dtype=torch.bool, device=A.device)
-    to_refine = _model_in_domain(model, A) if model is not None else everything
-    if not use_newton_schulz:
-        to_refine = ~everything
+    if model is not None:
+        to_refine = _model_in_domain(model, A)
+    else:
+        to_refine = torch.full((b,), use_newton_schulz, dtype=torch.bool, device=A.device)
     exact_idx = (~to_refine).nonzero().squeeze(1)
 
     # NaN or Inf in A needs no pre-pass: it makes the residual non-finite, the matrix goes to the

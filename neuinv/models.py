@@ -36,6 +36,15 @@ class TaylorInitializer(torch.nn.Module):
         return ((A - self.center.to(A.dtype)).abs() <= self.radius).flatten(-2).all(-1)
 
 
+def taylor_affine_map(center: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """T(u) = vec(B) - radius (B kron B^T) u, B = A0^-1: the first-order Taylor map of A^-1 at A0 in
+    the normalised perturbation u = vec(A - A0) / radius (row-major vec). Returns (weight, offset)."""
+    B, pivot_info = torch.linalg.inv_ex(center.double())
+    if pivot_info.item() != 0:
+        raise ValueError("center is singular: the Taylor map needs an invertible A0")
+    return -radius * torch.kron(B.contiguous(), B.T.contiguous()), B.reshape(-1)
+
+
 class InverseMLP(torch.nn.Module):
     """A learned initializer: an MLP from the normalised perturbation U = (A - A0) / radius to A^-1,
     trusted on the box max |A - A0| <= radius (Ji, Wu & Xi, AISTATS 2025: 2-FC is
@@ -66,15 +75,13 @@ class InverseMLP(torch.nn.Module):
         dims = [n * n] + [hidden] * (depth - 1) + [n * n]
         self.layers = torch.nn.ModuleList(torch.nn.Linear(dims[i], dims[i + 1], dtype=dtype) for i in range(depth))
         self.register_buffer("center", center.clone())
-        B, pivot_info = torch.linalg.inv_ex(center.double())
         if head == "taylor":
-            if pivot_info.item() != 0:
-                raise ValueError("the Taylor head needs a non-singular center")
+            skip, offset = taylor_affine_map(center, self.radius)
             # The correction starts at zero, so an untrained model is exactly the Taylor map.
             torch.nn.init.zeros_(self.layers[-1].weight)
             torch.nn.init.zeros_(self.layers[-1].bias)
-            self.register_buffer("taylor_offset", B.reshape(-1).to(dtype))
-            self.register_buffer("taylor_skip", (-self.radius * torch.kron(B.contiguous(), B.T.contiguous())).to(dtype))
+            self.register_buffer("taylor_offset", offset.to(dtype))
+            self.register_buffer("taylor_skip", skip.to(dtype))
 
     @property
     def dtype(self) -> torch.dtype:

@@ -35,9 +35,7 @@ def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, tol: float,
 
     Returns (X', r, done); r and done describe the input X, not X'.
     """
-    n = A.shape[-1]
-    eye = torch.eye(n, dtype=A.dtype, device=A.device).expand_as(A)
-    R = torch.baddbmm(eye, A, X, alpha=-1)
+    R = _residual_matrix(A, X)
     r = torch.linalg.matrix_norm(R)
     done = r <= torch.clamp(tol * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X), max=accept)
     X_next = torch.where(done[:, None, None], X, torch.baddbmm(X, X, R))
@@ -46,9 +44,13 @@ def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, tol: float,
 
 def residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """r = ||I - A X||_F per matrix."""
-    n = A.shape[-1]
-    eye = torch.eye(n, dtype=A.dtype, device=A.device).expand_as(A)
-    return torch.linalg.matrix_norm(torch.baddbmm(eye, A, X, alpha=-1))
+    return torch.linalg.matrix_norm(_residual_matrix(A, X))
+
+
+def _residual_matrix(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """R = I - A X, one batched product."""
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device).expand_as(A)
+    return torch.baddbmm(eye, A, X, alpha=-1)
 
 
 def exact_inverse(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

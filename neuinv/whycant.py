@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import reference
 from .data import BoxSampler
 from .inverse import batched_inverse_ex
 from .training import fit
@@ -62,7 +63,7 @@ def box_experiment(offsets=(6.0, 4.0, 3.0, 2.0, 1.0, 0.0), steps: int = 4000, te
                 by_sigma.append((high, float(error[inside].mean())))
         X, guarded = batched_inverse_ex(A, model=model)
         certified = guarded.converged
-        residual = torch.linalg.matrix_norm(torch.eye(2, dtype=torch.float64) - A @ X)
+        residual = reference.residual_norm(A, X)
         results.append(BoxResult(offset, float(sigma.min()),
                                  {K: float((error**K).mean()) for K in (1, 2, 4)}, by_sigma,
                                  float(residual[certified].max()), int((~certified).sum()),

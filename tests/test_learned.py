@@ -130,7 +130,8 @@ def test_unknown_pretrained_name():
 
 
 def test_region_analysis_on_a_hand_built_network():
-    from neuinv.analysis import activation_regions, taylor_affine_map
+    from neuinv.analysis import activation_regions
+    from neuinv.models import taylor_affine_map
 
     model = InverseMLP(1, 2, 2, center=torch.tensor([[2.0]], dtype=torch.float64), radius=0.5)
     first, second = model.layers
