@@ -82,6 +82,38 @@ class CppBackend(TorchBackend):
         return None
 
 
+class CudaBackend(TorchBackend):
+    """The compiled CUDA kernels (csrc/neuinv_cuda.cu): the whole Newton–Schulz loop per matrix in one
+    launch (no host round trip per step), the residual, and the Gauss–Jordan inverse, for n <= 64."""
+
+    name = "cuda"
+
+    def __init__(self):
+        from . import extension
+
+        extension.load()
+
+    @staticmethod
+    def exact_inverse(A):
+        return torch.ops.neuinv.exact_inverse(A)
+
+    @staticmethod
+    def residual_norm(A, X):
+        return torch.ops.neuinv.residual_norm(A, X)
+
+    def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
+        return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
+
+    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+        if A.dtype not in (torch.float32, torch.float64):
+            return f"the CUDA kernels take float32 or float64, not {A.dtype}"
+        if A.device.type != "cuda":
+            return f"the CUDA kernels run on CUDA tensors, not on {A.device.type}"
+        if A.shape[-1] > 64:
+            return f"the CUDA kernels take n <= 64, not {A.shape[-1]}"
+        return None
+
+
 class TritonBackend(TorchBackend):
     """Fused Triton kernels for the Newton–Schulz step and the residual (real dtypes).
 
@@ -106,7 +138,7 @@ class TritonBackend(TorchBackend):
                 f"not on {A.device.type}")
 
 
-_BACKEND_CLASSES = {"torch": TorchBackend, "triton": TritonBackend, "cpp": CppBackend}
+_BACKEND_CLASSES = {"torch": TorchBackend, "triton": TritonBackend, "cpp": CppBackend, "cuda": CudaBackend}
 
 
 def _triton_interpreter_on() -> bool:
@@ -133,8 +165,21 @@ def available_backends() -> dict[str, BackendStatus]:
         "torch": BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)"),
         "triton": _triton_status(),
         "cpp": BackendStatus(*extension.status()),
-        "cuda": BackendStatus(False, "the CUDA kernels of the compiled extension are not written yet"),
+        "cuda": _cuda_status(),
     }
+
+
+def _cuda_status() -> BackendStatus:
+    from . import extension
+
+    if not extension.load():
+        return BackendStatus(False, extension.status()[1])
+    if not extension.has_cuda_kernels():
+        return BackendStatus(False, "the extension was built without its CUDA part "
+                                    f"({extension.cuda_build_problem() or 'rebuild with `neuinv build-ext`'})")
+    if not torch.cuda.is_available():
+        return BackendStatus(False, "the CUDA kernels are compiled, but no CUDA device is visible")
+    return BackendStatus(True, "compiled CUDA kernels")
 
 
 def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
@@ -143,13 +188,13 @@ def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
         status = available_backends()
-        if A.device.type == "cuda" and status["triton"].available:
-            candidate = TritonBackend()
-        elif A.device.type == "cpu" and status["cpp"].available:
-            candidate = CppBackend()
-        else:
-            return TorchBackend()
-        return candidate if candidate.unsupported_reason(A) is None else TorchBackend()
+        preferred = {"cuda": ("cuda", "triton"), "cpu": ("cpp",)}.get(A.device.type, ())
+        for candidate in preferred:
+            if status[candidate].available:
+                backend = _BACKEND_CLASSES[candidate]()
+                if backend.unsupported_reason(A) is None:
+                    return backend
+        return TorchBackend()
     status = available_backends()[name]
     if not status.available:
         raise RuntimeError(f"backend {name!r} was requested but is not available: {status.reason}")

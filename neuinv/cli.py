@@ -132,7 +132,8 @@ def reproduce(args) -> int:
         print("QUICK run: one run per entry, 20000 training steps (300 for 16x16) instead of the paper's "
               "schedule; expect larger errors than the paper's. Drop --quick for the full-length runs.")
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
-    rows = run(table=args.table, runs=runs, quick=args.quick, device=args.device)
+    rows = run(table=args.table, runs=runs, quick=args.quick, device=args.device, datasets=args.dataset,
+               base_matrix=args.base_matrix)
     print(markdown(rows))
     return 0
 
@@ -178,6 +179,9 @@ def build_ext(args) -> int:
     return 0
 
 
+DATASETS = ("paper-2x2-1st", "paper-2x2-2nd", "paper-3x3", "paper-16x16")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="neuinv", description="Fast, verified batched matrix inverses.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,8 +193,7 @@ def main(argv=None) -> int:
     demo_parser.set_defaults(run=demo)
     commands.add_parser("info", help=info.__doc__).set_defaults(run=info)
     train_parser = commands.add_parser("train", help=train.__doc__)
-    train_parser.add_argument("--dataset", default="paper-3x3",
-                              choices=["paper-2x2-1st", "paper-2x2-2nd", "paper-3x3", "paper-16x16"])
+    train_parser.add_argument("--dataset", default="paper-3x3", choices=list(DATASETS))
     train_parser.add_argument("--base-matrix", help=".npy file replacing the dataset's centre A0")
     train_parser.add_argument("--hidden", type=int, default=72)
     train_parser.add_argument("--depth", type=int, choices=[2, 3], default=2)
@@ -211,6 +214,9 @@ def main(argv=None) -> int:
     reproduce_parser.add_argument("--table", choices=["1", "2", "all"], default="all")
     reproduce_parser.add_argument("--runs", type=int, help="training runs per entry (default 3; 1 with --quick)")
     reproduce_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    reproduce_parser.add_argument("--dataset", action="append", choices=list(DATASETS),
+                                  help="only this dataset (repeatable; default: all four)")
+    reproduce_parser.add_argument("--base-matrix", help=".npy file replacing the 16x16 centre A0 (e.g. the authors')")
     reproduce_parser.set_defaults(run=reproduce)
     regions_parser = commands.add_parser("regions", help=regions.__doc__)
     regions_parser.add_argument("--quick", action="store_true")

@@ -42,19 +42,20 @@ class BoxSampler:
     """A = center + radius U, U uniform in [-1, 1]^(n x n): the box a learned initializer is trained on
     and trusted in. Deterministic for a given seed."""
 
-    def __init__(self, center: torch.Tensor, radius: float, *, seed: int = 0, dtype=torch.float64):
+    def __init__(self, center: torch.Tensor, radius: float, *, seed: int = 0, dtype=torch.float64, device="cpu"):
         if center.dim() != 2 or center.shape[0] != center.shape[1]:
             raise ValueError(f"center must be one square matrix, got shape {tuple(center.shape)}")
         if not radius > 0:
             raise ValueError(f"radius must be positive, got {radius}")
-        self.center = center.to(dtype)
+        self.center = center.to(dtype=dtype, device=device)
         self.radius = float(radius)
         self.n = center.shape[0]
         self.dtype = dtype
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def sample(self, batch: int) -> Batch:
-        U = 2 * torch.rand(batch, self.n, self.n, generator=self.generator, dtype=self.dtype) - 1
+        U = 2 * torch.rand(batch, self.n, self.n, generator=self.generator, dtype=self.dtype,
+                           device=self.center.device) - 1
         A = self.center + self.radius * U
         return Batch(A, torch.linalg.inv(A.double()).to(self.dtype))
 
@@ -81,13 +82,14 @@ class MatrixSampler:
         return Batch(self.matrices[index], self.inverses[index])
 
 
-def paper_sampler(name: str, *, seed: int = 0, base_matrix: str | Path | None = None) -> BoxSampler:
+def paper_sampler(name: str, *, seed: int = 0, base_matrix: str | Path | None = None, device="cpu") -> BoxSampler:
     """The sampler of one of the paper's datasets ("paper-2x2-1st", "paper-2x2-2nd", "paper-3x3",
-    "paper-16x16"); ``base_matrix`` (a .npy file) replaces the centre, e.g. the authors' own 16x16 A0."""
+    "paper-16x16"); ``base_matrix`` (a .npy file) replaces the centre, e.g. the authors' own 16x16 A0.
+    ``device``: where the matrices are drawn and inverted (a CUDA sampler keeps GPU training off the host)."""
     if name not in PAPER_CENTERS:
         raise ValueError(f"unknown dataset {name!r}; the paper's are {sorted(PAPER_CENTERS)}")
     center = PAPER_CENTERS[name]() if base_matrix is None else torch.as_tensor(np.load(base_matrix), dtype=torch.float64)
-    return BoxSampler(center, PAPER_EPS, seed=seed)
+    return BoxSampler(center, PAPER_EPS, seed=seed, device=device)
 
 
 def paper_test_set(path: str | Path, center: torch.Tensor) -> Batch:

@@ -1,22 +1,88 @@
-"""The optional compiled extension: built on request (``neuinv build-ext``), loaded lazily.
+"""The optional compiled extension: CPU kernels (csrc/neuinv_cpu.cpp) and, where a CUDA toolkit and a
+CUDA build of torch are present, CUDA kernels (csrc/neuinv_cuda.cu), registered as ``torch.ops.neuinv.*``.
 
-``build()`` compiles csrc/neuinv_cpu.cpp with ``torch.utils.cpp_extension.load`` into a cache
-folder per torch version (torch's own file lock makes two concurrent builds safe); ``load()``
-loads an existing build without compiling anything. Until it is built, ``available_backends()``
-says so and ``auto`` uses the other backends.
+Two ways to build it:
+
+- ahead of time: ``NEUINV_BUILD_EXT=1 pip install --no-build-isolation -e .`` compiles the module
+  ``neuinv._C`` (setup.py);
+- just in time: ``neuinv build-ext`` (:func:`build`) compiles with ``torch.utils.cpp_extension.load`` into
+  a cache folder per torch version (torch's own file lock makes two concurrent builds safe).
+
+Whether the CUDA part is built is decided by the toolchain (:func:`cuda_build_problem`), never by whether a
+GPU is present. :func:`load` loads an existing build and never compiles; until there is one,
+``available_backends()`` says so and ``auto`` uses the other backends.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import warnings
 from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).resolve().parents[1] / "csrc" / "neuinv_cpu.cpp"]
-NAME = "neuinv_cpu"
+NAME = "neuinv_ext"
+DEFAULT_CUDA_ARCH_LIST = "9.0+PTX"
+"""Compiled-for GPU architectures when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (sm_90: H100)."""
 _loaded = False
 _load_error: str | None = None
+
+
+def source_directory() -> Path:
+    """The C++/CUDA sources: installed beside the package (neuinv/csrc), or a checkout's csrc/."""
+    installed = Path(__file__).resolve().parent / "csrc"
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "csrc"
+
+
+def cpu_sources() -> list[Path]:
+    return [source_directory() / "neuinv_cpu.cpp"]
+
+
+def cuda_sources() -> list[Path]:
+    return [source_directory() / "neuinv_cuda.cu"]
+
+
+def cuda_toolkit() -> Path | None:
+    """The CUDA toolkit to compile with: $CUDA_HOME, else the toolkit around nvcc, else /usr/local/cuda;
+    a candidate counts when it has bin/nvcc and include/cuda_runtime.h (an nvcc on PATH may be a link
+    or a wrapper outside its toolkit, so its real path is followed)."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
+    candidates.append("/usr/local/cuda")
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "bin" / "nvcc").exists() and \
+                (Path(candidate) / "include" / "cuda_runtime.h").exists():
+            return Path(candidate)
+    return None
+
+
+def cuda_build_problem() -> str | None:
+    """Why the CUDA kernels cannot be compiled here, or None when they can."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if cuda_toolkit() is None:
+        return "no CUDA toolkit found (set CUDA_HOME to the folder holding bin/nvcc and include/)"
+    return None
+
+
+def compile_settings() -> dict:
+    """Sources and flags for torch.utils.cpp_extension, shared by the JIT build and setup.py.
+    Sets CUDA_HOME (and a default TORCH_CUDA_ARCH_LIST without a visible GPU) for the CUDA part."""
+    sources = cpu_sources()
+    with_cuda = cuda_build_problem() is None
+    if with_cuda:
+        os.environ["CUDA_HOME"] = str(cuda_toolkit())
+        if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+        sources = sources + cuda_sources()
+    missing = [str(path) for path in sources if not path.exists()]
+    if missing:
+        raise FileNotFoundError(f"the extension's sources are missing: {missing}")
+    return dict(sources=[str(path) for path in sources], with_cuda=with_cuda,
+                extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"])
 
 
 def build_directory() -> Path:
@@ -25,24 +91,34 @@ def build_directory() -> Path:
     return Path(os.environ.get("NEUINV_EXT_DIR", default))
 
 
-def _library_path() -> Path:
+def _jit_library_path() -> Path:
     return build_directory() / f"{NAME}.so"
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile the CPU kernels (a minute or two on 2 cores) and load them; returns the library path."""
-    global _loaded, _load_error
-    missing = [str(path) for path in SOURCES if not path.exists()]
-    if missing:
-        raise FileNotFoundError(f"the extension's sources are not here: {missing} (build from a source checkout)")
-    from torch.utils.cpp_extension import load as compile_and_load
+def _library_path() -> Path | None:
+    """The ahead-of-time module neuinv._C if installed, else the JIT build if present."""
+    spec = importlib.util.find_spec("neuinv._C")
+    if spec is not None and spec.origin:
+        return Path(spec.origin)
+    path = _jit_library_path()
+    return path if path.exists() else None
 
+
+def build(verbose: bool = False) -> Path:
+    """Compile the kernels just in time (CPU: ~20 s on 2 cores; CUDA adds a few minutes) and load them."""
+    global _loaded, _load_error
+    settings = compile_settings()
+    from torch.utils import cpp_extension
+
+    if settings["with_cuda"]:
+        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]  # read once, at the module's import
     build_directory().mkdir(parents=True, exist_ok=True)
-    compile_and_load(name=NAME, sources=[str(path) for path in SOURCES], build_directory=str(build_directory()),
-                     extra_cflags=["-O3"], is_python_module=False, verbose=verbose)
+    cpp_extension.load(name=NAME, sources=settings["sources"], build_directory=str(build_directory()),
+                       extra_cflags=settings["extra_cflags"], extra_cuda_cflags=settings["extra_cuda_cflags"],
+                       with_cuda=settings["with_cuda"], is_python_module=False, verbose=verbose)
     _register_fakes()
     _loaded, _load_error = True, None
-    return _library_path()
+    return _jit_library_path()
 
 
 def load() -> bool:
@@ -51,8 +127,8 @@ def load() -> bool:
     if _loaded:
         return True
     path = _library_path()
-    if not path.exists():
-        _load_error = f"not built: run `neuinv build-ext` (looked for {path})"
+    if path is None:
+        _load_error = f"not built: run `neuinv build-ext` (looked for neuinv._C and {_jit_library_path()})"
         return False
     try:
         torch.ops.load_library(str(path))
@@ -65,9 +141,15 @@ def load() -> bool:
     return True
 
 
+def has_cuda_kernels() -> bool:
+    """Whether the loaded build holds the CUDA kernels (registered for the CUDA dispatch key)."""
+    return load() and torch._C._dispatch_has_kernel_for_dispatch_key("neuinv::newton_schulz", "CUDA")
+
+
 def status() -> tuple[bool, str]:
     if load():
-        return True, f"compiled CPU kernels ({_library_path()})"
+        parts = "CPU and CUDA kernels" if has_cuda_kernels() else "CPU kernels"
+        return True, f"compiled {parts} ({_library_path()})"
     return False, _load_error or "not built"
 
 

@@ -11,7 +11,7 @@ import torch
 
 from .data import PAPER_EPS, paper_sampler, paper_test_set
 from .models import TaylorInitializer
-from .training import average_absolute_error, fit
+from .training import average_absolute_error, fit_runs
 
 SHARED_PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper"
 TEST_SET_DIRS = {"paper-2x2-1st": "matrix_2_dataset", "paper-2x2-2nd": "matrix_2_dataset_2",
@@ -49,12 +49,13 @@ def recipe(dataset: str, quick: bool) -> Recipe:
     return Recipe(train_size=None, steps=200_000, epochs=None)
 
 
-def evaluation_batch(dataset: str, center: torch.Tensor):
+def evaluation_batch(dataset: str, center: torch.Tensor, base_matrix: str | Path | None = None):
     """The authors' own test set where ../shared/paper has it, else 10,000 fresh matrices."""
     directory = TEST_SET_DIRS.get(dataset)
     if directory and (SHARED_PAPER / directory / "test_set.npy").exists():
         return paper_test_set(SHARED_PAPER / directory / "test_set.npy", center), "authors' test set"
-    return paper_sampler(dataset, seed=10_000).sample(10_000), "fresh test set (seed 10000)"
+    centre_file = base_matrix if dataset == "paper-16x16" else None
+    return paper_sampler(dataset, seed=10_000, base_matrix=centre_file).sample(10_000), "fresh test set (seed 10000)"
 
 
 class Row(NamedTuple):
@@ -67,34 +68,41 @@ class Row(NamedTuple):
     seconds: float
 
 
-def _train_and_score(dataset, hidden, depth, seeds, quick, device, test):
+def _train_and_score(sampler, dataset, hidden, depth, runs, quick, device, test):
     plan = recipe(dataset, quick)
-    errors, start = [], time.perf_counter()
-    for seed in seeds:
-        model, history = fit(paper_sampler(dataset, seed=seed), hidden=hidden, depth=depth, steps=plan.steps,
-                             epochs=plan.epochs, train_size=plan.train_size, seed=seed, device=device, test=test)
-        errors.append(history.test_error)
-    return errors, time.perf_counter() - start
+    start = time.perf_counter()
+    trained = fit_runs(sampler, runs=runs, hidden=hidden, depth=depth, steps=plan.steps, epochs=plan.epochs,
+                       train_size=plan.train_size, seed=0, device=device, test=test)
+    return [history.test_error for _, history in trained], time.perf_counter() - start
 
 
-def reproduce(table: str = "all", runs: int = 3, quick: bool = False, device: str = "cpu") -> list[Row]:
-    seeds = list(range(runs))
+def reproduce(table: str = "all", runs: int = 3, quick: bool = False, device: str = "cpu",
+              datasets: list[str] | None = None, base_matrix: str | Path | None = None) -> list[Row]:
+    """Train and score the paper's networks (runs r = 0..runs-1 seeded r, trained together) on
+    ``datasets`` (default: all four); ``base_matrix`` replaces the 16x16 centre (e.g. the authors' own)."""
+    datasets = list(HIDDEN) if datasets is None else datasets
     rows = []
+
+    def sampler_for(dataset):
+        centre_file = base_matrix if dataset == "paper-16x16" else None
+        return paper_sampler(dataset, base_matrix=centre_file, device=device)
+
     if table in ("1", "all"):
-        for dataset in HIDDEN:
-            test, test_name = evaluation_batch(dataset, paper_sampler(dataset).center)
+        for dataset in datasets:
+            sampler = sampler_for(dataset)
+            test, test_name = evaluation_batch(dataset, sampler.center.cpu(), base_matrix)
             for depth, name in ((2, "2-FC"), (3, "3-FC")):
-                errors, seconds = _train_and_score(dataset, HIDDEN[dataset], depth, seeds, quick, device, test)
+                errors, seconds = _train_and_score(sampler, dataset, HIDDEN[dataset], depth, runs, quick, device, test)
                 rows.append(Row("1", name, dataset, errors, PAPER_TABLE_1[(name, dataset)], test_name, seconds))
-    if table in ("2", "all"):
+    if table in ("2", "all") and "paper-2x2-1st" in datasets:
         dataset = "paper-2x2-1st"
-        sampler = paper_sampler(dataset)
-        test, test_name = evaluation_batch(dataset, sampler.center)
-        linear = average_absolute_error(TaylorInitializer(sampler.center, PAPER_EPS), test)
+        sampler = sampler_for(dataset)
+        test, test_name = evaluation_batch(dataset, sampler.center.cpu())
+        linear = average_absolute_error(TaylorInitializer(sampler.center.cpu(), PAPER_EPS), test)
         rows.append(Row("2", "first-order (linear) approximation", dataset, [linear],
                         PAPER_TABLE_2["first-order (linear) approximation"], test_name, 0.0))
         for name, hidden, depth in (("2-FC small (h=8)", 8, 2), ("2-FC", 32, 2), ("3-FC", 32, 3)):
-            errors, seconds = _train_and_score(dataset, hidden, depth, seeds, quick, device, test)
+            errors, seconds = _train_and_score(sampler, dataset, hidden, depth, runs, quick, device, test)
             rows.append(Row("2", name, dataset, errors, PAPER_TABLE_2[name], test_name, seconds))
     return rows
 

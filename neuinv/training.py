@@ -31,58 +31,89 @@ def average_absolute_error(model, batch: Batch) -> float:
     return float((prediction - batch.inverse.double()).abs().mean())
 
 
-def fit(sampler, *, hidden: int, depth: int = 2, head: str = "direct", steps: int | None = None,
-        epochs: int | None = None, train_size: int | None = None, epoch_steps: int = 1000,
-        batch_size: int = 128, lr: float = 5e-5, weight_decay: float = 1e-7, seed: int = 0,
-        device: str = "cpu", dtype=torch.float64, test: Batch | None = None, progress: bool = True):
-    """Train an :class:`InverseMLP` on matrices from ``sampler`` (a BoxSampler or MatrixSampler).
+def fit(sampler, **options):
+    """Train one :class:`InverseMLP`: :func:`fit_runs` with ``runs=1``. Returns (model, TrainingHistory)."""
+    return fit_runs(sampler, runs=1, **options)[0]
+
+
+def fit_runs(sampler, *, runs: int = 1, hidden: int, depth: int = 2, head: str = "direct", steps: int | None = None,
+             epochs: int | None = None, train_size: int | None = None, epoch_steps: int = 1000,
+             batch_size: int = 128, lr: float = 5e-5, weight_decay: float = 1e-7, seed: int = 0,
+             device: str = "cpu", dtype=torch.float64, test: Batch | None = None, progress: bool = True):
+    """Train ``runs`` independent :class:`InverseMLP` networks on matrices from ``sampler`` (a BoxSampler
+    or MatrixSampler), all at once; run r is seeded with ``seed + r``.
 
     With ``train_size``, one fixed training set of that many matrices is drawn and an epoch is a
-    shuffled pass over it; otherwise every batch is fresh and an epoch is ``epoch_steps`` steps.
-    Give ``steps`` or ``epochs``. Returns (model, TrainingHistory).
+    shuffled pass over it (each run its own shuffle); otherwise every batch is fresh (each run its own
+    batches) and an epoch is ``epoch_steps`` steps. Give ``steps`` or ``epochs``.
+
+    The runs' parameters are stacked and trained by one vectorised forward pass (torch.func.vmap) and
+    one Adam: Adam and weight decay act elementwise and the summed loss's gradient for each run is that
+    of its own MSE, so this is exactly ``runs`` separate trainings, at the cost of about one on a GPU.
+    Returns a list of (model, TrainingHistory), one per run.
     """
     if (steps is None) == (epochs is None):
         raise ValueError("give exactly one of steps or epochs")
-    torch.manual_seed(seed)
-    model = InverseMLP(sampler.n, hidden, depth, center=sampler.center, radius=sampler.radius, head=head,
-                       dtype=dtype).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    models = []
+    for run in range(runs):
+        torch.manual_seed(seed + run)
+        models.append(InverseMLP(sampler.n, hidden, depth, center=sampler.center.cpu(), radius=sampler.radius,
+                                 head=head, dtype=dtype).to(device))
+    parameters, buffers = torch.func.stack_module_state(models)
+    forward = torch.func.vmap(lambda p, b, A: torch.func.functional_call(models[0], (p, b), (A,)))
+    optimizer = torch.optim.Adam(parameters.values(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=3, T_mult=2, eta_min=1e-6)
     fixed = sampler.sample(train_size) if train_size else None
+    if fixed is not None:
+        fixed = Batch(fixed.A.to(device=device, dtype=dtype), fixed.inverse.to(device=device, dtype=dtype))
     steps_per_epoch = math.ceil(train_size / batch_size) if train_size else epoch_steps
     total = steps if steps is not None else epochs * steps_per_epoch
-    bar = _progress(total, progress, f"training {depth}-FC h={hidden} n={sampler.n} ({head})")
-    losses, epoch_loss, step = [], 0.0, 0
-    order = None
-    while step < total:
-        if fixed is not None and (order is None or step % steps_per_epoch == 0):
-            order = torch.randperm(train_size)
+    label = f"training {depth}-FC h={hidden} n={sampler.n} ({head}){f' x {runs} runs' if runs > 1 else ''}"
+    bar = _progress(total, progress, label)
+    n = sampler.n
+    losses = [[] for _ in range(runs)]
+    epoch_loss = torch.zeros(runs, dtype=dtype, device=device)
+    shufflers = [torch.Generator().manual_seed(seed + run) for run in range(runs)]
+    orders = None
+    for step in range(total):
+        position = step % steps_per_epoch
         if fixed is not None:
-            index = order[(step % steps_per_epoch) * batch_size:(step % steps_per_epoch + 1) * batch_size]
+            if position == 0:
+                orders = torch.stack([torch.randperm(train_size, generator=g) for g in shufflers]).to(device)
+            index = orders[:, position * batch_size:(position + 1) * batch_size]
             A, target = fixed.A[index], fixed.inverse[index]
         else:
-            A, target = sampler.sample(batch_size)
-        A, target = A.to(device=device, dtype=dtype), target.to(device=device, dtype=dtype)
-        loss = torch.nn.functional.mse_loss(model(A), target)
+            A, target = sampler.sample(runs * batch_size)
+            A = A.to(device=device, dtype=dtype).reshape(runs, batch_size, n, n)
+            target = target.to(device=device, dtype=dtype).reshape(runs, batch_size, n, n)
+        run_losses = (forward(parameters, buffers, A) - target).square().flatten(1).mean(1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        run_losses.sum().backward()
         optimizer.step()
-        epoch_loss += loss.item()
-        step += 1
+        epoch_loss += run_losses.detach()
         bar.update(1)
-        if step % steps_per_epoch == 0 or step == total:
-            losses.append(epoch_loss / (step - steps_per_epoch * len(losses)))
-            epoch_loss = 0.0
+        if position == steps_per_epoch - 1 or step == total - 1:
+            for run, value in enumerate((epoch_loss / (position + 1)).tolist()):
+                losses[run].append(value)
+            epoch_loss.zero_()
             scheduler.step()
-            bar.set_postfix(loss=f"{losses[-1]:.2e}")
+            bar.set_postfix(loss=f"{min(history[-1] for history in losses):.2e}")
     bar.close()
-    model.eval()
-    test_error = average_absolute_error(model, test) if test is not None else float("nan")
-    model.metadata = dict(neuinv_version=__version__, seed=seed, test_error=test_error,
-                          training=dict(steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                                        train_size=train_size, epoch_steps=steps_per_epoch,
-                                        scheduler="CosineAnnealingWarmRestarts(T_0=3, T_mult=2, eta_min=1e-6)"))
-    return model, TrainingHistory(losses, test_error)
+    results = []
+    for run, model in enumerate(models):
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                parameter.copy_(parameters[name][run])
+        model.eval()
+        test_error = average_absolute_error(model, test) if test is not None else float("nan")
+        model.metadata = dict(neuinv_version=__version__, seed=seed + run, test_error=test_error,
+                              training=dict(steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                            train_size=train_size, epoch_steps=steps_per_epoch,
+                                            scheduler="CosineAnnealingWarmRestarts(T_0=3, T_mult=2, eta_min=1e-6)"))
+        results.append((model, TrainingHistory(losses[run], test_error)))
+    return results
 
 
 def load_pretrained(name: str, map_location="cpu") -> InverseMLP:

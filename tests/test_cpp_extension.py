@@ -1,33 +1,50 @@
-"""The compiled CPU kernels against the torch reference and a float64 truth (needs `neuinv build-ext`)."""
+"""The compiled kernels (CPU, and CUDA where a GPU is present) against the torch reference and a float64
+truth. Needs `neuinv build-ext`; the CUDA cases are marked `cuda` and skipped without a GPU."""
 import pytest
 import torch
 
 import neuinv
 from neuinv import extension, reference
+from neuinv.backends import available_backends, resolve_backend
 from conftest import conditioned_matrices, residual_bound, true_residual, warm_start
 
 pytestmark = pytest.mark.skipif(not extension.load(), reason="the C++ extension is not built (neuinv build-ext)")
 SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 31, 32, 33, 64]
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not available_backends()["cuda"].available, reason=available_backends()["cuda"].reason)])
+DEVICES = ["cpu", CUDA]
 
 
 def cases():
     return [pytest.param(n, dtype, id=f"n{n}-{str(dtype)[6:]}") for n in SIZES for dtype in (torch.float32, torch.float64)]
 
 
+def test_build_holds_the_cuda_kernels_whenever_the_toolchain_can_compile_them():
+    """A CUDA build of torch plus a toolkit means `neuinv build-ext` compiled csrc/neuinv_cuda.cu (sm_90
+    without a GPU): a broken .cu file fails here, on machines with no GPU to run it."""
+    problem = extension.cuda_build_problem()
+    if problem is not None:
+        pytest.skip(f"the CUDA part cannot be compiled here: {problem}")
+    assert extension.has_cuda_kernels()
+    assert "CPU and CUDA kernels" in available_backends()["cpp"].reason
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, dtype", cases())
-def test_exact_kernel_matches_torch(n, dtype):
-    A = conditioned_matrices(37, n, 100.0, dtype, seed=n)
+def test_exact_kernel_matches_torch(n, dtype, device):
+    A = conditioned_matrices(37, n, 100.0, dtype, seed=n).to(device)
     X, pivots = torch.ops.neuinv.exact_inverse(A)
-    assert (pivots == 0).all()
-    assert true_residual(A, X).max().item() <= residual_bound(A)
+    assert X.device == A.device and (pivots == 0).all()
+    assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
     # Both compute I - A X in working precision, in different orders: equal up to eps ||A||_F ||X||_F.
     rounding = torch.finfo(dtype).eps * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)
     assert ((torch.ops.neuinv.residual_norm(A, X) - reference.residual_norm(A, X)).abs() <= 2 * rounding).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, dtype", cases())
-def test_newton_schulz_kernel_matches_reference(n, dtype):
-    A = conditioned_matrices(37, n, 100.0, dtype, seed=n)
+def test_newton_schulz_kernel_matches_reference(n, dtype, device):
+    A = conditioned_matrices(37, n, 100.0, dtype, seed=n).to(device)
     X0 = warm_start(A, 0.05, seed=2)
     eps = torch.finfo(dtype).eps
     args = (A, X0, eps / 4, 1e-3, 10, True, 0.5)
@@ -35,36 +52,43 @@ def test_newton_schulz_kernel_matches_reference(n, dtype):
     X, r, done, steps = torch.ops.neuinv.newton_schulz(*args)
     assert done.all() and done_ref.all()
     assert (steps - steps_ref).abs().max() <= 1
-    assert true_residual(A, X).max().item() <= residual_bound(A)
+    assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
+    rounding = eps * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)
+    assert ((r.cpu().double() - true_residual(A, X)).abs() <= 2 * rounding.cpu().double()).all()
 
 
-def test_singular_and_nan_members_are_flagged_alone():
+@pytest.mark.parametrize("device", DEVICES)
+def test_singular_and_nan_members_are_flagged_alone(device):
     A = conditioned_matrices(9, 5, 10.0, torch.float64)
     A[2] = 1.0  # rank one
     A[6, 0, 0] = float("nan")
+    A = A.to(device)
     X, pivots = torch.ops.neuinv.exact_inverse(A)
     assert pivots[2] > 0 and torch.isnan(X[2]).all()
     good = torch.tensor([i not in (2, 6) for i in range(9)])
     assert (pivots[good] == 0).all() and torch.allclose(X[good], torch.linalg.inv(A[good]), atol=1e-10)
-    X_ns, r, done, _ = torch.ops.neuinv.newton_schulz(A, torch.nan_to_num(warm_start(A, 1e-3)), 1e-16, 1e-6, 10, True, 0.5)
+    guess = torch.nan_to_num(warm_start(A, 1e-3))
+    X_ns, r, done, _ = torch.ops.neuinv.newton_schulz(A, guess, 1e-16, 1e-6, 10, True, 0.5)
     assert not done[6] and not done[2] and done[good].all()
-    Xb, info = neuinv.batched_inverse_ex(A, init=torch.nan_to_num(warm_start(A, 1e-3)), backend="cpp")
+    backend = "cpp" if device == "cpu" else "cuda"
+    Xb, info = neuinv.batched_inverse_ex(A, init=guess, backend=backend)
     assert info.converged.tolist() == good.tolist()
 
 
-def test_non_contiguous_input_and_bad_shapes():
-    A = conditioned_matrices(6, 4, 10.0, torch.float64).mT
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_input_and_bad_shapes(device):
+    A = conditioned_matrices(6, 4, 10.0, torch.float64).to(device).mT
     X, _ = torch.ops.neuinv.exact_inverse(A)
     assert torch.allclose(X, torch.linalg.inv(A), atol=1e-12)
     with pytest.raises(RuntimeError, match="n <= 64"):
-        torch.ops.neuinv.exact_inverse(torch.eye(65)[None])
+        torch.ops.neuinv.exact_inverse(torch.eye(65, device=device)[None])
     with pytest.raises(RuntimeError, match="float32 or float64"):
-        torch.ops.neuinv.exact_inverse(torch.eye(3, dtype=torch.complex64)[None])
+        torch.ops.neuinv.exact_inverse(torch.eye(3, dtype=torch.complex64, device=device)[None])
+    X_empty, info_empty = torch.ops.neuinv.exact_inverse(torch.empty(0, 5, 5, device=device))
+    assert X_empty.shape == (0, 5, 5) and info_empty.shape == (0,)
 
 
 def test_cpp_backend_end_to_end_and_auto_dispatch():
-    from neuinv.backends import resolve_backend
-
     for n in (2, 6, 16):  # kernels for n <= 8, the torch path's products above (CPP_REFINE_MAX_N)
         A = conditioned_matrices(50, n, 100.0, torch.float32)
         assert resolve_backend("auto", A).name == "cpp"
@@ -74,13 +98,27 @@ def test_cpp_backend_end_to_end_and_auto_dispatch():
             assert true_residual(A, X).max().item() <= residual_bound(A)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not available_backends()["cuda"].available, reason=available_backends()["cuda"].reason)
+@pytest.mark.parametrize("n", [3, 16, 40])
+def test_cuda_backend_end_to_end_over_many_blocks(n):
+    """A batch spanning many blocks with a partial last one; auto takes the CUDA kernels on CUDA input."""
+    A = conditioned_matrices(1000 + 13, n, 100.0, torch.float32, seed=7).cuda()
+    assert resolve_backend("auto", A).name == "cuda"
+    for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cuda"}):
+        X, info = neuinv.batched_inverse_ex(A, **kwargs)
+        assert info.converged.all()
+        assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op, args", [
     ("exact_inverse", lambda A: (A,)),
     ("residual_norm", lambda A: (A, torch.linalg.inv(A))),
     ("newton_schulz", lambda A: (A, torch.linalg.inv(A), 1e-7, 1e-3, 5, True, 0.5)),
 ])
-def test_opcheck(op, args):
-    A = conditioned_matrices(4, 3, 10.0, torch.float64)
+def test_opcheck(op, args, device):
+    A = conditioned_matrices(4, 3, 10.0, torch.float64).to(device)
     torch.library.opcheck(getattr(torch.ops.neuinv, op).default, args(A), test_utils=("test_schema", "test_faketensor"))
 
 

@@ -70,6 +70,19 @@ def test_short_training_lowers_the_loss_and_the_taylor_head_wins():
     assert taylor.test_error < direct.test_error
 
 
+def test_runs_trained_together_are_independent_trainings():
+    """Run 0 of a stacked training sees the same batches as a lone run with its seed (fixed training set,
+    per-run shuffles): the stacked Adam must give it the same network; run 1 is a different network."""
+    options = dict(hidden=8, depth=3, steps=60, train_size=640, epoch_steps=10, lr=1e-3, progress=False)
+    (alone, alone_history), = neuinv.training.fit_runs(paper_sampler("paper-2x2-1st", seed=0), runs=1, **options)
+    together = neuinv.training.fit_runs(paper_sampler("paper-2x2-1st", seed=0), runs=2, **options)
+    for mine, theirs in zip(alone.parameters(), together[0][0].parameters()):
+        assert torch.allclose(mine, theirs, rtol=1e-9, atol=1e-12)
+    assert together[0][1].losses == pytest.approx(alone_history.losses, rel=1e-9)
+    assert not torch.allclose(together[0][0].layers[0].weight, together[1][0].layers[0].weight)
+    assert together[1][1].losses[-1] < together[1][1].losses[0]
+
+
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_round_trip_and_safe_loading(tmp_path):
     sampler = BoxSampler(torch.eye(2, dtype=torch.float64) * 3, 0.05)
