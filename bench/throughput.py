@@ -67,11 +67,18 @@ def methods(A: torch.Tensor, init: torch.Tensor, device: str):
         yield "numpy.linalg.inv", lambda: np.linalg.inv(A_np), 2
     yield "neuinv auto (exact path)", lambda: neuinv.batched_inverse(A), 2
     available = neuinv.available_backends()
-    device_backends = ("triton",) if device.startswith("cuda") else ("cpp",)
+    device_backends = ("cuda", "triton") if device.startswith("cuda") else ("cpp",)
     compiled_backends = [name for name in device_backends if available[name].available]
     for backend in ["torch"] + compiled_backends:
         yield f"neuinv {backend}, scaled transpose", lambda b=backend: neuinv.batched_inverse(A, backend=b), 2
         yield f"neuinv {backend}, warm start 1e-3", lambda b=backend: neuinv.batched_inverse(A, init=init, backend=b), 3
+    if compiled_backends and compiled_backends[0] in ("cuda", "cpp"):
+        # The compiled kernels alone, without dispatch and verification: exact inverse (reads A, writes X)
+        # and the whole warm-started Newton-Schulz loop (reads A and X0, writes X).
+        tol = torch.finfo(A.dtype).eps / 2
+        yield "kernel neuinv::exact_inverse", lambda: torch.ops.neuinv.exact_inverse(A), 2
+        yield "kernel neuinv::newton_schulz, warm 1e-3", \
+            lambda: torch.ops.neuinv.newton_schulz(A, init, tol, 1e-3, 10, True, 0.5), 3
 
 
 def run(args) -> list[dict]:

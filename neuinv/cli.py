@@ -133,7 +133,7 @@ def reproduce(args) -> int:
               "schedule; expect larger errors than the paper's. Drop --quick for the full-length runs.")
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     rows = run(table=args.table, runs=runs, quick=args.quick, device=args.device, datasets=args.dataset,
-               base_matrix=args.base_matrix)
+               models=args.model, base_matrix=args.base_matrix)
     print(markdown(rows))
     return 0
 
@@ -216,6 +216,8 @@ def main(argv=None) -> int:
     reproduce_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     reproduce_parser.add_argument("--dataset", action="append", choices=list(DATASETS),
                                   help="only this dataset (repeatable; default: all four)")
+    reproduce_parser.add_argument("--model", action="append", choices=["2-FC", "3-FC"],
+                                  help="only this Table 1 network (repeatable; default: both)")
     reproduce_parser.add_argument("--base-matrix", help=".npy file replacing the 16x16 centre A0 (e.g. the authors')")
     reproduce_parser.set_defaults(run=reproduce)
     regions_parser = commands.add_parser("regions", help=regions.__doc__)

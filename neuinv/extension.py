@@ -27,6 +27,7 @@ DEFAULT_CUDA_ARCH_LIST = "9.0+PTX"
 """Compiled-for GPU architectures when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (sm_90: H100)."""
 _loaded = False
 _load_error: str | None = None
+_library: Path | None = None
 
 
 def source_directory() -> Path:
@@ -95,18 +96,20 @@ def _jit_library_path() -> Path:
     return build_directory() / f"{NAME}.so"
 
 
-def _library_path() -> Path | None:
-    """The ahead-of-time module neuinv._C if installed, else the JIT build if present."""
+def _library_candidates() -> list[Path]:
+    """The ahead-of-time module neuinv._C if installed, then the JIT build, where they exist."""
+    candidates = []
     spec = importlib.util.find_spec("neuinv._C")
     if spec is not None and spec.origin:
-        return Path(spec.origin)
-    path = _jit_library_path()
-    return path if path.exists() else None
+        candidates.append(Path(spec.origin))
+    if _jit_library_path().exists():
+        candidates.append(_jit_library_path())
+    return candidates
 
 
 def build(verbose: bool = False) -> Path:
     """Compile the kernels just in time (CPU: ~20 s on 2 cores; CUDA adds a few minutes) and load them."""
-    global _loaded, _load_error
+    global _loaded, _load_error, _library
     settings = compile_settings()
     from torch.utils import cpp_extension
 
@@ -117,28 +120,32 @@ def build(verbose: bool = False) -> Path:
                        extra_cflags=settings["extra_cflags"], extra_cuda_cflags=settings["extra_cuda_cflags"],
                        with_cuda=settings["with_cuda"], is_python_module=False, verbose=verbose)
     _register_fakes()
-    _loaded, _load_error = True, None
-    return _jit_library_path()
+    _loaded, _load_error, _library = True, None, _jit_library_path()
+    return _library
 
 
 def load() -> bool:
     """Load a finished build (never compiles). False, with the reason kept for status(), if there is none."""
-    global _loaded, _load_error
+    global _loaded, _load_error, _library
     if _loaded:
         return True
-    path = _library_path()
-    if path is None:
+    candidates = _library_candidates()
+    if not candidates:
         _load_error = f"not built: run `neuinv build-ext` (looked for neuinv._C and {_jit_library_path()})"
         return False
-    try:
-        torch.ops.load_library(str(path))
-    except (OSError, RuntimeError) as error:
-        _load_error = f"the build at {path} does not load ({error}); rebuild with `neuinv build-ext`"
-        warnings.warn(f"neuinv: {_load_error}; using the other backends", RuntimeWarning, stacklevel=2)
-        return False
-    _register_fakes()
-    _loaded = True
-    return True
+    problems = []
+    for path in candidates:
+        try:
+            torch.ops.load_library(str(path))
+        except (OSError, RuntimeError) as error:
+            problems.append(f"{path} does not load ({error})")
+            continue
+        _register_fakes()
+        _loaded, _library = True, path
+        return True
+    _load_error = "; ".join(problems) + "; rebuild with `neuinv build-ext`"
+    warnings.warn(f"neuinv: {_load_error}; using the other backends", RuntimeWarning, stacklevel=2)
+    return False
 
 
 def has_cuda_kernels() -> bool:
@@ -149,7 +156,7 @@ def has_cuda_kernels() -> bool:
 def status() -> tuple[bool, str]:
     if load():
         parts = "CPU and CUDA kernels" if has_cuda_kernels() else "CPU kernels"
-        return True, f"compiled {parts} ({_library_path()})"
+        return True, f"compiled {parts} ({_library})"
     return False, _load_error or "not built"
 
 

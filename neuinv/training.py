@@ -17,6 +17,8 @@ from .data import Batch
 from .models import InverseMLP
 
 PRETRAINED = ("paper-2x2-1st", "paper-2x2-2nd", "paper-3x3", "paper-16x16")
+FRESH_DRAW_STEPS = 100
+"""With fresh matrices every batch, the sampler is called once per this many steps (fewer launches on a GPU)."""
 
 
 class TrainingHistory(NamedTuple):
@@ -63,7 +65,8 @@ def fit_runs(sampler, *, runs: int = 1, hidden: int, depth: int = 2, head: str =
                                  head=head, dtype=dtype).to(device))
     parameters, buffers = torch.func.stack_module_state(models)
     forward = torch.func.vmap(lambda p, b, A: torch.func.functional_call(models[0], (p, b), (A,)))
-    optimizer = torch.optim.Adam(parameters.values(), lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.Adam(parameters.values(), lr=lr, weight_decay=weight_decay,
+                                 fused=torch.device(device).type == "cuda")
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=3, T_mult=2, eta_min=1e-6)
     fixed = sampler.sample(train_size) if train_size else None
     if fixed is not None:
@@ -85,9 +88,11 @@ def fit_runs(sampler, *, runs: int = 1, hidden: int, depth: int = 2, head: str =
             index = orders[:, position * batch_size:(position + 1) * batch_size]
             A, target = fixed.A[index], fixed.inverse[index]
         else:
-            A, target = sampler.sample(runs * batch_size)
-            A = A.to(device=device, dtype=dtype).reshape(runs, batch_size, n, n)
-            target = target.to(device=device, dtype=dtype).reshape(runs, batch_size, n, n)
+            if step % FRESH_DRAW_STEPS == 0:  # one draw (and one batched inverse) for many steps
+                draw = sampler.sample(runs * batch_size * min(FRESH_DRAW_STEPS, total - step))
+                pool = (draw.A.to(device=device, dtype=dtype).reshape(-1, runs, batch_size, n, n),
+                        draw.inverse.to(device=device, dtype=dtype).reshape(-1, runs, batch_size, n, n))
+            A, target = pool[0][step % FRESH_DRAW_STEPS], pool[1][step % FRESH_DRAW_STEPS]
         run_losses = (forward(parameters, buffers, A) - target).square().flatten(1).mean(1)
         optimizer.zero_grad(set_to_none=True)
         run_losses.sum().backward()
