@@ -10,16 +10,25 @@
 #include <cmath>
 #include <limits>
 
-namespace neuinv {
-namespace {
+#include "neuinv_checks.h"
 
-void check_batch(const at::Tensor& A, const char* name) {
+namespace neuinv {
+
+void check_batch(const at::Tensor& A, const char* name, c10::DeviceType device) {
   TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), name, " must have shape (b, n, n), got ", A.sizes());
   TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble, name,
               " must be float32 or float64, got ", A.scalar_type());
-  TORCH_CHECK(A.device().is_cpu(), name, " must be on the CPU");
+  TORCH_CHECK(A.device().type() == device, name, " must be on ", c10::DeviceTypeName(device), ", got ", A.device());
   TORCH_CHECK(A.size(1) <= 64, name, " holds ", A.size(1), "x", A.size(1), " matrices; the kernels take n <= 64");
 }
+
+void check_like(const at::Tensor& A, const at::Tensor& X, const char* name) {
+  TORCH_CHECK(A.sizes() == X.sizes() && A.scalar_type() == X.scalar_type(), "A and ", name,
+              " must have the same shape and dtype, got ", A.sizes(), " ", A.scalar_type(), " and ", X.sizes(), " ",
+              X.scalar_type());
+}
+
+namespace {
 
 constexpr int64_t kMaxN = 64;
 
@@ -37,44 +46,45 @@ constexpr int64_t kMaxN = 64;
     default: { constexpr int N = 0; __VA_ARGS__(); break; }  \
   }
 
-// Gauss-Jordan elimination with partial pivoting on [A | I]. Returns 0, or the 1-based column
-// of the first zero pivot (A singular), as LAPACK's getrf reports it.
+// Gauss-Jordan elimination with partial pivoting on [A | I], in double precision for every input
+// dtype (float32 inverses then carry only their final rounding: their residuals come out below LAPACK's
+// float32 LU). Returns 0, or the 1-based column of the first zero pivot (A singular), as getrf reports it.
 template <typename T, int N>
 int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   const int64_t w = 2 * n;
-  alignas(64) T work[(N > 0 ? N : kMaxN) * 2 * (N > 0 ? N : kMaxN)];
+  alignas(64) double work[(N > 0 ? N : kMaxN) * 2 * (N > 0 ? N : kMaxN)];
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) {
       work[i * w + j] = a[i * n + j];
-      work[i * w + n + j] = (i == j) ? T(1) : T(0);
+      work[i * w + n + j] = (i == j) ? 1.0 : 0.0;
     }
   }
   for (int64_t k = 0; k < n; ++k) {
     int64_t pivot = k;
-    T best = std::abs(work[k * w + k]);
+    double best = std::abs(work[k * w + k]);
     for (int64_t i = k + 1; i < n; ++i) {
-      const T value = std::abs(work[i * w + k]);
+      const double value = std::abs(work[i * w + k]);
       if (value > best) { best = value; pivot = i; }
     }
-    if (!(best > T(0))) {
+    if (!(best > 0.0)) {
       return k + 1;
     }
     if (pivot != k) {
       for (int64_t j = 0; j < w; ++j) std::swap(work[k * w + j], work[pivot * w + j]);
     }
-    T* row_k = work + k * w;
-    const T inverse_pivot = T(1) / row_k[k];
+    double* row_k = work + k * w;
+    const double inverse_pivot = 1.0 / row_k[k];
     for (int64_t j = 0; j < w; ++j) row_k[j] *= inverse_pivot;
     for (int64_t i = 0; i < n; ++i) {
       if (i == k) continue;
-      T* row_i = work + i * w;
-      const T factor = row_i[k];
+      double* row_i = work + i * w;
+      const double factor = row_i[k];
       for (int64_t j = 0; j < w; ++j) row_i[j] -= factor * row_k[j];
     }
   }
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) x[i * n + j] = work[i * w + n + j];
+    for (int64_t j = 0; j < n; ++j) x[i * n + j] = static_cast<T>(work[i * w + n + j]);
   }
   return 0;
 }
@@ -106,7 +116,7 @@ T frobenius(const T* a, int64_t n_runtime) {
 }
 
 std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
-  check_batch(A_in, "A");
+  check_batch(A_in, "A", at::kCPU);
   const at::Tensor A = A_in.contiguous();
   const int64_t b = A.size(0), n = A.size(1);
   at::Tensor X = at::empty_like(A);
@@ -131,10 +141,9 @@ std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
 }
 
 at::Tensor residual_norm_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
-  check_batch(A_in, "A");
-  check_batch(X_in, "X");
-  TORCH_CHECK(A_in.sizes() == X_in.sizes() && A_in.scalar_type() == X_in.scalar_type(),
-              "A and X must have the same shape and dtype");
+  check_batch(A_in, "A", at::kCPU);
+  check_batch(X_in, "X", at::kCPU);
+  check_like(A_in, X_in, "X");
   const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
   const int64_t b = A.size(0), n = A.size(1);
   at::Tensor r = at::empty({b}, A.options());
@@ -157,10 +166,9 @@ at::Tensor residual_norm_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cpu(
     const at::Tensor& A_in, const at::Tensor& X0_in, double tol, double accept, int64_t max_iter,
     bool guarded, double guard) {
-  check_batch(A_in, "A");
-  check_batch(X0_in, "X0");
-  TORCH_CHECK(A_in.sizes() == X0_in.sizes() && A_in.scalar_type() == X0_in.scalar_type(),
-              "A and X0 must have the same shape and dtype");
+  check_batch(A_in, "A", at::kCPU);
+  check_batch(X0_in, "X0", at::kCPU);
+  check_like(A_in, X0_in, "X0");
   const at::Tensor A = A_in.contiguous(), X0 = X0_in.contiguous();
   const int64_t b = A.size(0), n = A.size(1);
   at::Tensor X = at::empty_like(A);

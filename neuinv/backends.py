@@ -83,7 +83,7 @@ class CppBackend(TorchBackend):
 
 
 class CudaBackend(TorchBackend):
-    """The compiled CUDA kernels (csrc/neuinv_cuda.cu): the whole Newton–Schulz loop per matrix in one
+    """The compiled CUDA kernels (csrc/neuinv_cuda_*.cu): the whole Newton–Schulz loop per matrix in one
     launch (no host round trip per step), the residual, and the Gauss–Jordan inverse, for n <= 64."""
 
     name = "cuda"

@@ -1,5 +1,5 @@
 """The optional compiled extension: CPU kernels (csrc/neuinv_cpu.cpp) and, where a CUDA toolkit and a
-CUDA build of torch are present, CUDA kernels (csrc/neuinv_cuda.cu), registered as ``torch.ops.neuinv.*``.
+CUDA build of torch are present, CUDA kernels (csrc/neuinv_cuda_*.cu), registered as ``torch.ops.neuinv.*``.
 
 Two ways to build it:
 
@@ -41,7 +41,8 @@ def cpu_sources() -> list[Path]:
 
 
 def cuda_sources() -> list[Path]:
-    return [source_directory() / "neuinv_cuda.cu"]
+    """One file per operator (csrc/neuinv_cuda_<op>.cu), so that they compile in parallel."""
+    return sorted(source_directory().glob("neuinv_cuda_*.cu"))
 
 
 def cuda_toolkit() -> Path | None:
@@ -148,9 +149,13 @@ def load() -> bool:
     return False
 
 
+OPERATORS = ("exact_inverse", "residual_norm", "newton_schulz")
+
+
 def has_cuda_kernels() -> bool:
-    """Whether the loaded build holds the CUDA kernels (registered for the CUDA dispatch key)."""
-    return load() and torch._C._dispatch_has_kernel_for_dispatch_key("neuinv::newton_schulz", "CUDA")
+    """Whether the loaded build holds CUDA kernels for every operator (registered for the CUDA dispatch key)."""
+    return load() and all(torch._C._dispatch_has_kernel_for_dispatch_key(f"neuinv::{op}", "CUDA")
+                          for op in OPERATORS)
 
 
 def status() -> tuple[bool, str]:

@@ -1,0 +1,152 @@
+// Shared pieces of neuinv's CUDA kernels (csrc/neuinv_cuda_*.cu, one operator per file so they compile in
+// parallel): the CUDA implementations of the operators csrc/neuinv_cpu.cpp defines, with the semantics of
+// the Python reference in neuinv/reference.py.
+//
+// Layout (the design of MAGMA's batched small-size kernels and Ginkgo's block-Jacobi inversion): a group
+// of W threads works on one matrix, thread i holding row i in registers (W >= n, a power of two up to
+// 64, fixed by template so the row loops unroll); a block holds several groups, threadIdx.x = row,
+// threadIdx.y = matrix within the block. Rows other threads need are exchanged through shared memory,
+// per-matrix sums and pivot searches through warp shuffles.
+#pragma once
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <limits>
+
+#include "neuinv_checks.h"
+
+namespace neuinv {
+namespace cuda_kernels {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// Groups per block: 128 threads in all (64 threads, one group, for W = 64).
+template <int W>
+constexpr int groups_per_block() { return W >= 64 ? 1 : 128 / W; }
+
+template <int W>
+__device__ __forceinline__ void group_sync() {
+  if constexpr (W <= 32) {
+    __syncwarp();
+  } else {
+    __syncthreads();
+  }
+}
+
+// Sum of v over the group. For W = 64 (one group per block) the two warps meet in `scratch`.
+template <int W, typename T>
+__device__ __forceinline__ T group_sum(T v, T* scratch) {
+  constexpr int width = W < 32 ? W : 32;
+#pragma unroll
+  for (int offset = width / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset, width);
+  if constexpr (W > 32) {
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) scratch[warp] = v;
+    __syncthreads();
+    v = scratch[0] + scratch[1];
+    __syncthreads();
+  }
+  return v;
+}
+
+// Largest value over the group and the row that holds it (the smaller row on ties).
+template <int W, typename T>
+__device__ __forceinline__ void group_argmax(T& value, int& row, T* scratch_value, int* scratch_row) {
+  constexpr int width = W < 32 ? W : 32;
+#pragma unroll
+  for (int offset = width / 2; offset > 0; offset /= 2) {
+    const T other_value = __shfl_xor_sync(kFullMask, value, offset, width);
+    const int other_row = __shfl_xor_sync(kFullMask, row, offset, width);
+    if (other_value > value || (other_value == value && other_row < row)) {
+      value = other_value;
+      row = other_row;
+    }
+  }
+  if constexpr (W > 32) {
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+      scratch_value[warp] = value;
+      scratch_row[warp] = row;
+    }
+    __syncthreads();
+    const bool second = scratch_value[1] > scratch_value[0];
+    value = scratch_value[second];
+    row = scratch_row[second];
+    __syncthreads();
+  }
+}
+
+// row[k] for a run-time k without dynamic register indexing.
+template <int W, typename T>
+__device__ __forceinline__ T pick(const T (&row)[W], int k) {
+  T value = T(0);
+#pragma unroll
+  for (int j = 0; j < W; ++j) value = (j == k) ? row[j] : value;
+  return value;
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void load_row(const T* __restrict__ source, bool active, int n, T (&row)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) row[j] = (active && j < n) ? source[j] : T(0);
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void store_row(T* __restrict__ target, int n, const T (&row)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    if (j < n) target[j] = row[j];
+  }
+}
+
+// Row i of R = I - A X, with X's rows shared in `x_rows` (W x (W + 1), padded against bank conflicts).
+template <int W, typename T>
+__device__ __forceinline__ void residual_row(const T (&a)[W], const T* x_rows, int i, bool row_active, T (&r)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) r[j] = (row_active && j == i) ? T(1) : T(0);
+#pragma unroll
+  for (int k = 0; k < W; ++k) {
+#pragma unroll
+    for (int j = 0; j < W; ++j) r[j] = fma(-a[k], x_rows[k * (W + 1) + j], r[j]);
+  }
+}
+
+template <int W, typename T>
+__device__ __forceinline__ T row_sum_of_squares(const T (&row)[W]) {
+  T sum = T(0);
+#pragma unroll
+  for (int j = 0; j < W; ++j) sum = fma(row[j], row[j], sum);
+  return sum;
+}
+
+template <int W, typename T>
+__device__ __forceinline__ void share_row(T* rows, int i, const T (&row)[W]) {
+#pragma unroll
+  for (int j = 0; j < W; ++j) rows[i * (W + 1) + j] = row[j];
+}
+
+// Calls body with the group width W (threads per matrix) for n: the next power of two.
+template <typename Body>
+void dispatch_width(int64_t n, Body&& body) {
+  if (n <= 1) body(std::integral_constant<int, 1>{});
+  else if (n <= 2) body(std::integral_constant<int, 2>{});
+  else if (n <= 4) body(std::integral_constant<int, 4>{});
+  else if (n <= 8) body(std::integral_constant<int, 8>{});
+  else if (n <= 16) body(std::integral_constant<int, 16>{});
+  else if (n <= 32) body(std::integral_constant<int, 32>{});
+  else body(std::integral_constant<int, 64>{});
+}
+
+template <int W>
+dim3 grid_for(int64_t batch) {
+  return dim3(static_cast<unsigned>((batch + groups_per_block<W>() - 1) / groups_per_block<W>()));
+}
+
+}  // namespace cuda_kernels
+}  // namespace neuinv

@@ -1,0 +1,96 @@
+// neuinv::exact_inverse on CUDA: batched Gauss-Jordan inversion.
+#include "neuinv_cuda_common.cuh"
+
+namespace neuinv {
+namespace cuda_kernels {
+namespace {
+
+// Gauss-Jordan inversion in place with implicit partial pivoting: at step k the unused row p with the
+// largest |M[p][k]| becomes the pivot (no rows are swapped); afterwards X[k][p_j] = M[p_k][j]. info[m] is 0,
+// or the 1-based column of the first zero pivot (X is then NaN), as LAPACK's getrf reports it. The arithmetic
+// is double precision for every input dtype (a float32 inverse carries only its final rounding), as on the CPU.
+template <typename T, int W>
+__global__ void exact_inverse_kernel(const T* __restrict__ A, T* __restrict__ X, int32_t* __restrict__ info,
+                                     int64_t batch, int n) {
+  constexpr int G = groups_per_block<W>();
+  using C = double;
+  __shared__ C pivot_rows[G][W];
+  __shared__ int pivot_of_step[G][W];
+  __shared__ C scratch_value[2];
+  __shared__ int scratch_row[2];
+  const int i = threadIdx.x, g = threadIdx.y;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * G + g;
+  const bool row_active = m < batch && i < n;
+  const int64_t offset = row_active ? m * n * n + static_cast<int64_t>(i) * n : 0;
+
+  C row[W];
+#pragma unroll
+  for (int j = 0; j < W; ++j) row[j] = (row_active && j < n) ? static_cast<C>(A[offset + j]) : C(0);
+  bool used = false;
+  int my_step = 0, zero_pivot = 0;
+  for (int k = 0; k < n; ++k) {
+    const C own = pick<W>(row, k);
+    const C size = fabs(own) > C(0) ? fabs(own) : C(0);  // NaN counts as zero
+    C best = (row_active && !used) ? size : C(-1);
+    int pivot = i;
+    group_argmax<W>(best, pivot, scratch_value, scratch_row);
+    if (i == pivot) {
+      used = true;
+      my_step = k;
+#pragma unroll
+      for (int j = 0; j < W; ++j) pivot_rows[g][j] = row[j];
+      pivot_of_step[g][k] = i;
+    }
+    group_sync<W>();
+    if (!(best > C(0)) && zero_pivot == 0) zero_pivot = k + 1;
+    const C d = C(1) / pivot_rows[g][k];
+    const C c = (i == pivot) ? C(0) : own * d;
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      const C p = pivot_rows[g][j];
+      row[j] = (i == pivot) ? p * d : fma(-c, p, row[j]);
+    }
+    const C new_k = (i == pivot) ? d : -c;
+#pragma unroll
+    for (int j = 0; j < W; ++j) row[j] = (j == k) ? new_k : row[j];
+    group_sync<W>();
+  }
+  if (row_active) {
+    T* out = X + m * n * n + static_cast<int64_t>(my_step) * n;
+    const T nan = std::numeric_limits<T>::quiet_NaN();
+#pragma unroll
+    for (int j = 0; j < W; ++j) {
+      if (j < n) out[pivot_of_step[g][j]] = zero_pivot ? nan : static_cast<T>(row[j]);
+    }
+    if (i == 0) info[m] = zero_pivot;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> exact_inverse_cuda(const at::Tensor& A_in) {
+  check_batch(A_in, "A", at::kCUDA);
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous();
+  const int64_t b = A.size(0), n = A.size(1);
+  at::Tensor X = at::empty_like(A);
+  at::Tensor info = at::zeros({b}, A.options().dtype(at::kInt));
+  if (b == 0 || n == 0) return {X, info};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_exact_inverse_cuda", [&] {
+    dispatch_width(n, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      exact_inverse_kernel<scalar_t, W><<<grid_for<W>(b), dim3(W, groups_per_block<W>()), 0, stream>>>(
+          A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), info.data_ptr<int32_t>(), b, static_cast<int>(n));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {X, info};
+}
+
+}  // namespace
+}  // namespace cuda_kernels
+
+TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
+  m.impl("exact_inverse", &cuda_kernels::exact_inverse_cuda);
+}
+
+}  // namespace neuinv

@@ -1,0 +1,110 @@
+// neuinv::newton_schulz on CUDA: the whole Newton-Schulz refinement per matrix in one launch.
+#include "neuinv_cuda_common.cuh"
+
+namespace neuinv {
+namespace cuda_kernels {
+namespace {
+
+// The whole Newton-Schulz loop X <- X + X (I - A X) per matrix, with the stopping rules of
+// neuinv.reference.newton_schulz_refine: done at r <= min(tol ||A||_F ||X||_F, accept) or at the rounding
+// floor (r_prev < 0.5, r > r_prev / 2) with r <= accept; stopped when r is not finite, by the guard at
+// step 0, or at max_iter. Every thread of a block runs until the block's last matrix stops.
+template <typename T, int W>
+__global__ void newton_schulz_kernel(const T* __restrict__ A, const T* __restrict__ X0, T* __restrict__ X,
+                                     T* __restrict__ residual_out, bool* __restrict__ done_out,
+                                     int32_t* __restrict__ steps_out, int64_t batch, int n, double tol,
+                                     double accept, int64_t max_iter, bool guarded, double guard) {
+  constexpr int G = groups_per_block<W>();
+  __shared__ T rows[G][W * (W + 1)];
+  __shared__ T scratch[2];
+  const int i = threadIdx.x, g = threadIdx.y;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * G + g;
+  const bool row_active = m < batch && i < n;
+  const int64_t offset = row_active ? m * n * n + static_cast<int64_t>(i) * n : 0;
+  T a[W], x[W], r[W];
+  load_row<W>(A + offset, row_active, n, a);
+  load_row<W>(X0 + offset, row_active, n, x);
+  const double a_norm = sqrt(static_cast<double>(group_sum<W>(row_sum_of_squares<W>(a), scratch)));
+
+  bool stopped = m >= batch, done = false;
+  double previous = INFINITY, residual = 0.0;
+  int64_t steps = 0;
+  for (int64_t step = 0;; ++step) {
+    share_row<W>(rows[g], i, x);
+    group_sync<W>();
+    residual_row<W>(a, rows[g], i, row_active, r);
+    const double r_norm = sqrt(static_cast<double>(group_sum<W>(row_sum_of_squares<W>(r), scratch)));
+    const double x_norm = sqrt(static_cast<double>(group_sum<W>(row_sum_of_squares<W>(x), scratch)));
+    if (!stopped) {
+      const bool at_floor = previous < 0.5 && r_norm > previous / 2;
+      const bool converged = r_norm <= fmin(tol * a_norm * x_norm, accept) || (at_floor && r_norm <= accept);
+      if (converged || at_floor || !isfinite(r_norm) || (guarded && step == 0 && r_norm >= guard) ||
+          step == max_iter) {
+        stopped = true;
+        done = converged;
+        residual = r_norm;
+        steps = step;
+        if (row_active) store_row<W>(X + offset, n, x);
+      }
+      previous = r_norm;
+    }
+    if (!__syncthreads_or(!stopped)) break;
+    share_row<W>(rows[g], i, r);
+    group_sync<W>();
+    if (!stopped) {
+      T next[W];
+#pragma unroll
+      for (int j = 0; j < W; ++j) next[j] = x[j];
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+#pragma unroll
+        for (int j = 0; j < W; ++j) next[j] = fma(x[k], rows[g][k * (W + 1) + j], next[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < W; ++j) x[j] = next[j];
+    }
+    group_sync<W>();
+  }
+  if (m < batch && i == 0) {
+    residual_out[m] = static_cast<T>(residual);
+    done_out[m] = done;
+    steps_out[m] = static_cast<int32_t>(steps);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cuda(
+    const at::Tensor& A_in, const at::Tensor& X0_in, double tol, double accept, int64_t max_iter,
+    bool guarded, double guard) {
+  check_batch(A_in, "A", at::kCUDA);
+  check_batch(X0_in, "X0", at::kCUDA);
+  check_like(A_in, X0_in, "X0");
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous(), X0 = X0_in.contiguous();
+  const int64_t b = A.size(0), n = A.size(1);
+  at::Tensor X = at::empty_like(A);
+  at::Tensor residual = at::zeros({b}, A.options());
+  at::Tensor done = at::zeros({b}, A.options().dtype(at::kBool));
+  at::Tensor steps = at::zeros({b}, A.options().dtype(at::kInt));
+  if (b == 0 || n == 0) return {X, residual, done, steps};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_newton_schulz_cuda", [&] {
+    dispatch_width(n, [&](auto width) {
+      constexpr int W = decltype(width)::value;
+      newton_schulz_kernel<scalar_t, W><<<grid_for<W>(b), dim3(W, groups_per_block<W>()), 0, stream>>>(
+          A.data_ptr<scalar_t>(), X0.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(),
+          done.data_ptr<bool>(), steps.data_ptr<int32_t>(), b, static_cast<int>(n), tol, accept, max_iter, guarded,
+          guard);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {X, residual, done, steps};
+}
+
+}  // namespace
+}  // namespace cuda_kernels
+
+TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
+  m.impl("newton_schulz", &cuda_kernels::newton_schulz_cuda);
+}
+
+}  // namespace neuinv
