@@ -1,8 +1,9 @@
 """Backends: the pure-torch reference and the fast paths that override it.
 
-A backend provides four operations on flat batches ``(b, n, n)``:
-``newton_schulz_step``, ``newton_schulz`` (the refinement loop), ``residual_norm`` and
-``exact_inverse`` (see :mod:`neuinv.reference` for their definitions). :func:`resolve_backend` is the one
+A backend provides five operations on flat batches ``(b, n, n)``:
+``newton_schulz_step``, ``newton_schulz`` (the refinement loop), ``residual_norm``,
+``exact_inverse`` (see :mod:`neuinv.reference` for their definitions) and ``inverse_and_residual``
+(the exact path: the two together). :func:`resolve_backend` is the one
 place that decides which backend runs: ``"auto"`` takes the fastest usable one and
 falls back quietly; an explicitly named backend that cannot run raises.
 """
@@ -17,8 +18,9 @@ import torch
 from . import reference
 
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
-CPP_EXACT_MAX_N = 2
-"""Largest n for which the C++ Gauss–Jordan kernel beat torch.linalg.inv (2-core CPU, 2026-11-27)."""
+CPP_EXACT_MAX_N = 16
+"""Largest n for which the C++ fused inverse-and-residual kernel beat torch.linalg.inv_ex plus the residual
+(2-core CPU, 2026-11-27: 1.8-12x for n <= 8, about even at 16-24, 0.8x at 32)."""
 CPP_REFINE_MAX_N = 8
 """Largest n for which the C++ Newton–Schulz loop beat the torch path's batched products (same machine)."""
 
@@ -40,6 +42,11 @@ class TorchBackend:
         """Refine X0 to (X, r, converged, steps): :func:`neuinv.reference.newton_schulz_refine`."""
         return reference.newton_schulz_refine(self.newton_schulz_step, A, X0, tol, accept, max_iter, guarded, guard)
 
+    def inverse_and_residual(self, A):
+        """The exact path: (X, pivot_info, ||I - A X||_F)."""
+        X, pivot_info = self.exact_inverse(A)
+        return X, pivot_info, self.residual_norm(A, X)
+
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         return None
 
@@ -47,8 +54,8 @@ class TorchBackend:
 class CppBackend(TorchBackend):
     """The compiled CPU kernels (csrc/neuinv_cpu.cpp), used where they measured faster than the
     torch path on CPU: the whole Newton–Schulz loop per matrix in one call and the residual for
-    n <= ``CPP_REFINE_MAX_N`` (batched MKL products win above), the Gauss–Jordan inverse for
-    n <= ``CPP_EXACT_MAX_N`` (LAPACK wins above)."""
+    n <= ``CPP_REFINE_MAX_N`` (batched MKL products win above), the exact path (Gauss–Jordan in
+    double precision and the certified residual in one pass) for n <= ``CPP_EXACT_MAX_N``."""
 
     name = "cpp"
 
@@ -57,11 +64,21 @@ class CppBackend(TorchBackend):
 
         extension.load()
 
-    @staticmethod
-    def exact_inverse(A):
-        if A.shape[-1] <= CPP_EXACT_MAX_N:
-            return torch.ops.neuinv.exact_inverse(A)
-        return reference.exact_inverse(A)
+    def inverse_and_residual(self, A):
+        """Gauss–Jordan in double precision with its certified residual. Float32 results carry only
+        their final rounding; float64 results whose residual is above eps ||A||_F ||X||_F (Gauss–Jordan
+        lands up to ~8x above LU at cond 1e4) get one Newton–Schulz step, which brings them to LU's level."""
+        if A.shape[-1] > CPP_EXACT_MAX_N:
+            return super().inverse_and_residual(A)
+        X, pivot_info, r = torch.ops.neuinv.inverse_and_residual(A)
+        if A.dtype == torch.float64:
+            eps = torch.finfo(A.dtype).eps
+            above_lu = r > eps * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)
+            polish = (above_lu & (r < 0.5)).nonzero().squeeze(1)  # r < 0.5: the step converges
+            if polish.numel():
+                X_p, r_p, _, _ = torch.ops.neuinv.newton_schulz(A[polish], X[polish], eps, 1.0, 1, False, 1.0)
+                X[polish], r[polish] = X_p, r_p
+        return X, pivot_info, r
 
     @staticmethod
     def residual_norm(A, X):

@@ -174,6 +174,11 @@ def _register_fakes() -> None:
     def _(A):
         return torch.empty_like(A), A.new_empty(A.shape[0], dtype=torch.int32)
 
+    @torch.library.register_fake("neuinv::inverse_and_residual")
+    def _(A):
+        b = A.shape[0]
+        return torch.empty_like(A), A.new_empty(b, dtype=torch.int32), A.new_empty(b)
+
     @torch.library.register_fake("neuinv::residual_norm")
     def _(A, X):
         return A.new_empty(A.shape[0])

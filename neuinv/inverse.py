@@ -13,8 +13,9 @@ How each matrix A is inverted
    phase is over (r_prev < 0.5 but r > r_prev / 2: the rounding floor) with r <= accept.
    It goes to the exact path when it reaches ``max_iter``, stalls above ``accept`` or turns
    non-finite.
-4. Exact path: LU with partial pivoting, then verified: its residual must be at most
-   ``accept`` (``ACCEPT_RESIDUAL``).
+4. Exact path: LU with partial pivoting (on the CPU with the compiled kernels, n <= 16:
+   Gauss–Jordan with partial pivoting in double precision), then verified: its residual must be
+   at most ``accept`` (``ACCEPT_RESIDUAL``).
 
 Every returned matrix therefore carries a certificate: ||X - A^-1||_2 <= r ||A^-1||_2, with
 r = info.residual. ``info.converged`` is True exactly when X is finite and r <= accept;
@@ -215,8 +216,7 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
     if exact_idx.numel():
         chosen = _index_or_view(exact_idx, b)
         A_e = A[chosen]
-        X_e, _pivot_info = backend.exact_inverse(A_e)
-        r = backend.residual_norm(A_e, X_e)
+        X_e, _pivot_info, r = backend.inverse_and_residual(A_e)
         X[chosen] = X_e
         residual[chosen] = r
         converged[chosen] = r <= settings.accept  # False for NaN/Inf, which singular LU gives
