@@ -1,6 +1,6 @@
 // Shared pieces of neuinv's CUDA kernels (csrc/neuinv_cuda_*.cu, one operator per file so they compile in
-// parallel): the CUDA implementations of the operators csrc/neuinv_cpu.cpp defines, with the semantics of
-// the Python reference in neuinv/reference.py.
+// parallel): the kernels behind the CUDA implementations (csrc/neuinv_cuda_ops.cpp) of the operators that
+// csrc/neuinv_cpu.cpp defines, with the semantics of the Python reference in neuinv/reference.py.
 //
 // Layout (the design of MAGMA's batched small-size kernels and Ginkgo's block-Jacobi inversion): a group
 // of W threads works on one matrix, thread i holding row i in registers (W >= n, a power of two up to
@@ -8,18 +8,16 @@
 // threadIdx.y = matrix within the block. Rows other threads need are exchanged through shared memory,
 // per-matrix sums and pivot searches through warp shuffles.
 #pragma once
-#include <torch/library.h>
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
+// No ATen here: the .cu files hold kernels and their launchers only; argument checks, allocation and
+// every error thrown live in host-compiled code (neuinv_cuda_ops.cpp).
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 
-#include "neuinv_checks.h"
+#include "neuinv_cuda_launch.h"
 
 namespace neuinv {
 namespace cuda_kernels {

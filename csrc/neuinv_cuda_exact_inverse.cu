@@ -1,4 +1,4 @@
-// neuinv::exact_inverse on CUDA: batched Gauss-Jordan inversion.
+// The kernel behind neuinv::exact_inverse on CUDA: batched Gauss-Jordan inversion.
 #include "neuinv_cuda_common.cuh"
 
 namespace neuinv {
@@ -66,31 +66,20 @@ __global__ void exact_inverse_kernel(const T* __restrict__ A, T* __restrict__ X,
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> exact_inverse_cuda(const at::Tensor& A_in) {
-  check_batch(A_in, "A", at::kCUDA);
-  const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous();
-  const int64_t b = A.size(0), n = A.size(1);
-  at::Tensor X = at::empty_like(A);
-  at::Tensor info = at::zeros({b}, A.options().dtype(at::kInt));
-  if (b == 0 || n == 0) return {X, info};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_exact_inverse_cuda", [&] {
-    dispatch_width(n, [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      exact_inverse_kernel<scalar_t, W><<<grid_for<W>(b), dim3(W, groups_per_block<W>()), 0, stream>>>(
-          A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), info.data_ptr<int32_t>(), b, static_cast<int>(n));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {X, info};
-}
-
 }  // namespace
-}  // namespace cuda_kernels
 
-TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
-  m.impl("exact_inverse", &cuda_kernels::exact_inverse_cuda);
+template <typename T>
+cudaError_t launch_exact_inverse(const T* A, T* X, int32_t* info, int64_t batch, int n, cudaStream_t stream) {
+  if (batch == 0 || n == 0) return cudaSuccess;
+  dispatch_width(n, [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    exact_inverse_kernel<T, W><<<grid_for<W>(batch), dim3(W, groups_per_block<W>()), 0, stream>>>(A, X, info, batch, n);
+  });
+  return cudaGetLastError();
 }
 
+template cudaError_t launch_exact_inverse<float>(const float*, float*, int32_t*, int64_t, int, cudaStream_t);
+template cudaError_t launch_exact_inverse<double>(const double*, double*, int32_t*, int64_t, int, cudaStream_t);
+
+}  // namespace cuda_kernels
 }  // namespace neuinv

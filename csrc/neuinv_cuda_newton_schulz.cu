@@ -1,4 +1,4 @@
-// neuinv::newton_schulz on CUDA: the whole Newton-Schulz refinement per matrix in one launch.
+// The kernel behind neuinv::newton_schulz on CUDA: the whole Newton-Schulz refinement per matrix in one launch.
 #include "neuinv_cuda_common.cuh"
 
 namespace neuinv {
@@ -72,39 +72,25 @@ __global__ void newton_schulz_kernel(const T* __restrict__ A, const T* __restric
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cuda(
-    const at::Tensor& A_in, const at::Tensor& X0_in, double tol, double accept, int64_t max_iter,
-    bool guarded, double guard) {
-  check_batch(A_in, "A", at::kCUDA);
-  check_batch(X0_in, "X0", at::kCUDA);
-  check_like(A_in, X0_in, "X0");
-  const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous(), X0 = X0_in.contiguous();
-  const int64_t b = A.size(0), n = A.size(1);
-  at::Tensor X = at::empty_like(A);
-  at::Tensor residual = at::zeros({b}, A.options());
-  at::Tensor done = at::zeros({b}, A.options().dtype(at::kBool));
-  at::Tensor steps = at::zeros({b}, A.options().dtype(at::kInt));
-  if (b == 0 || n == 0) return {X, residual, done, steps};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_newton_schulz_cuda", [&] {
-    dispatch_width(n, [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      newton_schulz_kernel<scalar_t, W><<<grid_for<W>(b), dim3(W, groups_per_block<W>()), 0, stream>>>(
-          A.data_ptr<scalar_t>(), X0.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(),
-          done.data_ptr<bool>(), steps.data_ptr<int32_t>(), b, static_cast<int>(n), tol, accept, max_iter, guarded,
-          guard);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {X, residual, done, steps};
-}
-
 }  // namespace
-}  // namespace cuda_kernels
 
-TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
-  m.impl("newton_schulz", &cuda_kernels::newton_schulz_cuda);
+template <typename T>
+cudaError_t launch_newton_schulz(const T* A, const T* X0, T* X, T* residual, bool* done, int32_t* steps,
+                                int64_t batch, int n, const NewtonSchulzSettings& settings, cudaStream_t stream) {
+  if (batch == 0 || n == 0) return cudaSuccess;
+  dispatch_width(n, [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    newton_schulz_kernel<T, W><<<grid_for<W>(batch), dim3(W, groups_per_block<W>()), 0, stream>>>(
+        A, X0, X, residual, done, steps, batch, n, settings.tol, settings.accept, settings.max_iter, settings.guarded,
+        settings.guard);
+  });
+  return cudaGetLastError();
 }
 
+template cudaError_t launch_newton_schulz<float>(const float*, const float*, float*, float*, bool*, int32_t*, int64_t,
+                                                  int, const NewtonSchulzSettings&, cudaStream_t);
+template cudaError_t launch_newton_schulz<double>(const double*, const double*, double*, double*, bool*, int32_t*,
+                                                   int64_t, int, const NewtonSchulzSettings&, cudaStream_t);
+
+}  // namespace cuda_kernels
 }  // namespace neuinv

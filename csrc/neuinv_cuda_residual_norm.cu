@@ -1,4 +1,4 @@
-// neuinv::residual_norm on CUDA: ||I - A X||_F per matrix.
+// The kernel behind neuinv::residual_norm on CUDA: ||I - A X||_F per matrix.
 #include "neuinv_cuda_common.cuh"
 
 namespace neuinv {
@@ -25,32 +25,21 @@ __global__ void residual_norm_kernel(const T* __restrict__ A, const T* __restric
   if (m < batch && i == 0) out[m] = sqrt(sum);
 }
 
-at::Tensor residual_norm_cuda(const at::Tensor& A_in, const at::Tensor& X_in) {
-  check_batch(A_in, "A", at::kCUDA);
-  check_batch(X_in, "X", at::kCUDA);
-  check_like(A_in, X_in, "X");
-  const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
-  const int64_t b = A.size(0), n = A.size(1);
-  at::Tensor r = at::zeros({b}, A.options());
-  if (b == 0 || n == 0) return r;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_residual_norm_cuda", [&] {
-    dispatch_width(n, [&](auto width) {
-      constexpr int W = decltype(width)::value;
-      residual_norm_kernel<scalar_t, W><<<grid_for<W>(b), dim3(W, groups_per_block<W>()), 0, stream>>>(
-          A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(), b, static_cast<int>(n));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return r;
-}
-
 }  // namespace
-}  // namespace cuda_kernels
 
-TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
-  m.impl("residual_norm", &cuda_kernels::residual_norm_cuda);
+template <typename T>
+cudaError_t launch_residual_norm(const T* A, const T* X, T* residual, int64_t batch, int n, cudaStream_t stream) {
+  if (batch == 0 || n == 0) return cudaSuccess;
+  dispatch_width(n, [&](auto width) {
+    constexpr int W = decltype(width)::value;
+    residual_norm_kernel<T, W><<<grid_for<W>(batch), dim3(W, groups_per_block<W>()), 0, stream>>>(A, X, residual, batch,
+                                                                                                n);
+  });
+  return cudaGetLastError();
 }
 
+template cudaError_t launch_residual_norm<float>(const float*, const float*, float*, int64_t, int, cudaStream_t);
+template cudaError_t launch_residual_norm<double>(const double*, const double*, double*, int64_t, int, cudaStream_t);
+
+}  // namespace cuda_kernels
 }  // namespace neuinv

@@ -41,8 +41,9 @@ def cpu_sources() -> list[Path]:
 
 
 def cuda_sources() -> list[Path]:
-    """One file per operator (csrc/neuinv_cuda_<op>.cu), so that they compile in parallel."""
-    return sorted(source_directory().glob("neuinv_cuda_*.cu"))
+    """The host-compiled CUDA operators (csrc/neuinv_cuda_ops.cpp) and their kernels, one file per operator
+    (csrc/neuinv_cuda_<op>.cu), so that they compile in parallel."""
+    return [source_directory() / "neuinv_cuda_ops.cpp"] + sorted(source_directory().glob("neuinv_cuda_*.cu"))
 
 
 def cuda_toolkit() -> Path | None:
