@@ -31,10 +31,11 @@ def extension_build():
     if settings["with_cuda"]:
         cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
         module = cpp_extension.CUDAExtension(
-            "neuinv._C", sources,
+            "neuinv._C", sources, extra_link_args=settings["extra_ldflags"],
             extra_compile_args={"cxx": settings["extra_cflags"], "nvcc": settings["extra_cuda_cflags"]})
     else:
-        module = cpp_extension.CppExtension("neuinv._C", sources, extra_compile_args={"cxx": settings["extra_cflags"]})
+        module = cpp_extension.CppExtension("neuinv._C", sources, extra_link_args=settings["extra_ldflags"],
+                                            extra_compile_args={"cxx": settings["extra_cflags"]})
     return [module], {"build_ext": cpp_extension.BuildExtension}
 
 

@@ -18,11 +18,12 @@ import torch
 from . import reference
 
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
-CPP_EXACT_MAX_N = 16
+CPP_EXACT_MAX_N = 24
 """Largest n for which the C++ fused inverse-and-residual kernel beat torch.linalg.inv_ex plus the residual
-(2-core CPU, 2026-11-27: 1.8-12x for n <= 8, about even at 16-24, 0.8x at 32)."""
-CPP_REFINE_MAX_N = 8
-"""Largest n for which the C++ Newton–Schulz loop beat the torch path's batched products (same machine)."""
+(2-core CPU, 2026-11-27, both threads: 3-4x at n = 8, 1.1-2.2x at 12-24, 0.8x at 32)."""
+CPP_REFINE_MAX_N = 12
+"""Largest n for which the C++ Newton–Schulz loop beat the torch path (same machine: 2.0-4.4x up to 12;
+at 16, 0.9x in float32 and 2.4x in float64)."""
 
 
 class BackendStatus(NamedTuple):
@@ -53,9 +54,9 @@ class TorchBackend:
 
 class CppBackend(TorchBackend):
     """The compiled CPU kernels (csrc/neuinv_cpu.cpp), used where they measured faster than the
-    torch path on CPU: the whole Newton–Schulz loop per matrix in one call and the residual for
-    n <= ``CPP_REFINE_MAX_N`` (batched MKL products win above), the exact path (Gauss–Jordan in
-    double precision and the certified residual in one pass) for n <= ``CPP_EXACT_MAX_N``."""
+    torch path on CPU: the whole Newton–Schulz loop per matrix in one call for n <= ``CPP_REFINE_MAX_N``
+    (batched MKL products win above), the exact path (Gauss–Jordan in double precision and the
+    certified residual in one pass) for n <= ``CPP_EXACT_MAX_N``."""
 
     name = "cpp"
 
@@ -79,12 +80,6 @@ class CppBackend(TorchBackend):
                 X_p, r_p, _, _ = torch.ops.neuinv.newton_schulz(A[polish], X[polish], eps, 1.0, 1, False, 1.0)
                 X[polish], r[polish] = X_p, r_p
         return X, pivot_info, r
-
-    @staticmethod
-    def residual_norm(A, X):
-        if A.shape[-1] <= CPP_REFINE_MAX_N:
-            return torch.ops.neuinv.residual_norm(A, X)
-        return reference.residual_norm(A, X)
 
     def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
         if A.shape[-1] <= CPP_REFINE_MAX_N:

@@ -84,8 +84,10 @@ def compile_settings() -> dict:
     missing = [str(path) for path in sources if not path.exists()]
     if missing:
         raise FileNotFoundError(f"the extension's sources are missing: {missing}")
+    # -fopenmp: ATen's parallel_for is a header template that splits the batch across threads with
+    # `#pragma omp parallel`; compiled without it, the kernels run on one thread.
     return dict(sources=[str(path) for path in sources], with_cuda=with_cuda,
-                extra_cflags=["-O3"], extra_cuda_cflags=["-O3", "-lineinfo"])
+                extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], extra_cuda_cflags=["-O3", "-lineinfo"])
 
 
 def build_directory() -> Path:
@@ -120,6 +122,7 @@ def build(verbose: bool = False) -> Path:
     build_directory().mkdir(parents=True, exist_ok=True)
     cpp_extension.load(name=NAME, sources=settings["sources"], build_directory=str(build_directory()),
                        extra_cflags=settings["extra_cflags"], extra_cuda_cflags=settings["extra_cuda_cflags"],
+                       extra_ldflags=settings["extra_ldflags"],
                        with_cuda=settings["with_cuda"], is_python_module=False, verbose=verbose)
     _register_fakes()
     _loaded, _load_error, _library = True, None, _jit_library_path()

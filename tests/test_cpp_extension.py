@@ -135,7 +135,7 @@ def test_non_contiguous_input_and_bad_shapes(device):
 
 
 def test_cpp_backend_end_to_end_and_auto_dispatch():
-    for n in (2, 6, 16):  # kernels for n <= 8, the torch path's products above (CPP_REFINE_MAX_N)
+    for n in (2, 6, 16, 30):  # the kernels up to CPP_REFINE_MAX_N / CPP_EXACT_MAX_N, the torch path above
         A = conditioned_matrices(50, n, 100.0, torch.float32)
         assert resolve_backend("auto", A).name == "cpp"
         for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cpp"}):
