@@ -156,19 +156,12 @@ def _invert(A, *, model, init, tol, max_iter, backend):
     A_flat = A.reshape(-1, n, n)
     init_flat = None if init is None else init.detach().reshape(-1, n, n)
     b = A_flat.shape[0]
-    X = torch.empty_like(A_flat)
-    converged = torch.zeros(b, dtype=torch.bool, device=A.device)
-    iterations = torch.zeros(b, dtype=torch.int32, device=A.device)
-    residual = torch.full((b,), float("nan"), dtype=real_dtype, device=A.device)
-    fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
-
     chunk = max(1, WORKSPACE_BYTES // (8 * n * n * A.element_size()))
-    for start in range(0, b, chunk):
-        part = slice(start, min(start + chunk, b))
-        _invert_chunk(chosen, settings, A_flat[part], None if init_flat is None else init_flat[part], model,
-                      use_newton_schulz,
-                      out=(X[part], converged[part], iterations[part], residual[part], fallback[part]))
-
+    parts = [_invert_chunk(chosen, settings, A_flat[start:start + chunk],
+                           None if init_flat is None else init_flat[start:start + chunk], model, use_newton_schulz)
+             for start in range(0, max(b, 1), chunk)]
+    X, converged, iterations, residual, fallback = (
+        parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
     info = InverseInfo(converged.reshape(batch_shape), iterations.reshape(batch_shape),
                        residual.reshape(batch_shape), fallback.reshape(batch_shape))
     return X.reshape(A.shape), info
@@ -181,15 +174,21 @@ class _Settings(NamedTuple):
     guarded: bool
 
 
-def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, use_newton_schulz, out):
-    """Invert one chunk (b, n, n), writing X and the info fields into `out`."""
-    X, converged, iterations, residual, fallback = out
+def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, use_newton_schulz):
+    """Invert one chunk (b, n, n): returns (X, converged, iterations, residual, fallback). Where one path
+    covers the whole chunk its output tensors are returned as they are (no copy)."""
     b = A.shape[0]
     if model is not None:
         to_refine = _model_in_domain(model, A)
     else:
         to_refine = torch.full((b,), use_newton_schulz, dtype=torch.bool, device=A.device)
     exact_idx = (~to_refine).nonzero().squeeze(1)
+    X = residual = converged = None
+    iterations = torch.zeros(b, dtype=torch.int32, device=A.device)
+    fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
+    if b == 0:
+        real_dtype = A.real.dtype if A.is_complex() else A.dtype
+        return A.new_empty(A.shape), fallback.clone(), iterations, A.new_empty(0, dtype=real_dtype), fallback
 
     # NaN or Inf in A needs no pre-pass: it makes the residual non-finite, the matrix goes to the
     # exact path and fails verification; only failures are checked for it, at the end.
@@ -206,9 +205,9 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
                 X0 = reference.scaled_transpose_guess(A_r)
             X_r, r, done, steps = backend.newton_schulz(A_r, X0, settings.tol, settings.accept, settings.max_iter,
                                                         settings.guarded, GUARD_RESIDUAL)
-            X[chosen] = X_r
-            residual[chosen] = r
-            converged[chosen] = done
+            X = _put(X, chosen, X_r, b)
+            residual = _put(residual, chosen, r, b)
+            converged = _put(converged, chosen, done, b)
             iterations[chosen] = steps
             if not bool(done.all()):
                 exact_idx = torch.cat([exact_idx, refine_idx[~done]])
@@ -217,9 +216,9 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
         chosen = _index_or_view(exact_idx, b)
         A_e = A[chosen]
         X_e, _pivot_info, r = backend.inverse_and_residual(A_e)
-        X[chosen] = X_e
-        residual[chosen] = r
-        converged[chosen] = r <= settings.accept  # False for NaN/Inf, which singular LU gives
+        X = _put(X, chosen, X_e, b)
+        residual = _put(residual, chosen, r, b)
+        converged = _put(converged, chosen, r <= settings.accept, b)  # False for NaN/Inf, which singular LU gives
         fallback[chosen] = True
 
     failed = (~converged).nonzero().squeeze(1)
@@ -227,6 +226,18 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
         non_finite = failed[~torch.isfinite(A[failed]).all(dim=-1).all(dim=-1)]
         X[non_finite] = float("nan")
         residual[non_finite] = float("nan")
+    return X, converged, iterations, residual, fallback
+
+
+def _put(target, index, values, batch):
+    """`values` placed at `index` of a batch-long tensor: written into `target`, or, when there is no target
+    yet, `values` itself if it covers the whole batch, else a new tensor."""
+    if target is None:
+        if isinstance(index, slice):
+            return values
+        target = values.new_empty((batch, *values.shape[1:]))
+    target[index] = values
+    return target
 
 
 def _index_or_view(indices: torch.Tensor, batch: int):
