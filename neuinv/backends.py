@@ -66,20 +66,11 @@ class CppBackend(TorchBackend):
         extension.load()
 
     def inverse_and_residual(self, A):
-        """Gauss–Jordan in double precision with its certified residual. Float32 results carry only
-        their final rounding; float64 results whose residual is above eps ||A||_F ||X||_F (Gauss–Jordan
-        lands up to ~8x above LU at cond 1e4) get one Newton–Schulz step, which brings them to LU's level."""
-        if A.shape[-1] > CPP_EXACT_MAX_N:
-            return super().inverse_and_residual(A)
-        X, pivot_info, r = torch.ops.neuinv.inverse_and_residual(A)
-        if A.dtype == torch.float64:
-            eps = torch.finfo(A.dtype).eps
-            above_lu = r > eps * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)
-            polish = (above_lu & (r < 0.5)).nonzero().squeeze(1)  # r < 0.5: the step converges
-            if polish.numel():
-                X_p, r_p, _, _ = torch.ops.neuinv.newton_schulz(A[polish], X[polish], eps, 1.0, 1, False, 1.0)
-                X[polish], r[polish] = X_p, r_p
-        return X, pivot_info, r
+        """Gauss–Jordan in double precision with the certified residual of the stored X (float64 results
+        above eps ||A||_F ||X||_F get one Newton–Schulz step in the kernel: see csrc/neuinv_cpu.cpp)."""
+        if A.shape[-1] <= CPP_EXACT_MAX_N:
+            return torch.ops.neuinv.inverse_and_residual(A)
+        return super().inverse_and_residual(A)
 
     def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
         if A.shape[-1] <= CPP_REFINE_MAX_N:
