@@ -112,13 +112,16 @@ T residual(const T* a, const T* x, T* r, int64_t n_runtime) {
 template <typename T, int N>
 double certified_residual(const T* a, const T* x, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
+  double row[N > 0 ? N : kMaxN];
   double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      double r = (i == j) ? 1.0 : 0.0;
-      for (int64_t k = 0; k < n; ++k) r -= static_cast<double>(a[i * n + k]) * static_cast<double>(x[k * n + j]);
-      sum += r * r;
+  for (int64_t i = 0; i < n; ++i) {  // row i of I - A X, accumulated along X's rows (contiguous)
+    for (int64_t j = 0; j < n; ++j) row[j] = (i == j) ? 1.0 : 0.0;
+    for (int64_t k = 0; k < n; ++k) {
+      const double a_ik = a[i * n + k];
+      const T* x_row = x + k * n;
+      for (int64_t j = 0; j < n; ++j) row[j] -= a_ik * static_cast<double>(x_row[j]);
     }
+    for (int64_t j = 0; j < n; ++j) sum += row[j] * row[j];
   }
   return std::sqrt(sum);
 }
