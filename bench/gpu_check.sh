@@ -7,7 +7,8 @@
 #     compute-sanitizer memcheck of the CUDA kernels,
 #   - once training is done (so nothing shares the GPU), the throughput table with the CUDA kernels.
 # Results go to $OUT (default bench/out); the tables print last.
-# TRAIN=0 skips the training (about 8 minutes for both networks side by side on an H100);
+# TRAIN=0 skips the training (about 8 minutes for both networks side by side on an H100: run it with
+# THROUGHPUT_DTYPES="" and the device tool's longest timeout, carrying .gpu-carry);
 # THROUGHPUT_DTYPES (default "float32 float64") picks the throughput table's dtypes, "" skips it.
 set -uo pipefail
 TRAIN=${TRAIN:-1}
@@ -25,7 +26,7 @@ BASE=""
 [ -f .gpu-carry/base_matrix.npy ] && BASE="--base-matrix .gpu-carry/base_matrix.npy"
 TRAINING=()
 [ "$TRAIN" = 1 ] && for model in 2-FC 3-FC; do
-  timeout 600 python3 -m neuinv.cli reproduce --table 1 --dataset paper-16x16 --model "$model" --runs 3 \
+  timeout 560 python3 -m neuinv.cli reproduce --table 1 --dataset paper-16x16 --model "$model" --runs 3 \
     --device cuda $BASE > "$OUT/reproduce-16x16-$model.md" 2> "$OUT/reproduce-16x16-$model.log" &
   TRAINING+=($!)
 done
