@@ -112,7 +112,7 @@ def _library_candidates() -> list[Path]:
 
 
 def build(verbose: bool = False) -> Path:
-    """Compile the kernels just in time (CPU: ~20 s on 2 cores; CUDA adds a few minutes) and load them."""
+    """Compile the kernels just in time (CPU: ~25 s on 2 cores; the CUDA part about a minute more) and load them."""
     global _loaded, _load_error, _library
     settings = compile_settings()
     from torch.utils import cpp_extension
