@@ -13,8 +13,8 @@ How each matrix A is inverted
    phase is over (r_prev < 0.5 but r > r_prev / 2: the rounding floor) with r <= accept.
    It goes to the exact path when it reaches ``max_iter``, stalls above ``accept`` or turns
    non-finite.
-4. Exact path: LU with partial pivoting (on the CPU with the compiled kernels, n <= 16:
-   Gauss–Jordan with partial pivoting in double precision), then verified: its residual must be
+4. Exact path: LU with partial pivoting (with the compiled kernels -- ``cpp`` for n <= 24, ``cuda``
+   -- Gauss–Jordan with partial pivoting in double precision), then verified: its residual must be
    at most ``accept`` (``ACCEPT_RESIDUAL``).
 
 Every returned matrix therefore carries a certificate: ||X - A^-1||_2 <= r ||A^-1||_2, with
