@@ -90,6 +90,14 @@ int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
   return 0;
 }
 
+// Gauss-Jordan on one matrix; a singular one gets an all-NaN X. Returns its first zero pivot (0 if none).
+template <typename T, int N>
+int32_t invert_or_nan(const T* a, T* x, int64_t n) {
+  const int64_t zero_pivot = gauss_jordan<T, N>(a, x, n);
+  if (zero_pivot) std::fill(x, x + n * n, std::numeric_limits<T>::quiet_NaN());
+  return static_cast<int32_t>(zero_pivot);
+}
+
 // R = I - A X (all n x n, row-major); returns ||R||_F.
 template <typename T, int N>
 T residual(const T* a, const T* x, T* r, int64_t n_runtime) {
@@ -184,13 +192,7 @@ std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
     int32_t* pivots = info.data_ptr<int32_t>();
     NEUINV_DISPATCH_SIZE(n, [&] {
       at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
-        for (int64_t m = begin; m < end; ++m) {
-          const int64_t zero_pivot = gauss_jordan<scalar_t, N>(a + m * n * n, x + m * n * n, n);
-          pivots[m] = static_cast<int32_t>(zero_pivot);
-          if (zero_pivot) {
-            std::fill(x + m * n * n, x + (m + 1) * n * n, std::numeric_limits<scalar_t>::quiet_NaN());
-          }
-        }
+        for (int64_t m = begin; m < end; ++m) pivots[m] = invert_or_nan<scalar_t, N>(a + m * n * n, x + m * n * n, n);
       });
     });
   });
@@ -327,10 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inverse_and_residual_cpu(const at
       } else {
         at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
           for (int64_t m = begin; m < end; ++m) {
-            const int64_t zero_pivot = gauss_jordan<scalar_t, N>(a + m * n * n, x + m * n * n, n);
-            pivots[m] = static_cast<int32_t>(zero_pivot);
-            if (zero_pivot) {
-              std::fill(x + m * n * n, x + (m + 1) * n * n, std::numeric_limits<scalar_t>::quiet_NaN());
+            pivots[m] = invert_or_nan<scalar_t, N>(a + m * n * n, x + m * n * n, n);
+            if (pivots[m]) {
               out[m] = std::numeric_limits<scalar_t>::quiet_NaN();
             } else {
               const double r = certified_residual<scalar_t, N>(a + m * n * n, x + m * n * n, n);

@@ -28,6 +28,23 @@ constexpr unsigned kFullMask = 0xffffffffu;
 template <int W>
 constexpr int groups_per_block() { return W >= 64 ? 1 : 128 / W; }
 
+// Where a thread works: row i of matrix m, group g of its block; row_active when both exist, offset of that
+// row in the batch (0 for inactive threads, so that every address stays valid).
+struct ThreadRow {
+  int i, g;
+  int64_t m;
+  bool row_active;
+  int64_t offset;
+};
+
+template <int W>
+__device__ __forceinline__ ThreadRow thread_row(int64_t batch, int n) {
+  const int i = threadIdx.x, g = threadIdx.y;
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * groups_per_block<W>() + g;
+  const bool row_active = m < batch && i < n;
+  return {i, g, m, row_active, row_active ? m * n * n + static_cast<int64_t>(i) * n : 0};
+}
+
 template <int W>
 __device__ __forceinline__ void group_sync() {
   if constexpr (W <= 32) {

@@ -18,10 +18,7 @@ __global__ void exact_inverse_kernel(const T* __restrict__ A, T* __restrict__ X,
   __shared__ int pivot_of_step[G][W];
   __shared__ C scratch_value[2];
   __shared__ int scratch_row[2];
-  const int i = threadIdx.x, g = threadIdx.y;
-  const int64_t m = static_cast<int64_t>(blockIdx.x) * G + g;
-  const bool row_active = m < batch && i < n;
-  const int64_t offset = row_active ? m * n * n + static_cast<int64_t>(i) * n : 0;
+  const auto [i, g, m, row_active, offset] = thread_row<W>(batch, n);
 
   C row[W];
 #pragma unroll

@@ -17,10 +17,7 @@ __global__ void newton_schulz_kernel(const T* __restrict__ A, const T* __restric
   constexpr int G = groups_per_block<W>();
   __shared__ T rows[G][W * (W + 1)];
   __shared__ T scratch[2];
-  const int i = threadIdx.x, g = threadIdx.y;
-  const int64_t m = static_cast<int64_t>(blockIdx.x) * G + g;
-  const bool row_active = m < batch && i < n;
-  const int64_t offset = row_active ? m * n * n + static_cast<int64_t>(i) * n : 0;
+  const auto [i, g, m, row_active, offset] = thread_row<W>(batch, n);
   T a[W], x[W], r[W];
   load_row<W>(A + offset, row_active, n, a);
   load_row<W>(X0 + offset, row_active, n, x);
