@@ -52,18 +52,34 @@ class TorchBackend:
         return None
 
 
-class CppBackend(TorchBackend):
+class _CompiledBackend(TorchBackend):
+    """The compiled extension's kernels (loaded lazily) for float32/float64 tensors on `device_type`."""
+
+    device_type: str
+    kernels: str
+
+    def __init__(self):
+        from . import extension
+
+        extension.load()
+
+    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+        if A.dtype not in (torch.float32, torch.float64):
+            return f"the {self.kernels} kernels take float32 or float64, not {A.dtype}"
+        if A.device.type != self.device_type:
+            return f"the {self.kernels} kernels run on {self.device_type.upper()} tensors, not on {A.device.type}"
+        return None
+
+
+class CppBackend(_CompiledBackend):
     """The compiled CPU kernels (csrc/neuinv_cpu.cpp), used where they measured faster than the
     torch path on CPU: the whole Newton–Schulz loop per matrix in one call for n <= ``CPP_REFINE_MAX_N``
     (batched MKL products win above), the exact path (Gauss–Jordan in double precision and the
     certified residual in one pass) for n <= ``CPP_EXACT_MAX_N``."""
 
     name = "cpp"
-
-    def __init__(self):
-        from . import extension
-
-        extension.load()
+    device_type = "cpu"
+    kernels = "C++"
 
     def inverse_and_residual(self, A):
         """Gauss–Jordan in double precision with the certified residual of the stored X (float64 results
@@ -77,24 +93,14 @@ class CppBackend(TorchBackend):
             return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
         return super().newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
 
-    def unsupported_reason(self, A: torch.Tensor) -> str | None:
-        if A.dtype not in (torch.float32, torch.float64):
-            return f"the C++ kernels take float32 or float64, not {A.dtype}"
-        if A.device.type != "cpu":
-            return f"the C++ kernels run on CPU tensors, not on {A.device.type}"
-        return None
 
-
-class CudaBackend(TorchBackend):
+class CudaBackend(_CompiledBackend):
     """The compiled CUDA kernels (csrc/neuinv_cuda_*.cu): the whole Newton–Schulz loop per matrix in one
     launch (no host round trip per step), the residual, and the Gauss–Jordan inverse, for n <= 64."""
 
     name = "cuda"
-
-    def __init__(self):
-        from . import extension
-
-        extension.load()
+    device_type = "cuda"
+    kernels = "CUDA"
 
     @staticmethod
     def exact_inverse(A):
@@ -108,13 +114,9 @@ class CudaBackend(TorchBackend):
         return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
-        if A.dtype not in (torch.float32, torch.float64):
-            return f"the CUDA kernels take float32 or float64, not {A.dtype}"
-        if A.device.type != "cuda":
-            return f"the CUDA kernels run on CUDA tensors, not on {A.device.type}"
         if A.shape[-1] > 64:
             return f"the CUDA kernels take n <= 64, not {A.shape[-1]}"
-        return None
+        return super().unsupported_reason(A)
 
 
 class TritonBackend(TorchBackend):
