@@ -188,7 +188,7 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
     fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
     if b == 0:
         real_dtype = A.real.dtype if A.is_complex() else A.dtype
-        return A.new_empty(A.shape), fallback.clone(), iterations, A.new_empty(0, dtype=real_dtype), fallback
+        return A.new_empty(A.shape), torch.zeros_like(fallback), iterations, A.new_empty(0, dtype=real_dtype), fallback
 
     # NaN or Inf in A needs no pre-pass: it makes the residual non-finite, the matrix goes to the
     # exact path and fails verification; only failures are checked for it, at the end.

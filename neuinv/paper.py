@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from .data import PAPER_EPS, paper_sampler, paper_test_set
+from .data import PAPER_EPS, BoxSampler, paper_sampler, paper_test_set
 from .models import TaylorInitializer
 from .training import average_absolute_error, fit_runs
 
@@ -49,13 +49,12 @@ def recipe(dataset: str, quick: bool) -> Recipe:
     return Recipe(train_size=None, steps=200_000, epochs=None)
 
 
-def evaluation_batch(dataset: str, center: torch.Tensor, base_matrix: str | Path | None = None):
-    """The authors' own test set where ../shared/paper has it, else 10,000 fresh matrices."""
+def evaluation_batch(dataset: str, center: torch.Tensor):
+    """The authors' own test set where ../shared/paper has it, else 10,000 fresh matrices around `center`."""
     directory = TEST_SET_DIRS.get(dataset)
     if directory and (SHARED_PAPER / directory / "test_set.npy").exists():
         return paper_test_set(SHARED_PAPER / directory / "test_set.npy", center), "authors' test set"
-    centre_file = base_matrix if dataset == "paper-16x16" else None
-    return paper_sampler(dataset, seed=10_000, base_matrix=centre_file).sample(10_000), "fresh test set (seed 10000)"
+    return BoxSampler(center, PAPER_EPS, seed=10_000).sample(10_000), "fresh test set (seed 10000)"
 
 
 class Row(NamedTuple):
@@ -93,7 +92,7 @@ def reproduce(table: str = "all", runs: int = 3, quick: bool = False, device: st
     if table in ("1", "all"):
         for dataset in datasets:
             sampler = sampler_for(dataset)
-            test, test_name = evaluation_batch(dataset, sampler.center.cpu(), base_matrix)
+            test, test_name = evaluation_batch(dataset, sampler.center.cpu())
             for depth, name in ((2, "2-FC"), (3, "3-FC")):
                 if name not in models:
                     continue
