@@ -72,16 +72,30 @@ def test_fused_exact_path_kernel_certifies_what_it_returns(n, dtype):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, dtype", cases())
 def test_newton_schulz_kernel_matches_reference(n, dtype, device):
+    """Above the rounding floor (tol = 64 eps) the stopping step is set by quadratic convergence, so kernel
+    and reference stop at the same step, or one apart where a residual lands within rounding of the
+    threshold. At tol = eps/4 matrices stop at the floor (r > r_prev / 2), after a number of extra steps
+    decided by rounding noise: there the kernel and reference on the same CPU differ by 2 steps for 5-10% of
+    seeds at n <= 5 (37 matrices each), so only accuracy is compared, and that the floor is not hit early."""
     A = conditioned_matrices(37, n, 100.0, dtype, seed=n).to(device)
     X0 = warm_start(A, 0.05, seed=2)
     eps = torch.finfo(dtype).eps
-    args = (A, X0, eps / 4, 1e-3, 10, True, 0.5)
-    X_ref, r_ref, done_ref, steps_ref = reference.newton_schulz_refine(reference.newton_schulz_step, *args)
-    X, r, done, steps = torch.ops.neuinv.newton_schulz(*args)
-    assert done.all() and done_ref.all()
-    assert (steps - steps_ref).abs().max() <= 1
-    assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
-    assert ((r.cpu().double() - true_residual(A, X)).abs() <= working_precision_rounding(A, X).cpu().double()).all()
+    stopping_steps = {}
+    for tol in (64 * eps, eps / 4):
+        args = (A, X0, tol, 1e-3, 10, True, 0.5)
+        X_ref, r_ref, done_ref, steps_ref = reference.newton_schulz_refine(reference.newton_schulz_step, *args)
+        X, r, done, steps = torch.ops.neuinv.newton_schulz(*args)
+        assert done.all() and done_ref.all()
+        rounding = working_precision_rounding(A, X).cpu().double()
+        assert ((r.cpu().double() - true_residual(A, X)).abs() <= rounding).all()
+        if tol > eps:
+            norms = (torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)).cpu().double()
+            assert (true_residual(A, X) <= tol * norms + rounding).all()
+            assert (steps - steps_ref).abs().max() <= 1
+        else:
+            assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
+        stopping_steps[tol] = steps
+    assert (stopping_steps[eps / 4] >= stopping_steps[64 * eps]).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -106,18 +120,29 @@ BAD_INPUT_SCRIPT = """
 import sys, torch
 from neuinv import extension
 extension.load()
-device = sys.argv[1]
-for bad, expected in ((torch.eye(65, device=device)[None], "n <= 64"),
+device, route = sys.argv[1:]
+call = torch.ops.neuinv.exact_inverse
+if route == "cuda-implementation":  # the CUDA operator's own checks, reached with CPU tensors
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    call = lambda A: torch.ops.neuinv.exact_inverse.default.redispatch(keys, A)
+too_large = "must be on CUDA" if route == "cuda-implementation" else "n <= 64"
+for bad, expected in ((torch.eye(65, device=device)[None], too_large),
                       (torch.eye(3, dtype=torch.complex64, device=device)[None], "float32 or float64"),
                       (torch.eye(3, device=device), "shape (b, n, n)")):
     try:
-        torch.ops.neuinv.exact_inverse(bad)
+        call(bad)
     except RuntimeError as error:
         assert expected in str(error), str(error)
     else:
         raise AssertionError(f"no error for {expected}")
 print("raised as expected")
 """
+
+
+def raises_in_child(device, route):
+    child = subprocess.run([sys.executable, "-c", BAD_INPUT_SCRIPT, device, route], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0 and "raised as expected" in child.stdout, (child.returncode, child.stderr[-2000:])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -129,9 +154,15 @@ def test_non_contiguous_input_and_bad_shapes(device):
     assert X_empty.shape == (0, 5, 5) and info_empty.shape == (0,)
     # In a child process: on the H100 (torch 2.11) the CUDA operator's argument errors crashed the process
     # (SIGSEGV) instead of raising; isolated, the crash fails this test instead of the whole run.
-    child = subprocess.run([sys.executable, "-c", BAD_INPUT_SCRIPT, device], capture_output=True, text=True,
-                           timeout=120)
-    assert child.returncode == 0 and "raised as expected" in child.stdout, (child.returncode, child.stderr[-2000:])
+    raises_in_child(device, "dispatcher")
+
+
+def test_cuda_operators_raise_clear_errors_without_a_gpu():
+    """The CUDA operators' argument checks run in host code before any launch, so CI (a CUDA build of torch,
+    no GPU) can call them with CPU tensors by dispatching to their CUDA implementation directly."""
+    if not extension.has_cuda_kernels():
+        pytest.skip("the extension was built without its CUDA part")
+    raises_in_child("cpu", "cuda-implementation")
 
 
 def test_cpp_backend_end_to_end_and_auto_dispatch():
