@@ -162,16 +162,14 @@ def _triton_status() -> BackendStatus:
     return BackendStatus(False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)")
 
 
-def available_backends() -> dict[str, BackendStatus]:
-    """Each backend name mapped to (available, reason): whether it can run here, or why not."""
+def _torch_status() -> BackendStatus:
+    return BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)")
+
+
+def _cpp_status() -> BackendStatus:
     from . import extension
 
-    return {
-        "torch": BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)"),
-        "triton": _triton_status(),
-        "cpp": BackendStatus(*extension.status()),
-        "cuda": _cuda_status(),
-    }
+    return BackendStatus(*extension.status())
 
 
 def _cuda_status() -> BackendStatus:
@@ -187,20 +185,27 @@ def _cuda_status() -> BackendStatus:
     return BackendStatus(True, "compiled CUDA kernels")
 
 
+_STATUS = {"torch": _torch_status, "triton": _triton_status, "cpp": _cpp_status, "cuda": _cuda_status}
+
+
+def available_backends() -> dict[str, BackendStatus]:
+    """Each backend name mapped to (available, reason): whether it can run here, or why not."""
+    return {name: status() for name, status in _STATUS.items()}
+
+
 def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
     """The dispatch point: the backend that runs for input A when the user asked for `name`."""
     if name not in BACKEND_NAMES + ("auto",):
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
-    if name == "auto":
-        status = available_backends()
+    if name == "auto":  # only the candidates for A's device are asked (this runs on every call)
         preferred = {"cuda": ("cuda", "triton"), "cpu": ("cpp",)}.get(A.device.type, ())
         for candidate in preferred:
-            if status[candidate].available:
+            if _STATUS[candidate]().available:
                 backend = _BACKEND_CLASSES[candidate]()
                 if backend.unsupported_reason(A) is None:
                     return backend
         return TorchBackend()
-    status = available_backends()[name]
+    status = _STATUS[name]()
     if not status.available:
         raise RuntimeError(f"backend {name!r} was requested but is not available: {status.reason}")
     backend = _BACKEND_CLASSES[name]()

@@ -28,6 +28,7 @@ DEFAULT_CUDA_ARCH_LIST = "9.0+PTX"
 _loaded = False
 _load_error: str | None = None
 _library: Path | None = None
+_cuda_kernels: bool | None = None
 
 
 def source_directory() -> Path:
@@ -157,9 +158,13 @@ OPERATORS = ("exact_inverse", "residual_norm", "newton_schulz")
 
 
 def has_cuda_kernels() -> bool:
-    """Whether the loaded build holds CUDA kernels for every operator (registered for the CUDA dispatch key)."""
-    return load() and all(torch._C._dispatch_has_kernel_for_dispatch_key(f"neuinv::{op}", "CUDA")
-                          for op in OPERATORS)
+    """Whether the loaded build holds CUDA kernels for every operator (registered for the CUDA dispatch key);
+    asked of the dispatcher once per process, after the load."""
+    global _cuda_kernels
+    if _cuda_kernels is None and load():
+        _cuda_kernels = all(torch._C._dispatch_has_kernel_for_dispatch_key(f"neuinv::{op}", "CUDA")
+                            for op in OPERATORS)
+    return bool(_cuda_kernels)
 
 
 def status() -> tuple[bool, str]:
