@@ -31,3 +31,14 @@ def test_info_is_not_differentiable():
     X, info = neuinv.batched_inverse_ex(A)
     assert X.requires_grad
     assert not any(field.requires_grad for field in info)
+
+
+def test_no_graph_without_gradients():
+    """Under no_grad, or for inputs that need no gradient, no autograd node is built (as torch.linalg.inv)."""
+    A = conditioned_matrices(2, 3, 10.0, torch.float64).requires_grad_()
+    with torch.no_grad():
+        X = neuinv.batched_inverse(A)
+    assert not X.requires_grad and X.grad_fn is None
+    X_plain = neuinv.batched_inverse(A.detach())
+    assert X_plain.grad_fn is None and torch.equal(X_plain, X)
+    assert neuinv.batched_inverse(A).grad_fn is not None
