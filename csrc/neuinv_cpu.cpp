@@ -98,40 +98,64 @@ int32_t invert_or_nan(const T* a, T* x, int64_t n) {
   return static_cast<int32_t>(zero_pivot);
 }
 
-// R = I - A X (all n x n, row-major); returns ||R||_F.
+// out += sign * left * right for n x n row-major matrices, in Acc arithmetic (left and right are read as T
+// and converted). Four rows of out at a time: each row of `right` is loaded once per four rows, where the
+// row-by-row loop was bound by loads (3x slower at n = 16). Every entry still sums over k in order.
+template <typename Acc, int N, typename T>
+void accumulate_product(const T* __restrict__ left, const T* __restrict__ right, Acc* __restrict__ out,
+                        int64_t n_runtime, Acc sign) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  constexpr int64_t kRows = 4;
+  int64_t i0 = 0;
+  for (; i0 + kRows <= n; i0 += kRows) {
+    Acc* o = out + i0 * n;
+    for (int64_t k = 0; k < n; ++k) {
+      const T* right_row = right + k * n;
+      const Acc l0 = sign * static_cast<Acc>(left[i0 * n + k]), l1 = sign * static_cast<Acc>(left[(i0 + 1) * n + k]),
+                l2 = sign * static_cast<Acc>(left[(i0 + 2) * n + k]), l3 = sign * static_cast<Acc>(left[(i0 + 3) * n + k]);
+      for (int64_t j = 0; j < n; ++j) {
+        const Acc value = static_cast<Acc>(right_row[j]);
+        o[j] += l0 * value;
+        o[n + j] += l1 * value;
+        o[2 * n + j] += l2 * value;
+        o[3 * n + j] += l3 * value;
+      }
+    }
+  }
+  if constexpr (N == 0 || N % kRows != 0) {
+    for (int64_t i = i0; i < n; ++i) {
+      for (int64_t k = 0; k < n; ++k) {
+        const Acc l = sign * static_cast<Acc>(left[i * n + k]);
+        for (int64_t j = 0; j < n; ++j) out[i * n + j] += l * static_cast<Acc>(right[k * n + j]);
+      }
+    }
+  }
+}
+
+// R = I - A X in Acc arithmetic (n x n, row-major); returns ||R||_F.
+template <typename Acc, int N, typename T>
+Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) r[i * n + j] = (i == j) ? Acc(1) : Acc(0);
+  }
+  accumulate_product<Acc, N>(a, x, r, n, Acc(-1));
+  Acc sum = Acc(0);
+  for (int64_t i = 0; i < n * n; ++i) sum += r[i] * r[i];
+  return std::sqrt(sum);
+}
+
+// ||I - A X||_F in working precision.
 template <typename T, int N>
 T residual(const T* a, const T* x, T* r, int64_t n_runtime) {
-  const int64_t n = N > 0 ? N : n_runtime;
-  T sum = T(0);
-  for (int64_t i = 0; i < n; ++i) {
-    T* r_row = r + i * n;
-    for (int64_t j = 0; j < n; ++j) r_row[j] = (i == j) ? T(1) : T(0);
-    for (int64_t k = 0; k < n; ++k) {
-      const T a_ik = a[i * n + k];
-      const T* x_row = x + k * n;
-      for (int64_t j = 0; j < n; ++j) r_row[j] -= a_ik * x_row[j];
-    }
-    for (int64_t j = 0; j < n; ++j) sum += r_row[j] * r_row[j];
-  }
-  return std::sqrt(sum);
+  return residual_into<T, N>(a, x, r, n_runtime);
 }
 
 // ||I - A X||_F computed in double precision from A and X as stored: the certificate of X itself.
 template <typename T, int N>
 double certified_residual(const T* a, const T* x, int64_t n_runtime) {
-  const int64_t n = N > 0 ? N : n_runtime;
-  double row[N > 0 ? N : kMaxN];
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {  // row i of I - A X, accumulated along X's rows (contiguous)
-    for (int64_t j = 0; j < n; ++j) row[j] = (i == j) ? 1.0 : 0.0;
-    for (int64_t k = 0; k < n; ++k) {
-      const double a_ik = a[i * n + k];
-      const T* x_row = x + k * n;
-      for (int64_t j = 0; j < n; ++j) row[j] -= a_ik * static_cast<double>(x_row[j]);
-    }
-    for (int64_t j = 0; j < n; ++j) sum += row[j] * row[j];
-  }
-  return std::sqrt(sum);
+  alignas(64) double r[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
+  return residual_into<double, N>(a, x, r, n_runtime);
 }
 
 // The exact path's residual r of X (as stored), after one Newton-Schulz step X <- X + X (I - A X) when X is
@@ -152,21 +176,10 @@ double certify_or_polish(const T* a, T* x, double r, int64_t n_runtime) {
     const double eps = std::numeric_limits<double>::epsilon();
     if (!(r > eps * std::sqrt(a_sq * x_sq) && r < 0.5)) return r;
     constexpr int64_t M = N > 0 ? N : kMaxN;
-    double residual_matrix[M * M], next[M * M];
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        double v = (i == j) ? 1.0 : 0.0;
-        for (int64_t k = 0; k < n; ++k) v -= a[i * n + k] * x[k * n + j];
-        residual_matrix[i * n + j] = v;
-      }
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < n; ++j) {
-        double v = x[i * n + j];
-        for (int64_t k = 0; k < n; ++k) v += x[i * n + k] * residual_matrix[k * n + j];
-        next[i * n + j] = v;
-      }
-    }
+    alignas(64) double residual_matrix[M * M], next[M * M];
+    residual_into<double, N>(a, x, residual_matrix, n);
+    std::copy(x, x + n * n, next);
+    accumulate_product<double, N>(x, residual_matrix, next, n, 1.0);
     std::copy(next, next + n * n, x);
     return certified_residual<T, N>(a, x, n);
   }
@@ -566,15 +579,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cpu(
             const bool stop = done || at_floor || !std::isfinite(r) || (guarded && step == 0 && r >= guard) ||
                               step == max_iter;
             if (stop) break;
-            const int64_t nn = N > 0 ? N : n;
-            for (int64_t i = 0; i < nn; ++i) {  // next = X + X R
-              for (int64_t j = 0; j < nn; ++j) next[i * nn + j] = x[i * nn + j];
-              for (int64_t k = 0; k < nn; ++k) {
-                const scalar_t x_ik = x[i * nn + k];
-                for (int64_t j = 0; j < nn; ++j) next[i * nn + j] += x_ik * R[k * nn + j];
-              }
-            }
-            std::copy(next, next + nn * nn, x);
+            std::copy(x, x + n * n, next);  // next = X + X R
+            accumulate_product<scalar_t, N>(x, R, next, n, scalar_t(1));
+            std::copy(next, next + n * n, x);
             previous = r;
           }
           std::copy(x, x + n * n, x_all + m * n * n);
