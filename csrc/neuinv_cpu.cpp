@@ -537,6 +537,170 @@ at::Tensor residual_norm_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
   return r;
 }
 
+// The stopping rules of neuinv/reference.py: newton_schulz_refine, for one matrix: after computing r of the
+// current X (step `step`), whether to stop, and whether X is then done (converged).
+struct NewtonSchulzRules {
+  double tol, accept;
+  int64_t max_iter;
+  bool guarded;
+  double guard;
+
+  // done: r <= min(tol ||A|| ||X||, accept), or at the rounding floor (r_prev < 0.5, r > r_prev / 2) with
+  // r <= accept. Stop when done, at the floor, when r is not finite, by the guard at step 0, or at max_iter.
+  bool stop(double r, double previous, double a_norm, double x_norm, int64_t step, bool* done) const {
+    const bool at_floor = previous < 0.5 && r > previous / 2;
+    *done = r <= std::min(tol * a_norm * x_norm, accept) || (at_floor && r <= accept);
+    return *done || at_floor || !std::isfinite(r) || (guarded && step == 0 && r >= guard) || step == max_iter;
+  }
+};
+
+// The whole Newton-Schulz loop X <- X + X (I - A X) for one matrix, in working precision.
+template <typename T, int N>
+void newton_schulz_one(const T* a, const T* x0, T* x_out, T* r_out, bool* done_out, int32_t* steps_out,
+                       int64_t n_runtime, const NewtonSchulzRules& rules) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  constexpr int64_t M = N > 0 ? N : kMaxN;
+  alignas(64) T x[M * M], R[M * M], next[M * M];
+  std::copy(x0, x0 + n * n, x);
+  const double a_norm = frobenius<T, N>(a, n);
+  double previous = std::numeric_limits<double>::infinity(), r = 0.0;
+  bool done = false;
+  int64_t step = 0;
+  for (;; ++step) {
+    r = residual<T, N>(a, x, R, n);
+    if (rules.stop(r, previous, a_norm, frobenius<T, N>(x, n), step, &done)) break;
+    std::copy(x, x + n * n, next);  // next = X + X R
+    accumulate_product<T, N>(x, R, next, n, T(1));
+    std::copy(next, next + n * n, x);
+    previous = r;
+  }
+  std::copy(x, x + n * n, x_out);
+  *r_out = static_cast<T>(r);
+  *done_out = done;
+  *steps_out = static_cast<int32_t>(step);
+}
+
+// The same loop for `count` <= kLanes matrices at once in the compact layout (see invert_compact), every
+// product across the lanes; a lane that stops keeps its X while the others go on. Same arithmetic per
+// matrix as newton_schulz_one (each entry and norm summed in the same order).
+template <typename T, int N>
+inline __attribute__((always_inline)) void newton_schulz_compact_body(
+    const T* a_in, const T* x0_in, T* x_out, T* r_out, bool* done_out, int32_t* steps_out, int count,
+    const NewtonSchulzRules& rules) {
+  constexpr int L = kLanes;
+  alignas(64) T a[N][N][L], x[N][N][L], R[N][N][L], next[N][N][L];
+  T a_sq[L] = {};
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      for (int l = 0; l < L; ++l) {
+        const T identity = i == j ? T(1) : T(0);  // lanes beyond count: A = X = I, stopped from the start
+        a[i][j][l] = l < count ? a_in[l * N * N + i * N + j] : identity;
+        x[i][j][l] = l < count ? x0_in[l * N * N + i * N + j] : identity;
+        a_sq[l] += a[i][j][l] * a[i][j][l];
+      }
+    }
+  }
+  bool stopped[L], done[L] = {};
+  double previous[L], r_final[L] = {};
+  int32_t steps[L] = {};
+  for (int l = 0; l < L; ++l) {
+    stopped[l] = l >= count;
+    previous[l] = std::numeric_limits<double>::infinity();
+  }
+  for (int64_t step = 0;; ++step) {
+    T r_sq[L] = {}, x_sq[L] = {};
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        for (int l = 0; l < L; ++l) R[i][j][l] = i == j ? T(1) : T(0);
+        for (int k = 0; k < N; ++k) {
+          for (int l = 0; l < L; ++l) R[i][j][l] -= a[i][k][l] * x[k][j][l];
+        }
+        for (int l = 0; l < L; ++l) {
+          r_sq[l] += R[i][j][l] * R[i][j][l];
+          x_sq[l] += x[i][j][l] * x[i][j][l];
+        }
+      }
+    }
+    bool running = false;
+    for (int l = 0; l < L; ++l) {
+      if (stopped[l]) continue;
+      const double r = std::sqrt(r_sq[l]);
+      if (rules.stop(r, previous[l], std::sqrt(a_sq[l]), std::sqrt(x_sq[l]), step, &done[l])) {
+        stopped[l] = true;
+        r_final[l] = r;
+        steps[l] = static_cast<int32_t>(step);
+      } else {
+        running = true;
+      }
+      previous[l] = r;
+    }
+    if (!running) break;
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        for (int l = 0; l < L; ++l) next[i][j][l] = x[i][j][l];
+        for (int k = 0; k < N; ++k) {
+          for (int l = 0; l < L; ++l) next[i][j][l] += x[i][k][l] * R[k][j][l];
+        }
+      }
+    }
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        for (int l = 0; l < L; ++l) x[i][j][l] = stopped[l] ? x[i][j][l] : next[i][j][l];
+      }
+    }
+  }
+  for (int l = 0; l < count; ++l) {
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) x_out[l * N * N + i * N + j] = x[i][j][l];
+    }
+    r_out[l] = static_cast<T>(r_final[l]);
+    done_out[l] = done[l];
+    steps_out[l] = steps[l];
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename T, int N>
+__attribute__((target("avx2,fma"))) void newton_schulz_compact_avx2(const T* a, const T* x0, T* x, T* r, bool* done,
+                                                                    int32_t* steps, int count,
+                                                                    const NewtonSchulzRules& rules) {
+  newton_schulz_compact_body<T, N>(a, x0, x, r, done, steps, count, rules);
+}
+#endif
+
+template <typename T, int N>
+void newton_schulz_compact(const T* a, const T* x0, T* x, T* r, bool* done, int32_t* steps, int count,
+                           const NewtonSchulzRules& rules) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2_fma()) return newton_schulz_compact_avx2<T, N>(a, x0, x, r, done, steps, count, rules);
+#endif
+  newton_schulz_compact_body<T, N>(a, x0, x, r, done, steps, count, rules);
+}
+
+// Every matrix of the batch: kLanes at a time in the compact layout for the sizes compiled with a fixed
+// N <= kCompactMaxN, one at a time otherwise.
+template <typename T, int N>
+void newton_schulz_batch(const T* a, const T* x0, T* x, T* r, bool* done, int32_t* steps, int64_t b, int64_t n,
+                         const NewtonSchulzRules& rules) {
+  if constexpr (N > 0 && N <= kCompactMaxN) {
+    const int64_t blocks = (b + kLanes - 1) / kLanes;
+    at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t m = block * kLanes;
+        const int count = static_cast<int>(std::min<int64_t>(kLanes, b - m));
+        newton_schulz_compact<T, N>(a + m * N * N, x0 + m * N * N, x + m * N * N, r + m, done + m, steps + m, count,
+                                    rules);
+      }
+    });
+  } else {
+    at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        newton_schulz_one<T, N>(a + m * n * n, x0 + m * n * n, x + m * n * n, r + m, done + m, steps + m, n, rules);
+      }
+    });
+  }
+}
+
 // Newton-Schulz refinement of every matrix from X0, with the stopping rules of
 // neuinv/reference.py: newton_schulz_refine (tolerance, rounding floor, guard, max_iter).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cpu(
@@ -548,51 +712,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cpu(
   const at::Tensor A = A_in.contiguous(), X0 = X0_in.contiguous();
   const int64_t b = A.size(0), n = A.size(1);
   at::Tensor X = at::empty_like(A);
-  at::Tensor r_out = at::empty({b}, A.options());
-  at::Tensor done_out = at::empty({b}, A.options().dtype(at::kBool));
-  at::Tensor steps_out = at::empty({b}, A.options().dtype(at::kInt));
+  at::Tensor r = at::empty({b}, A.options());
+  at::Tensor done = at::empty({b}, A.options().dtype(at::kBool));
+  at::Tensor steps = at::empty({b}, A.options().dtype(at::kInt));
+  const NewtonSchulzRules rules{tol, accept, max_iter, guarded, guard};
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_newton_schulz", [&] {
-    const scalar_t* a_all = A.data_ptr<scalar_t>();
-    const scalar_t* x0_all = X0.data_ptr<scalar_t>();
-    scalar_t* x_all = X.data_ptr<scalar_t>();
-    scalar_t* r_all = r_out.data_ptr<scalar_t>();
-    bool* done_all = done_out.data_ptr<bool>();
-    int32_t* steps_all = steps_out.data_ptr<int32_t>();
     NEUINV_DISPATCH_SIZE(n, [&] {
-      at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
-        constexpr int64_t M = N > 0 ? N : kMaxN;
-        alignas(64) scalar_t x[M * M], R[M * M], next[M * M];
-        for (int64_t m = begin; m < end; ++m) {
-          const scalar_t* a = a_all + m * n * n;
-          std::copy(x0_all + m * n * n, x0_all + (m + 1) * n * n, x);
-          const double a_norm = frobenius<scalar_t, N>(a, n);
-          double previous = std::numeric_limits<double>::infinity();
-          double r = 0.0;
-          bool done = false;
-          int64_t step = 0;
-          for (;; ++step) {
-            r = residual<scalar_t, N>(a, x, R, n);
-            const double x_norm = frobenius<scalar_t, N>(x, n);
-            done = r <= std::min(tol * a_norm * x_norm, accept);
-            const bool at_floor = previous < 0.5 && r > previous / 2;
-            done = done || (at_floor && r <= accept);
-            const bool stop = done || at_floor || !std::isfinite(r) || (guarded && step == 0 && r >= guard) ||
-                              step == max_iter;
-            if (stop) break;
-            std::copy(x, x + n * n, next);  // next = X + X R
-            accumulate_product<scalar_t, N>(x, R, next, n, scalar_t(1));
-            std::copy(next, next + n * n, x);
-            previous = r;
-          }
-          std::copy(x, x + n * n, x_all + m * n * n);
-          r_all[m] = static_cast<scalar_t>(r);
-          done_all[m] = done;
-          steps_all[m] = static_cast<int32_t>(step);
-        }
-      });
+      newton_schulz_batch<scalar_t, N>(A.data_ptr<scalar_t>(), X0.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
+                                       r.data_ptr<scalar_t>(), done.data_ptr<bool>(), steps.data_ptr<int32_t>(), b, n,
+                                       rules);
     });
   });
-  return {X, r_out, done_out, steps_out};
+  return {X, r, done, steps};
 }
 
 }  // namespace
