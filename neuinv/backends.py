@@ -18,12 +18,13 @@ import torch
 from . import reference
 
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
-CPP_EXACT_MAX_N = 24
+CPP_EXACT_MAX_N = 32
 """Largest n for which the C++ fused inverse-and-residual kernel beat torch.linalg.inv_ex plus the residual
-(2-core CPU, 2026-11-27, both threads: 3-4x at n = 8, 1.1-2.2x at 12-24, 0.8x at 32)."""
-CPP_REFINE_MAX_N = 12
-"""Largest n for which the C++ Newton–Schulz loop beat the torch path (same machine: 2.0-4.4x up to 12;
-at 16, 0.9x in float32 and 2.4x in float64)."""
+(2-core CPU, 2026-11-27, 2^22 elements per batch: 1.4-2.9x for n = 16-32 in both dtypes; at 48, 0.8x in
+float32 and 1.5x in float64; at 64, 1.0x)."""
+CPP_REFINE_MAX_N = 64
+"""Largest n for which the C++ Newton–Schulz loop beat the torch path: every n the kernels take (same
+machine, warm start 1e-3: 1.9-2.5x in float32 for n = 12-48, 1.3x at 64; 1.4-4.1x in float64)."""
 
 
 class BackendStatus(NamedTuple):
@@ -73,9 +74,9 @@ class _CompiledBackend(TorchBackend):
 
 class CppBackend(_CompiledBackend):
     """The compiled CPU kernels (csrc/neuinv_cpu.cpp), used where they measured faster than the
-    torch path on CPU: the whole Newton–Schulz loop per matrix in one call for n <= ``CPP_REFINE_MAX_N``
-    (batched MKL products win above), the exact path (Gauss–Jordan in double precision and the
-    certified residual in one pass) for n <= ``CPP_EXACT_MAX_N``."""
+    torch path on CPU: the whole Newton–Schulz loop per matrix in one call for n <= ``CPP_REFINE_MAX_N``,
+    the exact path (closed forms or Gauss–Jordan in double precision, and the certified residual, in one
+    pass) for n <= ``CPP_EXACT_MAX_N``."""
 
     name = "cpp"
     device_type = "cpu"

@@ -13,7 +13,7 @@ How each matrix A is inverted
    phase is over (r_prev < 0.5 but r > r_prev / 2: the rounding floor) with r <= accept.
    It goes to the exact path when it reaches ``max_iter``, stalls above ``accept`` or turns
    non-finite.
-4. Exact path: LU with partial pivoting (with the compiled kernels -- ``cpp`` for n <= 24, ``cuda``
+4. Exact path: LU with partial pivoting (with the compiled kernels -- ``cpp`` for n <= 32, ``cuda``
    -- Gauss–Jordan with partial pivoting in double precision), then verified: its residual must be
    at most ``accept`` (``ACCEPT_RESIDUAL``).
 

@@ -166,7 +166,7 @@ def test_cuda_operators_raise_clear_errors_without_a_gpu():
 
 
 def test_cpp_backend_end_to_end_and_auto_dispatch():
-    for n in (2, 6, 16, 30):  # the kernels up to CPP_REFINE_MAX_N / CPP_EXACT_MAX_N, the torch path above
+    for n in (2, 6, 16, 40):  # closed form, compact and one-matrix kernels; above CPP_EXACT_MAX_N the torch exact path
         A = conditioned_matrices(50, n, 100.0, torch.float32)
         assert resolve_backend("auto", A).name == "cpp"
         for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cpp"}):
