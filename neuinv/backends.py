@@ -36,6 +36,9 @@ class TorchBackend:
     """The reference path: batched matmuls and LAPACK/cuSOLVER LU. Any dtype, any device."""
 
     name = "torch"
+    workspace_matrices = 8
+    """n x n temporaries per matrix that the paths allocate at once (the Newton–Schulz loop's products and
+    gathers); batched_inverse chunks a batch so that they stay under WORKSPACE_BYTES."""
     newton_schulz_step = staticmethod(reference.newton_schulz_step)
     residual_norm = staticmethod(reference.residual_norm)
     exact_inverse = staticmethod(reference.exact_inverse)
@@ -58,6 +61,7 @@ class _CompiledBackend(TorchBackend):
 
     device_type: str
     kernels: str
+    workspace_matrices = 2  # the kernels keep each matrix on chip; a partly refined chunk gathers A and X0
 
     def __init__(self):
         from . import extension

@@ -49,7 +49,8 @@ MAX_ITER_FROM_SCALED_TRANSPOSE = 64
 """Default max_iter from the scaled transpose: enough for cond(A) up to about 1e9."""
 
 WORKSPACE_BYTES = 2**30
-"""Large batches are processed in chunks whose workspace stays under this many bytes."""
+"""Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
+temporaries per matrix) stays under this many bytes."""
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
@@ -158,7 +159,7 @@ def _invert(A, *, model, init, tol, max_iter, backend):
     A_flat = A if A.dim() == 3 else A.reshape(-1, n, n)
     init_flat = None if init is None else init.detach().reshape(-1, n, n)
     b = A_flat.shape[0]
-    chunk = max(1, WORKSPACE_BYTES // (8 * n * n * A.element_size()))
+    chunk = max(1, WORKSPACE_BYTES // (chosen.workspace_matrices * n * n * A.element_size()))
     parts = [_invert_chunk(chosen, settings, A_flat[start:start + chunk],
                            None if init_flat is None else init_flat[start:start + chunk], model, use_newton_schulz)
              for start in range(0, max(b, 1), chunk)]

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import neuinv
+from neuinv.backends import resolve_backend
 from conftest import conditioned_matrices, residual_bound, true_residual, warm_start
 
 SIZES = [1, 2, 3, 4, 5, 7, 8, 16, 31, 32, 64]
@@ -67,10 +68,17 @@ def test_complex_input_is_inverted():
 
 
 def test_large_batch_is_chunked(monkeypatch):
-    monkeypatch.setattr(neuinv.inverse, "WORKSPACE_BYTES", 8 * 3 * 3 * 8 * 7)  # 7 matrices per chunk
     A = conditioned_matrices(50, 3, 10.0, torch.float64)
+    chunks = []
+    invert_chunk = neuinv.inverse._invert_chunk
+    monkeypatch.setattr(neuinv.inverse, "_invert_chunk", lambda *args: chunks.append(1) or invert_chunk(*args))
     for guess in GUESSES:
+        backend = resolve_backend("auto" if guess == "exact" else "torch", A)
+        per_matrix = backend.workspace_matrices * 3 * 3 * A.element_size()
+        monkeypatch.setattr(neuinv.inverse, "WORKSPACE_BYTES", per_matrix * 7)  # 7 matrices per chunk
+        chunks.clear()
         X, info = invert(A, guess)
+        assert len(chunks) == 8  # ceil(50 / 7)
         assert info.converged.all()
         assert torch.allclose(X, torch.linalg.inv(A), rtol=1e-12, atol=1e-12)
 
