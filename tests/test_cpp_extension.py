@@ -69,6 +69,21 @@ def test_fused_exact_path_kernel_certifies_what_it_returns(n, dtype):
     assert ((r[good].double() - truth).abs() <= 2 * (float64_rounding + storing)).all()
 
 
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_closed_forms_are_as_accurate_as_gauss_jordan_when_ill_conditioned(n):
+    """float32 n <= 4 take the closed forms (adjugate / determinant in double), whose error grows like
+    eps64 cond^(n-1); up to cond 1e6 their certified results stay at Gauss-Jordan's accuracy (a result that
+    does not is redone by Gauss-Jordan) and within the bar set by torch.linalg.inv."""
+    for cond in (1e4, 1e6):
+        A = conditioned_matrices(203, n, cond, torch.float32, seed=n)
+        X, pivots, r = torch.ops.neuinv.inverse_and_residual(A)
+        X_gauss_jordan, _ = torch.ops.neuinv.exact_inverse(A)
+        assert (pivots == 0).all()
+        truth = true_residual(A, X)
+        assert truth.max().item() <= residual_bound(A)
+        assert truth.max().item() <= 2 * true_residual(A, X_gauss_jordan).max().item()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, dtype", cases())
 def test_newton_schulz_kernel_matches_reference(n, dtype, device):
