@@ -38,6 +38,10 @@ namespace {
 
 constexpr int64_t kMaxN = 64;
 
+// The small building blocks below are always inlined, so that each kernel that calls them is compiled
+// whole for the instruction set it was built for (the AVX2+FMA builds chosen at run time further down).
+#define NEUINV_INLINE inline __attribute__((always_inline))
+
 // A fresh tensor like A for a kernel's output X. On Linux one of 2 MB or more is advised to use transparent
 // huge pages before it is first written (numpy does the same for its large arrays; torch does it only under
 // THP_MEM_ALLOC_ENABLE=1): first-touch page faults otherwise cost as much as the small-n kernels themselves
@@ -72,7 +76,7 @@ at::Tensor empty_output_like(const at::Tensor& A) {
 // dtype (float32 inverses then carry only their final rounding: their residuals come out below LAPACK's
 // float32 LU). Returns 0, or the 1-based column of the first zero pivot (A singular), as getrf reports it.
 template <typename T, int N>
-int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
+NEUINV_INLINE int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   const int64_t w = 2 * n;
   alignas(64) double work[(N > 0 ? N : kMaxN) * 2 * (N > 0 ? N : kMaxN)];
@@ -113,7 +117,7 @@ int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
 
 // Gauss-Jordan on one matrix; a singular one gets an all-NaN X. Returns its first zero pivot (0 if none).
 template <typename T, int N>
-int32_t invert_or_nan(const T* a, T* x, int64_t n) {
+NEUINV_INLINE int32_t invert_or_nan(const T* a, T* x, int64_t n) {
   const int64_t zero_pivot = gauss_jordan<T, N>(a, x, n);
   if (zero_pivot) std::fill(x, x + n * n, std::numeric_limits<T>::quiet_NaN());
   return static_cast<int32_t>(zero_pivot);
@@ -123,7 +127,7 @@ int32_t invert_or_nan(const T* a, T* x, int64_t n) {
 // and converted). Four rows of out at a time: each row of `right` is loaded once per four rows, where the
 // row-by-row loop was bound by loads (3x slower at n = 16). Every entry still sums over k in order.
 template <typename Acc, int N, typename T>
-void accumulate_product(const T* __restrict__ left, const T* __restrict__ right, Acc* __restrict__ out,
+NEUINV_INLINE void accumulate_product(const T* __restrict__ left, const T* __restrict__ right, Acc* __restrict__ out,
                         int64_t n_runtime, Acc sign) {
   const int64_t n = N > 0 ? N : n_runtime;
   constexpr int64_t kRows = 4;
@@ -155,7 +159,7 @@ void accumulate_product(const T* __restrict__ left, const T* __restrict__ right,
 
 // R = I - A X in Acc arithmetic (n x n, row-major); returns ||R||_F.
 template <typename Acc, int N, typename T>
-Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtime) {
+NEUINV_INLINE Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) r[i * n + j] = (i == j) ? Acc(1) : Acc(0);
@@ -168,13 +172,13 @@ Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtime) {
 
 // ||I - A X||_F in working precision.
 template <typename T, int N>
-T residual(const T* a, const T* x, T* r, int64_t n_runtime) {
+NEUINV_INLINE T residual(const T* a, const T* x, T* r, int64_t n_runtime) {
   return residual_into<T, N>(a, x, r, n_runtime);
 }
 
 // ||I - A X||_F computed in double precision from A and X as stored: the certificate of X itself.
 template <typename T, int N>
-double certified_residual(const T* a, const T* x, int64_t n_runtime) {
+NEUINV_INLINE double certified_residual(const T* a, const T* x, int64_t n_runtime) {
   alignas(64) double r[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
   return residual_into<double, N>(a, x, r, n_runtime);
 }
@@ -184,7 +188,7 @@ double certified_residual(const T* a, const T* x, int64_t n_runtime) {
 // step, taken only while r < 0.5 so that it converges, brings it to LU's level). Float32 results come from
 // double-precision arithmetic and need no step.
 template <typename T, int N>
-double certify_or_polish(const T* a, T* x, double r, int64_t n_runtime) {
+NEUINV_INLINE double certify_or_polish(const T* a, T* x, double r, int64_t n_runtime) {
   if constexpr (!std::is_same_v<T, double>) {
     return r;
   } else {
@@ -207,7 +211,7 @@ double certify_or_polish(const T* a, T* x, double r, int64_t n_runtime) {
 }
 
 template <typename T, int N>
-T frobenius(const T* a, int64_t n_runtime) {
+NEUINV_INLINE T frobenius(const T* a, int64_t n_runtime) {
   const int64_t count = N > 0 ? N * N : n_runtime * n_runtime;
   T sum = T(0);
   for (int64_t i = 0; i < count; ++i) sum += a[i] * a[i];
@@ -479,6 +483,38 @@ void invert_closed_form(const T* a, T* x, int32_t* zero_pivot, T* residual, int 
   invert_closed_form_body<T, N>(a, x, zero_pivot, residual, count);
 }
 
+// The exact path for matrices begin..end-1 one at a time: Gauss-Jordan, then the certificate (and the
+// float64 polish).
+template <typename T, int N>
+NEUINV_INLINE void invert_one_by_one_body(const T* a, T* x, int32_t* pivots, T* out, int64_t begin, int64_t end,
+                                          int64_t n) {
+  for (int64_t m = begin; m < end; ++m) {
+    pivots[m] = invert_or_nan<T, N>(a + m * n * n, x + m * n * n, n);
+    if (pivots[m]) {
+      out[m] = std::numeric_limits<T>::quiet_NaN();
+    } else {
+      const double r = certified_residual<T, N>(a + m * n * n, x + m * n * n, n);
+      out[m] = static_cast<T>(certify_or_polish<T, N>(a + m * n * n, x + m * n * n, r, n));
+    }
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename T, int N>
+__attribute__((target("avx2,fma"))) void invert_one_by_one_avx2(const T* a, T* x, int32_t* pivots, T* out,
+                                                                int64_t begin, int64_t end, int64_t n) {
+  invert_one_by_one_body<T, N>(a, x, pivots, out, begin, end, n);
+}
+#endif
+
+template <typename T, int N>
+void invert_one_by_one(const T* a, T* x, int32_t* pivots, T* out, int64_t begin, int64_t end, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2_fma()) return invert_one_by_one_avx2<T, N>(a, x, pivots, out, begin, end, n);
+#endif
+  invert_one_by_one_body<T, N>(a, x, pivots, out, begin, end, n);
+}
+
 // The exact path over a batch of b matrices of size n (N = n when compiled for that size, else 0). A
 // template, so that only the branch taken for (T, N) is instantiated.
 template <typename T, int N>
@@ -503,15 +539,7 @@ void inverse_and_residual_batch(const T* a, T* x, int32_t* pivots, T* out, int64
     });
   } else {
     at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t m = begin; m < end; ++m) {
-        pivots[m] = invert_or_nan<T, N>(a + m * n * n, x + m * n * n, n);
-        if (pivots[m]) {
-          out[m] = std::numeric_limits<T>::quiet_NaN();
-        } else {
-          const double r = certified_residual<T, N>(a + m * n * n, x + m * n * n, n);
-          out[m] = static_cast<T>(certify_or_polish<T, N>(a + m * n * n, x + m * n * n, r, n));
-        }
-      }
+      invert_one_by_one<T, N>(a, x, pivots, out, begin, end, n);
     });
   }
 }
