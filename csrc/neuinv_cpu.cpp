@@ -605,7 +605,7 @@ struct NewtonSchulzRules {
 
 // The whole Newton-Schulz loop X <- X + X (I - A X) for one matrix, in working precision.
 template <typename T, int N>
-void newton_schulz_one(const T* a, const T* x0, T* x_out, T* r_out, bool* done_out, int32_t* steps_out,
+NEUINV_INLINE void newton_schulz_one(const T* a, const T* x0, T* x_out, T* r_out, bool* done_out, int32_t* steps_out,
                        int64_t n_runtime, const NewtonSchulzRules& rules) {
   const int64_t n = N > 0 ? N : n_runtime;
   constexpr int64_t M = N > 0 ? N : kMaxN;
@@ -726,6 +726,34 @@ void newton_schulz_compact(const T* a, const T* x0, T* x, T* r, bool* done, int3
   newton_schulz_compact_body<T, N>(a, x0, x, r, done, steps, count, rules);
 }
 
+// newton_schulz_one for matrices begin..end-1, with an AVX2+FMA build chosen at run time.
+template <typename T, int N>
+NEUINV_INLINE void newton_schulz_one_by_one_body(const T* a, const T* x0, T* x, T* r, bool* done, int32_t* steps,
+                                                 int64_t begin, int64_t end, int64_t n,
+                                                 const NewtonSchulzRules& rules) {
+  for (int64_t m = begin; m < end; ++m) {
+    newton_schulz_one<T, N>(a + m * n * n, x0 + m * n * n, x + m * n * n, r + m, done + m, steps + m, n, rules);
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+template <typename T, int N>
+__attribute__((target("avx2,fma"))) void newton_schulz_one_by_one_avx2(const T* a, const T* x0, T* x, T* r, bool* done,
+                                                                       int32_t* steps, int64_t begin, int64_t end,
+                                                                       int64_t n, const NewtonSchulzRules& rules) {
+  newton_schulz_one_by_one_body<T, N>(a, x0, x, r, done, steps, begin, end, n, rules);
+}
+#endif
+
+template <typename T, int N>
+void newton_schulz_one_by_one(const T* a, const T* x0, T* x, T* r, bool* done, int32_t* steps, int64_t begin,
+                              int64_t end, int64_t n, const NewtonSchulzRules& rules) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2_fma()) return newton_schulz_one_by_one_avx2<T, N>(a, x0, x, r, done, steps, begin, end, n, rules);
+#endif
+  newton_schulz_one_by_one_body<T, N>(a, x0, x, r, done, steps, begin, end, n, rules);
+}
+
 // Every matrix of the batch: kLanes at a time in the compact layout for the sizes compiled with a fixed
 // N <= kCompactMaxN, one at a time otherwise.
 template <typename T, int N>
@@ -743,9 +771,7 @@ void newton_schulz_batch(const T* a, const T* x0, T* x, T* r, bool* done, int32_
     });
   } else {
     at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t m = begin; m < end; ++m) {
-        newton_schulz_one<T, N>(a + m * n * n, x0 + m * n * n, x + m * n * n, r + m, done + m, steps + m, n, rules);
-      }
+      newton_schulz_one_by_one<T, N>(a, x0, x, r, done, steps, begin, end, n, rules);
     });
   }
 }
