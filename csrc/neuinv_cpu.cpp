@@ -1,7 +1,8 @@
-// neuinv's CPU kernels, registered once as torch operators (neuinv::exact_inverse,
-// neuinv::newton_schulz, neuinv::residual_norm); the Python reference implementations they
-// override are in neuinv/reference.py. One matrix per task, the batch split across threads by
-// at::parallel_for; each matrix lives in a small local buffer while it is worked on.
+// neuinv's CPU kernels, registered once as torch operators (neuinv::exact_inverse, neuinv::residual_norm,
+// neuinv::inverse_and_residual, neuinv::newton_schulz); the Python reference implementations they override
+// are in neuinv/reference.py. The batch is split across threads by at::parallel_for; small fixed sizes work
+// on 8 matrices at once interleaved per SIMD lane (the "compact" layout), the others one matrix at a time
+// in a local buffer. The hot kernels also have an AVX2+FMA build, chosen at run time.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
