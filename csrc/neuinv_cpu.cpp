@@ -262,6 +262,26 @@ std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
 constexpr int kLanes = 8;
 constexpr int kCompactMaxN = 8;  // above, one matrix at a time measured faster (the working set leaves L1)
 
+// R = I - A X for the kLanes matrices of a compact block, in Acc arithmetic; r_sq and x_sq get each lane's
+// ||R||_F^2 and ||X||_F^2, summed over (i, j) in row-major order as the one-matrix kernels sum them.
+template <typename Acc, int N>
+NEUINV_INLINE void compact_residual(const Acc (&a)[N][N][kLanes], const Acc (&x)[N][N][kLanes],
+                                    Acc (&R)[N][N][kLanes], Acc (&r_sq)[kLanes], Acc (&x_sq)[kLanes]) {
+  for (int l = 0; l < kLanes; ++l) r_sq[l] = x_sq[l] = Acc(0);
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      for (int l = 0; l < kLanes; ++l) R[i][j][l] = i == j ? Acc(1) : Acc(0);
+      for (int k = 0; k < N; ++k) {
+        for (int l = 0; l < kLanes; ++l) R[i][j][l] -= a[i][k][l] * x[k][j][l];
+      }
+      for (int l = 0; l < kLanes; ++l) {
+        r_sq[l] += R[i][j][l] * R[i][j][l];
+        x_sq[l] += x[i][j][l] * x[i][j][l];
+      }
+    }
+  }
+}
+
 // Inverts `count` <= kLanes matrices (a, row-major, one after another) by Gauss-Jordan elimination on
 // [A | I] with partial pivoting, in double precision, and writes X (rounded to T), the 1-based first zero
 // pivot per matrix (0 if none; X is then NaN) and r = ||I - A X||_F of the rounded X, computed in double.
@@ -338,21 +358,13 @@ void invert_compact(const T* a, T* x, int32_t* zero_pivot, T* residual, int coun
       for (int j = 0; j < N; ++j) stored[i][j][l] = l < count ? static_cast<double>(x[l * N * N + i * N + j]) : 0.0;
     }
   }
-  double sum[L] = {};
-  for (int i = 0; i < N; ++i) {
-    for (int j = 0; j < N; ++j) {
-      double r[L];
-      for (int l = 0; l < L; ++l) r[l] = i == j ? 1.0 : 0.0;
-      for (int k = 0; k < N; ++k) {
-        for (int l = 0; l < L; ++l) r[l] -= original[i][k][l] * stored[k][j][l];
-      }
-      for (int l = 0; l < L; ++l) sum[l] += r[l] * r[l];
-    }
-  }
+  alignas(64) double R[N][N][L];
+  double r_sq[L], x_sq[L];
+  compact_residual<double, N>(original, stored, R, r_sq, x_sq);
   for (int l = 0; l < count; ++l) {
     zero_pivot[l] = first_zero[l];
     residual[l] = first_zero[l] ? nan : static_cast<T>(certify_or_polish<T, N>(a + l * N * N, x + l * N * N,
-                                                                                  std::sqrt(sum[l]), N));
+                                                                                  std::sqrt(r_sq[l]), N));
   }
 }
 
@@ -446,19 +458,12 @@ NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, int32_t* zero_pivot, 
       }
     }
   }
-  double r_sq[L] = {}, a_sq[L] = {}, x_sq[L] = {};
+  alignas(64) double R[N][N][L];
+  double r_sq[L], x_sq[L], a_sq[L] = {};
+  compact_residual<double, N>(a, stored, R, r_sq, x_sq);
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) {
-      double r[L];
-      for (int l = 0; l < L; ++l) r[l] = i == j ? 1.0 : 0.0;
-      for (int k = 0; k < N; ++k) {
-        for (int l = 0; l < L; ++l) r[l] -= a[i][k][l] * stored[k][j][l];
-      }
-      for (int l = 0; l < L; ++l) {
-        r_sq[l] += r[l] * r[l];
-        a_sq[l] += a[i][j][l] * a[i][j][l];
-        x_sq[l] += stored[i][j][l] * stored[i][j][l];
-      }
+      for (int l = 0; l < L; ++l) a_sq[l] += a[i][j][l] * a[i][j][l];
     }
   }
   const double eps = std::numeric_limits<T>::epsilon();
@@ -635,19 +640,8 @@ NEUINV_INLINE void newton_schulz_compact(
     previous[l] = std::numeric_limits<double>::infinity();
   }
   for (int64_t step = 0;; ++step) {
-    T r_sq[L] = {}, x_sq[L] = {};
-    for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) {
-        for (int l = 0; l < L; ++l) R[i][j][l] = i == j ? T(1) : T(0);
-        for (int k = 0; k < N; ++k) {
-          for (int l = 0; l < L; ++l) R[i][j][l] -= a[i][k][l] * x[k][j][l];
-        }
-        for (int l = 0; l < L; ++l) {
-          r_sq[l] += R[i][j][l] * R[i][j][l];
-          x_sq[l] += x[i][j][l] * x[i][j][l];
-        }
-      }
-    }
+    T r_sq[L], x_sq[L];
+    compact_residual<T, N>(a, x, R, r_sq, x_sq);
     bool running = false;
     for (int l = 0; l < L; ++l) {
       if (stopped[l]) continue;
