@@ -177,3 +177,20 @@ def test_why_cant_error_grows_near_singular_while_the_guard_stays_exact(tmp_path
         assert result.guarded_uncertified == 0 and result.guarded_worst_residual < 1e-9
     for path in near_singular_figures(tmp_path):
         assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_16x16_recipe_ends_as_a_cosine_cycle_reaches_its_minimum():
+    """The last epoch of the paper's 16x16 run must not fall just after a warm restart."""
+    from neuinv.paper import recipe
+
+    plan = recipe("paper-16x16", quick=False)
+    epochs = -(-plan.steps // plan.epoch_steps)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=5e-5)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=3, T_mult=2, eta_min=1e-6)
+    rates = []
+    for _ in range(epochs):
+        rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    assert rates[-1] < 1.05e-6
+    assert rates[-1] < rates[-2] < rates[-3]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-5)  # the next epoch would restart
