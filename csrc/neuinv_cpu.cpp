@@ -633,11 +633,12 @@ NEUINV_INLINE void newton_schulz_compact(
     }
   }
   bool stopped[L], done[L] = {};
-  double previous[L], r_final[L] = {};
+  double previous[L], r_final[L] = {}, a_norm[L];
   int32_t steps[L] = {};
   for (int l = 0; l < L; ++l) {
     stopped[l] = l >= count;
     previous[l] = std::numeric_limits<double>::infinity();
+    a_norm[l] = std::sqrt(a_sq[l]);
   }
   for (int64_t step = 0;; ++step) {
     T r_sq[L], x_sq[L];
@@ -646,7 +647,7 @@ NEUINV_INLINE void newton_schulz_compact(
     for (int l = 0; l < L; ++l) {
       if (stopped[l]) continue;
       const double r = std::sqrt(r_sq[l]);
-      if (rules.stop(r, previous[l], std::sqrt(a_sq[l]), std::sqrt(x_sq[l]), step, &done[l])) {
+      if (rules.stop(r, previous[l], a_norm[l], std::sqrt(x_sq[l]), step, &done[l])) {
         stopped[l] = true;
         r_final[l] = r;
         steps[l] = static_cast<int32_t>(step);

@@ -115,12 +115,15 @@ def train(args) -> int:
 
     sampler = paper_sampler(args.dataset, seed=args.seed, base_matrix=args.base_matrix)
     test = paper_sampler(args.dataset, seed=args.seed + 10_000, base_matrix=args.base_matrix).sample(10_000)
+    validation = paper_sampler(args.dataset, seed=args.seed + 20_000, base_matrix=args.base_matrix).sample(10_000)
     model, history = fit(sampler, hidden=args.hidden, depth=args.depth, head=args.head, steps=args.steps,
                          epochs=args.epochs, train_size=args.train_size, seed=args.seed, device=args.device,
-                         dtype=getattr(torch, args.dtype), test=test)
+                         dtype=getattr(torch, args.dtype), test=test, validation=validation)
     model.metadata["dataset"] = args.dataset
     model.save(args.out, **model.metadata)
-    print(f"average absolute test error {history.test_error:.3g} on 10000 fresh matrices; saved {args.out}")
+    print(f"kept the network of epoch {history.best_epoch + 1} of {len(history.validation_errors)} (best on 10000 "
+          f"fresh validation matrices); average absolute test error {history.test_error:.3g} on 10000 other "
+          f"fresh matrices; saved {args.out}")
     return 0
 
 

@@ -25,6 +25,17 @@ def test_info_lists_every_backend(capsys):
         assert f"\n  {name}" in out
 
 
+def test_train_keeps_the_best_validation_epoch_and_saves_a_loadable_checkpoint(tmp_path, capsys):
+    out_file = tmp_path / "small.pt"
+    assert neuinv.cli.main(["train", "--dataset", "paper-2x2-1st", "--hidden", "8", "--steps", "2000",
+                            "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "of 2 (best on 10000 fresh validation matrices)" in out and "saved" in out
+    model = neuinv.models.InverseMLP.load(out_file)
+    assert model.metadata["training"]["selection"] == "best of 2 epochs on 10000 validation matrices"
+    assert model.metadata["dataset"] == "paper-2x2-1st"
+
+
 def test_throughput_script_prints_baselines_and_roofline(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--device", "cpu", "--sizes", "3",

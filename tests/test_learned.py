@@ -194,3 +194,18 @@ def test_16x16_recipe_ends_as_a_cosine_cycle_reaches_its_minimum():
     assert rates[-1] < 1.05e-6
     assert rates[-1] < rates[-2] < rates[-3]
     assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-5)  # the next epoch would restart
+
+
+def test_validation_keeps_each_runs_best_epoch():
+    """With a validation batch, each run ends with the network of its best epoch, and says which."""
+    sampler = paper_sampler("paper-2x2-1st", seed=0)
+    validation = paper_sampler("paper-2x2-1st", seed=3).sample(500)
+    trained = neuinv.training.fit_runs(sampler, runs=2, hidden=8, steps=300, epoch_steps=30, lr=3e-2,
+                                       validation=validation, progress=False)
+    for model, history in trained:
+        assert len(history.validation_errors) == 10
+        assert history.validation_errors[history.best_epoch] == min(history.validation_errors)
+        assert average_absolute_error(model, validation) == pytest.approx(min(history.validation_errors), rel=1e-9)
+        assert model.metadata["training"]["selection"] == "best of 10 epochs on 500 validation matrices"
+    _, last = fit(sampler, hidden=8, steps=30, epoch_steps=30, progress=False)
+    assert last.best_epoch is None and last.validation_errors == ()
