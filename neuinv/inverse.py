@@ -14,8 +14,9 @@ How each matrix A is inverted
    It goes to the exact path when it reaches ``max_iter``, stalls above ``accept`` or turns
    non-finite.
 4. Exact path: LU with partial pivoting (with the compiled kernels -- ``cpp`` for n <= 32, ``cuda``
-   -- Gauss–Jordan with partial pivoting in double precision), then verified: its residual must be
-   at most ``accept`` (``ACCEPT_RESIDUAL``).
+   -- Gauss–Jordan with partial pivoting in double precision; ``cpp`` inverts float32 n <= 4 by
+   closed forms in double, redone by Gauss–Jordan when their residual is not at rounding level), then
+   verified: its residual must be at most ``accept`` (``ACCEPT_RESIDUAL``).
 
 Every returned matrix therefore carries a certificate: ||X - A^-1||_2 <= r ||A^-1||_2, with
 r = info.residual. ``info.converged`` is True exactly when X is finite and r <= accept;
