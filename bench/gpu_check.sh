@@ -64,9 +64,29 @@ if [ -n "$THROUGHPUT_DTYPES" ]; then
     --max-batch 1000000 --repeats 5 --skip-slow --json "$OUT/throughput-cuda.json" \
     > "$OUT/throughput-cuda.md" 2> "$OUT/throughput-cuda.log"
   stamp "throughput exit $?"
+  # Where the auto path's time goes beyond the kernels (on the H100 it took 10x the exact kernel at n = 4).
+  timeout 60 python3 - > "$OUT/profile-auto-cuda.txt" 2>&1 <<'PY'
+import torch, neuinv
+from torch.profiler import ProfilerActivity, profile
+from neuinv.testing import conditioned_matrices
+for n, batch in ((4, 10**6), (16, 262144)):
+    A = conditioned_matrices(batch, n, 100.0, torch.float32, seed=n).cuda()
+    for _ in range(3):
+        neuinv.batched_inverse(A)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            neuinv.batched_inverse(A)
+        torch.cuda.synchronize()
+    print(f"## batched_inverse, n = {n}, float32, batch {batch}, 5 calls")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=8))
+PY
+  stamp "profile exit $?"
 fi
 if [ "$TRAIN" = 1 ]; then
   tail -c 600 "$OUT"/reproduce-16x16-*.log
   cat "$OUT"/reproduce-16x16-*.md
 fi
 [ -f "$OUT/throughput-cuda.md" ] && cat "$OUT/throughput-cuda.md"
+[ -f "$OUT/profile-auto-cuda.txt" ] && head -c 6000 "$OUT/profile-auto-cuda.txt"
