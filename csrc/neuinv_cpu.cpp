@@ -186,6 +186,25 @@ NEUINV_INLINE void accumulate_product(const T* __restrict__ left, const T* __res
   }
 }
 
+// The sum of v[i]^2 over `count` entries in Acc arithmetic, in kSums interleaved partial sums (entry i goes to
+// sum i % kSums) added pairwise at the end. One running sum is a chain of dependent additions (256 per norm at
+// n = 16); the partial sums are one vector register. Exact path, one thread: 16x16 float64 17% faster (8 sums
+// measured slower than 4 at n = 12 and 32 in float32).
+template <typename Acc, typename T>
+NEUINV_INLINE Acc sum_of_squares(const T* v, int64_t count) {
+  constexpr int kSums = 4;
+  Acc partial[kSums] = {};
+  int64_t i = 0;
+  for (; i + kSums <= count; i += kSums) {
+    for (int s = 0; s < kSums; ++s) partial[s] += static_cast<Acc>(v[i + s]) * static_cast<Acc>(v[i + s]);
+  }
+  for (int s = 0; i + s < count; ++s) partial[s] += static_cast<Acc>(v[i + s]) * static_cast<Acc>(v[i + s]);
+  for (int width = kSums / 2; width > 0; width /= 2) {
+    for (int s = 0; s < width; ++s) partial[s] += partial[s + width];
+  }
+  return partial[0];
+}
+
 // R = I - A X in Acc arithmetic (n x n, row-major); returns ||R||_F.
 template <typename Acc, int N, typename T>
 NEUINV_INLINE Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtime) {
@@ -194,9 +213,7 @@ NEUINV_INLINE Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtim
     for (int64_t j = 0; j < n; ++j) r[i * n + j] = (i == j) ? Acc(1) : Acc(0);
   }
   accumulate_product<Acc, N>(a, x, r, n, Acc(-1));
-  Acc sum = Acc(0);
-  for (int64_t i = 0; i < n * n; ++i) sum += r[i] * r[i];
-  return std::sqrt(sum);
+  return std::sqrt(sum_of_squares<Acc>(r, n * n));
 }
 
 // ||I - A X||_F computed in double precision from A and X as stored: the certificate of X itself.
@@ -216,11 +233,7 @@ NEUINV_INLINE double certify_or_polish(const T* a, T* x, double r, int64_t n_run
     return r;
   } else {
     const int64_t n = N > 0 ? N : n_runtime;
-    double a_sq = 0.0, x_sq = 0.0;
-    for (int64_t i = 0; i < n * n; ++i) {
-      a_sq += a[i] * a[i];
-      x_sq += x[i] * x[i];
-    }
+    const double a_sq = sum_of_squares<double>(a, n * n), x_sq = sum_of_squares<double>(x, n * n);
     const double eps = std::numeric_limits<double>::epsilon();
     if (!(r > eps * std::sqrt(a_sq * x_sq) && r < 0.5)) return r;
     constexpr int64_t M = N > 0 ? N : kMaxN;
@@ -236,9 +249,7 @@ NEUINV_INLINE double certify_or_polish(const T* a, T* x, double r, int64_t n_run
 template <typename T, int N>
 NEUINV_INLINE T frobenius(const T* a, int64_t n_runtime) {
   const int64_t count = N > 0 ? N * N : n_runtime * n_runtime;
-  T sum = T(0);
-  for (int64_t i = 0; i < count; ++i) sum += a[i] * a[i];
-  return std::sqrt(sum);
+  return std::sqrt(sum_of_squares<T>(a, count));
 }
 
 std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
@@ -295,7 +306,7 @@ NEUINV_INLINE void store_part(T (&element)[kLanes], int part, typename Lanes<T>:
 }
 
 // R = I - A X for the kLanes matrices of a compact block, in Acc arithmetic; r_sq and x_sq get each lane's
-// ||R||_F^2 and ||X||_F^2, summed over (i, j) in row-major order as the one-matrix kernels sum them.
+// ||R||_F^2 and ||X||_F^2, summed over (i, j) in row-major order (the lanes make these sums vector instructions).
 template <typename Acc, int N>
 NEUINV_INLINE void compact_residual(const Acc (&a)[N][N][kLanes], const Acc (&x)[N][N][kLanes],
                                     Acc (&R)[N][N][kLanes], Acc (&r_sq)[kLanes], Acc (&x_sq)[kLanes]) {
@@ -648,8 +659,8 @@ NEUINV_INLINE void newton_schulz_one(const T* a, const T* x0, T* x_out, T* r_out
 }
 
 // The same loop for `count` <= kLanes matrices at once in the compact layout (see invert_compact), every
-// product across the lanes; a lane that stops keeps its X while the others go on. Same arithmetic per
-// matrix as newton_schulz_one (each entry and norm summed in the same order).
+// product across the lanes; a lane that stops keeps its X while the others go on. Each entry is computed as in
+// newton_schulz_one; the norms are summed in row-major order per lane.
 template <typename T, int N>
 NEUINV_INLINE void newton_schulz_compact(
     const T* a_in, const T* x0_in, T* x_out, T* r_out, bool* done_out, int32_t* steps_out, int count,
@@ -666,7 +677,7 @@ NEUINV_INLINE void newton_schulz_compact(
       }
     }
   }
-  // Norms and square roots across the lanes (vector instructions), each lane summed in frobenius()'s order.
+  // Norms and square roots across the lanes (vector instructions), each lane summed in row-major order.
   T a_norm[L] = {};
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) {
