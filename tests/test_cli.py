@@ -36,6 +36,25 @@ def test_train_keeps_the_best_validation_epoch_and_saves_a_loadable_checkpoint(t
     assert model.metadata["dataset"] == "paper-2x2-1st"
 
 
+def test_reproduce_quick_prints_our_error_beside_the_papers(capsys):
+    """`neuinv reproduce --quick` for one Table 1 entry: says it is quick, prints the paper's number beside
+    ours and their ratio, and the network it trained beats the zero guess on the same test set."""
+    from neuinv.data import paper_sampler
+    from neuinv.paper import evaluation_batch
+
+    assert neuinv.cli.main(["reproduce", "--quick", "--table", "1", "--dataset", "paper-16x16",
+                            "--model", "2-FC"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("QUICK run")
+    row = next(line for line in out.splitlines() if line.startswith("| 1 | 2-FC | paper-16x16 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    error, paper, ratio = float(cells[3].split()[0]), float(cells[4]), float(cells[5])
+    assert paper == 0.000168 and cells[3].endswith("(1)")
+    assert abs(ratio - error / paper) <= 0.01 * ratio
+    test, _ = evaluation_batch("paper-16x16", paper_sampler("paper-16x16").center)
+    assert error < test.inverse.abs().mean().item()
+
+
 def test_throughput_script_prints_baselines_and_roofline(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--device", "cpu", "--sizes", "3",
