@@ -685,13 +685,12 @@ NEUINV_INLINE void newton_schulz_compact(
     }
   }
   for (int l = 0; l < L; ++l) a_norm[l] = std::sqrt(a_norm[l]);
-  bool stopped[L], done[L] = {};
-  typename Lanes<T>::mask_element keep[L];  // all bits set in the lanes that have stopped (their X is kept)
+  bool done[L] = {};
+  typename Lanes<T>::mask_element stopped[L];  // all bits set in the lanes that have stopped (their X is kept)
   double previous[L], r_final[L] = {};
   int32_t steps[L] = {};
   for (int l = 0; l < L; ++l) {
-    stopped[l] = l >= count;
-    keep[l] = stopped[l] ? -1 : 0;
+    stopped[l] = l >= count ? -1 : 0;
     previous[l] = std::numeric_limits<double>::infinity();
   }
   for (int64_t step = 0;; ++step) {
@@ -705,8 +704,7 @@ NEUINV_INLINE void newton_schulz_compact(
     for (int l = 0; l < L; ++l) {
       if (stopped[l]) continue;
       if (rules.stop(r[l], previous[l], a_norm[l], x_norm[l], step, &done[l])) {
-        stopped[l] = true;
-        keep[l] = -1;
+        stopped[l] = -1;
         r_final[l] = r[l];
         steps[l] = static_cast<int32_t>(step);
       } else {
@@ -718,15 +716,15 @@ NEUINV_INLINE void newton_schulz_compact(
     // X <- X + X R on the running lanes. Row i of the update needs only row i of X, so X is updated in place
     // row by row, the old row held in registers.
     for (int part = 0; part < Lanes<T>::kParts; ++part) {
-      typename Lanes<T>::mask keep_part;
-      std::memcpy(&keep_part, keep + part * Lanes<T>::kWidth, sizeof keep_part);
+      typename Lanes<T>::mask keep;
+      std::memcpy(&keep, stopped + part * Lanes<T>::kWidth, sizeof keep);
       for (int i = 0; i < N; ++i) {
         V x_row[N];
         for (int k = 0; k < N; ++k) x_row[k] = load_part(x[i][k], part);
         for (int j = 0; j < N; ++j) {
           V entry = x_row[j];
           for (int k = 0; k < N; ++k) entry += x_row[k] * load_part(R[k][j], part);
-          store_part(x[i][j], part, keep_part ? x_row[j] : entry);
+          store_part(x[i][j], part, keep ? x_row[j] : entry);
         }
       }
     }
