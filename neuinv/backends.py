@@ -1,9 +1,9 @@
 """Backends: the pure-torch reference and the fast paths that override it.
 
-A backend provides five operations on flat batches ``(b, n, n)``:
+A backend provides these operations on flat batches ``(b, n, n)``:
 ``newton_schulz_step``, ``newton_schulz`` (the refinement loop), ``residual_norm``,
-``exact_inverse`` (see :mod:`neuinv.reference` for their definitions) and ``inverse_and_residual``
-(the exact path: the two together). :func:`resolve_backend` is the one
+``exact_inverse`` (see :mod:`neuinv.reference` for their definitions), ``error_bound`` (the certificate,
+:mod:`neuinv.certificate`) and ``inverse_and_error_bound`` (the exact path and its certificate). :func:`resolve_backend` is the one
 place that decides which backend runs: ``"auto"`` takes the fastest usable one and
 falls back quietly; an explicitly named backend that cannot run raises.
 """
@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import reference
+from . import certificate, reference
 
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
 CPP_EXACT_MAX_N = 32
@@ -47,10 +47,13 @@ class TorchBackend:
         """Refine X0 to (X, r, converged, steps): :func:`neuinv.reference.newton_schulz_refine`."""
         return reference.newton_schulz_refine(self.newton_schulz_step, A, X0, tol, accept, max_iter, guarded, guard)
 
-    def inverse_and_residual(self, A):
-        """The exact path: (X, pivot_info, ||I - A X||_F)."""
+    error_bound = staticmethod(certificate.error_bound)
+
+    def inverse_and_error_bound(self, A):
+        """The exact path: (X, error_bound), the bound +inf where A has a zero pivot."""
         X, pivot_info = self.exact_inverse(A)
-        return X, pivot_info, self.residual_norm(A, X)
+        bound = self.error_bound(A, X)
+        return X, torch.where(pivot_info == 0, bound, torch.full_like(bound, float("inf")))
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         return None
@@ -86,12 +89,17 @@ class CppBackend(_CompiledBackend):
     device_type = "cpu"
     kernels = "C++"
 
-    def inverse_and_residual(self, A):
-        """Gauss–Jordan in double precision with the certified residual of the stored X (float64 results
-        above eps ||A||_F ||X||_F get one Newton–Schulz step in the kernel: see csrc/neuinv_cpu.cpp)."""
+    def inverse_and_error_bound(self, A):
+        """Closed forms or Gauss–Jordan in double precision, certified before the rounding to A's dtype
+        (float64 results get one Newton–Schulz step in the kernel where that helps: csrc/neuinv_cpu.cpp)."""
         if A.shape[-1] <= CPP_EXACT_MAX_N:
-            return torch.ops.neuinv.inverse_and_residual(A)
-        return super().inverse_and_residual(A)
+            return torch.ops.neuinv.inverse_and_error_bound(A)
+        return super().inverse_and_error_bound(A)
+
+    @staticmethod
+    def error_bound(A, X):
+        """The certificate of :mod:`neuinv.certificate` in the C++ kernels (n <= 64)."""
+        return torch.ops.neuinv.error_bound(A, X)
 
     def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
         if A.shape[-1] <= CPP_REFINE_MAX_N:

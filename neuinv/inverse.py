@@ -3,24 +3,25 @@
 How each matrix A is inverted
 -----------------------------
 1. An initial guess X0: the user's ``init`` (warm start), a learned ``model``, or the
-   classical scaled transpose A^H / (||A||_1 ||A||_inf).
+   classical scaled transpose A^H / ||A||_1 / ||A||_inf.
 2. Guard: a guess from ``init`` or ``model`` whose residual r0 = ||I - A X0||_F is at least
    ``GUARD_RESIDUAL`` (or that the model calls out of its domain) is not refined; the matrix
    takes the exact path. (r0 < 1 guarantees quadratic convergence since ||.||_F >= ||.||_2.)
 3. Newton–Schulz (Hotelling, 1943): X <- X + X (I - A X), which squares the residual each step.
    A matrix is done when r <= min(tol ||A||_F ||X||_F, accept) (a backward-error test;
-   ``torch.linalg.inv`` itself lands at about eps ||A||_F ||X||_F), or when the quadratic
-   phase is over (r_prev < 0.5 but r > r_prev / 2: the rounding floor) with r <= accept.
-   It goes to the exact path when it reaches ``max_iter``, stalls above ``accept`` or turns
-   non-finite.
+   ``torch.linalg.inv`` itself lands at about eps ||A||_F ||X||_F; the product of norms is
+   evaluated as ||A / m||_F ||m X||_F, m = max |a_ij|, so that it never overflows), or when the
+   quadratic phase is over (r_prev < 0.5 but r > r_prev / 2: the rounding floor) with
+   r <= accept (``NEWTON_SCHULZ_ACCEPT``). It goes to the exact path when it reaches ``max_iter``,
+   stalls above ``accept``, turns non-finite, or its certificate (below) fails.
 4. Exact path: LU with partial pivoting (with the compiled kernels -- ``cpp`` for n <= 32, ``cuda``
    -- Gauss–Jordan with partial pivoting in double precision; ``cpp`` inverts float32 n <= 4 by
-   closed forms in double, redone by Gauss–Jordan when their residual is not at rounding level), then
-   verified: its residual must be at most ``accept`` (``ACCEPT_RESIDUAL``).
-
-Every returned matrix therefore carries a certificate: ||X - A^-1||_2 <= r ||A^-1||_2, with
-r = info.residual. ``info.converged`` is True exactly when X is finite and r <= accept;
-``batched_inverse`` raises for any other matrix, so it never returns an uncertified inverse.
+   closed forms in double, redone by Gauss–Jordan when they are not accurate to float32).
+5. The certificate (:mod:`neuinv.certificate`): ``info.error_bound`` >= ||X - A^-1||_F / ||A^-1||_F
+   for the X returned, rigorous in exact arithmetic (the rounding of its own evaluation included),
+   +inf where nothing can be certified (A singular or numerically singular, NaN or Inf). There X is
+   NaN. ``info.certified`` is True exactly when error_bound <= ``max_error`` (default: < 1).
+   ``batched_inverse`` raises for every matrix that is not certified.
 
 Without ``init`` or ``model``, ``backend="auto"`` goes straight to the exact path: from the
 scaled transpose, Newton–Schulz needs about 2 log2(cond A) + 6 steps of 4 n^3 flops each,
@@ -29,19 +30,21 @@ transpose instead (the textbook method, for study and benchmarks).
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 
-from . import reference
+from . import certificate, reference
 from .backends import TorchBackend, resolve_backend
 
 GUARD_RESIDUAL = 0.5
 """Initial guesses (init or model) with ||I - A X0||_F >= this take the exact path."""
 
-ACCEPT_RESIDUAL = {torch.float32: 1e-3, torch.complex64: 1e-3,
-                   torch.float64: 1e-6, torch.complex128: 1e-6}
-"""Largest certified residual ||I - A X||_F accepted as an answer, per dtype."""
+NEWTON_SCHULZ_ACCEPT = {torch.float32: 1e-3, torch.complex64: 1e-3,
+                        torch.float64: 1e-6, torch.complex128: 1e-6}
+"""Largest computed residual ||I - A X||_F at which a Newton–Schulz result is kept (and then certified);
+a matrix whose iteration stalls above it takes the exact path instead, per dtype."""
 
 MAX_ITER_FROM_GUESS = 10
 """Default max_iter with init or model: from r0 < 0.5, six steps reach 0.5**64 ~ 5e-20."""
@@ -69,33 +72,38 @@ def default_tol(dtype: torch.dtype) -> float:
 class InverseInfo(NamedTuple):
     """Per-matrix report of :func:`batched_inverse_ex`; each field has A's batch shape.
 
-    converged: X is finite and certified: residual <= ACCEPT_RESIDUAL[dtype].
-    iterations: Newton–Schulz steps applied (also counted when the matrix then fell back).
-    residual: ||I - A X||_F of the returned X (NaN where A is not finite).
-    fallback: the returned X came from the exact (LU) path.
+    certified: use this X: its error_bound is at most ``max_error`` (by default: below 1, i.e. at
+        least one correct digit is certified).
+    error_bound: float64 upper bound on ||X - A^-1||_F / ||A^-1||_F, rigorous (see
+        :mod:`neuinv.certificate`); +inf where nothing is certified (singular or numerically singular
+        A, NaN or Inf): there X is NaN.
+    iterations: Newton–Schulz steps applied (also counted when the matrix then took the exact path).
+    fallback: the returned X came from the exact path.
     """
 
-    converged: torch.Tensor
+    certified: torch.Tensor
+    error_bound: torch.Tensor
     iterations: torch.Tensor
-    residual: torch.Tensor
     fallback: torch.Tensor
 
 
-def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None,
+def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
                     backend: str = "auto") -> torch.Tensor:
     """Inverse of each matrix in A, shape (*, n, n); a drop-in for ``torch.linalg.inv``.
 
-    Raises ``torch.linalg.LinAlgError`` naming the first matrix that is singular or whose
-    inverse cannot be certified in A's dtype, and ``ValueError`` for NaN or Inf input.
+    Raises ``ValueError`` naming the first matrix holding NaN or Inf if any matrix that failed does, else
+    ``torch.linalg.LinAlgError`` naming the first matrix that is singular, numerically singular (no digit
+    certified: ``error_bound`` >= 1) or whose ``error_bound`` exceeds ``max_error``.
     See :func:`batched_inverse_ex` for the arguments.
     """
-    X, info = batched_inverse_ex(A, model=model, init=init, tol=tol, max_iter=max_iter, backend=backend)
-    if not bool(info.converged.all()):
-        _raise_first_failure(A, info)
+    X, info = batched_inverse_ex(A, model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error,
+                                 backend=backend)
+    if not bool(info.certified.all()):
+        _raise_first_failure(A, info, max_error)
     return X
 
 
-def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None,
+def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
                        backend: str = "auto") -> tuple[torch.Tensor, InverseInfo]:
     """Inverse of each matrix in A and an :class:`InverseInfo`; never raises for singular input.
 
@@ -104,15 +112,20 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         model: learned initializer, an ``nn.Module`` mapping (b, n, n) matrices to (b, n, n)
             guesses, with ``in_domain(A) -> bool tensor (b,)``.
         init: (*, n, n) tensor of approximate inverses (a warm start), same dtype and device.
-        tol: stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F); default eps(dtype) / 2.
+        tol: Newton–Schulz stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F); default eps(dtype) / 2.
         max_iter: most Newton–Schulz steps per matrix; default ``MAX_ITER_FROM_GUESS`` with
             init or model, ``MAX_ITER_FROM_SCALED_TRANSPOSE`` otherwise.
+        max_error: largest ``error_bound`` (relative error of X in the Frobenius norm) a matrix may have
+            and be ``certified``; default None: any bound below 1.
         backend: "auto", "torch", "triton", "cpp" or "cuda" (see ``available_backends()``).
+
+    Returns:
+        X with A's shape, dtype and device (NaN where error_bound is +inf), and the :class:`InverseInfo`.
 
     Gradients flow to A by the analytic rule dA = -X^H G X^H, not through the iterations.
     """
-    _check_arguments(A, model, init, tol, max_iter)
-    options = dict(model=model, init=init, tol=tol, max_iter=max_iter, backend=backend)
+    _check_arguments(A, model, init, tol, max_iter, max_error)
+    options = dict(model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error, backend=backend)
     if not (A.requires_grad and torch.is_grad_enabled()):  # the autograd wrapper costs ~15 us per call
         return _invert(A.detach(), **options)
     X, *info = _BatchedInverse.apply(A, options)
@@ -136,13 +149,12 @@ class _BatchedInverse(torch.autograd.Function):
         return -(X_h @ grad_X @ X_h), None
 
 
-def _invert(A, *, model, init, tol, max_iter, backend):
+def _invert(A, *, model, init, tol, max_iter, max_error, backend):
     batch_shape, n = A.shape[:-2], A.shape[-1]
-    real_dtype = A.real.dtype if A.is_complex() else A.dtype
     if n == 0:
         info = InverseInfo(torch.ones(batch_shape, dtype=torch.bool, device=A.device),
+                           torch.zeros(batch_shape, dtype=torch.float64, device=A.device),
                            torch.zeros(batch_shape, dtype=torch.int32, device=A.device),
-                           torch.zeros(batch_shape, dtype=real_dtype, device=A.device),
                            torch.zeros(batch_shape, dtype=torch.bool, device=A.device))
         return A.new_empty(A.shape), info
 
@@ -151,10 +163,11 @@ def _invert(A, *, model, init, tol, max_iter, backend):
     use_newton_schulz = has_guess or backend != "auto"
     settings = _Settings(
         tol=default_tol(A.dtype) if tol is None else float(tol),
-        accept=ACCEPT_RESIDUAL[A.dtype],
+        accept=NEWTON_SCHULZ_ACCEPT[A.dtype],
         max_iter=max_iter if max_iter is not None else (
             MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
         guarded=has_guess,
+        max_error=math.inf if max_error is None else float(max_error),
     )
 
     A_flat = A if A.dim() == 3 else A.reshape(-1, n, n)
@@ -164,13 +177,14 @@ def _invert(A, *, model, init, tol, max_iter, backend):
     parts = [_invert_chunk(chosen, settings, A_flat[start:start + chunk],
                            None if init_flat is None else init_flat[start:start + chunk], model, use_newton_schulz)
              for start in range(0, max(b, 1), chunk)]
-    X, converged, iterations, residual, fallback = (
+    X, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
-    if A.dim() == 3:
-        return X, InverseInfo(converged, iterations, residual, fallback)
-    info = InverseInfo(converged.reshape(batch_shape), iterations.reshape(batch_shape),
-                       residual.reshape(batch_shape), fallback.reshape(batch_shape))
-    return X.reshape(A.shape), info
+    certified = error_bound <= settings.max_error if max_error is not None else torch.isfinite(error_bound)
+    if A.dim() != 3:
+        X, certified, error_bound, iterations, fallback = (
+            X.reshape(A.shape), certified.reshape(batch_shape), error_bound.reshape(batch_shape),
+            iterations.reshape(batch_shape), fallback.reshape(batch_shape))
+    return X, InverseInfo(certified, error_bound, iterations, fallback)
 
 
 class _Settings(NamedTuple):
@@ -178,61 +192,59 @@ class _Settings(NamedTuple):
     accept: float
     max_iter: int
     guarded: bool
+    max_error: float
 
 
 def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, use_newton_schulz):
-    """Invert one chunk (b, n, n): returns (X, converged, iterations, residual, fallback). Where one path
-    covers the whole chunk its output tensors are returned as they are (no copy)."""
+    """Invert one chunk (b, n, n): returns (X, error_bound, iterations, fallback), X NaN where the bound is
+    +inf. Newton–Schulz results that stall, or whose bound exceeds max_error, take the exact path."""
     b = A.shape[0]
     iterations = torch.zeros(b, dtype=torch.int32, device=A.device)
     fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
     if b == 0:
-        real_dtype = A.real.dtype if A.is_complex() else A.dtype
-        return A.new_empty(A.shape), torch.zeros_like(fallback), iterations, A.new_empty(0, dtype=real_dtype), fallback
+        return A.new_empty(A.shape), A.new_empty(0, dtype=torch.float64), iterations, fallback
     if model is not None:
         to_refine = _model_in_domain(model, A)
         refine_idx, exact_idx = to_refine.nonzero().squeeze(1), (~to_refine).nonzero().squeeze(1)
     else:
         everything = torch.arange(b, device=A.device)
         refine_idx, exact_idx = (everything, everything[:0]) if use_newton_schulz else (everything[:0], everything)
-    X = residual = converged = None
+    X = error_bound = None
 
-    # NaN or Inf in A needs no pre-pass: it makes the residual non-finite, the matrix goes to the
-    # exact path and fails verification; only failures are checked for it, at the end.
-    if use_newton_schulz:
+    if use_newton_schulz and refine_idx.numel():
         chosen = _index_or_view(refine_idx, b)
-        if refine_idx.numel():
-            A_r = A[chosen]
-            if init is not None:
-                X0 = init[chosen]
-            elif model is not None:
-                X0 = _model_guess(model, A_r)
-            else:
-                X0 = reference.scaled_transpose_guess(A_r)
-            X_r, r, done, steps = backend.newton_schulz(A_r, X0, settings.tol, settings.accept, settings.max_iter,
-                                                        settings.guarded, GUARD_RESIDUAL)
-            X = _put(X, chosen, X_r, b)
-            residual = _put(residual, chosen, r, b)
-            converged = _put(converged, chosen, done, b)
-            iterations[chosen] = steps
-            if not bool(done.all()):
-                exact_idx = torch.cat([exact_idx, refine_idx[~done]])
+        A_r = A[chosen]
+        if init is not None:
+            X0 = init[chosen]
+        elif model is not None:
+            X0 = _model_guess(model, A_r)
+        else:
+            X0 = reference.scaled_transpose_guess(A_r)
+        X_r, _r, done, steps = backend.newton_schulz(A_r, X0, settings.tol, settings.accept, settings.max_iter,
+                                                     settings.guarded, GUARD_RESIDUAL)
+        bound_r = torch.full((A_r.shape[0],), math.inf, dtype=torch.float64, device=A.device)
+        if bool(done.all()):
+            bound_r = backend.error_bound(A_r, X_r)
+        elif bool(done.any()):
+            bound_r[done] = backend.error_bound(A_r[done], X_r[done])
+        X = _put(X, chosen, X_r, b)
+        error_bound = _put(error_bound, chosen, bound_r, b)
+        iterations[chosen] = steps
+        kept = bound_r <= settings.max_error if settings.max_error < 1 else torch.isfinite(bound_r)
+        if not bool(kept.all()):
+            exact_idx = torch.cat([exact_idx, refine_idx[~kept]])
 
     if exact_idx.numel():
         chosen = _index_or_view(exact_idx, b)
-        A_e = A[chosen]
-        X_e, _pivot_info, r = backend.inverse_and_residual(A_e)
+        X_e, bound_e = backend.inverse_and_error_bound(A[chosen])
         X = _put(X, chosen, X_e, b)
-        residual = _put(residual, chosen, r, b)
-        converged = _put(converged, chosen, r <= settings.accept, b)  # False for NaN/Inf, which singular LU gives
+        error_bound = _put(error_bound, chosen, bound_e, b)
         fallback[chosen] = True
 
-    failed = (~converged).nonzero().squeeze(1)
-    if failed.numel():
-        non_finite = failed[~torch.isfinite(A[failed]).all(dim=-1).all(dim=-1)]
-        X[non_finite] = float("nan")
-        residual[non_finite] = float("nan")
-    return X, converged, iterations, residual, fallback
+    uncertified = torch.isinf(error_bound)
+    if bool(uncertified.any()):
+        X[uncertified] = float("nan")
+    return X, error_bound, iterations, fallback
 
 
 def _put(target, index, values, batch):
@@ -271,7 +283,7 @@ def _model_guess(model, A) -> torch.Tensor:
     return X0.to(A.dtype)
 
 
-def _check_arguments(A, model, init, tol, max_iter) -> None:
+def _check_arguments(A, model, init, tol, max_iter, max_error) -> None:
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
     if A.dim() < 2:
@@ -302,17 +314,33 @@ def _check_arguments(A, model, init, tol, max_iter) -> None:
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
     if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+    if max_error is not None and not (isinstance(max_error, (int, float)) and not isinstance(max_error, bool)
+                                      and 0 <= max_error < 1):
+        raise ValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")
 
 
-def _raise_first_failure(A: torch.Tensor, info: InverseInfo) -> None:
-    failed = (~info.converged).nonzero()
-    count = failed.shape[0]
-    index = tuple(int(i) for i in failed[0])
-    name = "A" if not index else "A[" + ", ".join(map(str, index)) + "]"
+def _raise_first_failure(A: torch.Tensor, info: InverseInfo, max_error) -> None:
+    """ValueError for the first failed matrix holding NaN or Inf, if any; else LinAlgError for the first failed."""
+    failed_mask = ~info.certified
+    count = int(failed_mask.sum())
     others = f" ({count} matrices of the batch failed; batched_inverse_ex returns the others)" if count > 1 else ""
-    if not bool(torch.isfinite(A[index]).all()):
-        raise ValueError(f"neuinv.batched_inverse: {name} contains NaN or Inf{others}")
-    raise torch.linalg.LinAlgError(
-        f"neuinv.batched_inverse: {name} is singular or too ill-conditioned for {A.dtype}: "
-        f"its inverse could not be certified (||I - A X||_F = {float(info.residual[index]):.3g}, "
-        f"needs <= {ACCEPT_RESIDUAL[A.dtype]:g}){others}")
+    non_finite = failed_mask & ~torch.isfinite(A).flatten(-2).all(dim=-1)
+    if bool(non_finite.any()):
+        raise ValueError(f"neuinv.batched_inverse: {_matrix_name(non_finite)} contains NaN or Inf{others}")
+    index = _first_index(failed_mask)
+    bound = float(info.error_bound[index])
+    if math.isinf(bound):
+        reason = f"is singular or numerically singular in {A.dtype}: no digit of its inverse can be certified"
+    else:
+        reason = (f"has an inverse certified only to a relative error of {bound:.3g}, "
+                  f"above max_error = {max_error:g}")
+    raise torch.linalg.LinAlgError(f"neuinv.batched_inverse: {_matrix_name(failed_mask)} {reason}{others}")
+
+
+def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(i) for i in mask.nonzero()[0])
+
+
+def _matrix_name(mask: torch.Tensor) -> str:
+    index = _first_index(mask)
+    return "A" if not index else "A[" + ", ".join(map(str, index)) + "]"

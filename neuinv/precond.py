@@ -3,6 +3,7 @@
 M = blockdiag(A_11, ..., A_kk), the diagonal blocks of a sparse A; M^-1 r is one batched block
 matvec with the inverted blocks. Blocks of unequal size are padded with the identity to the
 largest size, diag(B, I)^-1 = diag(B^-1, I), so all blocks invert in one ``batched_inverse`` call.
+Complex matrices keep their complex dtype: their blocks are inverted as complex matrices.
 """
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ import scipy.sparse
 import torch
 
 from .inverse import batched_inverse_ex
+from .solvers import _complex_of
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
+                 torch.complex64: np.complex64, torch.complex128: np.complex128}
 
 
 class UpdateReport(NamedTuple):
@@ -27,20 +32,28 @@ class BlockJacobi:
     """Block-Jacobi preconditioner of a sparse matrix, inverted with :func:`neuinv.batched_inverse`.
 
     Args:
-        A: scipy.sparse matrix, or torch sparse (COO or CSR) or dense tensor, CPU or CUDA, square.
+        A: scipy.sparse matrix, or torch sparse (COO or CSR) or dense tensor, CPU or CUDA, square
+            (N, N). Its dtype is the preconditioner's (``self.dtype``) when float32, float64, complex64
+            or complex128; other real dtypes (integers, bool, half) become float64 and complex32
+            becomes complex128. A complex A gives complex blocks and a complex M^-1.
         block_size: fixed block size; the last block holds what is left.
         blocks: block boundaries [0, b1, ..., N] for blocks of varying sizes (instead of block_size).
         model, backend: passed to ``batched_inverse`` for the first inversion.
         on_singular: "raise" (default): a block that is singular or cannot be certified raises
             ``torch.linalg.LinAlgError`` naming the block and its rows; "identity": such a block is
             left unpreconditioned (its part of M^-1 is the identity), counted in ``singular_blocks``.
+
+    Attributes: ``inverse``, the inverted blocks (num_blocks, width, width) of ``dtype``;
+    ``boundaries``, ``sizes``, ``singular_blocks``.
+    Raises ``TypeError`` for an A of another type, ``ValueError`` for bad shapes or blocks.
     """
 
     def __init__(self, A, block_size: int | None = None, blocks=None, *, model=None, backend: str = "auto",
                  on_singular: str = "raise"):
         if on_singular not in ("raise", "identity"):
             raise ValueError(f"on_singular must be 'raise' or 'identity', got {on_singular!r}")
-        rows, cols, values, self.shape, self.device, self.dtype = _coordinates(A)
+        rows, cols, values, self.shape, self.device = _coordinates(A)
+        self.dtype = values.dtype
         N = self.shape[0]
         self.boundaries = _boundaries(N, block_size, blocks)
         self.sizes = np.diff(self.boundaries)
@@ -72,14 +85,15 @@ class BlockJacobi:
         return dense
 
     def _handle_singular(self, X: torch.Tensor, info) -> torch.Tensor:
-        bad = (~info.converged).nonzero().squeeze(1)
+        bad = (~info.certified).nonzero().squeeze(1)
         if bad.numel() == 0:
             return X
         if self.on_singular == "raise":
             k = int(bad[0])
             raise torch.linalg.LinAlgError(
                 f"block {k} (rows {self.boundaries[k]}..{self.boundaries[k + 1] - 1}) is singular or too "
-                f"ill-conditioned to invert in {self.dtype} (||I - B X||_F = {float(info.residual[k]):.3g}); "
+                f"ill-conditioned to invert in {self.dtype} (error bound ||X - B^-1||_F / ||B^-1||_F = "
+                f"{float(info.error_bound[k]):.3g}); "
                 f"{bad.numel()} of {self.num_blocks} blocks failed. Use on_singular='identity' to leave them "
                 f"unpreconditioned.")
         self.singular_blocks = bad.cpu()
@@ -90,11 +104,19 @@ class BlockJacobi:
     def update(self, A_new) -> UpdateReport:
         """Refresh the block inverses for a matrix with the same pattern of blocks whose entries
         drifted: Newton–Schulz warm-started from the current inverses (``init=``), exact path per
-        block where the old inverse is no longer a good guess."""
-        rows, cols, values, shape, _, _ = _coordinates(A_new, device=self.device, dtype=self.dtype)
+        block where the old inverse is no longer a good guess.
+
+        A_new: any input ``BlockJacobi`` accepts, of shape ``self.shape``; its entries are taken in
+        ``self.dtype``'s precision. A complex A_new for a real preconditioner promotes it to the
+        complex dtype of that precision (float32 -> complex64, float64 -> complex128): ``self.dtype``
+        and ``self.inverse`` become complex. Raises ``ValueError`` for another shape."""
+        rows, cols, values, shape, _ = _coordinates(A_new, device=self.device)
         if shape != self.shape:
             raise ValueError(f"update needs a matrix of shape {self.shape}, got {shape}")
-        blocks_dense = self._extract(rows, cols, values)
+        if values.is_complex() and not self.dtype.is_complex:
+            self.dtype = _complex_of(self.dtype)
+            self.inverse = self.inverse.to(self.dtype)
+        blocks_dense = self._extract(rows, cols, values.to(self.dtype))
         X, info = batched_inverse_ex(blocks_dense, init=self.inverse, backend=self.backend)
         self.inverse = self._handle_singular(X, info)
         return UpdateReport(int(info.iterations.max()) if self.num_blocks else 0,
@@ -102,23 +124,28 @@ class BlockJacobi:
                             int(info.fallback.sum()))
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
-        """M^-1 r for r of shape (N,) or (N, k) (k right-hand sides at once)."""
+        """M^-1 r for a tensor r of shape (N,) or (N, k) (k right-hand sides at once); same shape.
+
+        Computed in ``self.dtype``'s precision; complex when r or the preconditioner is complex (a
+        complex r with a real preconditioner has its real and imaginary parts both preconditioned).
+        Raises ``ValueError`` for another shape."""
         if r.shape[0] != self.shape[0] or r.dim() not in (1, 2):
             raise ValueError(f"r must have shape ({self.shape[0]},) or ({self.shape[0]}, k); got {tuple(r.shape)}")
         vector = r.dim() == 1
-        r2 = r.reshape(self.shape[0], -1).to(self.inverse.dtype)
-        padded = torch.zeros(self.num_blocks, self.block_width, r2.shape[1], dtype=r2.dtype, device=r2.device)
+        dtype = _complex_of(self.dtype) if r.is_complex() else self.dtype
+        r2 = r.reshape(self.shape[0], -1).to(dtype)
+        padded = torch.zeros(self.num_blocks, self.block_width, r2.shape[1], dtype=dtype, device=r2.device)
         padded[self._block_of_row, self._offset] = r2
-        y = torch.bmm(self.inverse, padded)[self._block_of_row, self._offset]
+        y = torch.bmm(self.inverse.to(dtype), padded)[self._block_of_row, self._offset]
         return y.reshape(-1) if vector else y
 
     def as_linear_operator(self) -> scipy.sparse.linalg.LinearOperator:
-        """M^-1 as a ``scipy.sparse.linalg.LinearOperator`` (for scipy's cg, gmres, ...)."""
-        dtype = np.float64 if self.dtype == torch.float64 else np.float32
+        """M^-1 as a ``scipy.sparse.linalg.LinearOperator`` (for scipy's cg, gmres, ...) of
+        ``self.dtype``; applied to complex vectors it returns complex ones (see :meth:`__call__`)."""
+        dtype = _NUMPY_DTYPES[self.dtype]
 
         def apply(v):
-            result = self(torch.as_tensor(np.asarray(v), dtype=self.dtype, device=self.device))
-            return result.cpu().numpy()
+            return self(torch.as_tensor(np.asarray(v), device=self.device)).cpu().numpy()
 
         return scipy.sparse.linalg.LinearOperator(self.shape, matvec=apply, matmat=apply, dtype=dtype)
 
@@ -139,8 +166,9 @@ def _boundaries(N: int, block_size, blocks) -> np.ndarray:
     return boundaries
 
 
-def _coordinates(A, device=None, dtype=None):
-    """(rows, cols, values, shape, device, dtype) of a scipy.sparse, torch sparse or dense matrix."""
+def _coordinates(A, device=None):
+    """(rows, cols, values, shape, device) of a scipy.sparse, torch sparse or dense matrix; values are
+    float32, float64, complex64 or complex128 (other real dtypes become float64, complex32 complex128)."""
     if scipy.sparse.issparse(A):
         csr = scipy.sparse.csr_matrix(A)  # no copy for CSR input
         if not csr.has_canonical_format:
@@ -160,6 +188,6 @@ def _coordinates(A, device=None, dtype=None):
         raise TypeError(f"A must be a scipy.sparse matrix or a 2-D torch tensor (sparse or dense), got {type(A).__name__}")
     if shape[0] != shape[1]:
         raise ValueError(f"A must be square, got shape {shape}")
-    if dtype is None:
-        dtype = values.dtype if values.dtype in (torch.float32, torch.float64) else torch.float64
-    return rows, cols, values.to(dtype), tuple(shape), torch.device(device), dtype
+    if values.dtype not in _NUMPY_DTYPES:
+        values = values.to(torch.complex128 if values.is_complex() else torch.float64)
+    return rows, cols, values, tuple(shape), torch.device(device)

@@ -3,19 +3,28 @@ gradients (Hestenes & Stiefel 1952) and restarted, right-preconditioned GMRES (S
 
 Each column of B is an independent system sharing A and the preconditioner; a column stops being
 updated once its relative residual ||b - A x|| / ||b|| is at most ``rtol``.
+
+Dtypes: the solvers work in b's dtype (integer b: float64), made complex of the same precision
+(float32 -> complex64, float64 -> complex128) when A, x0 or M (by its ``dtype`` attribute, as a
+:class:`neuinv.precond.BlockJacobi` has) is complex, so a real b with a complex A is solved as the
+complex system it is; A, x0 and what M returns are converted to that dtype. Complex systems use
+conjugated inner products x^H y and complex Givens rotations. An imaginary part is never dropped: a
+callable A or M that returns complex values for a real working dtype raises ``TypeError``.
 """
 from __future__ import annotations
 
 import warnings
 from typing import Callable, NamedTuple
 
+import numpy as np
 import scipy.sparse
 import torch
 
 
 class SolveResult(NamedTuple):
-    """x: the solution, b's shape. converged, iterations: per right-hand side. history: relative
-    residuals, (steps + 1, k). message: a one-line report, naming the columns that did not converge."""
+    """x: the solution, b's shape, in the working dtype (see the module docstring). converged,
+    iterations: per right-hand side, (k,). history: relative residuals, real, (steps + 1, k).
+    message: a one-line report, naming the columns that did not converge."""
 
     x: torch.Tensor
     converged: torch.Tensor
@@ -34,25 +43,57 @@ def scipy_to_torch_csr(A) -> torch.Tensor:
                                        torch.as_tensor(csr.data), size=csr.shape, check_invariants=True)
 
 
+def _complex_of(dtype: torch.dtype) -> torch.dtype:
+    """The complex dtype of a real dtype's precision (float64 -> complex128, float32 and narrower ->
+    complex64); a complex dtype is returned as it is."""
+    return dtype if dtype.is_complex else torch.promote_types(dtype, torch.complex64)
+
+
+def _is_complex(obj) -> bool:
+    """Whether a tensor, scipy.sparse matrix or any object with a torch or numpy ``dtype`` is complex."""
+    dtype = getattr(obj, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype.is_complex
+    return isinstance(dtype, np.dtype) and dtype.kind == "c"
+
+
+def _in_dtype(operator, name: str, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    """operator with its result converted to `dtype`; a complex result for a real `dtype` raises TypeError."""
+    def apply(V):
+        W = operator(V)
+        if W.is_complex() and not dtype.is_complex:
+            raise TypeError(f"{name} returned {W.dtype} for {dtype} input; its imaginary part would be lost. "
+                            f"Pass a complex b (or give {name} a complex `dtype` attribute).")
+        return W.to(dtype)
+    return apply
+
+
 def _as_operator(A, like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     if callable(A) and not isinstance(A, torch.Tensor):
-        return A
+        return _in_dtype(A, "A", like.dtype)
     if scipy.sparse.issparse(A):
         A = scipy_to_torch_csr(A)
     if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise TypeError("A must be a square torch tensor (dense or sparse), a scipy.sparse matrix or a callable")
-    A = A.to(device=like.device, dtype=like.dtype)
+    A = A.to(device=like.device, dtype=like.dtype)  # like is complex whenever A is (see _prepare)
     return lambda V: A @ V
+
+
+def _dot(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Column-wise inner products x^H y of (N, k) blocks, (k,)."""
+    return (X.conj() * Y).sum(0)
 
 
 def _prepare(A, b, M, x0):
     if not isinstance(b, torch.Tensor) or b.dim() not in (1, 2):
         raise ValueError("b must be a torch tensor of shape (N,) or (N, k)")
     B = b.reshape(b.shape[0], -1)
-    if not B.dtype.is_floating_point:
-        B = B.double()
+    dtype = B.dtype if B.dtype.is_floating_point or B.dtype.is_complex else torch.float64
+    if any(_is_complex(operand) for operand in (A, x0, M)):
+        dtype = _complex_of(dtype)
+    B = B.to(dtype)
     matvec = _as_operator(A, B)
-    precondition = M if M is not None else (lambda R: R)
+    precondition = _in_dtype(M, "M", dtype) if M is not None else (lambda R: R)
     X = torch.zeros_like(B) if x0 is None else x0.reshape(B.shape).to(B).clone()
     b_norm = torch.linalg.vector_norm(B, dim=0)
     b_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
@@ -68,14 +109,22 @@ def _report(name, converged, relres, rtol, steps):
 
 
 def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None = None, x0=None) -> SolveResult:
-    """Preconditioned conjugate gradients for symmetric positive definite A and M^-1 (callables
-    M(R) = M^-1 R on (N, k) blocks, e.g. a :class:`neuinv.precond.BlockJacobi`)."""
+    """Preconditioned conjugate gradients for Hermitian (real: symmetric) positive definite A and M^-1.
+
+    Args:
+        A: (N, N) torch tensor (dense or sparse), scipy.sparse matrix, or a callable A(V) on (N, k) blocks.
+        b: (N,) or (N, k) tensor, real or complex; each column is solved on its own.
+        M: callable M(R) = M^-1 R on (N, k) blocks, e.g. a :class:`neuinv.precond.BlockJacobi`.
+        rtol: target relative residual ||b - A x|| / ||b|| per column. max_iter: default 10 N.
+        x0: initial guess of b's shape.
+    Dtypes follow the module docstring. Raises ``ValueError`` for a bad b, ``TypeError`` for a bad A or
+    for a callable A or M that returns complex values for a real system."""
     B, matvec, precondition, X, b_norm = _prepare(A, b, M, x0)
     max_iter = max_iter or 10 * B.shape[0]
     R = B - matvec(X)
     Z = precondition(R)
     P = Z.clone()
-    rz = (R * Z).sum(0)
+    rz = _dot(R, Z)
     relres = torch.linalg.vector_norm(R, dim=0) / b_norm
     history = [relres]
     iterations = torch.zeros(B.shape[1], dtype=torch.int64, device=B.device)
@@ -86,7 +135,7 @@ def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None =
             step -= 1
             break
         AP = matvec(P)
-        curvature = (P * AP).sum(0)
+        curvature = _dot(P, AP)
         alpha = torch.where(active, rz / torch.where(curvature != 0, curvature, torch.ones_like(curvature)), 0.0)
         X += alpha * P
         R -= alpha * AP
@@ -94,7 +143,7 @@ def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None =
         history.append(relres)
         iterations += active.to(iterations.dtype)
         Z = precondition(R)
-        rz_new = (R * Z).sum(0)
+        rz_new = _dot(R, Z)
         beta = torch.where(active, rz_new / torch.where(rz != 0, rz, torch.ones_like(rz)), 0.0)
         P = Z + beta * P
         rz = torch.where(active, rz_new, rz)
@@ -106,7 +155,9 @@ def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None =
 def gmres(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, restart: int = 30, max_iter: int | None = None,
           x0=None) -> SolveResult:
     """Restarted GMRES(restart) with right preconditioning: solves A M^-1 u = b, x = M^-1 u, so the
-    residual it minimises is the true residual b - A x. ``max_iter`` counts inner (Arnoldi) steps."""
+    residual it minimises is the true residual b - A x. ``max_iter`` counts inner (Arnoldi) steps
+    (default 10 N). A may be any nonsingular matrix, real or complex; the other arguments and the
+    dtypes are as for :func:`cg`. The residual reported after each restart is recomputed as b - A x."""
     B, matvec, precondition, X, b_norm = _prepare(A, b, M, x0)
     N, k = B.shape
     max_iter = max_iter or 10 * N
@@ -122,8 +173,8 @@ def gmres(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, restart: int = 30, 
         V = torch.zeros(m + 1, N, k, dtype=B.dtype, device=B.device)
         V[0] = R / torch.clamp(beta, min=tiny)
         H = torch.zeros(k, m + 1, m, dtype=B.dtype, device=B.device)
-        cs = torch.zeros(k, m, dtype=B.dtype, device=B.device)
-        sn = torch.zeros_like(cs)
+        cs = torch.zeros(k, m, dtype=b_norm.dtype, device=B.device)
+        sn = torch.zeros(k, m, dtype=B.dtype, device=B.device)
         g = torch.zeros(k, m + 1, dtype=B.dtype, device=B.device)
         g[:, 0] = beta
         steps = 0
@@ -131,19 +182,22 @@ def gmres(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, restart: int = 30, 
             active = relres > rtol
             W = matvec(precondition(V[j]))
             for i in range(j + 1):  # modified Gram-Schmidt
-                H[:, i, j] = (W * V[i]).sum(0)
+                H[:, i, j] = _dot(V[i], W)
                 W = W - H[:, i, j] * V[i]
             h_next = torch.linalg.vector_norm(W, dim=0)
             H[:, j + 1, j] = h_next
             V[j + 1] = W / torch.clamp(h_next, min=tiny)
-            for i in range(j):  # earlier Givens rotations
+            for i in range(j):  # earlier Givens rotations [[c, s], [-conj(s), c]], c real
                 upper = cs[:, i] * H[:, i, j] + sn[:, i] * H[:, i + 1, j]
-                H[:, i + 1, j] = -sn[:, i] * H[:, i, j] + cs[:, i] * H[:, i + 1, j]
+                H[:, i + 1, j] = -sn[:, i].conj() * H[:, i, j] + cs[:, i] * H[:, i + 1, j]
                 H[:, i, j] = upper
-            radius = torch.clamp(torch.hypot(H[:, j, j], H[:, j + 1, j]), min=tiny)
-            cs[:, j], sn[:, j] = H[:, j, j] / radius, H[:, j + 1, j] / radius
-            H[:, j, j], H[:, j + 1, j] = radius, 0.0
-            g[:, j + 1] = -sn[:, j] * g[:, j]
+            # The rotation that zeroes H[j + 1, j]: c = |a| / r, s = (a / |a|) conj(h) / r, r = hypot(|a|, |h|).
+            a, a_abs, h = H[:, j, j], H[:, j, j].abs(), H[:, j + 1, j]
+            radius = torch.clamp(torch.hypot(a_abs, h.abs()), min=tiny)
+            phase = torch.where(a_abs > 0, a / torch.clamp(a_abs, min=tiny), 1.0)
+            cs[:, j], sn[:, j] = a_abs / radius, phase * h.conj() / radius
+            H[:, j, j], H[:, j + 1, j] = phase * radius, 0.0
+            g[:, j + 1] = -sn[:, j].conj() * g[:, j]
             g[:, j] = cs[:, j] * g[:, j]
             relres = torch.where(active, g[:, j + 1].abs() / b_norm, relres)
             history.append(relres)

@@ -1,0 +1,201 @@
+"""The certificate: a rigorous bound on the error of each returned inverse.
+
+Theorem (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., 2002, Thm. 14.1 and
+§3.5; Rump, "Verification methods: rigorous results using floating-point arithmetic", Acta
+Numerica 19 (2010) §10). Let A be an n x n matrix and X any n x n matrix, both exactly as stored,
+and R = I - A X computed *exactly*. If ||R||_2 < 1 then A is non-singular and
+
+    ||X - A^-1||_F <= ||R||_2 ||A^-1||_F <= rho ||A^-1||_F      for every rho >= ||R||_F,
+
+since X - A^-1 = -A^-1 R. If X is the rounding to the storage dtype of a working-precision
+matrix X_w (the compiled exact paths invert float32 input in float64) with |X - X_w| <= delta |X_w|
+entrywise, then with rho_w >= ||I - A X_w||_F < 1, since ||X_w||_F <= (1 + rho_w) ||A^-1||_F,
+
+    ||X - A^-1||_F / ||A^-1||_F <= rho_w + delta (1 + rho_w).
+
+``error_bound`` is this right-hand side: an upper bound on the relative error of X in the Frobenius
+norm, holding in exact arithmetic. Where the bound is 1 or more (or cannot be evaluated) nothing is
+certified -- A may be singular -- and ``error_bound`` is +inf.
+
+Evaluating rho in floating point (:func:`residual_bound`): the computed R^ = fl(I - A X) satisfies
+|R^ - R| <= g S entrywise, S = I + |A||X|, with g = gamma_{n+1} = (n+1)u / (1 - (n+1)u) for a
+conventional matrix product summed in any order (Higham eq. (3.5)); for complex input
+g = sqrt(2) gamma_{n+3} (Higham Lemma 3.5). So
+
+    ||R||_F <= ||R^||_F + g ||S||_F,
+
+where u is the unit roundoff of the evaluation: float32 and complex64 input are evaluated in float64
+(their products are then exact, and g ~ 1e-14 n), float64 and complex128 in float64. When that
+a-priori term dominates for float64 input (ill-conditioned matrices) the residual is re-evaluated
+with error-free transformations (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005) 1955,
+Prop. 5.5: |dot2 - x^T y| <= u |x^T y| + gamma_k^2 |x|^T |y|), which makes the bound tight.
+The rounding of the norms, of |A||X| and of the final sum are absorbed into a factor 1 + c_n u,
+c_n = 4 (n^2 + n + 4).
+
+Assumptions: IEEE 754 binary arithmetic, round to nearest, conventional (not Strassen-like or
+3M complex) matrix products. Underflow, and flush-to-zero / denormals-are-zero states in whichever
+thread evaluates the bound, are covered by an absolute term: each product's underflow error is at
+most the smallest normal number per product (eta below), and a subnormal entry of A (of X) read as
+zero moves each entry of R by at most n tiny max|X| (n tiny max|A|), tiny the smallest normal
+number of the dtype (added, as n^2 tiny max|X|, only where A holds a subnormal; likewise for X). Overflow makes the evaluated bound +inf or NaN, i.e. not certified. Each matrix is
+scaled by the power of two nearest its largest entry before the evaluation (exact), so the bound
+does not depend on the scale of A.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+DOT2_THRESHOLD = 2.0 ** -26
+"""float64 matrices whose a-priori bound exceeds this (about sqrt(u)) get the compensated residual."""
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = eps / 2 of a floating or complex dtype: |fl(x) - x| <= u |x| for normal x."""
+    return torch.finfo(dtype).eps / 2
+
+
+def gamma(k: int, u: float) -> float:
+    """gamma_k = k u / (1 - k u) (Higham §3.1)."""
+    return k * u / (1 - k * u)
+
+
+def residual_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """A rigorous upper bound on ||I - A X||_F of the stored A and X (see the module docstring).
+
+    Args:
+        A, X: (b, n, n) float32, float64, complex64 or complex128 tensors on one device (X may be wider
+            than A: the working-precision X_w of :func:`error_bound`).
+    Returns:
+        (b,) float64 on A's device; +inf or NaN where the evaluation overflows or meets NaN.
+    """
+    b, n = A.shape[0], A.shape[-1]
+    complex_input = A.is_complex() or X.is_complex()
+    wide = torch.complex128 if complex_input else torch.float64
+    u = unit_roundoff(torch.float64)
+    A_w, X_w = _scaled(A.to(wide), X.to(wide))
+    eye = torch.eye(n, dtype=wide, device=A.device)
+    R = torch.baddbmm(eye.expand(b, n, n), A_w, X_w, alpha=-1)
+    S = torch.baddbmm(eye.real.expand(b, n, n), A_w.abs(), X_w.abs())
+    g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
+    r = torch.linalg.matrix_norm(R)
+    s = torch.linalg.matrix_norm(S)
+    rounding = g * s
+    if X.dtype in (torch.float64, torch.complex128):
+        ill = (rounding > r) & (r + rounding > DOT2_THRESHOLD)
+        if bool(ill.any()):
+            index = ill.nonzero().squeeze(1)
+            r_exact = _compensated_residual_norm(A_w[index], X_w[index])
+            gk = gamma(2 * n + 1 if complex_input else n + 1, u)
+            r = r.index_put((index,), r_exact / (1 - u))
+            rounding = rounding.index_put((index,), math.sqrt(2) * gk * gk * s[index])
+    c = 4 * (n * n + n + 4)
+    eta = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * (1 + torch.linalg.matrix_norm(X_w))
+    return (r + rounding) * (1 + c * u) + eta + _subnormal_term(A, X) + _subnormal_term(X, A)
+
+
+def error_bound(A: torch.Tensor, X: torch.Tensor, *, rounded_to: torch.dtype | None = None) -> torch.Tensor:
+    """Upper bound on ||X - A^-1||_F / ||A^-1||_F, +inf where nothing can be certified.
+
+    Args:
+        A: (b, n, n) matrices as stored.
+        X: (b, n, n) approximate inverses in A's dtype -- or, with ``rounded_to``, the working-precision
+            matrices X_w whose rounding to ``rounded_to`` (A's dtype) is what is returned.
+    Returns:
+        (b,) float64: rho (+ delta (1 + rho) with rounded_to), where rho = :func:`residual_bound` < 1.
+    """
+    rho = residual_bound(A, X)
+    if rounded_to is not None:
+        rho = rho + rounding_bound(X, rounded_to) * (1 + rho)
+    return certified_or_inf(rho)
+
+
+def rounding_bound(X_w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """delta such that rounding X_w to ``dtype`` moves it by at most delta ||X_w||_F in the Frobenius norm:
+    u(dtype), plus n times the subnormal spacing of dtype relative to ||X_w||_F (for entries that round
+    into the subnormal range). (b,) float64."""
+    n = X_w.shape[-1]
+    finfo = torch.finfo(dtype)
+    spacing = finfo.smallest_normal * finfo.eps
+    norm = torch.linalg.matrix_norm(X_w.to(torch.complex128 if X_w.is_complex() else torch.float64))
+    return unit_roundoff(dtype) + n * spacing / norm
+
+
+def certified_or_inf(rho: torch.Tensor) -> torch.Tensor:
+    """rho where rho < 1 (a certificate), +inf elsewhere (also for NaN)."""
+    return torch.where(rho < 1, rho, torch.full_like(rho, math.inf))
+
+
+_SMALLEST_NORMAL64 = torch.finfo(torch.float64).smallest_normal
+
+
+def _scaled(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2^-e A, 2^e X), e the exponent of each matrix's largest |entry|: exact, and R is unchanged."""
+    _, exponent = torch.frexp(A.abs().amax(dim=(-2, -1)))
+    exponent = exponent[:, None, None].to(A.real.dtype)
+    return power_of_two_scaled(A, -exponent), power_of_two_scaled(X, exponent)
+
+
+def power_of_two_scaled(A: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """A 2^exponent, exact wherever the result is normal (two factors, so that 2^exponent itself never
+    overflows); exponent is a float tensor of integers broadcasting against A."""
+    half = torch.floor(exponent / 2)
+    return A * torch.exp2(half).to(A.dtype) * torch.exp2(exponent - half).to(A.dtype)
+
+
+def _subnormal_term(M: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """n^2 tiny max|other| where M holds a subnormal entry of its dtype (which a thread with
+    denormals-are-zero reads as 0, moving each entry of R = I - A X by at most n tiny max|other|),
+    else 0. (b,) float64."""
+    n = M.shape[-1]
+    tiny = torch.finfo(M.dtype).smallest_normal
+    m = M.abs().double()
+    has_subnormal = ((m > 0) & (m < tiny)).flatten(1).any(dim=1)
+    size = n * n * (tiny * other.abs().double().amax(dim=(-2, -1)))
+    return torch.where(has_subnormal, size, torch.zeros_like(size))
+
+
+def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """s + e = a + b exactly, s = fl(a + b) (Knuth)."""
+    s = a + b
+    z = s - a
+    return s, (a - (s - z)) + (b - z)
+
+
+def _split(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """a = hi + lo with hi and lo of at most 26 significant bits (Veltkamp)."""
+    c = 134217729.0 * a  # 2^27 + 1
+    hi = c - (c - a)
+    return hi, a - hi
+
+
+def _two_product(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """p + e = a b exactly, p = fl(a b) (Dekker), barring underflow and overflow."""
+    p = a * b
+    a_hi, a_lo = _split(a)
+    b_hi, b_lo = _split(b)
+    return p, a_lo * b_lo - (((p - a_hi * b_hi) - a_lo * b_hi) - a_hi * b_lo)
+
+
+def _compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """||fl(I - A X)||_F with every entry evaluated by Dot2 (twice the working precision)."""
+    b, n = A.shape[0], A.shape[-1]
+    if A.is_complex():
+        terms = [(-A.real, X.real), (A.imag, X.imag)], [(-A.real, X.imag), (-A.imag, X.real)]
+        eye = torch.eye(n, dtype=torch.float64, device=A.device).expand(b, n, n)
+        real, imag = (_dot2_residual(pairs, start) for pairs, start in zip(terms, (eye, torch.zeros_like(eye))))
+        return torch.linalg.matrix_norm(torch.complex(real, imag))
+    eye = torch.eye(n, dtype=A.dtype, device=A.device).expand(b, n, n)
+    return torch.linalg.matrix_norm(_dot2_residual([(-A, X)], eye))
+
+
+def _dot2_residual(pairs, start: torch.Tensor) -> torch.Tensor:
+    """start + sum over (L, M) in pairs of L M, each entry by Dot2: (b, n, n) float64."""
+    total, correction = start.clone(), torch.zeros_like(start)
+    for left, right in pairs:
+        for k in range(left.shape[-1]):
+            product, product_error = _two_product(left[:, :, k:k + 1], right[:, k:k + 1, :])
+            total, sum_error = _two_sum(total, product)
+            correction = correction + (sum_error + product_error)
+    return total + correction
