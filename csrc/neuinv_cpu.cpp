@@ -1,5 +1,5 @@
 // neuinv's CPU kernels, registered once as torch operators (neuinv::exact_inverse, neuinv::residual_norm,
-// neuinv::inverse_and_residual, neuinv::newton_schulz); the Python reference implementations they override
+// neuinv::inverse_and_error_bound, neuinv::error_bound, neuinv::newton_schulz); the Python reference implementations they override
 // are in neuinv/reference.py. The batch is split across threads by at::parallel_for; small fixed sizes work
 // on 8 matrices at once interleaved per SIMD lane (the "compact" layout), the others one matrix at a time
 // in a local buffer. The hot kernels also have an AVX2+FMA build, chosen at run time.
@@ -16,6 +16,9 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__SSE__) || defined(__x86_64__)
+#include <xmmintrin.h>
 #endif
 
 #include "neuinv_checks.h"
@@ -98,10 +101,10 @@ at::Tensor empty_output_like(const at::Tensor& A) {
   }
 
 // Gauss-Jordan elimination with partial pivoting on [A | I], in double precision for every input
-// dtype (float32 inverses then carry only their final rounding: their residuals come out below LAPACK's
-// float32 LU). Returns 0, or the 1-based column of the first zero pivot (A singular), as getrf reports it.
+// dtype, writing X_w in double (float32 inverses then carry only their final rounding, which the certificate
+// accounts for). Returns 0, or the 1-based column of the first zero pivot (A singular), as getrf reports it.
 template <typename T, int N>
-NEUINV_INLINE int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
+NEUINV_INLINE int64_t gauss_jordan(const T* a, double* x, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   const int64_t w = 2 * n;
   alignas(64) double work[(N > 0 ? N : kMaxN) * 2 * (N > 0 ? N : kMaxN)];
@@ -139,7 +142,7 @@ NEUINV_INLINE int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
     }
   }
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) x[i * n + j] = static_cast<T>(work[i * w + n + j]);
+    for (int64_t j = 0; j < n; ++j) x[i * n + j] = work[i * w + n + j];
   }
   return 0;
 }
@@ -147,16 +150,17 @@ NEUINV_INLINE int64_t gauss_jordan(const T* a, T* x, int64_t n_runtime) {
 // Gauss-Jordan on one matrix; a singular one gets an all-NaN X. Returns its first zero pivot (0 if none).
 template <typename T, int N>
 NEUINV_INLINE int32_t invert_or_nan(const T* a, T* x, int64_t n) {
-  const int64_t zero_pivot = gauss_jordan<T, N>(a, x, n);
-  if (zero_pivot) std::fill(x, x + n * n, std::numeric_limits<T>::quiet_NaN());
+  alignas(64) double x_w[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
+  const int64_t zero_pivot = gauss_jordan<T, N>(a, x_w, n);
+  for (int64_t e = 0; e < n * n; ++e) x[e] = zero_pivot ? std::numeric_limits<T>::quiet_NaN() : static_cast<T>(x_w[e]);
   return static_cast<int32_t>(zero_pivot);
 }
 
 // out += sign * left * right for n x n row-major matrices, in Acc arithmetic (left and right are read as T
 // and converted). Four rows of out at a time: each row of `right` is loaded once per four rows, where the
 // row-by-row loop was bound by loads (3x slower at n = 16). Every entry still sums over k in order.
-template <typename Acc, int N, typename T>
-NEUINV_INLINE void accumulate_product(const T* __restrict__ left, const T* __restrict__ right, Acc* __restrict__ out,
+template <typename Acc, int N, typename T, typename TR = T>
+NEUINV_INLINE void accumulate_product(const T* __restrict__ left, const TR* __restrict__ right, Acc* __restrict__ out,
                         int64_t n_runtime, Acc sign) {
   const int64_t n = N > 0 ? N : n_runtime;
   constexpr int64_t kRows = 4;
@@ -164,7 +168,7 @@ NEUINV_INLINE void accumulate_product(const T* __restrict__ left, const T* __res
   for (; i0 + kRows <= n; i0 += kRows) {
     Acc* o = out + i0 * n;
     for (int64_t k = 0; k < n; ++k) {
-      const T* right_row = right + k * n;
+      const TR* right_row = right + k * n;
       const Acc l0 = sign * static_cast<Acc>(left[i0 * n + k]), l1 = sign * static_cast<Acc>(left[(i0 + 1) * n + k]),
                 l2 = sign * static_cast<Acc>(left[(i0 + 2) * n + k]), l3 = sign * static_cast<Acc>(left[(i0 + 3) * n + k]);
       for (int64_t j = 0; j < n; ++j) {
@@ -206,8 +210,8 @@ NEUINV_INLINE Acc sum_of_squares(const T* v, int64_t count) {
 }
 
 // R = I - A X in Acc arithmetic (n x n, row-major); returns ||R||_F.
-template <typename Acc, int N, typename T>
-NEUINV_INLINE Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtime) {
+template <typename Acc, int N, typename T, typename TX = T>
+NEUINV_INLINE Acc residual_into(const T* a, const TX* x, Acc* r, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j < n; ++j) r[i * n + j] = (i == j) ? Acc(1) : Acc(0);
@@ -216,40 +220,167 @@ NEUINV_INLINE Acc residual_into(const T* a, const T* x, Acc* r, int64_t n_runtim
   return std::sqrt(sum_of_squares<Acc>(r, n * n));
 }
 
-// ||I - A X||_F computed in double precision from A and X as stored: the certificate of X itself.
-template <typename T, int N>
-NEUINV_INLINE double certified_residual(const T* a, const T* x, int64_t n_runtime) {
-  alignas(64) double r[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
-  return residual_into<double, N>(a, x, r, n_runtime);
+// The certificate of neuinv/certificate.py, in double precision. The kernels run in IEEE mode (IeeeMode below:
+// round to nearest, no flush-to-zero or denormals-are-zero), so the reference's subnormal term is 0 here. No
+// scaling is needed: a product |a_ik x_kj| that overflows makes g ||I + |A||X|||_F exceed 1 anyway.
+constexpr double kUnit = 0x1p-53;             // u of double
+constexpr double kDot2Threshold = 0x1p-26;    // certificate.DOT2_THRESHOLD
+
+NEUINV_INLINE double gamma_of(int64_t k) { return k * kUnit / (1 - k * kUnit); }
+
+// rho >= ||I - A X||_F from r = ||fl(I - A X)||_F and the rounding term g s: (r + g s)(1 + c_n u) + eta_n.
+NEUINV_INLINE double rho_from(double r, double rounding, int64_t n) {
+  const double c = 4.0 * (n * n + n + 4);
+  const double eta = 4.0 * n * (n + 2) * std::numeric_limits<double>::min() + 2.0 * n * 0x1p-511;
+  return (r + rounding) * (1 + c * kUnit) + eta;
 }
 
-// The exact path's residual r of X (as stored), after one Newton-Schulz step X <- X + X (I - A X) when X is
-// float64 and r lies above eps ||A||_F ||X||_F (Gauss-Jordan lands up to ~8x above LU there at cond 1e4; the
-// step, taken only while r < 0.5 so that it converges, brings it to LU's level). Float32 results come from
-// double-precision arithmetic and need no step.
-template <typename T, int N>
-NEUINV_INLINE double certify_or_polish(const T* a, T* x, double r, int64_t n_runtime) {
-  if constexpr (!std::is_same_v<T, double>) {
-    return r;
-  } else {
-    const int64_t n = N > 0 ? N : n_runtime;
-    const double a_sq = sum_of_squares<double>(a, n * n), x_sq = sum_of_squares<double>(x, n * n);
-    const double eps = std::numeric_limits<double>::epsilon();
-    if (!(r > eps * std::sqrt(a_sq * x_sq) && r < 0.5)) return r;
-    constexpr int64_t M = N > 0 ? N : kMaxN;
-    alignas(64) double residual_matrix[M * M], next[M * M];
-    residual_into<double, N>(a, x, residual_matrix, n);
-    std::copy(x, x + n * n, next);
-    accumulate_product<double, N>(x, residual_matrix, next, n, 1.0);
-    std::copy(next, next + n * n, x);
-    return certified_residual<T, N>(a, x, n);
+// s + e = a + b exactly (Knuth's TwoSum).
+NEUINV_INLINE void two_sum(double a, double b, double& s, double& e) {
+  s = a + b;
+  const double z = s - a;
+  e = (a - (s - z)) + (b - z);
+}
+
+// ||fl(I - A X)||_F with each entry by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by FMA; the
+// terms are added in the order of certificate._dot2_residual.
+template <typename Ta, int N>
+NEUINV_INLINE double compensated_residual_norm(const Ta* a, const double* x, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double total = i == j ? 1.0 : 0.0, correction = 0.0;
+      for (int64_t k = 0; k < n; ++k) {
+        const double left = -static_cast<double>(a[i * n + k]), right = x[k * n + j];
+        const double product = left * right, product_error = std::fma(left, right, -product);
+        double sum_error;
+        two_sum(total, product, total, sum_error);
+        correction += sum_error + product_error;
+      }
+      const double entry = total + correction;
+      sum += entry * entry;
+    }
   }
+  return std::sqrt(sum);
 }
 
+// rho >= ||I - A X_w||_F (certificate.residual_bound) from the plain r = ||fl(I - A X_w)||_F and
+// s = ||fl(I + |A||X_w|)||_F; where the a-priori term dominates and is not small, r is re-evaluated by Dot2.
+template <typename Ta, int N>
+NEUINV_INLINE double residual_bound_from(const Ta* a, const double* x_w, double r, double s, int64_t n) {
+  const double g = gamma_of(n + 1);
+  if (g * s > r && r + g * s > kDot2Threshold) {
+    const double r_dot2 = compensated_residual_norm<Ta, N>(a, x_w, n) / (1 - kUnit);
+    return rho_from(r_dot2, std::sqrt(2.0) * g * g * s, n);
+  }
+  return rho_from(r, g * s, n);
+}
+
+// certificate.error_bound: rho, plus delta (1 + rho) when X_w (double) is returned rounded to T; +inf unless < 1.
+template <typename T>
+NEUINV_INLINE double error_bound_from(double rho, double x_w_norm, int64_t n) {
+  double bound = rho;
+  if constexpr (!std::is_same_v<T, double>) {
+    const double spacing = static_cast<double>(std::numeric_limits<T>::denorm_min());
+    const double delta = std::numeric_limits<T>::epsilon() / 2 + n * spacing / x_w_norm;
+    bound = rho + delta * (1 + rho);
+  }
+  return bound < 1 ? bound : std::numeric_limits<double>::infinity();
+}
+
+// |M| into out (double), n x n.
+template <typename T>
+NEUINV_INLINE void magnitudes(const T* m, double* out, int64_t count) {
+  for (int64_t e = 0; e < count; ++e) out[e] = std::abs(static_cast<double>(m[e]));
+}
+
+// r = ||fl(I - A X)||_F and s = ||fl(I + |A||X|)||_F in double for one matrix (X in double).
+template <typename Ta, int N>
+NEUINV_INLINE void residual_and_magnitude(const Ta* a, const double* x, int64_t n_runtime, double& r, double& s) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  constexpr int64_t M = N > 0 ? N : kMaxN;
+  alignas(64) double R[M * M], S[M * M], a_abs[M * M], x_abs[M * M];
+  r = residual_into<double, N>(a, x, R, n);
+  magnitudes(a, a_abs, n * n);
+  magnitudes(x, x_abs, n * n);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) S[i * n + j] = (i == j) ? 1.0 : 0.0;
+  }
+  accumulate_product<double, N>(a_abs, x_abs, S, n, 1.0);
+  s = std::sqrt(sum_of_squares<double>(S, n * n));
+}
+
+// ||A||_F ||X||_F as ||A / m||_F ||m X||_F, m = max |a_ij| (reference.norm_product: no overflow, scale-exact).
+template <typename T>
+NEUINV_INLINE double norm_product(const T* a, const double* x, int64_t count) {
+  double m = 0.0;
+  for (int64_t e = 0; e < count; ++e) m = std::max(m, std::abs(static_cast<double>(a[e])));
+  if (!(m > 0.0)) m = 1.0;
+  double a_sq = 0.0, x_sq = 0.0;
+  for (int64_t e = 0; e < count; ++e) {
+    const double scaled_a = static_cast<double>(a[e]) / m, scaled_x = x[e] * m;
+    a_sq += scaled_a * scaled_a;
+    x_sq += scaled_x * scaled_x;
+  }
+  return std::sqrt(a_sq) * std::sqrt(x_sq);
+}
+
+// The exact path's certificate for X_w (double) of one matrix, after one Newton-Schulz step
+// X_w <- X_w + X_w (I - A X_w) when the input is float64 and r lies above eps ||A||_F ||X_w||_F (Gauss-Jordan
+// lands up to ~8x above LU there at cond 1e4; the step, taken only while r < 0.5 so that it converges, brings
+// it to LU's level). Float32 results are certified before their rounding. Returns the error bound of
+// X = round_T(X_w).
 template <typename T, int N>
-NEUINV_INLINE T frobenius(const T* a, int64_t n_runtime) {
-  const int64_t count = N > 0 ? N * N : n_runtime * n_runtime;
-  return std::sqrt(sum_of_squares<T>(a, count));
+NEUINV_INLINE double certify_exact(const T* a, double* x_w, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  double r, s;
+  residual_and_magnitude<T, N>(a, x_w, n, r, s);
+  if constexpr (std::is_same_v<T, double>) {
+    if (r > std::numeric_limits<double>::epsilon() * norm_product(a, x_w, n * n) && r < 0.5) {
+      constexpr int64_t M = N > 0 ? N : kMaxN;
+      alignas(64) double residual_matrix[M * M], next[M * M];
+      residual_into<double, N>(a, x_w, residual_matrix, n);
+      std::copy(x_w, x_w + n * n, next);
+      accumulate_product<double, N>(x_w, residual_matrix, next, n, 1.0);
+      std::copy(next, next + n * n, x_w);
+      residual_and_magnitude<T, N>(a, x_w, n, r, s);
+    }
+  }
+  const double rho = residual_bound_from<T, N>(a, x_w, r, s, n);
+  return error_bound_from<T>(rho, std::sqrt(sum_of_squares<double>(x_w, n * n)), n);
+}
+
+// Saves the floating-point environment and sets IEEE mode (round to nearest, gradual underflow: no
+// flush-to-zero or denormals-are-zero, which torch.set_flush_denormal sets per thread) for the kernels' work;
+// restores it at the end of the scope. Every worker thread thus computes the same results.
+class IeeeMode {
+ public:
+#if defined(__SSE__) || defined(__x86_64__)
+  IeeeMode() : saved_(_mm_getcsr()) { _mm_setcsr(0x1F80); }
+  ~IeeeMode() { _mm_setcsr(saved_); }
+ private:
+  unsigned int saved_;
+#endif
+};
+
+// The largest |a_ij| of an n x n matrix, 1 for a zero matrix: the m of reference.norm_product.
+template <typename T>
+NEUINV_INLINE T largest_entry(const T* a, int64_t count) {
+  T m = 0;
+  for (int64_t e = 0; e < count; ++e) m = std::max(m, std::abs(a[e]));
+  return m > 0 ? m : T(1);
+}
+
+// ||v * scale||_F (or ||v / divisor||_F) in T arithmetic, for reference.norm_product.
+template <typename T>
+NEUINV_INLINE T scaled_frobenius(const T* v, int64_t count, T scale, bool divide) {
+  T sum = 0;
+  for (int64_t e = 0; e < count; ++e) {
+    const T scaled = divide ? v[e] / scale : v[e] * scale;
+    sum += scaled * scaled;
+  }
+  return std::sqrt(sum);
 }
 
 std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
@@ -264,6 +395,7 @@ std::tuple<at::Tensor, at::Tensor> exact_inverse_cpu(const at::Tensor& A_in) {
     int32_t* pivots = info.data_ptr<int32_t>();
     NEUINV_DISPATCH_SIZE(n, [&] {
       at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
+        IeeeMode ieee;
         for (int64_t m = begin; m < end; ++m) pivots[m] = invert_or_nan<scalar_t, N>(a + m * n * n, x + m * n * n, n);
       });
     });
@@ -306,19 +438,22 @@ NEUINV_INLINE void store_part(T (&element)[kLanes], int part, typename Lanes<T>:
 }
 
 // R = I - A X for the kLanes matrices of a compact block, in Acc arithmetic; r_sq and x_sq get each lane's
-// ||R||_F^2 and ||X||_F^2, summed over (i, j) in row-major order (the lanes make these sums vector instructions).
+// ||R||_F^2 and ||m X||_F^2 (m: `scale`, per lane), summed over (i, j) in row-major order (the lanes make these
+// sums vector instructions).
 template <typename Acc, int N>
 NEUINV_INLINE void compact_residual(const Acc (&a)[N][N][kLanes], const Acc (&x)[N][N][kLanes],
-                                    Acc (&R)[N][N][kLanes], Acc (&r_sq)[kLanes], Acc (&x_sq)[kLanes]) {
+                                    const Acc (&scale)[kLanes], Acc (&R)[N][N][kLanes], Acc (&r_sq)[kLanes],
+                                    Acc (&x_sq)[kLanes]) {
   using V = typename Lanes<Acc>::type;
   for (int part = 0; part < Lanes<Acc>::kParts; ++part) {
     V r_sum = {}, x_sum = {};
+    const V m = load_part(scale, part);
     for (int i = 0; i < N; ++i) {
       for (int j = 0; j < N; ++j) {
         V entry = V{} + (i == j ? Acc(1) : Acc(0));
         for (int k = 0; k < N; ++k) entry -= load_part(a[i][k], part) * load_part(x[k][j], part);
         store_part(R[i][j], part, entry);
-        const V x_ij = load_part(x[i][j], part);
+        const V x_ij = load_part(x[i][j], part) * m;
         r_sum += entry * entry;
         x_sum += x_ij * x_ij;
       }
@@ -328,11 +463,69 @@ NEUINV_INLINE void compact_residual(const Acc (&a)[N][N][kLanes], const Acc (&x)
   }
 }
 
-// Inverts `count` <= kLanes matrices (a, row-major, one after another) by Gauss-Jordan elimination on
-// [A | I] with partial pivoting, in double precision, and writes X (rounded to T), the 1-based first zero
-// pivot per matrix (0 if none; X is then NaN) and r = ||I - A X||_F of the rounded X, computed in double.
+// |v| lane by lane (the sign bit cleared).
+NEUINV_INLINE typename Lanes<double>::type lanes_abs(typename Lanes<double>::type v) {
+  typename Lanes<double>::mask bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  bits &= std::numeric_limits<int64_t>::max();
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// r_sq and s_sq get each lane's ||fl(I - A X)||_F^2 and ||fl(I + |A||X|)||_F^2 (double, compact layout): the
+// quantities of the certificate (residual_and_magnitude, lane by lane).
+template <int N>
+NEUINV_INLINE void compact_residual_and_magnitude(const double (&a)[N][N][kLanes], const double (&x)[N][N][kLanes],
+                                                  double (&r_sq)[kLanes], double (&s_sq)[kLanes]) {
+  using V = typename Lanes<double>::type;
+  for (int part = 0; part < Lanes<double>::kParts; ++part) {
+    V r_sum = {}, s_sum = {};
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        V entry = V{} + (i == j ? 1.0 : 0.0), magnitude = entry;
+        for (int k = 0; k < N; ++k) {
+          const V product = load_part(a[i][k], part) * load_part(x[k][j], part);
+          entry -= product;
+          magnitude += lanes_abs(product);
+        }
+        r_sum += entry * entry;
+        s_sum += magnitude * magnitude;
+      }
+    }
+    store_part(r_sq, part, r_sum);
+    store_part(s_sq, part, s_sum);
+  }
+}
+
+// X = round_T(X_w), or NaN where the bound is +inf (nothing certified).
+template <typename T>
+NEUINV_INLINE void store_certified(const double* x_w, T* x, int64_t count, double bound) {
+  const bool failed = std::isinf(bound);
+  for (int64_t e = 0; e < count; ++e) x[e] = failed ? std::numeric_limits<T>::quiet_NaN() : static_cast<T>(x_w[e]);
+}
+
+// The exact-path certificate of lane l of a compact block (certify_exact), from its compact r and s; X_w is
+// written row-major to x_w (polished in place where certify_exact does so). Returns the error bound.
 template <typename T, int N>
-void invert_compact(const T* a, T* x, int32_t* zero_pivot, T* residual, int count) {
+NEUINV_INLINE double certify_lane(const T* a_l, const double (&x)[N][N][kLanes], int l, double r, double s,
+                                  double* x_w) {
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) x_w[i * N + j] = x[i][j][l];
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    if (r > std::numeric_limits<double>::epsilon() * norm_product(a_l, x_w, N * N)) {
+      return certify_exact<T, N>(a_l, x_w, N);
+    }
+  }
+  const double rho = residual_bound_from<T, N>(a_l, x_w, r, s, N);
+  return error_bound_from<T>(rho, std::sqrt(sum_of_squares<double>(x_w, N * N)), N);
+}
+
+// Inverts `count` <= kLanes matrices (a, row-major, one after another) by Gauss-Jordan elimination on
+// [A | I] with partial pivoting, in double precision, and writes X (rounded to T; NaN where nothing is
+// certified) and its error bound (certify_exact; +inf for a zero pivot).
+template <typename T, int N>
+void invert_compact(const T* a, T* x, double* error_bound, int count) {
   constexpr int L = kLanes, W = 2 * N;
   alignas(64) double w[N][W][L];
   alignas(64) double original[N][N][L];
@@ -391,26 +584,22 @@ void invert_compact(const T* a, T* x, int32_t* zero_pivot, T* residual, int coun
       }
     }
   }
-  // Store X, then certify X as stored: the residual reads it back from memory.
-  const T nan = std::numeric_limits<T>::quiet_NaN();
-  for (int l = 0; l < count; ++l) {
-    for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) x[l * N * N + i * N + j] = first_zero[l] ? nan : static_cast<T>(w[i][N + j][l]);
+  // Certify X_w, then store it rounded to T (NaN where nothing is certified).
+  alignas(64) double x_w[N][N][L];
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      for (int l = 0; l < L; ++l) x_w[i][j][l] = w[i][N + j][l];
     }
   }
-  alignas(64) double stored[N][N][L];
-  for (int l = 0; l < L; ++l) {
-    for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) stored[i][j][l] = l < count ? static_cast<double>(x[l * N * N + i * N + j]) : 0.0;
-    }
-  }
-  alignas(64) double R[N][N][L];
-  double r_sq[L], x_sq[L];
-  compact_residual<double, N>(original, stored, R, r_sq, x_sq);
+  double r_sq[L], s_sq[L];
+  compact_residual_and_magnitude<N>(original, x_w, r_sq, s_sq);
   for (int l = 0; l < count; ++l) {
-    zero_pivot[l] = first_zero[l];
-    residual[l] = first_zero[l] ? nan : static_cast<T>(certify_or_polish<T, N>(a + l * N * N, x + l * N * N,
-                                                                                  std::sqrt(r_sq[l]), N));
+    alignas(64) double lane[N * N];
+    const double bound = first_zero[l] ? std::numeric_limits<double>::infinity()
+                                       : certify_lane<T, N>(a + l * N * N, x_w, l, std::sqrt(r_sq[l]),
+                                                            std::sqrt(s_sq[l]), lane);
+    store_certified<T>(lane, x + l * N * N, N * N, bound);
+    error_bound[l] = bound;
   }
 }
 
@@ -479,14 +668,13 @@ NEUINV_INLINE void adjugate_inverse(const double (&a)[N][N][kLanes],
   }
 }
 
-// The exact path for `count` <= kLanes float32 matrices by the closed form: X (rounded to float32) and
-// r = ||I - A X||_F of the stored X in double. A matrix whose r exceeds eps32 ||A||_F ||X||_F -- more than
-// the rounding of an exact inverse to float32 can cause (at most eps32/2 ||A||_F ||X||_F), so the closed
-// form lost accuracy, or A is singular -- is redone by Gauss-Jordan, which also reports its zero pivot.
+// The exact path for `count` <= kLanes float32 matrices by the closed form: X_w in double, certified
+// (certify_lane) and rounded to float32. A matrix whose X_w is not certified to float32 accuracy
+// (rho_w > eps32 / 2: the closed form lost accuracy, or A is singular) is redone by Gauss-Jordan.
 template <typename T, int N>
-NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, int32_t* zero_pivot, T* residual, int count) {
+NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, double* error_bound, int count) {
   constexpr int L = kLanes;
-  alignas(64) double a[N][N][L], b[N][N][L], stored[N][N][L];
+  alignas(64) double a[N][N][L], b[N][N][L];
   for (int l = 0; l < L; ++l) {
     for (int i = 0; i < N; ++i) {
       for (int j = 0; j < N; ++j) {
@@ -495,103 +683,116 @@ NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, int32_t* zero_pivot, 
     }
   }
   adjugate_inverse<N>(a, b);
-  for (int l = 0; l < L; ++l) {
-    for (int i = 0; i < N; ++i) {
-      for (int j = 0; j < N; ++j) {
-        const T rounded = static_cast<T>(b[i][j][l]);
-        if (l < count) x[l * N * N + i * N + j] = rounded;
-        stored[i][j][l] = rounded;
-      }
-    }
-  }
-  alignas(64) double R[N][N][L];
-  double r_sq[L], x_sq[L], a_sq[L] = {};
-  compact_residual<double, N>(a, stored, R, r_sq, x_sq);
-  for (int i = 0; i < N; ++i) {
-    for (int j = 0; j < N; ++j) {
-      for (int l = 0; l < L; ++l) a_sq[l] += a[i][j][l] * a[i][j][l];
-    }
-  }
-  const double eps = std::numeric_limits<T>::epsilon();
+  double r_sq[L], s_sq[L];
+  compact_residual_and_magnitude<N>(a, b, r_sq, s_sq);
+  const double accurate = std::numeric_limits<T>::epsilon() / 2;
   for (int l = 0; l < count; ++l) {
-    const double r = std::sqrt(r_sq[l]);
-    if (r <= eps * std::sqrt(a_sq[l] * x_sq[l])) {  // false for Inf/NaN
-      zero_pivot[l] = 0;
-      residual[l] = static_cast<T>(r);
-    } else {
-      const T* a_l = a_in + l * N * N;
-      T* x_l = x + l * N * N;
-      zero_pivot[l] = invert_or_nan<T, N>(a_l, x_l, N);
-      residual[l] = zero_pivot[l] ? std::numeric_limits<T>::quiet_NaN()
-                                  : static_cast<T>(certified_residual<T, N>(a_l, x_l, N));
+    const T* a_l = a_in + l * N * N;
+    alignas(64) double x_w[N * N];
+    double bound = certify_lane<T, N>(a_l, b, l, std::sqrt(r_sq[l]), std::sqrt(s_sq[l]), x_w);
+    if (!(bound <= 2 * accurate)) {  // rho_w > eps/2 (or NaN): Gauss-Jordan
+      bound = gauss_jordan<T, N>(a_l, x_w, N) ? std::numeric_limits<double>::infinity()
+                                              : certify_exact<T, N>(a_l, x_w, N);
     }
+    store_certified<T>(x_w, x + l * N * N, N * N, bound);
+    error_bound[l] = bound;
   }
 }
 
-// The exact path for matrices begin..end-1 one at a time: Gauss-Jordan, then the certificate (and the
-// float64 polish).
+// The exact path for matrices begin..end-1 one at a time: Gauss-Jordan in double, the certificate (and the
+// float64 polish), X rounded to T.
 template <typename T, int N>
-NEUINV_INLINE void invert_one_by_one(const T* a, T* x, int32_t* pivots, T* out, int64_t begin, int64_t end,
-                                     int64_t n) {
+NEUINV_INLINE void invert_one_by_one(const T* a, T* x, double* error_bound, int64_t begin, int64_t end, int64_t n) {
+  alignas(64) double x_w[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
   for (int64_t m = begin; m < end; ++m) {
-    pivots[m] = invert_or_nan<T, N>(a + m * n * n, x + m * n * n, n);
-    if (pivots[m]) {
-      out[m] = std::numeric_limits<T>::quiet_NaN();
-    } else {
-      const double r = certified_residual<T, N>(a + m * n * n, x + m * n * n, n);
-      out[m] = static_cast<T>(certify_or_polish<T, N>(a + m * n * n, x + m * n * n, r, n));
-    }
+    const T* a_m = a + m * n * n;
+    const double bound = gauss_jordan<T, N>(a_m, x_w, n) ? std::numeric_limits<double>::infinity()
+                                                         : certify_exact<T, N>(a_m, x_w, n);
+    store_certified<T>(x_w, x + m * n * n, n * n, bound);
+    error_bound[m] = bound;
   }
 }
 
 // The exact path over a batch of b matrices of size n (N = n when compiled for that size, else 0). A
 // template, so that only the branch taken for (T, N) is instantiated.
 template <typename T, int N>
-void inverse_and_residual_batch(const T* a, T* x, int32_t* pivots, T* out, int64_t b, int64_t n) {
-  if constexpr (N >= 2 && N <= kClosedFormMaxN && std::is_same_v<T, float>) {
+void inverse_and_error_bound_batch(const T* a, T* x, double* error_bound, int64_t b, int64_t n) {
+  if constexpr ((N >= 2 && N <= kClosedFormMaxN && std::is_same_v<T, float>) || (N > 0 && N <= kCompactMaxN)) {
     const int64_t blocks = (b + kLanes - 1) / kLanes;
     at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+      IeeeMode ieee;
       for (int64_t block = begin; block < end; ++block) {
         const int64_t m = block * kLanes;
         const int count = static_cast<int>(std::min<int64_t>(kLanes, b - m));
-        run_for_this_cpu<invert_closed_form<T, N>>(a + m * N * N, x + m * N * N, pivots + m, out + m, count);
-      }
-    });
-  } else if constexpr (N > 0 && N <= kCompactMaxN) {
-    const int64_t blocks = (b + kLanes - 1) / kLanes;
-    at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t block = begin; block < end; ++block) {
-        const int64_t m = block * kLanes;
-        const int count = static_cast<int>(std::min<int64_t>(kLanes, b - m));
-        invert_compact<T, N>(a + m * N * N, x + m * N * N, pivots + m, out + m, count);
+        if constexpr (N >= 2 && N <= kClosedFormMaxN && std::is_same_v<T, float>) {
+          run_for_this_cpu<invert_closed_form<T, N>>(a + m * N * N, x + m * N * N, error_bound + m, count);
+        } else {
+          invert_compact<T, N>(a + m * N * N, x + m * N * N, error_bound + m, count);
+        }
       }
     });
   } else {
     at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
-      run_for_this_cpu<invert_one_by_one<T, N>>(a, x, pivots, out, begin, end, n);
+      IeeeMode ieee;
+      run_for_this_cpu<invert_one_by_one<T, N>>(a, x, error_bound, begin, end, n);
     });
   }
 }
 
-// CPU only (on CUDA the exact path calls exact_inverse, then residual_norm).
-// Inverse, zero-pivot report and certified residual ||I - A X||_F (in double, of X as returned) of each
-// matrix: neuinv's exact path in one pass over memory. Float32 n = 2-4 use the closed forms, other fixed
-// sizes up to kCompactMaxN the compact Gauss-Jordan kernel, the rest Gauss-Jordan one matrix at a time.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> inverse_and_residual_cpu(const at::Tensor& A_in) {
+// Inverse and error bound (neuinv/certificate.py) of each matrix: neuinv's exact path in one pass over memory.
+// Float32 n = 2-4 use the closed forms, other fixed sizes up to kCompactMaxN the compact Gauss-Jordan kernel,
+// the rest Gauss-Jordan one matrix at a time; all in double precision, certified before the rounding to A's
+// dtype. X is NaN where the bound is +inf.
+std::tuple<at::Tensor, at::Tensor> inverse_and_error_bound_cpu(const at::Tensor& A_in) {
   check_batch(A_in, "A", at::kCPU);
   const at::Tensor A = A_in.contiguous();
   const int64_t b = A.size(0), n = A.size(1);
   at::Tensor X = empty_output_like(A);
-  at::Tensor info = at::zeros({b}, A.options().dtype(at::kInt));
-  at::Tensor r = at::empty({b}, A.options());
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_inverse_and_residual", [&] {
+  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_inverse_and_error_bound", [&] {
     const scalar_t* a = A.data_ptr<scalar_t>();
     scalar_t* x = X.data_ptr<scalar_t>();
-    int32_t* pivots = info.data_ptr<int32_t>();
-    scalar_t* out = r.data_ptr<scalar_t>();
-    NEUINV_DISPATCH_SIZE(n, [&] { inverse_and_residual_batch<scalar_t, N>(a, x, pivots, out, b, n); });
+    double* out = bound.data_ptr<double>();
+    NEUINV_DISPATCH_SIZE(n, [&] { inverse_and_error_bound_batch<scalar_t, N>(a, x, out, b, n); });
   });
-  return {X, info, r};
+  return {X, bound};
+}
+
+// certificate.error_bound of X as stored (the Newton-Schulz results), in double.
+template <typename T, int N>
+NEUINV_INLINE void error_bound_one_by_one(const T* a, const T* x, double* out, int64_t begin, int64_t end,
+                                          int64_t n) {
+  alignas(64) double x_w[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
+  for (int64_t m = begin; m < end; ++m) {
+    const T* a_m = a + m * n * n;
+    for (int64_t e = 0; e < n * n; ++e) x_w[e] = static_cast<double>(x[m * n * n + e]);
+    double r, s;
+    residual_and_magnitude<T, N>(a_m, x_w, n, r, s);
+    const double rho = std::is_same_v<T, double> ? residual_bound_from<T, N>(a_m, x_w, r, s, n)
+                                                 : rho_from(r, gamma_of(n + 1) * s, n);
+    out[m] = rho < 1 ? rho : std::numeric_limits<double>::infinity();
+  }
+}
+
+at::Tensor error_bound_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
+  check_batch(A_in, "A", at::kCPU);
+  check_batch(X_in, "X", at::kCPU);
+  check_like(A_in, X_in, "X");
+  const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
+  const int64_t b = A.size(0), n = A.size(1);
+  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_error_bound", [&] {
+    const scalar_t* a = A.data_ptr<scalar_t>();
+    const scalar_t* x = X.data_ptr<scalar_t>();
+    double* out = bound.data_ptr<double>();
+    NEUINV_DISPATCH_SIZE(n, [&] {
+      at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
+        IeeeMode ieee;
+        run_for_this_cpu<error_bound_one_by_one<scalar_t, N>>(a, x, out, begin, end, n);
+      });
+    });
+  });
+  return bound;
 }
 
 at::Tensor residual_norm_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
@@ -607,6 +808,7 @@ at::Tensor residual_norm_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
     scalar_t* out = r.data_ptr<scalar_t>();
     NEUINV_DISPATCH_SIZE(n, [&] {
       at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
+        IeeeMode ieee;
         alignas(64) scalar_t R[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
         for (int64_t m = begin; m < end; ++m) out[m] = residual_into<scalar_t, N>(a + m * n * n, x + m * n * n, R, n);
       });
@@ -640,13 +842,14 @@ NEUINV_INLINE void newton_schulz_one(const T* a, const T* x0, T* x_out, T* r_out
   constexpr int64_t M = N > 0 ? N : kMaxN;
   alignas(64) T x[M * M], R[M * M], next[M * M];
   std::copy(x0, x0 + n * n, x);
-  const double a_norm = frobenius<T, N>(a, n);
+  const T m = largest_entry(a, n * n);
+  const double a_norm = scaled_frobenius(a, n * n, m, true);
   double previous = std::numeric_limits<double>::infinity(), r = 0.0;
   bool done = false;
   int64_t step = 0;
   for (;; ++step) {
     r = residual_into<T, N>(a, x, R, n);
-    if (rules.stop(r, previous, a_norm, frobenius<T, N>(x, n), step, &done)) break;
+    if (rules.stop(r, previous, a_norm, scaled_frobenius(x, n * n, m, false), step, &done)) break;
     std::copy(x, x + n * n, next);  // next = X + X R
     accumulate_product<T, N>(x, R, next, n, T(1));
     std::copy(next, next + n * n, x);
@@ -677,11 +880,19 @@ NEUINV_INLINE void newton_schulz_compact(
       }
     }
   }
-  // Norms and square roots across the lanes (vector instructions), each lane summed in row-major order.
-  T a_norm[L] = {};
+  // ||A / m||_F with m = max |a_ij| per lane (reference.norm_product), across the lanes, each lane summed in
+  // row-major order.
+  T m[L], a_norm[L] = {};
+  for (int l = 0; l < L; ++l) m[l] = 0;
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) {
-      for (int l = 0; l < L; ++l) a_norm[l] += a[i][j][l] * a[i][j][l];
+      for (int l = 0; l < L; ++l) m[l] = std::max(m[l], std::abs(a[i][j][l]));
+    }
+  }
+  for (int l = 0; l < L; ++l) m[l] = m[l] > 0 ? m[l] : T(1);
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < N; ++j) {
+      for (int l = 0; l < L; ++l) a_norm[l] += (a[i][j][l] / m[l]) * (a[i][j][l] / m[l]);
     }
   }
   for (int l = 0; l < L; ++l) a_norm[l] = std::sqrt(a_norm[l]);
@@ -695,7 +906,7 @@ NEUINV_INLINE void newton_schulz_compact(
   }
   for (int64_t step = 0;; ++step) {
     T r[L], x_norm[L];
-    compact_residual<T, N>(a, x, R, r, x_norm);
+    compact_residual<T, N>(a, x, m, R, r, x_norm);
     for (int l = 0; l < L; ++l) {
       r[l] = std::sqrt(r[l]);
       x_norm[l] = std::sqrt(x_norm[l]);
@@ -756,6 +967,7 @@ void newton_schulz_batch(const T* a, const T* x0, T* x, T* r, bool* done, int32_
   if constexpr (N > 0 && N <= kCompactMaxN) {
     const int64_t blocks = (b + kLanes - 1) / kLanes;
     at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+      IeeeMode ieee;
       for (int64_t block = begin; block < end; ++block) {
         const int64_t m = block * kLanes;
         const int count = static_cast<int>(std::min<int64_t>(kLanes, b - m));
@@ -765,6 +977,7 @@ void newton_schulz_batch(const T* a, const T* x0, T* x, T* r, bool* done, int32_
     });
   } else {
     at::parallel_for(0, b, 64, [&](int64_t begin, int64_t end) {
+      IeeeMode ieee;
       run_for_this_cpu<newton_schulz_one_by_one<T, N>>(a, x0, x, r, done, steps, begin, end, n, rules);
     });
   }
@@ -800,7 +1013,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cpu(
 TORCH_LIBRARY(neuinv, m) {
   m.def("exact_inverse(Tensor A) -> (Tensor, Tensor)");
   m.def("residual_norm(Tensor A, Tensor X) -> Tensor");
-  m.def("inverse_and_residual(Tensor A) -> (Tensor, Tensor, Tensor)");
+  m.def("inverse_and_error_bound(Tensor A) -> (Tensor, Tensor)");
+  m.def("error_bound(Tensor A, Tensor X) -> Tensor");
   m.def("newton_schulz(Tensor A, Tensor X0, float tol, float accept, int max_iter, bool guarded, float guard)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
 }
@@ -808,7 +1022,8 @@ TORCH_LIBRARY(neuinv, m) {
 TORCH_LIBRARY_IMPL(neuinv, CPU, m) {
   m.impl("exact_inverse", &exact_inverse_cpu);
   m.impl("residual_norm", &residual_norm_cpu);
-  m.impl("inverse_and_residual", &inverse_and_residual_cpu);
+  m.impl("inverse_and_error_bound", &inverse_and_error_bound_cpu);
+  m.impl("error_bound", &error_bound_cpu);
   m.impl("newton_schulz", &newton_schulz_cpu);
 }
 

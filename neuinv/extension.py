@@ -185,10 +185,13 @@ def _register_fakes() -> None:
     def _(A):
         return torch.empty_like(A), A.new_empty(A.shape[0], dtype=torch.int32)
 
-    @torch.library.register_fake("neuinv::inverse_and_residual")
+    @torch.library.register_fake("neuinv::inverse_and_error_bound")
     def _(A):
-        b = A.shape[0]
-        return torch.empty_like(A), A.new_empty(b, dtype=torch.int32), A.new_empty(b)
+        return torch.empty_like(A), A.new_empty(A.shape[0], dtype=torch.float64)
+
+    @torch.library.register_fake("neuinv::error_bound")
+    def _(A, X):
+        return A.new_empty(A.shape[0], dtype=torch.float64)
 
     @torch.library.register_fake("neuinv::residual_norm")
     def _(A, X):

@@ -14,6 +14,10 @@ from neuinv.precond import BlockJacobi
 
 SHARED_MATRICES = Path(__file__).resolve().parents[2] / "shared" / "matrices"
 
+# Complex input must never be made real: the casts that would do it warn, and here they fail the test.
+pytestmark = [pytest.mark.filterwarnings("error:Casting complex values to real:UserWarning"),
+              pytest.mark.filterwarnings("error::numpy.exceptions.ComplexWarning")]
+
 
 def spd_matrix(N, seed=0, density=0.02):
     """A sparse SPD matrix: a random symmetric pattern plus a dominant diagonal."""
@@ -29,30 +33,113 @@ def nonsymmetric_matrix(N, seed=0):
     return scipy.sparse.csr_matrix(R + scipy.sparse.diags(np.abs(R).sum(1).A1 + 0.5 + rng.random(N)))
 
 
+def complex_random(N, density, rng):
+    """A sparse matrix with independent random real and imaginary parts."""
+    return (scipy.sparse.random(N, N, density=density, random_state=rng)
+            + 1j * scipy.sparse.random(N, N, density=density, random_state=rng))
+
+
+def complex_hpd_matrix(N, seed=0, density=0.02):
+    """A sparse complex Hermitian positive definite matrix: a random Hermitian part plus a dominant real diagonal."""
+    rng = np.random.default_rng(seed)
+    R = complex_random(N, density, rng)
+    H = R + R.conj().T
+    return scipy.sparse.csr_matrix(H + scipy.sparse.diags(np.abs(H).sum(1).A1 + 1.0))
+
+
+def complex_nonhermitian_matrix(N, seed=0):
+    """A sparse complex non-Hermitian matrix whose diagonal (of varying phase) dominates strictly: well conditioned."""
+    rng = np.random.default_rng(seed)
+    R = complex_random(N, 0.03, rng)
+    diagonal = (np.abs(R).sum(1).A1 + 0.5 + rng.random(N)) * np.exp(1j * rng.uniform(-1.0, 1.0, N))
+    return scipy.sparse.csr_matrix(R + scipy.sparse.diags(diagonal))
+
+
+def complex_normal(shape, seed):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+def true_relres(A, x, b):
+    """||b - A x|| / ||b|| per column, in numpy complex128 (independent of the torch solvers)."""
+    x, b = np.asarray(x, dtype=np.complex128), np.asarray(b, dtype=np.complex128)
+    return np.linalg.norm(b - A.astype(np.complex128) @ x, axis=0) / np.linalg.norm(b, axis=0)
+
+
 def exact_block_inverse_apply(A, boundaries, r):
     """M^-1 r with each diagonal block inverted by numpy, the baseline."""
     dense = A.toarray()
-    out = np.zeros_like(r)
+    out = np.zeros(r.shape, dtype=np.result_type(dense, r))
     for start, stop in zip(boundaries[:-1], boundaries[1:]):
         out[start:stop] = np.linalg.inv(dense[start:stop, start:stop]) @ r[start:stop]
     return out
 
 
+@pytest.mark.parametrize("kind", ["real", "complex"])
 @pytest.mark.parametrize("layout", ["scipy", "torch_coo", "torch_csr", "torch_dense"])
 @pytest.mark.parametrize("blocking", [dict(block_size=4), dict(block_size=7), dict(blocks=[0, 1, 4, 9, 30, 50])],
                          ids=["fixed4", "fixed7-partial-last", "variable"])
-def test_apply_matches_per_block_numpy(layout, blocking):
-    A = spd_matrix(50)
+def test_apply_matches_per_block_numpy(kind, layout, blocking):
+    A = spd_matrix(50) if kind == "real" else complex_nonhermitian_matrix(50)
     dense = torch.as_tensor(A.toarray())
     source = {"scipy": A, "torch_coo": dense.to_sparse_coo(), "torch_csr": dense.to_sparse_csr(),
               "torch_dense": dense}[layout]
     M = BlockJacobi(source, **blocking)
+    assert M.dtype == dense.dtype and M.inverse.dtype == dense.dtype
     boundaries = M.boundaries
-    r = np.random.default_rng(1).standard_normal((50, 3))
+    r = np.random.default_rng(1).standard_normal((50, 3)) if kind == "real" else complex_normal((50, 3), 1)
     expected = exact_block_inverse_apply(A, boundaries, r)
     assert np.allclose(M(torch.as_tensor(r)).numpy(), expected, rtol=1e-12, atol=1e-12)
     assert np.allclose(M(torch.as_tensor(r[:, 0])).numpy(), expected[:, 0], rtol=1e-12, atol=1e-12)
     assert np.allclose(M.as_linear_operator() @ r[:, 1], expected[:, 1], rtol=1e-12, atol=1e-12)
+
+
+def test_complex64_blocks_stay_complex64():
+    A = complex_nonhermitian_matrix(40, seed=11)
+    M = BlockJacobi(torch.as_tensor(A.toarray()).to(torch.complex64), block_size=5)
+    r = complex_normal((40, 2), 12)
+    y = M(torch.as_tensor(r).to(torch.complex64))
+    assert M.inverse.dtype == y.dtype == torch.complex64
+    expected = exact_block_inverse_apply(A, M.boundaries, r)
+    assert np.abs(y.numpy() - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_real_preconditioner_on_complex_vectors_preconditions_both_parts():
+    A = spd_matrix(40, seed=13)
+    M = BlockJacobi(A, block_size=4)
+    r = complex_normal((40, 2), 14)
+    y = M(torch.as_tensor(r))
+    assert y.dtype == torch.complex128
+    expected = exact_block_inverse_apply(A, M.boundaries, r)
+    assert np.allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
+    assert np.allclose(M.as_linear_operator() @ r[:, 0], expected[:, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_complex_preconditioner_on_real_vectors_and_in_scipy():
+    A = complex_nonhermitian_matrix(60, seed=15)
+    M = BlockJacobi(A, block_size=6)
+    r = np.random.default_rng(16).standard_normal(60)
+    expected = exact_block_inverse_apply(A, M.boundaries, r)
+    assert np.allclose(M(torch.as_tensor(r)).numpy(), expected, rtol=1e-12, atol=1e-12)
+    operator = M.as_linear_operator()
+    assert operator.dtype == np.complex128
+    b = complex_normal(60, 17)
+    x, info = sla.gmres(A, b, M=operator, rtol=1e-10)
+    assert info == 0 and true_relres(A, x, b) <= 1e-9
+
+
+def test_update_with_complex_matrices():
+    A = complex_nonhermitian_matrix(120, seed=18)
+    M = BlockJacobi(A, block_size=6)
+    drifted = A + scipy.sparse.diags(1e-3 * complex_normal(120, 19))
+    report = M.update(drifted)
+    assert report.fallbacks == 0 and 1 <= report.max_iterations <= 3
+    assert torch.allclose(M.inverse, BlockJacobi(drifted, block_size=6).inverse, rtol=1e-12, atol=1e-13)
+
+    real = BlockJacobi(spd_matrix(120, seed=20), block_size=6)
+    real.update(A)  # a complex matrix promotes a real preconditioner instead of losing its imaginary part
+    assert real.dtype == real.inverse.dtype == torch.complex128
+    assert torch.allclose(real.inverse, BlockJacobi(A, block_size=6).inverse, rtol=1e-12, atol=1e-13)
 
 
 def test_singular_block_is_named_or_left_unpreconditioned():
@@ -93,13 +180,13 @@ def test_update_is_warm_started():
     assert torch.allclose(M.inverse, BlockJacobi(jumped, block_size=6).inverse, rtol=1e-12, atol=1e-13)
 
 
-def scipy_iterations(solver, A, b, M, **kwargs):
+def scipy_iterations(solver, A, b, M, rtol=1e-8, **kwargs):
     count = [0]
 
     def callback(_):
         count[0] += 1
 
-    x, info = solver(A, b, M=M, rtol=1e-8, callback=callback, **kwargs)
+    x, info = solver(A, b, M=M, rtol=rtol, callback=callback, **kwargs)
     return count[0], info
 
 
@@ -133,6 +220,69 @@ def test_gmres_matches_exact_block_jacobi_and_batches_columns():
     scipy_count, info = scipy_iterations(sla.gmres, A, B[:, 0], M.as_linear_operator(), restart=40,
                                          callback_type="pr_norm")
     assert info == 0 and abs(scipy_count - int(result.iterations[0])) <= 2
+
+
+def test_cg_complex_hermitian_positive_definite():
+    A = complex_hpd_matrix(400, seed=21)
+    B = complex_normal((400, 2), 22)
+    M = BlockJacobi(A, block_size=5)
+    result = solvers.cg(A, torch.as_tensor(B), M, rtol=1e-10)
+    assert result.converged.all(), result.message
+    assert result.x.dtype == torch.complex128
+    assert (true_relres(A, result.x.numpy(), B) <= 1.01e-10).all()
+    exact = sla.LinearOperator(A.shape, matvec=lambda v: exact_block_inverse_apply(A, M.boundaries, v),
+                               dtype=np.complex128)
+    for column in range(2):
+        scipy_count, info = scipy_iterations(sla.cg, A, B[:, column], exact, rtol=1e-10)
+        assert info == 0 and abs(int(result.iterations[column]) - scipy_count) <= 1
+
+
+def test_gmres_complex_non_hermitian():
+    A = complex_nonhermitian_matrix(300, seed=23)
+    B = complex_normal((300, 3), 24)
+    M = BlockJacobi(A, block_size=3)
+    result = solvers.gmres(A, torch.as_tensor(B), M, rtol=1e-10, restart=20)
+    assert result.converged.all(), result.message
+    assert (true_relres(A, result.x.numpy(), B) <= 1.01e-10).all()
+    plain = solvers.gmres(A, torch.as_tensor(B[:, 0]), rtol=1e-8, restart=20)
+    assert true_relres(A, plain.x.numpy(), B[:, 0]) <= 1.01e-8
+    scipy_count, info = scipy_iterations(sla.gmres, A, B[:, 0], None, restart=20, callback_type="pr_norm")
+    assert info == 0 and abs(scipy_count - int(plain.iterations)) <= 1
+
+
+@pytest.mark.parametrize("solve, make",
+                         [(solvers.cg, complex_hpd_matrix), (solvers.gmres, complex_nonhermitian_matrix)],
+                         ids=["cg", "gmres"])
+def test_mixed_real_and_complex_are_promoted(solve, make):
+    A = make(200, seed=25)
+    b = np.random.default_rng(26).standard_normal(200)
+    mixed = solve(A, torch.as_tensor(b), rtol=1e-10)  # complex A, real b: solved as the complex system
+    promoted = solve(A, torch.as_tensor(b + 0j), rtol=1e-10)
+    assert mixed.converged.all() and mixed.x.dtype == torch.complex128
+    assert torch.equal(mixed.x, promoted.x)
+    assert true_relres(A, mixed.x.numpy(), b) <= 1.01e-10
+
+    real_A = spd_matrix(200, seed=27)
+    c = complex_normal(200, 28)
+    result = solve(real_A, torch.as_tensor(c), BlockJacobi(real_A, block_size=4), rtol=1e-10)
+    assert result.converged.all() and result.x.dtype == torch.complex128
+    assert true_relres(real_A, result.x.numpy(), c) <= 1.01e-10
+
+    complex_M = BlockJacobi(A, block_size=4)  # A is a callable without a dtype: M's makes the system complex
+    dense = torch.as_tensor(A.toarray())
+    result = solvers.gmres(lambda V: dense @ V.to(dense.dtype), torch.as_tensor(b), complex_M, rtol=1e-10)
+    assert result.converged.all() and result.x.dtype == torch.complex128
+    assert true_relres(A, result.x.numpy(), b) <= 1.01e-10
+
+
+def test_complex_output_for_a_real_system_raises():
+    A = complex_nonhermitian_matrix(50, seed=29)
+    dense = torch.as_tensor(A.toarray())
+    b = torch.ones(50, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"A returned torch\.complex128 for torch\.float64 input; its imaginary part"):
+        solvers.gmres(lambda V: dense @ V.to(dense.dtype), b)
+    with pytest.raises(TypeError, match=r"M returned torch\.complex128 for torch\.float64 input"):
+        solvers.cg(spd_matrix(50), b, lambda R: R * (1 + 1j))
 
 
 def test_non_convergence_is_reported():
