@@ -63,7 +63,7 @@ def run(batch: int, repeats: int):
                 rows.append(dict(dataset=dataset, n=n, dtype=str(dtype)[6:], initializer=name,
                                  mean_steps=float(info.iterations.float().mean()),
                                  max_steps=int(info.iterations.max()), fallbacks=int(info.fallback.sum()),
-                                 converged=bool(info.converged.all()),
+                                 converged=bool(info.certified.all()),
                                  initializer_flops=flops_per_matrix(n, name, pretrained.hidden),
                                  step_flops=4 * n**3, microseconds_per_matrix=seconds / batch * 1e6,
                                  torch_inv_microseconds_per_matrix=inv_seconds / batch * 1e6))

@@ -140,6 +140,37 @@ __device__ __forceinline__ T row_sum_of_squares(const T (&row)[W]) {
   return sum;
 }
 
+// sum_j (row[j] * scale)^2, or (row[j] / scale)^2 with `divide`: the scaled norms of reference.norm_product.
+template <int W, typename T>
+__device__ __forceinline__ T row_sum_of_scaled_squares(const T (&row)[W], T scale, bool divide) {
+  T sum = T(0);
+#pragma unroll
+  for (int j = 0; j < W; ++j) {
+    const T v = divide ? row[j] / scale : row[j] * scale;
+    sum = fma(v, v, sum);
+  }
+  return sum;
+}
+
+// The largest |entry| of a matrix held one row per thread of a group of W threads (every thread gets it).
+template <int W, typename T>
+__device__ __forceinline__ T group_max_abs(const T (&row)[W], T* scratch) {
+  T v = T(0);
+#pragma unroll
+  for (int j = 0; j < W; ++j) v = fmax(v, fabs(row[j]));
+  constexpr int width = W < 32 ? W : 32;
+#pragma unroll
+  for (int offset = width / 2; offset > 0; offset /= 2) v = fmax(v, __shfl_xor_sync(kFullMask, v, offset, width));
+  if constexpr (W > 32) {
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) scratch[warp] = v;
+    __syncthreads();
+    v = fmax(scratch[0], scratch[1]);
+    __syncthreads();
+  }
+  return v;
+}
+
 template <int W, typename T>
 __device__ __forceinline__ void share_row(T* rows, int i, const T (&row)[W]) {
 #pragma unroll

@@ -6,7 +6,8 @@ namespace cuda_kernels {
 namespace {
 
 // The whole Newton-Schulz loop X <- X + X (I - A X) per matrix, with the stopping rules of
-// neuinv.reference.newton_schulz_refine: done at r <= min(tol ||A||_F ||X||_F, accept) or at the rounding
+// neuinv.reference.newton_schulz_refine: done at r <= min(tol ||A||_F ||X||_F, accept) (the norms scaled as in
+// reference.norm_product) or at the rounding
 // floor (r_prev < 0.5, r > r_prev / 2) with r <= accept; stopped when r is not finite, by the guard at
 // step 0, or at max_iter. Every thread of a block runs until the block's last matrix stops.
 template <typename T, int W>
@@ -21,7 +22,10 @@ __global__ void newton_schulz_kernel(const T* __restrict__ A, const T* __restric
   T a[W], x[W], r[W];
   load_row<W>(A + offset, row_active, n, a);
   load_row<W>(X0 + offset, row_active, n, x);
-  const double a_norm = sqrt(static_cast<double>(group_sum<W>(row_sum_of_squares<W>(a), scratch)));
+  // ||A||_F ||X||_F as ||A / m||_F ||m X||_F, m = max |a_ij| (reference.norm_product: no overflow, scale-exact).
+  const T largest = group_max_abs<W>(a, scratch);
+  const T m_scale = largest > T(0) ? largest : T(1);
+  const double a_norm = sqrt(static_cast<double>(group_sum<W>(row_sum_of_scaled_squares<W>(a, m_scale, true), scratch)));
 
   bool stopped = m >= batch, done = false;
   double previous = INFINITY, residual = 0.0;
@@ -31,7 +35,8 @@ __global__ void newton_schulz_kernel(const T* __restrict__ A, const T* __restric
     group_sync<W>();
     residual_row<W>(a, rows[g], i, row_active, r);
     const double r_norm = sqrt(static_cast<double>(group_sum<W>(row_sum_of_squares<W>(r), scratch)));
-    const double x_norm = sqrt(static_cast<double>(group_sum<W>(row_sum_of_squares<W>(x), scratch)));
+    const double x_norm =
+        sqrt(static_cast<double>(group_sum<W>(row_sum_of_scaled_squares<W>(x, m_scale, false), scratch)));
     if (!stopped) {
       const bool at_floor = previous < 0.5 && r_norm > previous / 2;
       const bool converged = r_norm <= fmin(tol * a_norm * x_norm, accept) || (at_floor && r_norm <= accept);

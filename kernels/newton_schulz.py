@@ -35,7 +35,8 @@ def _newton_schulz_step_kernel(
     # meta-parameters
     BLOCK_N: tl.constexpr, MATRICES: tl.constexpr, USE_DOT: tl.constexpr, UPDATE: tl.constexpr,
 ):
-    """R = I - A X, r = ||R||_F, done = r <= min(tol ||A||_F ||X||_F, accept);
+    """R = I - A X, r = ||R||_F, done = r <= min(tol ||A||_F ||X||_F, accept) (norms scaled as in
+    reference.norm_product);
     with UPDATE, X' = X where done else X + X R (Newton–Schulz / Hotelling)."""
     pid = tl.program_id(0)
     mats = pid * MATRICES + tl.arange(0, MATRICES)
@@ -52,8 +53,13 @@ def _newton_schulz_step_kernel(
     r = tl.sqrt(tl.sum(tl.sum(residual * residual, axis=2), axis=1))
     tl.store(r_ptr + mats, r, mask=mat_mask)
     if UPDATE:
-        x_norm = tl.sqrt(tl.sum(tl.sum(x * x, axis=2), axis=1))
-        a_norm = tl.sqrt(tl.sum(tl.sum(a * a, axis=2), axis=1))
+        # ||A||_F ||X||_F as ||A / m||_F ||m X||_F, m = max |a_ij| (reference.norm_product: no overflow).
+        largest = tl.max(tl.max(tl.abs(a), axis=2), axis=1)
+        m = tl.where(largest > 0, largest, 1.0)[:, None, None]
+        a_scaled = a / m
+        x_scaled = x * m
+        x_norm = tl.sqrt(tl.sum(tl.sum(x_scaled * x_scaled, axis=2), axis=1))
+        a_norm = tl.sqrt(tl.sum(tl.sum(a_scaled * a_scaled, axis=2), axis=1))
         done = r <= tl.minimum(tol * a_norm * x_norm, accept)
         x_next = tl.where(done[:, None, None], x, x + _batched_matmul(x, residual, USE_DOT))
         tl.store(x_next_ptr + offsets, x_next, mask=elem_mask)

@@ -178,6 +178,14 @@ def _two_product(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return p, a_lo * b_lo - (((p - a_hi * b_hi) - a_lo * b_hi) - a_hi * b_lo)
 
 
+def compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """||I - A X||_F of (b, n, n) A and X with every entry evaluated by Dot2 in float64 (complex128) after
+    exact power-of-two scaling: |computed - exact| <= u |exact| + gamma^2 |A||X| per entry. (b,) float64."""
+    wide = torch.complex128 if A.is_complex() or X.is_complex() else torch.float64
+    A_w, X_w = _scaled(A.to(wide), X.to(wide))
+    return _compensated_residual_norm(A_w, X_w)
+
+
 def _compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """||fl(I - A X)||_F with every entry evaluated by Dot2 (twice the working precision)."""
     b, n = A.shape[0], A.shape[-1]

@@ -46,18 +46,20 @@ def demo(args) -> int:
           f"  ({t_torch / t_warm:.2f}x torch; Newton-Schulz steps: "
           f"max {int(info_warm.iterations.max())}, fallbacks {int(info_warm.fallback.sum())})")
 
-    print("\nthe guard: one matrix made nearly singular (cond 1e12) and one guess spoiled:")
+    print("\nthe certificate: one matrix made singular (two equal rows), one ill-conditioned (cond 1e12),"
+          " one guess spoiled:")
     A_bad, init_bad = A[:8].clone(), init[:8].clone()
-    A_bad[3] = conditioned_matrices(1, n, 1e12, dtype, seed=7)[0].to(device)
+    A_bad[3, 1] = A_bad[3, 0]
+    A_bad[4] = conditioned_matrices(1, n, 1e12, dtype, seed=7)[0].to(device)
     init_bad[5] = 0.0
     X_bad, info = batched_inverse_ex(A_bad, init=init_bad)
     for i in range(8):
-        status = "certified" if info.converged[i] else "NOT certified"
+        status = "certified" if info.certified[i] else "NOT certified"
         path = "exact path" if info.fallback[i] else f"{int(info.iterations[i])} Newton-Schulz steps"
-        print(f"  A[{i}]: {path:24s} residual {float(info.residual[i]):9.2e}  {status}")
+        print(f"  A[{i}]: {path:24s} error bound {float(info.error_bound[i]):9.2e}  {status}")
     try:
         batched_inverse(A_bad, init=init_bad)
-        print("  batched_inverse returned without error: the guard FAILED")
+        print("  batched_inverse returned without error: the certificate FAILED")
         return 1
     except torch.linalg.LinAlgError as error:
         print(f"  batched_inverse raised LinAlgError: {error}")
@@ -87,10 +89,10 @@ def _demo_learned(device) -> int:
     A_bad[1, :, 0] = A_bad[1, :, 1]  # two equal columns: singular, inside the box's neighbourhood
     X, info = batched_inverse_ex(A_bad, model=model)
     for i, what in enumerate(["outside the box", "singular", "inside the box"]):
-        status = "certified" if info.converged[i] else "NOT certified (batched_inverse raises)"
+        status = "certified" if info.certified[i] else "NOT certified (batched_inverse raises)"
         path = "exact path" if info.fallback[i] else f"{int(info.iterations[i])} Newton-Schulz steps"
         print(f"  {what:16s}: {path:24s} {status}")
-    return 0 if info.converged[[0, 2]].all() and not info.converged[1] else 1
+    return 0 if info.certified[[0, 2]].all() and not info.certified[1] else 1
 
 
 def info(args) -> int:

@@ -62,7 +62,7 @@ def box_experiment(offsets=(6.0, 4.0, 3.0, 2.0, 1.0, 0.0), steps: int = 4000, te
             if inside.any():
                 by_sigma.append((high, float(error[inside].mean())))
         X, guarded = batched_inverse_ex(A, model=model)
-        certified = guarded.converged
+        certified = guarded.certified
         residual = reference.residual_norm(A, X)
         results.append(BoxResult(offset, float(sigma.min()),
                                  {K: float((error**K).mean()) for K in (1, 2, 4)}, by_sigma,

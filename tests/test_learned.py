@@ -116,7 +116,7 @@ def test_model_in_batched_inverse_guard_catches_outside_and_near_singular():
     A[5] = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)  # singular
     X, info = neuinv.batched_inverse_ex(A, model=model)
     assert info.fallback[[2, 5]].all() and not info.fallback[[0, 1, 3, 4, 6, 7]].any()
-    assert info.converged.tolist() == [i != 5 for i in range(8)]
+    assert info.certified.tolist() == [i != 5 for i in range(8)]
     good = torch.arange(8) != 5
     assert torch.allclose(X[good], torch.linalg.inv(A[good]), rtol=1e-10, atol=1e-10)
 
@@ -129,12 +129,12 @@ def test_shipped_checkpoints_meet_their_recorded_error(name):
     error = average_absolute_error(model, batch)
     assert error <= 1.5 * model.metadata["test_error"]
     X, info = neuinv.batched_inverse_ex(batch.A.to(model.dtype), model=model)
-    assert info.converged.all() and not info.fallback.any()
+    assert info.certified.all() and not info.fallback.any()
     assert (info.iterations <= 4).all()
     outside = batch.A[:3].clone().to(model.dtype)
     outside[:, 0, 0] += 1.0
     _, info = neuinv.batched_inverse_ex(outside, model=model)
-    assert info.fallback.all() and info.converged.all()
+    assert info.fallback.all() and info.certified.all()
 
 
 def test_unknown_pretrained_name():

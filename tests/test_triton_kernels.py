@@ -75,7 +75,7 @@ def test_batched_inverse_triton_matches_torch_backend(dtype, guess):
         init = None if guess == "scaled_transpose" else warm_start(A.cpu(), 0.01).to(DEVICE)
         X_t, info_t = neuinv.batched_inverse_ex(A, init=init, backend="torch")
         X_k, info_k = neuinv.batched_inverse_ex(A, init=init, backend="triton")
-        assert info_k.converged.all() and not info_k.fallback.any()
+        assert info_k.certified.all() and not info_k.fallback.any()
         assert (info_k.iterations - info_t.iterations).abs().max() <= 1
         assert true_residual(A.cpu(), X_k.cpu()).max().item() <= residual_bound(A.cpu())
 
@@ -165,5 +165,5 @@ def test_auto_uses_triton_on_cuda_and_matches_cpu(dtype):
     assert resolve_backend("auto", A).name == "triton"
     init = warm_start(A, 1e-2)
     X, info = neuinv.batched_inverse_ex(A, init=init)
-    assert info.converged.all() and not info.fallback.any()
+    assert info.certified.all() and not info.fallback.any()
     assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
