@@ -497,11 +497,17 @@ NEUINV_INLINE void compact_residual_and_magnitude(const double (&a)[N][N][kLanes
   }
 }
 
-// X = round_T(X_w), or NaN where the bound is +inf (nothing certified).
+// X = round_T(X_w) and its bound; NaN and +inf where the bound is +inf or an entry overflows T in the rounding.
 template <typename T>
-NEUINV_INLINE void store_certified(const double* x_w, T* x, int64_t count, double bound) {
-  const bool failed = std::isinf(bound);
-  for (int64_t e = 0; e < count; ++e) x[e] = failed ? std::numeric_limits<T>::quiet_NaN() : static_cast<T>(x_w[e]);
+NEUINV_INLINE double store_certified(const double* x_w, T* x, int64_t count, double bound) {
+  bool finite = !std::isinf(bound);
+  for (int64_t e = 0; e < count && finite; ++e) {
+    x[e] = static_cast<T>(x_w[e]);
+    finite = std::isfinite(x[e]);
+  }
+  if (finite) return bound;
+  std::fill(x, x + count, std::numeric_limits<T>::quiet_NaN());
+  return std::numeric_limits<double>::infinity();
 }
 
 // The exact-path certificate of lane l of a compact block (certify_exact), from its compact r and s; X_w is
@@ -598,8 +604,7 @@ void invert_compact(const T* a, T* x, double* error_bound, int count) {
     const double bound = first_zero[l] ? std::numeric_limits<double>::infinity()
                                        : certify_lane<T, N>(a + l * N * N, x_w, l, std::sqrt(r_sq[l]),
                                                             std::sqrt(s_sq[l]), lane);
-    store_certified<T>(lane, x + l * N * N, N * N, bound);
-    error_bound[l] = bound;
+    error_bound[l] = store_certified<T>(lane, x + l * N * N, N * N, bound);
   }
 }
 
@@ -694,8 +699,7 @@ NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, double* error_bound, 
       bound = gauss_jordan<T, N>(a_l, x_w, N) ? std::numeric_limits<double>::infinity()
                                               : certify_exact<T, N>(a_l, x_w, N);
     }
-    store_certified<T>(x_w, x + l * N * N, N * N, bound);
-    error_bound[l] = bound;
+    error_bound[l] = store_certified<T>(x_w, x + l * N * N, N * N, bound);
   }
 }
 
@@ -708,8 +712,7 @@ NEUINV_INLINE void invert_one_by_one(const T* a, T* x, double* error_bound, int6
     const T* a_m = a + m * n * n;
     const double bound = gauss_jordan<T, N>(a_m, x_w, n) ? std::numeric_limits<double>::infinity()
                                                          : certify_exact<T, N>(a_m, x_w, n);
-    store_certified<T>(x_w, x + m * n * n, n * n, bound);
-    error_bound[m] = bound;
+    error_bound[m] = store_certified<T>(x_w, x + m * n * n, n * n, bound);
   }
 }
 
