@@ -266,7 +266,7 @@ NEUINV_INLINE double compensated_residual_norm(const Ta* a, const double* x, int
 }
 
 // rho >= ||I - A X_w||_F (certificate.residual_bound) from the plain r = ||fl(I - A X_w)||_F and
-// s = ||fl(I + |A||X_w|)||_F; where the a-priori term dominates and is not small, r is re-evaluated by Dot2.
+// s >= ||I + |A||X_w|||_F; where the a-priori term dominates and is not small, r is re-evaluated by Dot2.
 template <typename Ta, int N>
 NEUINV_INLINE double residual_bound_from(const Ta* a, const double* x_w, double r, double s, int64_t n) {
   const double g = gamma_of(n + 1);
@@ -289,41 +289,35 @@ NEUINV_INLINE double error_bound_from(double rho, double x_w_norm, int64_t n) {
   return bound < 1 ? bound : std::numeric_limits<double>::infinity();
 }
 
-// |M| into out (double), n x n.
+// ||A||_F ||X||_F as ||2^-e A||_F ||2^e X||_F in double, 2^e the power of two nearest max |a_ij|
+// (certificate.scaled_norm_product: exact scaling, so no overflow and the same result for A and 2^k A).
 template <typename T>
-NEUINV_INLINE void magnitudes(const T* m, double* out, int64_t count) {
-  for (int64_t e = 0; e < count; ++e) out[e] = std::abs(static_cast<double>(m[e]));
-}
-
-// r = ||fl(I - A X)||_F and s = ||fl(I + |A||X|)||_F in double for one matrix (X in double).
-template <typename Ta, int N>
-NEUINV_INLINE void residual_and_magnitude(const Ta* a, const double* x, int64_t n_runtime, double& r, double& s) {
-  const int64_t n = N > 0 ? N : n_runtime;
-  constexpr int64_t M = N > 0 ? N : kMaxN;
-  alignas(64) double R[M * M], S[M * M], a_abs[M * M], x_abs[M * M];
-  r = residual_into<double, N>(a, x, R, n);
-  magnitudes(a, a_abs, n * n);
-  magnitudes(x, x_abs, n * n);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) S[i * n + j] = (i == j) ? 1.0 : 0.0;
-  }
-  accumulate_product<double, N>(a_abs, x_abs, S, n, 1.0);
-  s = std::sqrt(sum_of_squares<double>(S, n * n));
-}
-
-// ||A||_F ||X||_F as ||A / m||_F ||m X||_F, m = max |a_ij| (reference.norm_product: no overflow, scale-exact).
-template <typename T>
-NEUINV_INLINE double norm_product(const T* a, const double* x, int64_t count) {
+NEUINV_INLINE double scaled_norm_product(const T* a, const double* x, int64_t count) {
   double m = 0.0;
   for (int64_t e = 0; e < count; ++e) m = std::max(m, std::abs(static_cast<double>(a[e])));
-  if (!(m > 0.0)) m = 1.0;
+  int exponent = 0;
+  std::frexp(m, &exponent);  // 0 for a zero matrix (and anything for Inf/NaN, which the residual reports)
+  const int half = exponent >= 0 ? exponent / 2 : -((-exponent + 1) / 2);  // floor(exponent / 2)
+  const double down_1 = std::ldexp(1.0, -half), down_2 = std::ldexp(1.0, half - exponent);
+  const double up_1 = std::ldexp(1.0, half), up_2 = std::ldexp(1.0, exponent - half);
   double a_sq = 0.0, x_sq = 0.0;
   for (int64_t e = 0; e < count; ++e) {
-    const double scaled_a = static_cast<double>(a[e]) / m, scaled_x = x[e] * m;
+    const double scaled_a = static_cast<double>(a[e]) * down_1 * down_2, scaled_x = x[e] * up_1 * up_2;
     a_sq += scaled_a * scaled_a;
     x_sq += scaled_x * scaled_x;
   }
   return std::sqrt(a_sq) * std::sqrt(x_sq);
+}
+
+// r = ||fl(I - A X)||_F in double for one matrix (X in double), and s = sqrt(n) + ||A||_F ||X||_F, the
+// bound on ||I + |A||X|||_F the certificate uses.
+template <typename Ta, int N>
+NEUINV_INLINE void residual_and_scale(const Ta* a, const double* x, int64_t n_runtime, double& r, double& s) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  constexpr int64_t M = N > 0 ? N : kMaxN;
+  alignas(64) double R[M * M];
+  r = residual_into<double, N>(a, x, R, n);
+  s = std::sqrt(static_cast<double>(n)) + scaled_norm_product(a, x, n * n);
 }
 
 // The exact path's certificate for X_w (double) of one matrix, after one Newton-Schulz step
@@ -335,16 +329,16 @@ template <typename T, int N>
 NEUINV_INLINE double certify_exact(const T* a, double* x_w, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   double r, s;
-  residual_and_magnitude<T, N>(a, x_w, n, r, s);
+  residual_and_scale<T, N>(a, x_w, n, r, s);
   if constexpr (std::is_same_v<T, double>) {
-    if (r > std::numeric_limits<double>::epsilon() * norm_product(a, x_w, n * n) && r < 0.5) {
+    if (r > std::numeric_limits<double>::epsilon() * (s - std::sqrt(static_cast<double>(n))) && r < 0.5) {
       constexpr int64_t M = N > 0 ? N : kMaxN;
       alignas(64) double residual_matrix[M * M], next[M * M];
       residual_into<double, N>(a, x_w, residual_matrix, n);
       std::copy(x_w, x_w + n * n, next);
       accumulate_product<double, N>(x_w, residual_matrix, next, n, 1.0);
       std::copy(next, next + n * n, x_w);
-      residual_and_magnitude<T, N>(a, x_w, n, r, s);
+      residual_and_scale<T, N>(a, x_w, n, r, s);
     }
   }
   const double rho = residual_bound_from<T, N>(a, x_w, r, s, n);
@@ -463,37 +457,21 @@ NEUINV_INLINE void compact_residual(const Acc (&a)[N][N][kLanes], const Acc (&x)
   }
 }
 
-// |v| lane by lane (the sign bit cleared).
-NEUINV_INLINE typename Lanes<double>::type lanes_abs(typename Lanes<double>::type v) {
-  typename Lanes<double>::mask bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  bits &= std::numeric_limits<int64_t>::max();
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
-// r_sq and s_sq get each lane's ||fl(I - A X)||_F^2 and ||fl(I + |A||X|)||_F^2 (double, compact layout): the
-// quantities of the certificate (residual_and_magnitude, lane by lane).
+// r_sq gets each lane's ||fl(I - A X)||_F^2 (double, compact layout), the residual of the certificate.
 template <int N>
-NEUINV_INLINE void compact_residual_and_magnitude(const double (&a)[N][N][kLanes], const double (&x)[N][N][kLanes],
-                                                  double (&r_sq)[kLanes], double (&s_sq)[kLanes]) {
+NEUINV_INLINE void compact_residual_norms(const double (&a)[N][N][kLanes], const double (&x)[N][N][kLanes],
+                                          double (&r_sq)[kLanes]) {
   using V = typename Lanes<double>::type;
   for (int part = 0; part < Lanes<double>::kParts; ++part) {
-    V r_sum = {}, s_sum = {};
+    V r_sum = {};
     for (int i = 0; i < N; ++i) {
       for (int j = 0; j < N; ++j) {
-        V entry = V{} + (i == j ? 1.0 : 0.0), magnitude = entry;
-        for (int k = 0; k < N; ++k) {
-          const V product = load_part(a[i][k], part) * load_part(x[k][j], part);
-          entry -= product;
-          magnitude += lanes_abs(product);
-        }
+        V entry = V{} + (i == j ? 1.0 : 0.0);
+        for (int k = 0; k < N; ++k) entry -= load_part(a[i][k], part) * load_part(x[k][j], part);
         r_sum += entry * entry;
-        s_sum += magnitude * magnitude;
       }
     }
     store_part(r_sq, part, r_sum);
-    store_part(s_sq, part, s_sum);
   }
 }
 
@@ -510,18 +488,16 @@ NEUINV_INLINE double store_certified(const double* x_w, T* x, int64_t count, dou
   return std::numeric_limits<double>::infinity();
 }
 
-// The exact-path certificate of lane l of a compact block (certify_exact), from its compact r and s; X_w is
+// The exact-path certificate of lane l of a compact block (certify_exact), from its compact r; X_w is
 // written row-major to x_w (polished in place where certify_exact does so). Returns the error bound.
 template <typename T, int N>
-NEUINV_INLINE double certify_lane(const T* a_l, const double (&x)[N][N][kLanes], int l, double r, double s,
-                                  double* x_w) {
+NEUINV_INLINE double certify_lane(const T* a_l, const double (&x)[N][N][kLanes], int l, double r, double* x_w) {
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) x_w[i * N + j] = x[i][j][l];
   }
+  const double norms = scaled_norm_product(a_l, x_w, N * N), s = std::sqrt(double(N)) + norms;
   if constexpr (std::is_same_v<T, double>) {
-    if (r > std::numeric_limits<double>::epsilon() * norm_product(a_l, x_w, N * N)) {
-      return certify_exact<T, N>(a_l, x_w, N);
-    }
+    if (r > std::numeric_limits<double>::epsilon() * norms) return certify_exact<T, N>(a_l, x_w, N);
   }
   const double rho = residual_bound_from<T, N>(a_l, x_w, r, s, N);
   return error_bound_from<T>(rho, std::sqrt(sum_of_squares<double>(x_w, N * N)), N);
@@ -597,13 +573,12 @@ void invert_compact(const T* a, T* x, double* error_bound, int count) {
       for (int l = 0; l < L; ++l) x_w[i][j][l] = w[i][N + j][l];
     }
   }
-  double r_sq[L], s_sq[L];
-  compact_residual_and_magnitude<N>(original, x_w, r_sq, s_sq);
+  double r_sq[L];
+  compact_residual_norms<N>(original, x_w, r_sq);
   for (int l = 0; l < count; ++l) {
     alignas(64) double lane[N * N];
     const double bound = first_zero[l] ? std::numeric_limits<double>::infinity()
-                                       : certify_lane<T, N>(a + l * N * N, x_w, l, std::sqrt(r_sq[l]),
-                                                            std::sqrt(s_sq[l]), lane);
+                                       : certify_lane<T, N>(a + l * N * N, x_w, l, std::sqrt(r_sq[l]), lane);
     error_bound[l] = store_certified<T>(lane, x + l * N * N, N * N, bound);
   }
 }
@@ -688,13 +663,13 @@ NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, double* error_bound, 
     }
   }
   adjugate_inverse<N>(a, b);
-  double r_sq[L], s_sq[L];
-  compact_residual_and_magnitude<N>(a, b, r_sq, s_sq);
+  double r_sq[L];
+  compact_residual_norms<N>(a, b, r_sq);
   const double accurate = std::numeric_limits<T>::epsilon() / 2;
   for (int l = 0; l < count; ++l) {
     const T* a_l = a_in + l * N * N;
     alignas(64) double x_w[N * N];
-    double bound = certify_lane<T, N>(a_l, b, l, std::sqrt(r_sq[l]), std::sqrt(s_sq[l]), x_w);
+    double bound = certify_lane<T, N>(a_l, b, l, std::sqrt(r_sq[l]), x_w);
     if (!(bound <= 2 * accurate)) {  // rho_w > eps/2 (or NaN): Gauss-Jordan
       bound = gauss_jordan<T, N>(a_l, x_w, N) ? std::numeric_limits<double>::infinity()
                                               : certify_exact<T, N>(a_l, x_w, N);
@@ -761,19 +736,68 @@ std::tuple<at::Tensor, at::Tensor> inverse_and_error_bound_cpu(const at::Tensor&
   return {X, bound};
 }
 
-// certificate.error_bound of X as stored (the Newton-Schulz results), in double.
+// certificate.error_bound of one X as stored (x_w: X in double), from r = ||fl(I - A X)||_F.
+template <typename T, int N>
+NEUINV_INLINE double stored_error_bound(const T* a, const double* x_w, double r, int64_t n) {
+  const double s = std::sqrt(static_cast<double>(n)) + scaled_norm_product(a, x_w, n * n);
+  const double rho = std::is_same_v<T, double> ? residual_bound_from<T, N>(a, x_w, r, s, n)
+                                               : rho_from(r, gamma_of(n + 1) * s, n);
+  return rho < 1 ? rho : std::numeric_limits<double>::infinity();
+}
+
+// certificate.error_bound of X as stored (the Newton-Schulz results), in double, one matrix at a time.
 template <typename T, int N>
 NEUINV_INLINE void error_bound_one_by_one(const T* a, const T* x, double* out, int64_t begin, int64_t end,
                                           int64_t n) {
-  alignas(64) double x_w[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
+  constexpr int64_t M = N > 0 ? N : kMaxN;
+  alignas(64) double x_w[M * M], R[M * M];
   for (int64_t m = begin; m < end; ++m) {
     const T* a_m = a + m * n * n;
     for (int64_t e = 0; e < n * n; ++e) x_w[e] = static_cast<double>(x[m * n * n + e]);
-    double r, s;
-    residual_and_magnitude<T, N>(a_m, x_w, n, r, s);
-    const double rho = std::is_same_v<T, double> ? residual_bound_from<T, N>(a_m, x_w, r, s, n)
-                                                 : rho_from(r, gamma_of(n + 1) * s, n);
-    out[m] = rho < 1 ? rho : std::numeric_limits<double>::infinity();
+    out[m] = stored_error_bound<T, N>(a_m, x_w, residual_into<double, N>(a_m, x_w, R, n), n);
+  }
+}
+
+// The same for `count` <= kLanes matrices in the compact layout (the residuals across the lanes).
+template <typename T, int N>
+NEUINV_INLINE void error_bound_compact(const T* a_in, const T* x_in, double* out, int count) {
+  constexpr int L = kLanes;
+  alignas(64) double a[N][N][L], x[N][N][L];
+  for (int l = 0; l < L; ++l) {
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        a[i][j][l] = l < count ? static_cast<double>(a_in[l * N * N + i * N + j]) : (i == j ? 1.0 : 0.0);
+        x[i][j][l] = l < count ? static_cast<double>(x_in[l * N * N + i * N + j]) : (i == j ? 1.0 : 0.0);
+      }
+    }
+  }
+  double r_sq[L];
+  compact_residual_norms<N>(a, x, r_sq);
+  for (int l = 0; l < count; ++l) {
+    alignas(64) double x_w[N * N];
+    for (int e = 0; e < N * N; ++e) x_w[e] = static_cast<double>(x_in[l * N * N + e]);
+    out[l] = stored_error_bound<T, N>(a_in + l * N * N, x_w, std::sqrt(r_sq[l]), N);
+  }
+}
+
+// error_bound over a batch: kLanes matrices at a time in the compact layout for the sizes compiled with a fixed
+// N <= kCompactMaxN, one at a time otherwise.
+template <typename T, int N>
+void error_bound_batch(const T* a, const T* x, double* out, int64_t b, int64_t n) {
+  if constexpr (N > 0 && N <= kCompactMaxN) {
+    at::parallel_for(0, (b + kLanes - 1) / kLanes, 16, [&](int64_t begin, int64_t end) {
+      IeeeMode ieee;
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t m = block * kLanes;
+        const int count = static_cast<int>(std::min<int64_t>(kLanes, b - m));
+        run_for_this_cpu<error_bound_compact<T, N>>(a + m * N * N, x + m * N * N, out + m, count);
+      }
+    });
+  } else {
+    at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
+      IeeeMode ieee;
+      run_for_this_cpu<error_bound_one_by_one<T, N>>(a, x, out, begin, end, n);
+    });
   }
 }
 
@@ -788,12 +812,7 @@ at::Tensor error_bound_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
     const scalar_t* a = A.data_ptr<scalar_t>();
     const scalar_t* x = X.data_ptr<scalar_t>();
     double* out = bound.data_ptr<double>();
-    NEUINV_DISPATCH_SIZE(n, [&] {
-      at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
-        IeeeMode ieee;
-        run_for_this_cpu<error_bound_one_by_one<scalar_t, N>>(a, x, out, begin, end, n);
-      });
-    });
+    NEUINV_DISPATCH_SIZE(n, [&] { error_bound_batch<scalar_t, N>(a, x, out, b, n); });
   });
   return bound;
 }

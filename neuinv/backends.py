@@ -18,10 +18,11 @@ import torch
 from . import certificate, reference
 
 BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
-CPP_EXACT_MAX_N = 32
-"""Largest n for which the C++ fused inverse-and-residual kernel beat torch.linalg.inv_ex plus the residual
-(2-core CPU, 2026-11-27, 2^22 elements per batch: 1.4-2.9x for n = 16-32 in both dtypes; at 48, 0.8x in
-float32 and 1.5x in float64; at 64, 1.0x)."""
+CPP_EXACT_MAX_N = 64
+"""Largest n for which ``auto`` takes the C++ exact path (inverse and certificate in one pass): every n the
+kernels take. Its results do not depend on a matrix's position in the batch, unlike those of LAPACK's LU
+and the batched products of the torch path, and it is the faster of the two with the certificate
+(bench/RESULTS.md)."""
 CPP_REFINE_MAX_N = 64
 """Largest n for which the C++ Newton–Schulz loop beat the torch path: every n the kernels take (same
 machine, warm start 1e-3: 1.9-2.5x in float32 for n = 12-48, 1.3x at 64; 1.4-4.1x in float64)."""

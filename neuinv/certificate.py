@@ -20,26 +20,30 @@ certified -- A may be singular -- and ``error_bound`` is +inf.
 Evaluating rho in floating point (:func:`residual_bound`): the computed R^ = fl(I - A X) satisfies
 |R^ - R| <= g S entrywise, S = I + |A||X|, with g = gamma_{n+1} = (n+1)u / (1 - (n+1)u) for a
 conventional matrix product summed in any order (Higham eq. (3.5)); for complex input
-g = sqrt(2) gamma_{n+3} (Higham Lemma 3.5). So
+g = sqrt(2) gamma_{n+3} (Higham Lemma 3.5). As ||S||_F <= sqrt(n) + ||A||_F ||X||_F (an O(n^2) bound
+instead of a second matrix product),
 
-    ||R||_F <= ||R^||_F + g ||S||_F,
+    ||R||_F <= ||R^||_F + g (sqrt(n) + ||A||_F ||X||_F),
 
 where u is the unit roundoff of the evaluation: float32 and complex64 input are evaluated in float64
 (their products are then exact, and g ~ 1e-14 n), float64 and complex128 in float64. When that
 a-priori term dominates for float64 input (ill-conditioned matrices) the residual is re-evaluated
 with error-free transformations (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005) 1955,
 Prop. 5.5: |dot2 - x^T y| <= u |x^T y| + gamma_k^2 |x|^T |y|), which makes the bound tight.
-The rounding of the norms, of |A||X| and of the final sum are absorbed into a factor 1 + c_n u,
-c_n = 4 (n^2 + n + 4).
+The rounding of the norms and of the final sum are absorbed into a factor 1 + c_n u,
+c_n = 4 (n^2 + n + 4); squares below the smallest normal number lose at most 2 n 2^-511 of a norm.
 
 Assumptions: IEEE 754 binary arithmetic, round to nearest, conventional (not Strassen-like or
 3M complex) matrix products. Underflow, and flush-to-zero / denormals-are-zero states in whichever
 thread evaluates the bound, are covered by an absolute term: each product's underflow error is at
-most the smallest normal number per product (eta below), and a subnormal entry of A (of X) read as
-zero moves each entry of R by at most n tiny max|X| (n tiny max|A|), tiny the smallest normal
-number of the dtype (added, as n^2 tiny max|X|, only where A holds a subnormal; likewise for X). Overflow makes the evaluated bound +inf or NaN, i.e. not certified. Each matrix is
-scaled by the power of two nearest its largest entry before the evaluation (exact), so the bound
-does not depend on the scale of A.
+most the smallest normal number per product (eta; where the compensated evaluation scales A down by a
+power of two, entries that underflow add at most 4 n (n + 2) tiny64 ||2^e X||_F), and a subnormal entry of A (of X) read as zero
+moves each entry of R by at most sqrt(2) n tiny max|X| (max|A|), tiny the smallest normal number of the
+dtype (added, as 2 n^2 tiny max|X|, only where A holds a subnormal; likewise for X). Overflow makes
+the evaluated bound +inf or NaN, i.e. not certified. Every quantity above is unchanged when A is
+scaled by 2^k and X by 2^-k (the norms are taken of A and X scaled by the power of two nearest A's
+largest entry, exactly), so the bound does not depend on the scale of A. The compiled CPU kernels
+(csrc/neuinv_cpu.cpp) evaluate the same bound.
 """
 from __future__ import annotations
 
@@ -74,25 +78,33 @@ def residual_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     complex_input = A.is_complex() or X.is_complex()
     wide = torch.complex128 if complex_input else torch.float64
     u = unit_roundoff(torch.float64)
-    A_w, X_w = _scaled(A.to(wide), X.to(wide))
-    eye = torch.eye(n, dtype=wide, device=A.device)
-    R = torch.baddbmm(eye.expand(b, n, n), A_w, X_w, alpha=-1)
-    S = torch.baddbmm(eye.real.expand(b, n, n), A_w.abs(), X_w.abs())
+    A_w, X_w = A.to(wide), X.to(wide)
+    eye = torch.eye(n, dtype=wide, device=A.device).expand(b, n, n)
+    r = torch.linalg.matrix_norm(torch.baddbmm(eye, A_w, X_w, alpha=-1))
+    s = math.sqrt(n) + scaled_norm_product(A_w, X_w)
     g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
-    r = torch.linalg.matrix_norm(R)
-    s = torch.linalg.matrix_norm(S)
     rounding = g * s
     if X.dtype in (torch.float64, torch.complex128):
         ill = (rounding > r) & (r + rounding > DOT2_THRESHOLD)
         if bool(ill.any()):
             index = ill.nonzero().squeeze(1)
-            r_exact = _compensated_residual_norm(A_w[index], X_w[index])
+            A_scaled, X_scaled = _scaled(A_w[index], X_w[index])
             gk = gamma(2 * n + 1 if complex_input else n + 1, u)
-            r = r.index_put((index,), r_exact / (1 - u))
-            rounding = rounding.index_put((index,), math.sqrt(2) * gk * gk * s[index])
+            scaling_underflow = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * torch.linalg.matrix_norm(X_scaled)
+            r = r.index_put((index,), _dot2_residual_norm(A_scaled, X_scaled) / (1 - u))
+            rounding = rounding.index_put((index,), math.sqrt(2) * gk * gk * s[index] + scaling_underflow)
     c = 4 * (n * n + n + 4)
-    eta = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * (1 + torch.linalg.matrix_norm(X_w))
+    eta = 4 * n * (n + 2) * _SMALLEST_NORMAL64 + 2 * n * 2.0 ** -511
     return (r + rounding) * (1 + c * u) + eta + _subnormal_term(A, X) + _subnormal_term(X, A)
+
+
+def scaled_norm_product(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """||A||_F ||X||_F evaluated as ||2^-e A||_F ||2^e X||_F, 2^e the power of two nearest each matrix's
+    largest |entry| (exact scaling: no overflow for representable A and X ~ A^-1). (b,) float64."""
+    _, exponent = torch.frexp(A.abs().amax(dim=(-2, -1)))
+    exponent = exponent[:, None, None].to(A.real.dtype)
+    return (torch.linalg.matrix_norm(power_of_two_scaled(A, -exponent))
+            * torch.linalg.matrix_norm(power_of_two_scaled(X, exponent)))
 
 
 def error_bound(A: torch.Tensor, X: torch.Tensor, *, rounded_to: torch.dtype | None = None) -> torch.Tensor:
@@ -145,14 +157,14 @@ def power_of_two_scaled(A: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor
 
 
 def _subnormal_term(M: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """n^2 tiny max|other| where M holds a subnormal entry of its dtype (which a thread with
-    denormals-are-zero reads as 0, moving each entry of R = I - A X by at most n tiny max|other|),
-    else 0. (b,) float64."""
+    """2 n^2 tiny max|other| where M holds a subnormal entry (real or imaginary part) of its dtype, which a
+    thread with denormals-are-zero reads as 0, moving each entry of R = I - A X by at most
+    sqrt(2) n tiny max|other|; else 0. (b,) float64."""
     n = M.shape[-1]
     tiny = torch.finfo(M.dtype).smallest_normal
-    m = M.abs().double()
-    has_subnormal = ((m > 0) & (m < tiny)).flatten(1).any(dim=1)
-    size = n * n * (tiny * other.abs().double().amax(dim=(-2, -1)))
+    components = (torch.view_as_real(M) if M.is_complex() else M).abs().double()
+    has_subnormal = ((components > 0) & (components < tiny)).flatten(1).any(dim=1)
+    size = 2 * n * n * (tiny * other.abs().double().amax(dim=(-2, -1)))
     return torch.where(has_subnormal, size, torch.zeros_like(size))
 
 
@@ -179,15 +191,15 @@ def _two_product(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 
 def compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """||I - A X||_F of (b, n, n) A and X with every entry evaluated by Dot2 in float64 (complex128) after
-    exact power-of-two scaling: |computed - exact| <= u |exact| + gamma^2 |A||X| per entry. (b,) float64."""
+    """||I - A X||_F of (b, n, n) A and X with every entry evaluated by Dot2 in float64 (complex128), after
+    exact power-of-two scaling (Dekker's splitting overflows beyond 2^996):
+    |computed - exact| <= u |exact| + gamma_k^2 (|A||X|) per entry. (b,) float64."""
     wide = torch.complex128 if A.is_complex() or X.is_complex() else torch.float64
-    A_w, X_w = _scaled(A.to(wide), X.to(wide))
-    return _compensated_residual_norm(A_w, X_w)
+    return _dot2_residual_norm(*_scaled(A.to(wide), X.to(wide)))
 
 
-def _compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """||fl(I - A X)||_F with every entry evaluated by Dot2 (twice the working precision)."""
+def _dot2_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """||I - A X||_F, each entry by Dot2, of float64 (complex128) A and X whose entries stay below 2^996."""
     b, n = A.shape[0], A.shape[-1]
     if A.is_complex():
         terms = [(-A.real, X.real), (A.imag, X.imag)], [(-A.real, X.imag), (-A.imag, X.real)]

@@ -148,6 +148,10 @@ def load() -> bool:
         except (OSError, RuntimeError) as error:
             problems.append(f"{path} does not load ({error})")
             continue
+        missing = [op for op in CPU_OPERATORS if not _has_kernel(op, "CPU")]
+        if missing:  # the library is loaded and cannot be unloaded: no other candidate can register now
+            problems.append(f"{path} was built from other neuinv sources (it lacks neuinv::{', neuinv::'.join(missing)})")
+            break
         _register_fakes()
         _loaded, _library = True, path
         return True
@@ -157,6 +161,17 @@ def load() -> bool:
 
 
 OPERATORS = ("exact_inverse", "residual_norm", "newton_schulz")
+"""The operators both the CPU and the CUDA kernels implement."""
+CPU_OPERATORS = OPERATORS + ("inverse_and_error_bound", "error_bound")
+"""The operators a build's CPU kernels must implement for this version of neuinv."""
+
+
+def _has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether neuinv::op exists and has a kernel for dispatch_key."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"neuinv::{op}", dispatch_key)
+    except RuntimeError:  # the operator does not exist
+        return False
 
 
 def has_cuda_kernels() -> bool:
@@ -164,8 +179,7 @@ def has_cuda_kernels() -> bool:
     asked of the dispatcher once per process, after the load."""
     global _cuda_kernels
     if _cuda_kernels is None and load():
-        _cuda_kernels = all(torch._C._dispatch_has_kernel_for_dispatch_key(f"neuinv::{op}", "CUDA")
-                            for op in OPERATORS)
+        _cuda_kernels = all(_has_kernel(op, "CUDA") for op in OPERATORS)
     return bool(_cuda_kernels)
 
 
