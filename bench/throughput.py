@@ -95,6 +95,8 @@ def run(args) -> list[dict]:
             A = conditioned_matrices(batch, n, 100.0, dtype, seed=n).to(device)
             init = warm_start(A, 1e-3, seed=n)
             for name, fn, tensors_moved in methods(A, init, device):
+                if args.methods and name != "torch.linalg.inv" and not any(part in name for part in args.methods):
+                    continue
                 if args.skip_slow and name.endswith("scaled transpose") and batch * n * n > 2**22:
                     continue
                 median, low, high = median_seconds(fn, device, repeats)
@@ -133,6 +135,9 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     parser.add_argument("--max-batch", type=int, default=None, help="default 10^6 (10^4 with --quick)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="run only the methods whose name contains one of these strings (torch.linalg.inv, "
+                             "the baseline of the table, always runs)")
     parser.add_argument("--skip-slow", action="store_true",
                         help="skip the scaled-transpose runs on large batches (tens of iterations each)")
     args = parser.parse_args(argv)

@@ -24,12 +24,13 @@ def conditioned_matrices(batch: int, n: int, cond: float, dtype=torch.float64, s
 
 def warm_start(A: torch.Tensor, residual: float, seed: int = 0) -> torch.Tensor:
     """An approximate inverse X0 = A^-1 (I - E) with ||I - A X0||_F = ||E||_F = residual
-    (A^-1 from float64 LU; singular members give non-finite guesses)."""
+    (A^-1 from float64 or complex128 LU; singular members give non-finite guesses)."""
     g = torch.Generator().manual_seed(seed)
-    A64 = A.detach().cpu().double()
-    E = torch.randn(A64.shape, generator=g, dtype=torch.float64)
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    A64 = A.detach().cpu().to(wide)
+    E = torch.randn(A64.shape, generator=g, dtype=wide)
     E *= residual / torch.linalg.matrix_norm(E)[..., None, None]
-    X0 = torch.linalg.inv_ex(A64).inverse @ (torch.eye(A.shape[-1], dtype=torch.float64) - E)
+    X0 = torch.linalg.inv_ex(A64).inverse @ (torch.eye(A.shape[-1], dtype=wide) - E)
     return X0.to(dtype=A.dtype, device=A.device)
 
 

@@ -24,7 +24,7 @@ import torch
 
 import neuinv
 from neuinv import certificate
-from neuinv.testing import conditioned_matrices
+from neuinv.testing import conditioned_matrices, warm_start
 
 AVAILABLE = {name for name, status in neuinv.available_backends().items() if status.available}
 """Backends that can run here ("auto" always can)."""
@@ -142,25 +142,13 @@ def assert_bounds_hold(A: torch.Tensor, X: torch.Tensor, bounds: torch.Tensor, l
     return pairs
 
 
-def complex_warm_start(A: torch.Tensor, residual: float, seed: int = 0) -> torch.Tensor:
-    """X0 = A^-1 (I - E), ||E||_F = residual, for real or complex A (neuinv.testing.warm_start takes real A)."""
-    g = torch.Generator().manual_seed(seed)
-    wide = torch.complex128 if A.is_complex() else torch.float64
-    E = torch.randn(A.shape, generator=g, dtype=torch.float64).to(wide)
-    if A.is_complex():
-        E = E + 1j * torch.randn(A.shape, generator=g, dtype=torch.float64)
-    E *= residual / torch.linalg.matrix_norm(E)[..., None, None]
-    eye = torch.eye(A.shape[-1], dtype=wide)
-    return (torch.linalg.inv_ex(A.to(wide)).inverse @ (eye - E)).to(A.dtype)
-
-
 def call(A: torch.Tensor, variant: str, **kwargs):
     """batched_inverse_ex on one of the paths: "auto" (exact path), "torch"/"cpp"/"triton" (Newton-Schulz from
     the scaled transpose, then the exact path), "<backend>-warm" (Newton-Schulz from a warm start)."""
     backend, _, warm = variant.partition("-")
     require(backend)
     if warm:
-        kwargs["init"] = complex_warm_start(A, 0.1)
+        kwargs["init"] = warm_start(A, 0.1)
     return neuinv.batched_inverse_ex(A, backend=backend, **kwargs)
 
 
@@ -590,7 +578,7 @@ def test_scale_invariance(dtype, backend, warm):
     for n in sizes:
         A = torch.cat([conditioned_matrices(1 if backend == "triton" else 3, n, c, dtype, seed=n + i)
                        for i, c in enumerate(conds)])
-        init = complex_warm_start(A, 0.1) if warm else None
+        init = warm_start(A, 0.1) if warm else None
         X0, info0 = neuinv.batched_inverse_ex(A, init=init, backend=backend)
         assert bool(info0.certified[:2].all())
         for k in SCALE_EXPONENTS[dtype]:
@@ -651,7 +639,7 @@ def test_identical_matrices_get_identical_results(n, dtype, variant, two_threads
     require(backend)
     M = ill_conditioned(dtype, n)
     copies = M.expand(10**4, n, n).contiguous()
-    init = complex_warm_start(M[None], 0.1).expand(10**4, n, n).contiguous() if variant.endswith("warm") else None
+    init = warm_start(M[None], 0.1).expand(10**4, n, n).contiguous() if variant.endswith("warm") else None
     X, info = neuinv.batched_inverse_ex(copies, init=init, backend=backend)
     assert bool(info.certified[0])  # so that the comparisons below compare numbers, not NaN
     assert same_bits(X, X[:1].expand_as(X)), f"{int((X != X[:1]).flatten(1).any(1).sum())} copies differ"
@@ -668,7 +656,7 @@ def test_identical_matrices_get_identical_results(n, dtype, variant, two_threads
         B[position] = M
         init_b = None
         if init is not None:
-            init_b = complex_warm_start(B, 0.1)
+            init_b = warm_start(B, 0.1)
             init_b[position] = init[0]
         X_b, info_b = neuinv.batched_inverse_ex(B, init=init_b, backend=backend)
         assert same_bits(X_b[position], X_alone[0]), f"position {position}"
@@ -893,7 +881,7 @@ def test_max_error_refuses_a_bound_above_it(variant):
     assert bool(torch.isfinite(X).all())  # X is returned (its bound is finite, only above max_error)
     assert len(assert_bounds_hold(A, X, info.error_bound, variant)) == 3
     backend, _, warm = variant.partition("-")
-    init = complex_warm_start(A, 0.1) if warm else None
+    init = warm_start(A, 0.1) if warm else None
     with pytest.raises(torch.linalg.LinAlgError, match="max_error"):
         neuinv.batched_inverse(A, max_error=1e-10, init=init, backend=backend)
     X, info = call(A, variant, max_error=1e-6)
