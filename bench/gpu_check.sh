@@ -41,6 +41,30 @@ timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_c
 stamp "pytest exit $?: $(tail -1 "$OUT/pytest-cuda.txt")"
 grep -E "^FAILED|^E  |Fatal|line [0-9]+ in test_" "$OUT/pytest-cuda.txt" | head -30
 
+timeout 120 python3 - > "$OUT/certificate-cuda.txt" 2>&1 <<'PY'
+# The certificate on CUDA tensors, every GPU backend: singular matrices never certified, bounds sound.
+import torch, neuinv
+from neuinv.testing import conditioned_matrices, warm_start
+singular = torch.tensor([[[2.0, 4, 6], [2, 0, 2], [6, 8, 14]]], dtype=torch.float64).cuda()
+for backend in ("auto", "cuda", "triton", "torch"):
+    if backend != "auto" and not neuinv.available_backends()[backend].available:
+        print(backend, "not available"); continue
+    for dtype in (torch.float32, torch.float64):
+        X, info = neuinv.batched_inverse_ex(singular.to(dtype), backend=backend)
+        assert not info.certified.any() and torch.isnan(X).all(), (backend, dtype, info)
+        for cond in (1e2, 1e6):
+            A = conditioned_matrices(1000, 8, cond, dtype, seed=1).cuda()
+            for init in (None, warm_start(A, 1e-3)):
+                X, info = neuinv.batched_inverse_ex(A, init=init, backend=backend)
+                truth = torch.linalg.inv(A.double())
+                error = torch.linalg.matrix_norm(X.double() - truth) / torch.linalg.matrix_norm(truth)
+                assert (error[info.certified] <= info.error_bound[info.certified]).all(), (backend, dtype, cond)
+                print(backend, dtype, cond, "warm" if init is not None else "cold",
+                      f"certified {info.certified.float().mean():.3f}, median bound {info.error_bound.median():.2e}")
+print("certificate check done")
+PY
+stamp "certificate exit $?: $(tail -1 "$OUT/certificate-cuda.txt")"
+
 timeout 120 compute-sanitizer --tool memcheck --print-limit 10 python3 - > "$OUT/memcheck.txt" 2>&1 <<'PY'
 import torch, neuinv
 from neuinv.testing import conditioned_matrices, warm_start

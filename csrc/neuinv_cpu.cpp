@@ -293,6 +293,17 @@ NEUINV_INLINE double error_bound_from(double rho, double x_w_norm, int64_t n) {
 // (certificate.scaled_norm_product: exact scaling, so no overflow and the same result for A and 2^k A).
 template <typename T>
 NEUINV_INLINE double scaled_norm_product(const T* a, const double* x, int64_t count) {
+  // Without scaling where nothing can overflow or lose accuracy to underflow: ||2^-e A|| = 2^-e ||A||
+  // exactly then, so the product is the same either way.
+  double a_plain = 0.0, x_plain = 0.0;
+  for (int64_t e = 0; e < count; ++e) {
+    a_plain += static_cast<double>(a[e]) * static_cast<double>(a[e]);
+    x_plain += x[e] * x[e];
+  }
+  constexpr double kSafeLow = 0x1p-900, kSafeHigh = 0x1p+900;
+  if (a_plain > kSafeLow && a_plain < kSafeHigh && x_plain > kSafeLow && x_plain < kSafeHigh) {
+    return std::sqrt(a_plain) * std::sqrt(x_plain);
+  }
   double m = 0.0;
   for (int64_t e = 0; e < count; ++e) m = std::max(m, std::abs(static_cast<double>(a[e])));
   int exponent = 0;
