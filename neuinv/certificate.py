@@ -162,10 +162,22 @@ def _subnormal_term(M: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     sqrt(2) n tiny max|other|; else 0. (b,) float64."""
     n = M.shape[-1]
     tiny = torch.finfo(M.dtype).smallest_normal
-    components = (torch.view_as_real(M) if M.is_complex() else M).abs().double()
-    has_subnormal = ((components > 0) & (components < tiny)).flatten(1).any(dim=1)
     size = 2 * n * n * (tiny * other.abs().double().amax(dim=(-2, -1)))
-    return torch.where(has_subnormal, size, torch.zeros_like(size))
+    return torch.where(has_subnormal(M), size, torch.zeros_like(size))
+
+
+_EXPONENT_AND_FRACTION_BITS = {torch.float32: (torch.int32, 0x7F800000, 0x007FFFFF),
+                               torch.float64: (torch.int64, 0x7FF0000000000000, 0x000FFFFFFFFFFFFF)}
+
+
+def has_subnormal(M: torch.Tensor) -> torch.Tensor:
+    """Whether each (n, n) matrix of M holds a subnormal entry (real or imaginary part), told from the bits
+    (exponent field 0, fraction not 0): integer operations, which a denormals-are-zero thread does not
+    flush. (b,) bool."""
+    parts = (torch.view_as_real(M) if M.is_complex() else M).contiguous()
+    integer, exponent, fraction = _EXPONENT_AND_FRACTION_BITS[parts.dtype]
+    bits = parts.view(integer)
+    return (((bits & exponent) == 0) & ((bits & fraction) != 0)).flatten(1).any(dim=1)
 
 
 def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

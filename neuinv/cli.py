@@ -53,10 +53,11 @@ def demo(args) -> int:
     A_bad[4] = conditioned_matrices(1, n, 1e12, dtype, seed=7)[0].to(device)
     init_bad[5] = 0.0
     X_bad, info = batched_inverse_ex(A_bad, init=init_bad)
+    what = {3: "singular", 4: "cond 1e12", 5: "spoiled guess"}
     for i in range(8):
         status = "certified" if info.certified[i] else "NOT certified"
         path = "exact path" if info.fallback[i] else f"{int(info.iterations[i])} Newton-Schulz steps"
-        print(f"  A[{i}]: {path:24s} error bound {float(info.error_bound[i]):9.2e}  {status}")
+        print(f"  A[{i}] {what.get(i, ''):13s}: {path:24s} error bound {float(info.error_bound[i]):9.2e}  {status}")
     try:
         batched_inverse(A_bad, init=init_bad)
         print("  batched_inverse returned without error: the certificate FAILED")

@@ -19,8 +19,9 @@ How each matrix A is inverted
    closed forms in double, redone by Gauss–Jordan when they are not accurate to float32).
 5. The certificate (:mod:`neuinv.certificate`): ``info.error_bound`` >= ||X - A^-1||_F / ||A^-1||_F
    for the X returned, rigorous in exact arithmetic (the rounding of its own evaluation included),
-   +inf where nothing can be certified (A singular or numerically singular, NaN or Inf). There X is
-   NaN. ``info.certified`` is True exactly when error_bound <= ``max_error`` (default: < 1).
+   +inf where nothing can be certified (A singular or numerically singular, NaN or Inf).
+   ``info.certified`` is True exactly when error_bound <= ``max_error`` (default: < 1); X is NaN
+   wherever it is False.
    ``batched_inverse`` raises for every matrix that is not certified.
 
 Without ``init`` or ``model``, ``backend="auto"`` goes straight to the exact path: from the
@@ -73,7 +74,7 @@ class InverseInfo(NamedTuple):
     """Per-matrix report of :func:`batched_inverse_ex`; each field has A's batch shape.
 
     certified: use this X: its error_bound is at most ``max_error`` (by default: below 1, i.e. at
-        least one correct digit is certified).
+        least one correct digit is certified). X is NaN wherever certified is False.
     error_bound: float64 upper bound on ||X - A^-1||_F / ||A^-1||_F, rigorous (see
         :mod:`neuinv.certificate`); +inf where nothing is certified (singular or numerically singular
         A, NaN or Inf): there X is NaN.
@@ -120,7 +121,7 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         backend: "auto", "torch", "triton", "cpp" or "cuda" (see ``available_backends()``).
 
     Returns:
-        X with A's shape, dtype and device (NaN where error_bound is +inf), and the :class:`InverseInfo`.
+        X with A's shape, dtype and device (NaN where it is not certified), and the :class:`InverseInfo`.
 
     Gradients flow to A by the analytic rule dA = -X^H G X^H, not through the iterations.
     """
@@ -179,7 +180,11 @@ def _invert(A, *, model, init, tol, max_iter, max_error, backend):
              for start in range(0, max(b, 1), chunk)]
     X, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
-    certified = error_bound <= settings.max_error if max_error is not None else torch.isfinite(error_bound)
+    if max_error is None:
+        certified = torch.isfinite(error_bound)
+    else:
+        certified = error_bound <= settings.max_error
+        X[~certified] = float("nan")
     if A.dim() != 3:
         X, certified, error_bound, iterations, fallback = (
             X.reshape(A.shape), certified.reshape(batch_shape), error_bound.reshape(batch_shape),

@@ -877,8 +877,9 @@ def test_max_error_refuses_a_bound_above_it(variant):
     A = conditioned_matrices(3, 4, 1e8, torch.float64, seed=8)
     X, info = call(A, variant, max_error=1e-10)
     assert not bool(info.certified.any()), f"certified with error_bound {info.error_bound} > 1e-10"
-    assert bool((info.error_bound > 1e-10).all())
-    assert bool(torch.isfinite(X).all())  # X is returned (its bound is finite, only above max_error)
+    assert bool((info.error_bound > 1e-10).all()) and bool(torch.isfinite(info.error_bound).all())
+    assert bool(torch.isnan(X).all())  # a matrix that is not certified comes back NaN, whatever the reason
+    X, info = call(A, variant)
     assert len(assert_bounds_hold(A, X, info.error_bound, variant)) == 3
     backend, _, warm = variant.partition("-")
     init = warm_start(A, 0.1) if warm else None
@@ -901,3 +902,24 @@ def test_bad_max_error_is_named(max_error):
         neuinv.batched_inverse_ex(conditioned_matrices(2, 3, 10.0, torch.float64), max_error=max_error)
     with pytest.raises(ValueError, match="max_error"):
         neuinv.batched_inverse(conditioned_matrices(2, 3, 10.0, torch.float64), max_error=max_error)
+
+
+@pytest.mark.parametrize("backend", ["torch", "auto", "cpp"])
+@pytest.mark.parametrize("dtype, e", [pytest.param(torch.float32, 126, id="float32"),
+                                      pytest.param(torch.float64, 1022, id="float64")])
+def test_flush_to_zero_never_certifies_a_wrong_inverse(backend, dtype, e, restore_flush_denormal):
+    """[[t, t/2], [0, t]] with t the smallest normal number: t/2 is subnormal, and a thread that flushes
+    denormals inverts (and would check) diag(t) instead, 33% away from the true inverse. With
+    torch.set_flush_denormal(True) every backend either certifies a bound that holds or certifies nothing."""
+    require(backend)
+    A = torch.tensor([[[2.0**-e, 2.0 ** -(e + 1)], [0.0, 2.0**-e]]], dtype=dtype)
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        X, info = neuinv.batched_inverse_ex(A, backend=backend)
+    finally:
+        torch.set_flush_denormal(False)
+    if bool(info.certified[0]):
+        assert_bounds_hold(A, X, info.error_bound, backend)
+    else:
+        assert torch.isnan(X).all()

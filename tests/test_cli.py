@@ -13,7 +13,7 @@ def test_demo_shows_accuracy_speed_and_the_guard(capsys):
     assert neuinv.cli.main(["demo", "--n", "4", "--batch", "300"]) == 0
     out = capsys.readouterr().out
     assert "torch.linalg.inv" in out and "x torch" in out
-    assert "A[3]: exact path" in out and "NOT certified" in out
+    assert "A[3] singular     : exact path" in out and "NOT certified" in out
     assert "raised LinAlgError" in out and "A[3]" in out
     assert "learned guess + Newton-Schulz" in out and "outside the box" in out
 
