@@ -99,8 +99,10 @@ class CppBackend(_CompiledBackend):
 
     @staticmethod
     def error_bound(A, X):
-        """The certificate of :mod:`neuinv.certificate` in the C++ kernels (n <= 64)."""
-        return torch.ops.neuinv.error_bound(A, X)
+        """The certificate of :mod:`neuinv.certificate`, in the C++ kernels for n <= 64."""
+        if A.shape[-1] <= CPP_REFINE_MAX_N:
+            return torch.ops.neuinv.error_bound(A, X)
+        return certificate.error_bound(A, X)
 
     def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
         if A.shape[-1] <= CPP_REFINE_MAX_N:

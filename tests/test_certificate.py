@@ -923,3 +923,17 @@ def test_flush_to_zero_never_certifies_a_wrong_inverse(backend, dtype, e, restor
         assert_bounds_hold(A, X, info.error_bound, backend)
     else:
         assert torch.isnan(X).all()
+
+
+@pytest.mark.parametrize("n, dtype", [pytest.param(65, torch.float32, id="n65-float32"),
+                                      pytest.param(70, torch.float64, id="n70-float64")])
+def test_sizes_above_the_kernels_take_the_reference_certificate(n, dtype):
+    """n > 64 is beyond the compiled kernels: auto, cold and warm, certifies through the torch path. cond 10,
+    so the float64 inverse of the stored matrix is exact far below the bounds checked against it."""
+    A = conditioned_matrices(3, n, 10.0, dtype, seed=n)
+    truth = torch.linalg.inv(A.double())
+    for init in (None, warm_start(A, 1e-3)):
+        X, info = neuinv.batched_inverse_ex(A, init=init)
+        error = torch.linalg.matrix_norm(X.double() - truth) / torch.linalg.matrix_norm(truth)
+        assert bool(info.certified.all()) and bool((error <= info.error_bound).all())
+        assert bool((info.error_bound <= 4 * n * 10.0 * eps(dtype)).all())
