@@ -101,10 +101,8 @@ def residual_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 def scaled_norm_product(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """||A||_F ||X||_F evaluated as ||2^-e A||_F ||2^e X||_F, 2^e the power of two nearest each matrix's
     largest |entry| (exact scaling: no overflow for representable A and X ~ A^-1). (b,) float64."""
-    _, exponent = torch.frexp(A.abs().amax(dim=(-2, -1)))
-    exponent = exponent[:, None, None].to(A.real.dtype)
-    return (torch.linalg.matrix_norm(power_of_two_scaled(A, -exponent))
-            * torch.linalg.matrix_norm(power_of_two_scaled(X, exponent)))
+    A_scaled, X_scaled = _scaled(A, X)
+    return torch.linalg.matrix_norm(A_scaled) * torch.linalg.matrix_norm(X_scaled)
 
 
 def error_bound(A: torch.Tensor, X: torch.Tensor, *, rounded_to: torch.dtype | None = None) -> torch.Tensor:

@@ -168,7 +168,7 @@ def _invert(A, *, model, init, tol, max_iter, max_error, backend):
         max_iter=max_iter if max_iter is not None else (
             MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
         guarded=has_guess,
-        max_error=math.inf if max_error is None else float(max_error),
+        max_error=None if max_error is None else float(max_error),
     )
 
     A_flat = A if A.dim() == 3 else A.reshape(-1, n, n)
@@ -178,13 +178,8 @@ def _invert(A, *, model, init, tol, max_iter, max_error, backend):
     parts = [_invert_chunk(chosen, settings, A_flat[start:start + chunk],
                            None if init_flat is None else init_flat[start:start + chunk], model, use_newton_schulz)
              for start in range(0, max(b, 1), chunk)]
-    X, error_bound, iterations, fallback = (
+    X, certified, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
-    if max_error is None:
-        certified = error_bound < math.inf  # the bounds are below 1 or +inf, never NaN
-    else:
-        certified = error_bound <= settings.max_error
-        X[~certified] = float("nan")
     if A.dim() != 3:
         X, certified, error_bound, iterations, fallback = (
             X.reshape(A.shape), certified.reshape(batch_shape), error_bound.reshape(batch_shape),
@@ -197,17 +192,23 @@ class _Settings(NamedTuple):
     accept: float
     max_iter: int
     guarded: bool
-    max_error: float
+    max_error: float | None
+
+
+def _certified(error_bound: torch.Tensor, max_error: float | None) -> torch.Tensor:
+    """The rule for ``info.certified``: error_bound <= max_error, or, without one, any bound below 1 (the
+    bounds are below 1 or +inf, never NaN)."""
+    return error_bound < math.inf if max_error is None else error_bound <= max_error
 
 
 def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, use_newton_schulz):
-    """Invert one chunk (b, n, n): returns (X, error_bound, iterations, fallback), X NaN where the bound is
-    +inf. Newton–Schulz results that stall, or whose bound exceeds max_error, take the exact path."""
+    """Invert one chunk (b, n, n): returns (X, certified, error_bound, iterations, fallback), X NaN where it is
+    not certified. Newton–Schulz results that stall or are not certified take the exact path."""
     b = A.shape[0]
     iterations = torch.zeros(b, dtype=torch.int32, device=A.device)
     fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
     if b == 0:
-        return A.new_empty(A.shape), A.new_empty(0, dtype=torch.float64), iterations, fallback
+        return A.new_empty(A.shape), torch.zeros_like(fallback), A.new_empty(0, dtype=torch.float64), iterations, fallback
     if model is not None:
         to_refine = _model_in_domain(model, A)
         refine_idx, exact_idx = to_refine.nonzero().squeeze(1), (~to_refine).nonzero().squeeze(1)
@@ -227,15 +228,16 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
             X0 = reference.scaled_transpose_guess(A_r)
         X_r, _r, done, steps = backend.newton_schulz(A_r, X0, settings.tol, settings.accept, settings.max_iter,
                                                      settings.guarded, GUARD_RESIDUAL)
-        bound_r = torch.full((A_r.shape[0],), math.inf, dtype=torch.float64, device=A.device)
         if bool(done.all()):
             bound_r = backend.error_bound(A_r, X_r)
-        elif bool(done.any()):
-            bound_r[done] = backend.error_bound(A_r[done], X_r[done])
+        else:
+            bound_r = torch.full((A_r.shape[0],), math.inf, dtype=torch.float64, device=A.device)
+            if bool(done.any()):
+                bound_r[done] = backend.error_bound(A_r[done], X_r[done])
         X = _put(X, chosen, X_r, b)
         error_bound = _put(error_bound, chosen, bound_r, b)
         iterations[chosen] = steps
-        kept = bound_r <= settings.max_error if settings.max_error < 1 else bound_r < math.inf
+        kept = _certified(bound_r, settings.max_error)
         if not bool(kept.all()):
             exact_idx = torch.cat([exact_idx, refine_idx[~kept]])
 
@@ -246,10 +248,10 @@ def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, us
         error_bound = _put(error_bound, chosen, bound_e, b)
         fallback[chosen] = True
 
-    uncertified = error_bound == math.inf
-    if bool(uncertified.any()):
-        X[uncertified] = float("nan")
-    return X, error_bound, iterations, fallback
+    certified = _certified(error_bound, settings.max_error)
+    if not bool(certified.all()):
+        X[~certified] = float("nan")
+    return X, certified, error_bound, iterations, fallback
 
 
 def _put(target, index, values, batch):
