@@ -51,7 +51,7 @@ def run(batch: int, repeats: int):
         for dtype in (torch.float32, torch.float64):
             A = A64.to(dtype)
             warm = WarmStart(A)
-            cases = [("scaled transpose", dict(backend="torch")),
+            cases = [("scaled transpose", dict(method="newton_schulz")),
                      ("first-order Taylor", dict(model=taylor)),
                      (label, dict(model=pretrained)),
                      ("warm start (previous step's inverse)", dict(init=warm.guess)),

@@ -1,4 +1,4 @@
-// Argument checks shared by the CPU and CUDA operators; defined once, in neuinv_cpu.cpp (compiled by the
+// Argument checks shared by the CPU and CUDA operators; defined once, in csrc/neuinv_ops.cpp (compiled by the
 // host C++ compiler, so every error is thrown from host-compiled code).
 #pragma once
 #include <ATen/ATen.h>
@@ -8,7 +8,11 @@ namespace neuinv {
 // A must be a (b, n, n) float32 or float64 batch with n <= 64 on a `device` device; throws naming `name`.
 void check_batch(const at::Tensor& A, const char* name, c10::DeviceType device);
 
-// X (named `name`) must have A's shape and dtype.
+// X (named `name`) must have A's shape, dtype and device.
 void check_like(const at::Tensor& A, const at::Tensor& X, const char* name);
+
+// The arguments of neuinv::invert (see its schema in csrc/neuinv_ops.cpp).
+void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>& X0,
+                            const c10::optional<at::Tensor>& use_guess, bool refine, c10::DeviceType device);
 
 }  // namespace neuinv

@@ -7,8 +7,8 @@ Ji, Wu & Xi, "Rethinking Neural-based Matrix Inversion: Why can't, and Where can
 __version__ = "0.1.0"
 
 from .backends import available_backends  # noqa: E402
-from .inverse import (NEWTON_SCHULZ_ACCEPT, GUARD_RESIDUAL, InverseInfo, batched_inverse,  # noqa: E402
-                      batched_inverse_ex, default_tol)
+from .inverse import InverseInfo, batched_inverse, batched_inverse_ex  # noqa: E402
+from .rules import GUARD_RESIDUAL, NEWTON_SCHULZ_ACCEPT, default_tol  # noqa: E402
 from .training import fit, load_pretrained  # noqa: E402
 
 __all__ = ["NEWTON_SCHULZ_ACCEPT", "GUARD_RESIDUAL", "InverseInfo", "available_backends", "batched_inverse",

@@ -1,11 +1,19 @@
-"""Backends: the pure-torch reference and the fast paths that override it.
+"""Backends: where a verified inversion runs. The algorithm (``method=``) is chosen in :mod:`neuinv.inverse`.
 
-A backend provides these operations on flat batches ``(b, n, n)``:
-``newton_schulz_step``, ``newton_schulz`` (the refinement loop), ``residual_norm``,
-``exact_inverse`` (see :mod:`neuinv.reference` for their definitions), ``error_bound`` (the certificate,
-:mod:`neuinv.certificate`) and ``inverse_and_error_bound`` (the exact path and its certificate). :func:`resolve_backend` is the one
-place that decides which backend runs: ``"auto"`` takes the fastest usable one and
-falls back quietly; an explicitly named backend that cannot run raises.
+Every backend implements one operation on a flat batch ``(b, n, n)``, :meth:`TorchBackend.invert`, with the
+contract of :func:`neuinv.reference.invert` (initial guess with a per-matrix "use it" mask, guard,
+Newton–Schulz loop, exact path, certificate, verdict). The pure-torch backend *is* that reference; the others
+override it:
+
+- ``cpp``: the compiled operator ``neuinv::invert`` on CPU tensors, one call per chunk (csrc/cpu);
+- ``cuda``: the same operator on CUDA tensors (csrc/cuda), no host synchronisation;
+- ``triton``: the reference pipeline with the fused Triton Newton–Schulz step (CUDA, or the CPU under
+  TRITON_INTERPRET=1).
+
+:data:`REGISTRY` holds one entry per backend (its class and cached availability check);
+:func:`resolve_backend` is the one dispatch point. ``auto`` takes the first available backend of
+:data:`AUTO_ORDER` for the input's device that can run it; ``NEUINV_BACKEND`` (environment variable) forces
+one backend for ``auto`` calls, and raises like an explicit request where that backend cannot run.
 """
 from __future__ import annotations
 
@@ -15,17 +23,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import certificate, reference
+from . import reference
 
-BACKEND_NAMES = ("torch", "triton", "cpp", "cuda")
-CPP_EXACT_MAX_N = 64
-"""Largest n for which ``auto`` takes the C++ exact path (inverse and certificate in one pass): every n the
-kernels take. Its results do not depend on a matrix's position in the batch, unlike those of LAPACK's LU
-and the batched products of the torch path, and it is the faster of the two with the certificate
-(bench/RESULTS.md)."""
-CPP_REFINE_MAX_N = 64
-"""Largest n for which the C++ Newton–Schulz loop beat the torch path: every n the kernels take (same
-machine, warm start 1e-3: 1.9-2.5x in float32 for n = 12-48, 1.3x at 64; 1.4-4.1x in float64)."""
+BACKEND_ENV = "NEUINV_BACKEND"
+"""Environment variable that makes ``backend="auto"`` mean the backend it names."""
 
 
 class BackendStatus(NamedTuple):
@@ -34,109 +35,55 @@ class BackendStatus(NamedTuple):
 
 
 class TorchBackend:
-    """The reference path: batched matmuls and LAPACK/cuSOLVER LU. Any dtype, any device."""
+    """The reference path (:func:`neuinv.reference.invert`): batched matmuls and LAPACK/cuSOLVER LU.
+    Any dtype, any device, any n."""
 
     name = "torch"
     workspace_matrices = 8
-    """n x n temporaries per matrix that the paths allocate at once (the Newton–Schulz loop's products and
-    gathers); batched_inverse chunks a batch so that they stay under WORKSPACE_BYTES."""
+    """n x n temporaries per matrix that `invert` allocates at once (the Newton–Schulz loop's products and
+    gathers); batched_inverse chunks a batch so that they stay under ``inverse.WORKSPACE_BYTES``."""
     newton_schulz_step = staticmethod(reference.newton_schulz_step)
-    residual_norm = staticmethod(reference.residual_norm)
-    exact_inverse = staticmethod(reference.exact_inverse)
 
-    def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
-        """Refine X0 to (X, r, converged, steps): :func:`neuinv.reference.newton_schulz_refine`."""
-        return reference.newton_schulz_refine(self.newton_schulz_step, A, X0, tol, accept, max_iter, guarded, guard)
-
-    error_bound = staticmethod(certificate.error_bound)
-
-    def inverse_and_error_bound(self, A):
-        """The exact path: (X, error_bound), the bound +inf where A has a zero pivot."""
-        X, pivot_info = self.exact_inverse(A)
-        bound = self.error_bound(A, X)
-        return X, torch.where(pivot_info == 0, bound, torch.full_like(bound, float("inf")))
+    def invert(self, A, X0, use_guess, refine, rules, max_error):
+        """(X, certified, error_bound, iterations, fallback): :func:`neuinv.reference.invert`."""
+        return reference.invert(A, X0, use_guess, refine, rules, max_error, step=self.newton_schulz_step)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         return None
 
 
-class _CompiledBackend(TorchBackend):
-    """The compiled extension's kernels (loaded lazily) for float32/float64 tensors on `device_type`."""
-
-    device_type: str
-    kernels: str
-    workspace_matrices = 2  # the kernels keep each matrix on chip; a partly refined chunk gathers A and X0
-
-    def __init__(self):
-        from . import extension
-
-        extension.load()
-
-    def unsupported_reason(self, A: torch.Tensor) -> str | None:
-        if A.dtype not in (torch.float32, torch.float64):
-            return f"the {self.kernels} kernels take float32 or float64, not {A.dtype}"
-        if A.device.type != self.device_type:
-            return f"the {self.kernels} kernels run on {self.device_type.upper()} tensors, not on {A.device.type}"
-        return None
-
-
-class CppBackend(_CompiledBackend):
-    """The compiled CPU kernels (csrc/neuinv_cpu.cpp), used where they measured faster than the
-    torch path on CPU: the whole Newton–Schulz loop per matrix in one call for n <= ``CPP_REFINE_MAX_N``,
-    the exact path (closed forms or Gauss–Jordan in double precision, and the certified residual, in one
-    pass) for n <= ``CPP_EXACT_MAX_N``."""
+class CompiledBackend(TorchBackend):
+    """The compiled operator ``neuinv::invert`` (csrc/): the whole inversion of a chunk in one call, for
+    float32/float64 tensors with n <= ``MAX_N`` on `device_type`."""
 
     name = "cpp"
     device_type = "cpu"
-    kernels = "C++"
+    MAX_N = 64
+    workspace_matrices = 1
+    """The operator allocates only its outputs (X and four per-matrix fields); each matrix's work stays on
+    chip or in a per-thread buffer."""
 
-    def inverse_and_error_bound(self, A):
-        """Closed forms or Gauss–Jordan in double precision, certified before the rounding to A's dtype
-        (float64 results get one Newton–Schulz step in the kernel where that helps: csrc/neuinv_cpu.cpp)."""
-        if A.shape[-1] <= CPP_EXACT_MAX_N:
-            return torch.ops.neuinv.inverse_and_error_bound(A)
-        return super().inverse_and_error_bound(A)
-
-    @staticmethod
-    def error_bound(A, X):
-        """The certificate of :mod:`neuinv.certificate`, in the C++ kernels for n <= 64."""
-        if A.shape[-1] <= CPP_REFINE_MAX_N:
-            return torch.ops.neuinv.error_bound(A, X)
-        return certificate.error_bound(A, X)
-
-    def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
-        if A.shape[-1] <= CPP_REFINE_MAX_N:
-            return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
-        return super().newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
-
-
-class CudaBackend(_CompiledBackend):
-    """The compiled CUDA kernels (csrc/neuinv_cuda_*.cu): the whole Newton–Schulz loop per matrix in one
-    launch (no host round trip per step), the residual, and the Gauss–Jordan inverse, for n <= 64."""
-
-    name = "cuda"
-    device_type = "cuda"
-    kernels = "CUDA"
-
-    @staticmethod
-    def exact_inverse(A):
-        return torch.ops.neuinv.exact_inverse(A)
-
-    @staticmethod
-    def residual_norm(A, X):
-        return torch.ops.neuinv.residual_norm(A, X)
-
-    def newton_schulz(self, A, X0, tol, accept, max_iter, guarded, guard):
-        return torch.ops.neuinv.newton_schulz(A, X0, tol, accept, max_iter, guarded, guard)
+    def invert(self, A, X0, use_guess, refine, rules, max_error):
+        return torch.ops.neuinv.invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter,
+                                       rules.guard, max_error)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
-        if A.shape[-1] > 64:
-            return f"the CUDA kernels take n <= 64, not {A.shape[-1]}"
-        return super().unsupported_reason(A)
+        if A.dtype not in (torch.float32, torch.float64):
+            return f"the compiled kernels take float32 or float64, not {A.dtype}"
+        if A.device.type != self.device_type:
+            return f"the {self.name} backend runs on {self.device_type.upper()} tensors, not on {A.device.type}"
+        if A.shape[-1] > self.MAX_N:
+            return f"the compiled kernels take n <= {self.MAX_N}, not {A.shape[-1]}"
+        return None
+
+
+class CudaBackend(CompiledBackend):
+    name = "cuda"
+    device_type = "cuda"
 
 
 class TritonBackend(TorchBackend):
-    """Fused Triton kernels for the Newton–Schulz step and the residual (real dtypes).
+    """The reference pipeline with the fused Triton Newton–Schulz step (real dtypes).
 
     Runs on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 (the Triton
     interpreter, used by the test suite on machines without a GPU).
@@ -148,7 +95,6 @@ class TritonBackend(TorchBackend):
         from neuinv.kernels import newton_schulz
 
         self.newton_schulz_step = newton_schulz.newton_schulz_step
-        self.residual_norm = newton_schulz.residual_norm
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
@@ -159,11 +105,12 @@ class TritonBackend(TorchBackend):
                 f"not on {A.device.type}")
 
 
-_BACKEND_CLASSES = {"torch": TorchBackend, "triton": TritonBackend, "cpp": CppBackend, "cuda": CudaBackend}
-
-
 def _triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _torch_status() -> BackendStatus:
+    return BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)")
 
 
 def _triton_status() -> BackendStatus:
@@ -176,10 +123,6 @@ def _triton_status() -> BackendStatus:
     if _triton_interpreter_on():
         return BackendStatus(True, "Triton interpreter on the CPU (TRITON_INTERPRET=1; slow, for testing)")
     return BackendStatus(False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)")
-
-
-def _torch_status() -> BackendStatus:
-    return BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)")
 
 
 def _cpp_status() -> BackendStatus:
@@ -201,31 +144,70 @@ def _cuda_status() -> BackendStatus:
     return BackendStatus(True, "compiled CUDA kernels")
 
 
-_STATUS = {"torch": _torch_status, "triton": _triton_status, "cpp": _cpp_status, "cuda": _cuda_status}
+class Entry(NamedTuple):
+    """One backend: its class and the check of whether it can run in this process."""
+
+    backend: type
+    status: object
+
+
+REGISTRY = {
+    "torch": Entry(TorchBackend, _torch_status),
+    "triton": Entry(TritonBackend, _triton_status),
+    "cpp": Entry(CompiledBackend, _cpp_status),
+    "cuda": Entry(CudaBackend, _cuda_status),
+}
+BACKEND_NAMES = tuple(REGISTRY)
+AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpp",)}
+"""The backends ``auto`` tries for each device type, fastest first; the torch reference comes last."""
 
 
 def available_backends() -> dict[str, BackendStatus]:
     """Each backend name mapped to (available, reason): whether it can run here, or why not."""
-    return {name: status() for name, status in _STATUS.items()}
+    return {name: entry.status() for name, entry in REGISTRY.items()}
+
+
+_instances: dict[str, TorchBackend | None] = {}
+
+
+def _instance(name: str) -> TorchBackend | None:
+    """The backend object for `name` if it is available in this process (asked once: loading the extension
+    or importing triton does not change while the process runs, except by an explicit build)."""
+    if name not in _instances:
+        entry = REGISTRY[name]
+        _instances[name] = entry.backend() if entry.status().available else None
+    return _instances[name]
 
 
 def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
     """The dispatch point: the backend that runs for input A when the user asked for `name`."""
     if name not in BACKEND_NAMES + ("auto",):
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
-    if name == "auto":  # only the candidates for A's device are asked (this runs on every call)
-        preferred = {"cuda": ("cuda", "triton"), "cpu": ("cpp",)}.get(A.device.type, ())
-        for candidate in preferred:
-            if _STATUS[candidate]().available:
-                backend = _BACKEND_CLASSES[candidate]()
-                if backend.unsupported_reason(A) is None:
-                    return backend
-        return TorchBackend()
-    status = _STATUS[name]()
-    if not status.available:
-        raise RuntimeError(f"backend {name!r} was requested but is not available: {status.reason}")
-    backend = _BACKEND_CLASSES[name]()
+    if name == "auto":
+        forced = os.environ.get(BACKEND_ENV)
+        if forced:
+            if forced not in BACKEND_NAMES:
+                raise ValueError(f"{BACKEND_ENV}={forced!r} names no backend; use one of {BACKEND_NAMES}")
+            return _explicit(forced, A, f"by {BACKEND_ENV}")
+        for candidate in AUTO_ORDER.get(A.device.type, ()):
+            backend = _instance(candidate)
+            if backend is not None and backend.unsupported_reason(A) is None:
+                return backend
+        return _instance("torch")
+    return _explicit(name, A, "")
+
+
+def _explicit(name: str, A: torch.Tensor, how: str) -> TorchBackend:
+    backend = _instance(name)
+    requested = f"backend {name!r} was requested{' ' + how if how else ''}"
+    if backend is None:
+        raise RuntimeError(f"{requested} but is not available: {REGISTRY[name].status().reason}")
     reason = backend.unsupported_reason(A)
     if reason is not None:
-        raise RuntimeError(f"backend {name!r} cannot run this input: {reason}")
+        raise RuntimeError(f"{requested} but cannot run this input: {reason}")
     return backend
+
+
+def forget_availability() -> None:
+    """Ask the availability checks again (after ``neuinv build-ext`` in the same process)."""
+    _instances.clear()

@@ -1,5 +1,6 @@
-"""The optional compiled extension: CPU kernels (csrc/neuinv_cpu.cpp) and, where a CUDA toolkit and a
-CUDA build of torch are present, CUDA kernels (csrc/neuinv_cuda_*.cu), registered as ``torch.ops.neuinv.*``.
+"""The optional compiled extension: the operators ``torch.ops.neuinv.*`` (schemas in csrc/neuinv_ops.cpp, rules in
+csrc/neuinv_rules.h), with CPU kernels (csrc/cpu/) and, where a CUDA toolkit and a CUDA build of torch are
+present, CUDA kernels (csrc/cuda/).
 
 Two ways to build it:
 
@@ -38,13 +39,15 @@ def source_directory() -> Path:
 
 
 def cpu_sources() -> list[Path]:
-    return [source_directory() / "neuinv_cpu.cpp"]
+    """The operators' schemas and shared checks (csrc/neuinv_ops.cpp) and the CPU kernels (csrc/cpu/)."""
+    return [source_directory() / "neuinv_ops.cpp"] + sorted((source_directory() / "cpu").glob("*.cpp"))
 
 
 def cuda_sources() -> list[Path]:
-    """The host-compiled CUDA operators (csrc/neuinv_cuda_ops.cpp) and their kernels, one file per operator
-    (csrc/neuinv_cuda_<op>.cu), so that they compile in parallel."""
-    return [source_directory() / "neuinv_cuda_ops.cpp"] + sorted(source_directory().glob("neuinv_cuda_*.cu"))
+    """The host-compiled CUDA operators (csrc/cuda/neuinv_cuda_ops.cpp) and their kernels, one file per operator
+    (csrc/cuda/neuinv_cuda_<op>.cu), so that they compile in parallel."""
+    cuda = source_directory() / "cuda"
+    return [cuda / "neuinv_cuda_ops.cpp"] + sorted(cuda.glob("*.cu"))
 
 
 def cuda_toolkit() -> Path | None:
@@ -129,6 +132,9 @@ def build(verbose: bool = False) -> Path:
                        with_cuda=settings["with_cuda"], is_python_module=False, verbose=verbose)
     _register_fakes()
     _loaded, _load_error, _library = True, None, _jit_library_path()
+    from . import backends
+
+    backends.forget_availability()
     return _library
 
 
@@ -160,10 +166,9 @@ def load() -> bool:
     return False
 
 
-OPERATORS = ("exact_inverse", "residual_norm", "newton_schulz")
-"""The operators both the CPU and the CUDA kernels implement."""
-CPU_OPERATORS = OPERATORS + ("inverse_and_error_bound", "error_bound")
-"""The operators a build's CPU kernels must implement for this version of neuinv."""
+OPERATORS = ("invert", "exact_inverse", "residual_norm", "newton_schulz", "inverse_and_error_bound", "error_bound")
+"""The operators the CPU and the CUDA kernels both implement (a build lacking one is from other sources)."""
+CPU_OPERATORS = OPERATORS
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:
@@ -194,6 +199,12 @@ def _register_fakes() -> None:
     """Shape-only implementations so torch.compile can trace code that calls the operators."""
     if getattr(_register_fakes, "done", False):
         return
+
+    @torch.library.register_fake("neuinv::invert")
+    def _(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error):
+        b = A.shape[0]
+        return (torch.empty_like(A), A.new_empty(b, dtype=torch.bool), A.new_empty(b, dtype=torch.float64),
+                A.new_empty(b, dtype=torch.int32), A.new_empty(b, dtype=torch.bool))
 
     @torch.library.register_fake("neuinv::exact_inverse")
     def _(A):

@@ -1,33 +1,26 @@
 """``batched_inverse``: a verified, drop-in replacement for ``torch.linalg.inv``.
 
-How each matrix A is inverted
------------------------------
-1. An initial guess X0: the user's ``init`` (warm start), a learned ``model``, or the
-   classical scaled transpose A^H / ||A||_1 / ||A||_inf.
-2. Guard: a guess from ``init`` or ``model`` whose residual r0 = ||I - A X0||_F is at least
-   ``GUARD_RESIDUAL`` (or that the model calls out of its domain) is not refined; the matrix
-   takes the exact path. (r0 < 1 guarantees quadratic convergence since ||.||_F >= ||.||_2.)
-3. Newton–Schulz (Hotelling, 1943): X <- X + X (I - A X), which squares the residual each step.
-   A matrix is done when r <= min(tol ||A||_F ||X||_F, accept) (a backward-error test;
-   ``torch.linalg.inv`` itself lands at about eps ||A||_F ||X||_F; the product of norms is
-   evaluated as ||A / m||_F ||m X||_F, m = max |a_ij|, so that it never overflows), or when the
-   quadratic phase is over (r_prev < 0.5 but r > r_prev / 2: the rounding floor) with
-   r <= accept (``NEWTON_SCHULZ_ACCEPT``). It goes to the exact path when it reaches ``max_iter``,
-   stalls above ``accept``, turns non-finite, or its certificate (below) fails.
-4. Exact path: LU with partial pivoting (with the compiled kernels -- ``cpp`` for n <= 32, ``cuda``
-   -- Gauss–Jordan with partial pivoting in double precision; ``cpp`` inverts float32 n <= 4 by
-   closed forms in double, redone by Gauss–Jordan when they are not accurate to float32).
-5. The certificate (:mod:`neuinv.certificate`): ``info.error_bound`` >= ||X - A^-1||_F / ||A^-1||_F
-   for the X returned, rigorous in exact arithmetic (the rounding of its own evaluation included),
-   +inf where nothing can be certified (A singular or numerically singular, NaN or Inf).
-   ``info.certified`` is True exactly when error_bound <= ``max_error`` (default: < 1); X is NaN
-   wherever it is False.
-   ``batched_inverse`` raises for every matrix that is not certified.
+How each matrix A is inverted (the rules: :mod:`neuinv.rules`; the pipeline: :func:`neuinv.reference.invert`)
+------------------------------------------------------------------------------------------------------------
+``method`` chooses what is computed, ``backend`` where (:mod:`neuinv.backends`).
 
-Without ``init`` or ``model``, ``backend="auto"`` goes straight to the exact path: from the
-scaled transpose, Newton–Schulz needs about 2 log2(cond A) + 6 steps of 4 n^3 flops each,
-against 2 n^3 for LU. Naming a backend explicitly runs Newton–Schulz from the scaled
-transpose instead (the textbook method, for study and benchmarks).
+- ``method="exact"``: Gauss–Jordan with partial pivoting in double precision in the compiled kernels (float32
+  n <= 4 by closed forms in double, redone by Gauss–Jordan when not accurate to float32), LU with partial
+  pivoting (LAPACK / cuSOLVER) on the torch backend.
+- ``method="newton_schulz"``: from an initial guess X0 -- the user's ``init`` (warm start), a learned
+  ``model`` (used where ``model.in_domain(A)``), or else the scaled transpose A^H / ||A||_1 / ||A||_inf --
+  Newton–Schulz (Hotelling, 1943): X <- X + X (I - A X), which squares the residual each step, with the stopping
+  rule and guard of :mod:`neuinv.rules`. A matrix that does not converge, or whose result is not certified,
+  takes the exact path (``info.fallback``).
+- ``method="auto"`` (default): Newton–Schulz when init or model gives a guess, else the exact path. From the
+  scaled transpose Newton–Schulz needs about 2 log2(cond A) + 6 steps of 4 n^3 flops each, against 2 n^3
+  for LU; it is there for study and benchmarks.
+
+Every result gets the certificate of :mod:`neuinv.certificate`: ``info.error_bound`` >=
+||X - A^-1||_F / ||A^-1||_F for the X returned, rigorous in exact arithmetic (the rounding of its own
+evaluation included), +inf where nothing can be certified (A singular or numerically singular, NaN or Inf).
+``info.certified`` is True exactly when error_bound <= ``max_error`` (default: < 1); X is NaN wherever it is
+False. ``batched_inverse`` raises for every matrix that is not certified.
 """
 from __future__ import annotations
 
@@ -36,38 +29,17 @@ from typing import NamedTuple
 
 import torch
 
-from . import certificate, reference
-from .backends import TorchBackend, resolve_backend
+from .backends import resolve_backend
+from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
+                    NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol)
 
-GUARD_RESIDUAL = 0.5
-"""Initial guesses (init or model) with ||I - A X0||_F >= this take the exact path."""
-
-NEWTON_SCHULZ_ACCEPT = {torch.float32: 1e-3, torch.complex64: 1e-3,
-                        torch.float64: 1e-6, torch.complex128: 1e-6}
-"""Largest computed residual ||I - A X||_F at which a Newton–Schulz result is kept (and then certified);
-a matrix whose iteration stalls above it takes the exact path instead, per dtype."""
-
-MAX_ITER_FROM_GUESS = 10
-"""Default max_iter with init or model: from r0 < 0.5, six steps reach 0.5**64 ~ 5e-20."""
-
-MAX_ITER_FROM_SCALED_TRANSPOSE = 64
-"""Default max_iter from the scaled transpose: enough for cond(A) up to about 1e9."""
+METHODS = ("auto", "exact", "newton_schulz")
 
 WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
 temporaries per matrix) stays under this many bytes."""
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
-
-
-def default_tol(dtype: torch.dtype) -> float:
-    """Default stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F): eps(dtype) / 2.
-
-    ||A||_F ||X||_F overestimates cond_2(A) by up to n, and LU lands at about
-    0.2-1 eps ||A||_F ||X||_F; matrices whose rounding floor lies above this tolerance stop
-    by the floor test instead (one more step), so the result is as accurate as LU's.
-    (eps/4 cost 0.3-0.6 more steps on average for warm starts; eps failed the 4x-LU accuracy bar.)"""
-    return torch.finfo(dtype).eps / 2
 
 
 class InverseInfo(NamedTuple):
@@ -89,7 +61,7 @@ class InverseInfo(NamedTuple):
 
 
 def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
-                    backend: str = "auto") -> torch.Tensor:
+                    method: str = "auto", backend: str = "auto") -> torch.Tensor:
     """Inverse of each matrix in A, shape (*, n, n); a drop-in for ``torch.linalg.inv``.
 
     Raises ``ValueError`` naming the first matrix holding NaN or Inf if any matrix that failed does, else
@@ -98,14 +70,14 @@ def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_ite
     See :func:`batched_inverse_ex` for the arguments.
     """
     X, info = batched_inverse_ex(A, model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error,
-                                 backend=backend)
+                                 method=method, backend=backend)
     if not bool(info.certified.all()):
         _raise_first_failure(A, info, max_error)
     return X
 
 
 def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
-                       backend: str = "auto") -> tuple[torch.Tensor, InverseInfo]:
+                       method: str = "auto", backend: str = "auto") -> tuple[torch.Tensor, InverseInfo]:
     """Inverse of each matrix in A and an :class:`InverseInfo`; never raises for singular input.
 
     Args:
@@ -118,15 +90,18 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
             init or model, ``MAX_ITER_FROM_SCALED_TRANSPOSE`` otherwise.
         max_error: largest ``error_bound`` (relative error of X in the Frobenius norm) a matrix may have
             and be ``certified``; default None: any bound below 1.
-        backend: "auto", "torch", "triton", "cpp" or "cuda" (see ``available_backends()``).
+        method: "auto", "exact" or "newton_schulz": what is computed (see the module docstring).
+        backend: "auto", "torch", "triton", "cpp" or "cuda": where (see ``available_backends()``); "auto"
+            takes the fastest that can run A, or the one the environment variable ``NEUINV_BACKEND`` names.
 
     Returns:
         X with A's shape, dtype and device (NaN where it is not certified), and the :class:`InverseInfo`.
 
     Gradients flow to A by the analytic rule dA = -X^H G X^H, not through the iterations.
     """
-    _check_arguments(A, model, init, tol, max_iter, max_error)
-    options = dict(model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error, backend=backend)
+    _check_arguments(A, model, init, tol, max_iter, max_error, method)
+    options = dict(model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error, method=method,
+                   backend=backend)
     if not (A.requires_grad and torch.is_grad_enabled()):  # the autograd wrapper costs ~15 us per call
         return _invert(A.detach(), **options)
     X, *info = _BatchedInverse.apply(A, options)
@@ -150,7 +125,8 @@ class _BatchedInverse(torch.autograd.Function):
         return -(X_h @ grad_X @ X_h), None
 
 
-def _invert(A, *, model, init, tol, max_iter, max_error, backend):
+def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
+    """Argument defaults, the model's forward pass, and one call of the backend's operator per chunk."""
     batch_shape, n = A.shape[:-2], A.shape[-1]
     if n == 0:
         info = InverseInfo(torch.ones(batch_shape, dtype=torch.bool, device=A.device),
@@ -161,113 +137,32 @@ def _invert(A, *, model, init, tol, max_iter, max_error, backend):
 
     chosen = resolve_backend(backend, A)
     has_guess = init is not None or model is not None
-    use_newton_schulz = has_guess or backend != "auto"
-    settings = _Settings(
+    refine = method == "newton_schulz" or (method == "auto" and has_guess)
+    rules = NewtonSchulzRules(
         tol=default_tol(A.dtype) if tol is None else float(tol),
         accept=NEWTON_SCHULZ_ACCEPT[A.dtype],
         max_iter=max_iter if max_iter is not None else (
             MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
         guarded=has_guess,
-        max_error=None if max_error is None else float(max_error),
+        guard=GUARD_RESIDUAL,
     )
+    limit = CERTIFIED_BELOW if max_error is None else float(max_error)
 
-    A_flat = A if A.dim() == 3 else A.reshape(-1, n, n)
+    A_flat = A.reshape(-1, n, n)
     init_flat = None if init is None else init.detach().reshape(-1, n, n)
     b = A_flat.shape[0]
     chunk = max(1, WORKSPACE_BYTES // (chosen.workspace_matrices * n * n * A.element_size()))
-    parts = [_invert_chunk(chosen, settings, A_flat[start:start + chunk],
-                           None if init_flat is None else init_flat[start:start + chunk], model, use_newton_schulz)
-             for start in range(0, max(b, 1), chunk)]
-    X, certified, error_bound, iterations, fallback = (
-        parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
-    if A.dim() != 3:
-        X, certified, error_bound, iterations, fallback = (
-            X.reshape(A.shape), certified.reshape(batch_shape), error_bound.reshape(batch_shape),
-            iterations.reshape(batch_shape), fallback.reshape(batch_shape))
-    return X, InverseInfo(certified, error_bound, iterations, fallback)
-
-
-class _Settings(NamedTuple):
-    tol: float
-    accept: float
-    max_iter: int
-    guarded: bool
-    max_error: float | None
-
-
-def _certified(error_bound: torch.Tensor, max_error: float | None) -> torch.Tensor:
-    """The rule for ``info.certified``: error_bound <= max_error, or, without one, any bound below 1 (the
-    bounds are below 1 or +inf, never NaN)."""
-    return error_bound < math.inf if max_error is None else error_bound <= max_error
-
-
-def _invert_chunk(backend: TorchBackend, settings: _Settings, A, init, model, use_newton_schulz):
-    """Invert one chunk (b, n, n): returns (X, certified, error_bound, iterations, fallback), X NaN where it is
-    not certified. Newton–Schulz results that stall or are not certified take the exact path."""
-    b = A.shape[0]
-    iterations = torch.zeros(b, dtype=torch.int32, device=A.device)
-    fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
-    if b == 0:
-        return A.new_empty(A.shape), torch.zeros_like(fallback), A.new_empty(0, dtype=torch.float64), iterations, fallback
-    if model is not None:
-        to_refine = _model_in_domain(model, A)
-        refine_idx, exact_idx = to_refine.nonzero().squeeze(1), (~to_refine).nonzero().squeeze(1)
-    else:
-        everything = torch.arange(b, device=A.device)
-        refine_idx, exact_idx = (everything, everything[:0]) if use_newton_schulz else (everything[:0], everything)
-    X = error_bound = None
-
-    if use_newton_schulz and refine_idx.numel():
-        chosen = _index_or_view(refine_idx, b)
-        A_r = A[chosen]
-        if init is not None:
-            X0 = init[chosen]
-        elif model is not None:
-            X0 = _model_guess(model, A_r)
-        else:
-            X0 = reference.scaled_transpose_guess(A_r)
-        X_r, _r, done, steps = backend.newton_schulz(A_r, X0, settings.tol, settings.accept, settings.max_iter,
-                                                     settings.guarded, GUARD_RESIDUAL)
-        if bool(done.all()):
-            bound_r = backend.error_bound(A_r, X_r)
-        else:
-            bound_r = torch.full((A_r.shape[0],), math.inf, dtype=torch.float64, device=A.device)
-            if bool(done.any()):
-                bound_r[done] = backend.error_bound(A_r[done], X_r[done])
-        X = _put(X, chosen, X_r, b)
-        error_bound = _put(error_bound, chosen, bound_r, b)
-        iterations[chosen] = steps
-        kept = _certified(bound_r, settings.max_error)
-        if not bool(kept.all()):
-            exact_idx = torch.cat([exact_idx, refine_idx[~kept]])
-
-    if exact_idx.numel():
-        chosen = _index_or_view(exact_idx, b)
-        X_e, bound_e = backend.inverse_and_error_bound(A[chosen])
-        X = _put(X, chosen, X_e, b)
-        error_bound = _put(error_bound, chosen, bound_e, b)
-        fallback[chosen] = True
-
-    certified = _certified(error_bound, settings.max_error)
-    if not bool(certified.all()):
-        X[~certified] = float("nan")
-    return X, certified, error_bound, iterations, fallback
-
-
-def _put(target, index, values, batch):
-    """`values` placed at `index` of a batch-long tensor: written into `target`, or, when there is no target
-    yet, `values` itself if it covers the whole batch, else a new tensor."""
-    if target is None:
-        if isinstance(index, slice):
-            return values
-        target = values.new_empty((batch, *values.shape[1:]))
-    target[index] = values
-    return target
-
-
-def _index_or_view(indices: torch.Tensor, batch: int):
-    """The indices, or a slice (a view, no gathered copy) when they cover the whole chunk."""
-    return slice(None) if indices.numel() == batch else indices
+    parts = []
+    for start in range(0, max(b, 1), chunk):
+        A_part = A_flat[start:start + chunk]
+        X0, use_guess = (None, None) if init_flat is None else (init_flat[start:start + chunk], None)
+        if model is not None and refine:
+            X0, use_guess = _model_guess(model, A_part), _model_in_domain(model, A_part)
+        parts.append(chosen.invert(A_part, X0, use_guess, refine, rules, limit))
+    fields = parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)]
+    X, certified, error_bound, iterations, fallback = fields
+    return X.reshape(A.shape), InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
+                                           iterations.reshape(batch_shape), fallback.reshape(batch_shape))
 
 
 def _model_in_domain(model, A) -> torch.Tensor:
@@ -290,7 +185,7 @@ def _model_guess(model, A) -> torch.Tensor:
     return X0.to(A.dtype)
 
 
-def _check_arguments(A, model, init, tol, max_iter, max_error) -> None:
+def _check_arguments(A, model, init, tol, max_iter, max_error, method) -> None:
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
     if A.dim() < 2:
@@ -301,6 +196,10 @@ def _check_arguments(A, model, init, tol, max_iter, max_error) -> None:
         raise TypeError(f"A must be float32, float64, complex64 or complex128; got {A.dtype}")
     if init is not None and model is not None:
         raise ValueError("give an initial guess by init or by model, not both")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "exact" and (init is not None or model is not None):
+        raise ValueError("method='exact' uses no initial guess; drop init/model or use method='newton_schulz'")
     if init is not None:
         if not isinstance(init, torch.Tensor):
             raise TypeError(f"init must be a torch.Tensor, got {type(init).__name__}")

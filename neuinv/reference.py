@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from . import certificate, rules
+from .rules import NewtonSchulzRules
+
 
 def scaled_transpose_guess(A: torch.Tensor) -> torch.Tensor:
     """Classical initial guess X0 = A^H / ||A||_1 / ||A||_inf (two divisions: the product of the norms
@@ -39,7 +42,7 @@ def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, tol: float,
     """
     R = _residual_matrix(A, X)
     r = torch.linalg.matrix_norm(R)
-    done = r <= torch.clamp(tol * norm_product(A, X), max=accept)
+    done = rules.converged(r, norm_product(A, X), tol, accept)
     X_next = torch.where(done[:, None, None], X, torch.baddbmm(X, X, R))
     return X_next, r, done
 
@@ -91,16 +94,10 @@ def mlp_initializer(a: torch.Tensor, center: torch.Tensor, inv_radius: float, we
     return out
 
 
-def newton_schulz_refine(step, A: torch.Tensor, X0: torch.Tensor, tol: float, accept: float, max_iter: int,
-                         guarded: bool, guard: float):
+def newton_schulz_refine(step, A: torch.Tensor, X0: torch.Tensor, rules: NewtonSchulzRules):
     """Refine X0 by Newton–Schulz steps (``step``: :func:`newton_schulz_step` or a fused override)
-    until each matrix stops; matrices that stop are set aside and the rest go on.
-
-    A matrix stops when it is done (the step's test, or the quadratic phase is over -- r_prev < 0.5
-    but r > r_prev / 2, the rounding floor -- with r <= accept), at the floor above accept, when r
-    is not finite, at step 0 when ``guarded`` and r >= guard, or at ``max_iter``.
-    Returns (X, r, converged, steps) with r the residual of the returned X.
-    """
+    until each matrix stops by :meth:`neuinv.rules.NewtonSchulzRules.stop`; matrices that stop are set aside
+    and the rest go on. Returns (X, r, done, steps) with r the residual of the returned X."""
     b = A.shape[0]
     X = torch.empty_like(A)
     residual = torch.empty(b, dtype=A.real.dtype if A.is_complex() else A.dtype, device=A.device)
@@ -110,15 +107,9 @@ def newton_schulz_refine(step, A: torch.Tensor, X0: torch.Tensor, tol: float, ac
     active = torch.arange(b, device=A.device)
     A_act, X_act = A, X0
     previous = torch.full_like(residual, float("inf"))
-    for k in range(max_iter + 1):
-        X_next, r, done = step(A_act, X_act, tol, accept)
-        at_floor = (previous < 0.5) & (r > previous / 2)
-        done = done | (at_floor & (r <= accept))
-        stop = done | at_floor | ~torch.isfinite(r)
-        if k == 0 and guarded:
-            stop |= r >= guard
-        if k == max_iter:
-            stop = torch.ones_like(stop)
+    for k in range(rules.max_iter + 1):
+        X_next, r, by_tol = step(A_act, X_act, rules.tol, rules.accept)
+        stop, done = rules.stop(r, previous, by_tol, k)
         if bool(stop.any()):
             finished = active[stop]
             X[finished] = X_act[stop]
@@ -132,3 +123,54 @@ def newton_schulz_refine(step, A: torch.Tensor, X0: torch.Tensor, tol: float, ac
         if active.numel() == 0:
             break
     return X, residual, converged, steps
+
+
+def inverse_and_error_bound(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact path: (X, error_bound) by :func:`exact_inverse` and :func:`neuinv.certificate.error_bound`,
+    the bound +inf where A has a zero pivot."""
+    X, pivot_info = exact_inverse(A)
+    bound = certificate.error_bound(A, X)
+    return X, torch.where(pivot_info == 0, bound, torch.full_like(bound, float("inf")))
+
+
+def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
+           rules: NewtonSchulzRules, max_error: float, *, step=newton_schulz_step,
+           error_bound=certificate.error_bound, exact=inverse_and_error_bound):
+    """The whole verified inversion of a flat batch (b, n, n), the specification of the operator
+    ``neuinv::invert`` (every backend implements this; see :mod:`neuinv.rules`).
+
+    refine False: every matrix takes the exact path (``exact``). refine True: Newton–Schulz from X0 where
+    ``use_guess`` (None: everywhere) with the guard, or from :func:`scaled_transpose_guess` without it when X0
+    is None; a result that stops done is certified by ``error_bound`` and kept if that is <= max_error; every
+    other matrix takes the exact path. X is NaN wherever the bound exceeds max_error.
+
+    Returns (X, certified, error_bound, iterations, fallback): bool, float64, int32 and bool of length b.
+    """
+    b = A.shape[0]
+    iterations = torch.zeros(b, dtype=torch.int32, device=A.device)
+    fallback = torch.zeros(b, dtype=torch.bool, device=A.device)
+    X = torch.empty_like(A)
+    bound = torch.full((b,), float("inf"), dtype=torch.float64, device=A.device)
+    exact_path = torch.ones(b, dtype=torch.bool, device=A.device)
+    if refine and b:
+        refined = (torch.ones_like(exact_path) if use_guess is None else use_guess).nonzero().squeeze(1)
+        A_r = A[refined]
+        if X0 is None:
+            X0_r, ns_rules = scaled_transpose_guess(A_r), rules._replace(guarded=False)
+        else:
+            X0_r, ns_rules = X0[refined], rules._replace(guarded=True)
+        X_r, _r, done, steps = newton_schulz_refine(step, A_r, X0_r, ns_rules)
+        bound_r = torch.full_like(bound[refined], float("inf"))
+        if bool(done.any()):
+            bound_r[done] = error_bound(A_r[done], X_r[done])
+        X[refined] = X_r
+        bound[refined] = bound_r
+        iterations[refined] = steps
+        exact_path[refined] = bound_r > max_error
+    exact_idx = exact_path.nonzero().squeeze(1)
+    if exact_idx.numel():
+        X[exact_idx], bound[exact_idx] = exact(A[exact_idx])
+        fallback[exact_idx] = True
+    certified = bound <= max_error
+    X[~certified] = float("nan")
+    return X, certified, bound, iterations, fallback

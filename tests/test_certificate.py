@@ -149,6 +149,8 @@ def call(A: torch.Tensor, variant: str, **kwargs):
     require(backend)
     if warm:
         kwargs["init"] = warm_start(A, 0.1)
+    elif backend != "auto":
+        kwargs["method"] = "newton_schulz"
     return neuinv.batched_inverse_ex(A, backend=backend, **kwargs)
 
 

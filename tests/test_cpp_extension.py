@@ -8,6 +8,7 @@ import torch
 
 import neuinv
 from neuinv import extension, reference
+from neuinv.rules import NewtonSchulzRules
 from neuinv.backends import available_backends, resolve_backend
 from conftest import conditioned_matrices, residual_bound, true_residual, warm_start
 
@@ -97,7 +98,8 @@ def test_newton_schulz_kernel_matches_reference(n, dtype, device):
     stopping_steps = {}
     for tol in (64 * eps, eps / 4):
         args = (A, X0, tol, 1e-3, 10, True, 0.5)
-        X_ref, r_ref, done_ref, steps_ref = reference.newton_schulz_refine(reference.newton_schulz_step, *args)
+        rules = NewtonSchulzRules(tol, 1e-3, 10, True, 0.5)
+        X_ref, r_ref, done_ref, steps_ref = reference.newton_schulz_refine(reference.newton_schulz_step, A, X0, rules)
         X, r, done, steps = torch.ops.neuinv.newton_schulz(*args)
         assert done.all() and done_ref.all()
         rounding = working_precision_rounding(A, X).cpu().double()

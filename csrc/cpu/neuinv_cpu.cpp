@@ -1,8 +1,10 @@
-// neuinv's CPU kernels, registered once as torch operators (neuinv::exact_inverse, neuinv::residual_norm,
-// neuinv::inverse_and_error_bound, neuinv::error_bound, neuinv::newton_schulz); the Python reference implementations they override
-// are in neuinv/reference.py. The batch is split across threads by at::parallel_for; small fixed sizes work
-// on 8 matrices at once interleaved per SIMD lane (the "compact" layout), the others one matrix at a time
-// in a local buffer. The hot kernels also have an AVX2+FMA build, chosen at run time.
+// neuinv's CPU kernels: the CPU implementations of the operators defined in csrc/neuinv_ops.cpp
+// (neuinv::invert, the whole verified inversion of a batch, and its building blocks neuinv::exact_inverse,
+// neuinv::residual_norm, neuinv::inverse_and_error_bound, neuinv::error_bound, neuinv::newton_schulz). The rules
+// they follow are in csrc/neuinv_rules.h; the Python reference implementations in neuinv/reference.py. The
+// batch is split across threads by at::parallel_for; small fixed sizes work on 8 matrices at once interleaved
+// per SIMD lane (the "compact" layout), the others one matrix at a time in a local buffer. The hot kernels also
+// have an AVX2+FMA build, chosen at run time.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,25 +23,14 @@
 #include <xmmintrin.h>
 #endif
 
-#include "neuinv_checks.h"
+#include "../neuinv_checks.h"
+#include "../neuinv_rules.h"
 
 namespace neuinv {
 
-void check_batch(const at::Tensor& A, const char* name, c10::DeviceType device) {
-  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), name, " must have shape (b, n, n), got ", A.sizes());
-  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble, name,
-              " must be float32 or float64, got ", A.scalar_type());
-  TORCH_CHECK(A.device().type() == device, name, " must be on ", c10::DeviceTypeName(device), ", got ", A.device());
-  TORCH_CHECK(A.size(1) <= 64, name, " holds ", A.size(1), "x", A.size(1), " matrices; the kernels take n <= 64");
-}
-
-void check_like(const at::Tensor& A, const at::Tensor& X, const char* name) {
-  TORCH_CHECK(A.sizes() == X.sizes() && A.scalar_type() == X.scalar_type(), "A and ", name,
-              " must have the same shape and dtype, got ", A.sizes(), " ", A.scalar_type(), " and ", X.sizes(), " ",
-              X.scalar_type());
-}
-
 namespace {
+
+using rules::NewtonSchulzRules;
 
 constexpr int64_t kMaxN = 64;
 
@@ -220,106 +211,8 @@ NEUINV_INLINE Acc residual_into(const T* a, const TX* x, Acc* r, int64_t n_runti
   return std::sqrt(sum_of_squares<Acc>(r, n * n));
 }
 
-// The certificate of neuinv/certificate.py, in double precision. The kernels run in IEEE mode (IeeeMode below:
-// round to nearest, no flush-to-zero or denormals-are-zero), so the reference's subnormal term is 0 here. No
-// scaling is needed: a product |a_ik x_kj| that overflows makes g ||I + |A||X|||_F exceed 1 anyway.
-constexpr double kUnit = 0x1p-53;             // u of double
-constexpr double kDot2Threshold = 0x1p-26;    // certificate.DOT2_THRESHOLD
-
-NEUINV_INLINE double gamma_of(int64_t k) { return k * kUnit / (1 - k * kUnit); }
-
-// rho >= ||I - A X||_F from r = ||fl(I - A X)||_F and the rounding term g s: (r + g s)(1 + c_n u) + eta_n.
-NEUINV_INLINE double rho_from(double r, double rounding, int64_t n) {
-  const double c = 4.0 * (n * n + n + 4);
-  const double eta = 4.0 * n * (n + 2) * std::numeric_limits<double>::min() + 2.0 * n * 0x1p-511;
-  return (r + rounding) * (1 + c * kUnit) + eta;
-}
-
-// s + e = a + b exactly (Knuth's TwoSum).
-NEUINV_INLINE void two_sum(double a, double b, double& s, double& e) {
-  s = a + b;
-  const double z = s - a;
-  e = (a - (s - z)) + (b - z);
-}
-
-// ||fl(I - A X)||_F with each entry by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by FMA; the
-// terms are added in the order of certificate._dot2_residual.
-template <typename Ta, int N>
-NEUINV_INLINE double compensated_residual_norm(const Ta* a, const double* x, int64_t n_runtime) {
-  const int64_t n = N > 0 ? N : n_runtime;
-  double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      double total = i == j ? 1.0 : 0.0, correction = 0.0;
-      for (int64_t k = 0; k < n; ++k) {
-        const double left = -static_cast<double>(a[i * n + k]), right = x[k * n + j];
-        const double product = left * right, product_error = std::fma(left, right, -product);
-        double sum_error;
-        two_sum(total, product, total, sum_error);
-        correction += sum_error + product_error;
-      }
-      const double entry = total + correction;
-      sum += entry * entry;
-    }
-  }
-  return std::sqrt(sum);
-}
-
-// rho >= ||I - A X_w||_F (certificate.residual_bound) from the plain r = ||fl(I - A X_w)||_F and
-// s >= ||I + |A||X_w|||_F; where the a-priori term dominates and is not small, r is re-evaluated by Dot2.
-template <typename Ta, int N>
-NEUINV_INLINE double residual_bound_from(const Ta* a, const double* x_w, double r, double s, int64_t n) {
-  const double g = gamma_of(n + 1);
-  if (g * s > r && r + g * s > kDot2Threshold) {
-    const double r_dot2 = compensated_residual_norm<Ta, N>(a, x_w, n) / (1 - kUnit);
-    return rho_from(r_dot2, std::sqrt(2.0) * g * g * s, n);
-  }
-  return rho_from(r, g * s, n);
-}
-
-// certificate.error_bound: rho, plus delta (1 + rho) when X_w (double) is returned rounded to T; +inf unless < 1.
-template <typename T>
-NEUINV_INLINE double error_bound_from(double rho, double x_w_norm, int64_t n) {
-  double bound = rho;
-  if constexpr (!std::is_same_v<T, double>) {
-    const double spacing = static_cast<double>(std::numeric_limits<T>::denorm_min());
-    const double delta = std::numeric_limits<T>::epsilon() / 2 + n * spacing / x_w_norm;
-    bound = rho + delta * (1 + rho);
-  }
-  return bound < 1 ? bound : std::numeric_limits<double>::infinity();
-}
-
-// ||A||_F ||X||_F as ||2^-e A||_F ||2^e X||_F in double, 2^e the power of two nearest max |a_ij|
-// (certificate.scaled_norm_product: exact scaling, so no overflow and the same result for A and 2^k A).
-template <typename T>
-NEUINV_INLINE double scaled_norm_product(const T* a, const double* x, int64_t count) {
-  // Without scaling where nothing can overflow or lose accuracy to underflow: ||2^-e A|| = 2^-e ||A||
-  // exactly then, so the product is the same either way.
-  double a_plain = 0.0, x_plain = 0.0;
-  for (int64_t e = 0; e < count; ++e) {
-    a_plain += static_cast<double>(a[e]) * static_cast<double>(a[e]);
-    x_plain += x[e] * x[e];
-  }
-  constexpr double kSafeLow = 0x1p-900, kSafeHigh = 0x1p+900;
-  if (a_plain > kSafeLow && a_plain < kSafeHigh && x_plain > kSafeLow && x_plain < kSafeHigh) {
-    return std::sqrt(a_plain) * std::sqrt(x_plain);
-  }
-  double m = 0.0;
-  for (int64_t e = 0; e < count; ++e) m = std::max(m, std::abs(static_cast<double>(a[e])));
-  int exponent = 0;
-  std::frexp(m, &exponent);  // 0 for a zero matrix (and anything for Inf/NaN, which the residual reports)
-  const int half = exponent >= 0 ? exponent / 2 : -((-exponent + 1) / 2);  // floor(exponent / 2)
-  const double down_1 = std::ldexp(1.0, -half), down_2 = std::ldexp(1.0, half - exponent);
-  const double up_1 = std::ldexp(1.0, half), up_2 = std::ldexp(1.0, exponent - half);
-  double a_sq = 0.0, x_sq = 0.0;
-  for (int64_t e = 0; e < count; ++e) {
-    const double scaled_a = static_cast<double>(a[e]) * down_1 * down_2, scaled_x = x[e] * up_1 * up_2;
-    a_sq += scaled_a * scaled_a;
-    x_sq += scaled_x * scaled_x;
-  }
-  return std::sqrt(a_sq) * std::sqrt(x_sq);
-}
-
+// The kernels run in IEEE mode (IeeeMode below: round to nearest, no flush-to-zero or denormals-are-zero), so
+// the certificate's subnormal term is 0 here (csrc/neuinv_rules.h).
 // r = ||fl(I - A X)||_F in double for one matrix (X in double), and s = sqrt(n) + ||A||_F ||X||_F, the
 // bound on ||I + |A||X|||_F the certificate uses.
 template <typename Ta, int N>
@@ -328,7 +221,7 @@ NEUINV_INLINE void residual_and_scale(const Ta* a, const double* x, int64_t n_ru
   constexpr int64_t M = N > 0 ? N : kMaxN;
   alignas(64) double R[M * M];
   r = residual_into<double, N>(a, x, R, n);
-  s = std::sqrt(static_cast<double>(n)) + scaled_norm_product(a, x, n * n);
+  s = std::sqrt(static_cast<double>(n)) + rules::scaled_norm_product(a, x, n * n);
 }
 
 // The exact path's certificate for X_w (double) of one matrix, after one Newton-Schulz step
@@ -352,8 +245,8 @@ NEUINV_INLINE double certify_exact(const T* a, double* x_w, int64_t n_runtime) {
       residual_and_scale<T, N>(a, x_w, n, r, s);
     }
   }
-  const double rho = residual_bound_from<T, N>(a, x_w, r, s, n);
-  return error_bound_from<T>(rho, std::sqrt(sum_of_squares<double>(x_w, n * n)), n);
+  const double rho = rules::residual_bound_from<N>(a, x_w, r, s, n);
+  return rules::rounded_error_bound<T>(rho, std::sqrt(sum_of_squares<double>(x_w, n * n)), n);
 }
 
 // Saves the floating-point environment and sets IEEE mode (round to nearest, gradual underflow: no
@@ -506,12 +399,12 @@ NEUINV_INLINE double certify_lane(const T* a_l, const double (&x)[N][N][kLanes],
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) x_w[i * N + j] = x[i][j][l];
   }
-  const double norms = scaled_norm_product(a_l, x_w, N * N), s = std::sqrt(double(N)) + norms;
+  const double norms = rules::scaled_norm_product(a_l, x_w, N * N), s = std::sqrt(double(N)) + norms;
   if constexpr (std::is_same_v<T, double>) {
     if (r > std::numeric_limits<double>::epsilon() * norms) return certify_exact<T, N>(a_l, x_w, N);
   }
-  const double rho = residual_bound_from<T, N>(a_l, x_w, r, s, N);
-  return error_bound_from<T>(rho, std::sqrt(sum_of_squares<double>(x_w, N * N)), N);
+  const double rho = rules::residual_bound_from<N>(a_l, x_w, r, s, N);
+  return rules::rounded_error_bound<T>(rho, std::sqrt(sum_of_squares<double>(x_w, N * N)), N);
 }
 
 // Inverts `count` <= kLanes matrices (a, row-major, one after another) by Gauss-Jordan elimination on
@@ -747,15 +640,6 @@ std::tuple<at::Tensor, at::Tensor> inverse_and_error_bound_cpu(const at::Tensor&
   return {X, bound};
 }
 
-// certificate.error_bound of one X as stored (x_w: X in double), from r = ||fl(I - A X)||_F.
-template <typename T, int N>
-NEUINV_INLINE double stored_error_bound(const T* a, const double* x_w, double r, int64_t n) {
-  const double s = std::sqrt(static_cast<double>(n)) + scaled_norm_product(a, x_w, n * n);
-  const double rho = std::is_same_v<T, double> ? residual_bound_from<T, N>(a, x_w, r, s, n)
-                                               : rho_from(r, gamma_of(n + 1) * s, n);
-  return rho < 1 ? rho : std::numeric_limits<double>::infinity();
-}
-
 // certificate.error_bound of X as stored (the Newton-Schulz results), in double, one matrix at a time.
 template <typename T, int N>
 NEUINV_INLINE void error_bound_one_by_one(const T* a, const T* x, double* out, int64_t begin, int64_t end,
@@ -765,7 +649,7 @@ NEUINV_INLINE void error_bound_one_by_one(const T* a, const T* x, double* out, i
   for (int64_t m = begin; m < end; ++m) {
     const T* a_m = a + m * n * n;
     for (int64_t e = 0; e < n * n; ++e) x_w[e] = static_cast<double>(x[m * n * n + e]);
-    out[m] = stored_error_bound<T, N>(a_m, x_w, residual_into<double, N>(a_m, x_w, R, n), n);
+    out[m] = rules::stored_error_bound<N>(a_m, x_w, residual_into<double, N>(a_m, x_w, R, n), n);
   }
 }
 
@@ -787,7 +671,7 @@ NEUINV_INLINE void error_bound_compact(const T* a_in, const T* x_in, double* out
   for (int l = 0; l < count; ++l) {
     alignas(64) double x_w[N * N];
     for (int e = 0; e < N * N; ++e) x_w[e] = static_cast<double>(x_in[l * N * N + e]);
-    out[l] = stored_error_bound<T, N>(a_in + l * N * N, x_w, std::sqrt(r_sq[l]), N);
+    out[l] = rules::stored_error_bound<N>(a_in + l * N * N, x_w, std::sqrt(r_sq[l]), N);
   }
 }
 
@@ -850,23 +734,6 @@ at::Tensor residual_norm_cpu(const at::Tensor& A_in, const at::Tensor& X_in) {
   return r;
 }
 
-// The stopping rules of neuinv/reference.py: newton_schulz_refine, for one matrix: after computing r of the
-// current X (step `step`), whether to stop, and whether X is then done (converged).
-struct NewtonSchulzRules {
-  double tol, accept;
-  int64_t max_iter;
-  bool guarded;
-  double guard;
-
-  // done: r <= min(tol ||A|| ||X||, accept), or at the rounding floor (r_prev < 0.5, r > r_prev / 2) with
-  // r <= accept. Stop when done, at the floor, when r is not finite, by the guard at step 0, or at max_iter.
-  bool stop(double r, double previous, double a_norm, double x_norm, int64_t step, bool* done) const {
-    const bool at_floor = previous < 0.5 && r > previous / 2;
-    *done = r <= std::min(tol * a_norm * x_norm, accept) || (at_floor && r <= accept);
-    return *done || at_floor || !std::isfinite(r) || (guarded && step == 0 && r >= guard) || step == max_iter;
-  }
-};
-
 // The whole Newton-Schulz loop X <- X + X (I - A X) for one matrix, in working precision.
 template <typename T, int N>
 NEUINV_INLINE void newton_schulz_one(const T* a, const T* x0, T* x_out, T* r_out, bool* done_out, int32_t* steps_out,
@@ -882,7 +749,7 @@ NEUINV_INLINE void newton_schulz_one(const T* a, const T* x0, T* x_out, T* r_out
   int64_t step = 0;
   for (;; ++step) {
     r = residual_into<T, N>(a, x, R, n);
-    if (rules.stop(r, previous, a_norm, scaled_frobenius(x, n * n, m, false), step, &done)) break;
+    if (rules.stop(r, previous, a_norm * scaled_frobenius(x, n * n, m, false), step, &done)) break;
     std::copy(x, x + n * n, next);  // next = X + X R
     accumulate_product<T, N>(x, R, next, n, T(1));
     std::copy(next, next + n * n, x);
@@ -947,7 +814,7 @@ NEUINV_INLINE void newton_schulz_compact(
     bool running = false;
     for (int l = 0; l < L; ++l) {
       if (stopped[l]) continue;
-      if (rules.stop(r[l], previous[l], a_norm[l], x_norm[l], step, &done[l])) {
+      if (rules.stop(r[l], previous[l], double(a_norm[l]) * x_norm[l], step, &done[l])) {
         stopped[l] = -1;
         r_final[l] = r[l];
         steps[l] = static_cast<int32_t>(step);
@@ -1041,18 +908,211 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cpu(
   return {X, r, done, steps};
 }
 
-}  // namespace
+// ---------------------------------------------------------------------------------------------------------------
+// neuinv::invert: the whole verified inversion (neuinv/reference.py: invert) in one call. Per matrix: Newton-Schulz
+// from X0 where use_guess (guarded) or from the scaled transpose (unguarded) when refine is set, the certificate of
+// a result that stopped done, the exact path for every other matrix, the verdict, X = NaN where not certified.
 
-TORCH_LIBRARY(neuinv, m) {
-  m.def("exact_inverse(Tensor A) -> (Tensor, Tensor)");
-  m.def("residual_norm(Tensor A, Tensor X) -> Tensor");
-  m.def("inverse_and_error_bound(Tensor A) -> (Tensor, Tensor)");
-  m.def("error_bound(Tensor A, Tensor X) -> Tensor");
-  m.def("newton_schulz(Tensor A, Tensor X0, float tol, float accept, int max_iter, bool guarded, float guard)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
+// X0 = A^T / ||A||_1 / ||A||_inf of one n x n matrix (reference.scaled_transpose_guess).
+template <typename T>
+NEUINV_INLINE void scaled_transpose(const T* a, T* x0, int64_t n) {
+  T norm_1 = 0, norm_inf = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    T column = 0, row = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      column += std::abs(a[i * n + j]);
+      row += std::abs(a[j * n + i]);
+    }
+    norm_1 = std::max(norm_1, column);
+    norm_inf = std::max(norm_inf, row);
+  }
+  norm_1 = std::max(norm_1, std::numeric_limits<T>::min());
+  norm_inf = std::max(norm_inf, std::numeric_limits<T>::min());
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) x0[i * n + j] = a[j * n + i] / norm_1 / norm_inf;
+  }
 }
 
+// The exact path for `count` <= kLanes matrices of a fixed size N <= kCompactMaxN: closed forms (float32, N <= 4)
+// or the compact Gauss-Jordan kernel.
+template <typename T, int N>
+NEUINV_INLINE void exact_block(const T* a, T* x, double* error_bound, int count) {
+  if constexpr (N >= 2 && N <= kClosedFormMaxN && std::is_same_v<T, float>) {
+    invert_closed_form<T, N>(a, x, error_bound, count);
+  } else {
+    invert_compact<T, N>(a, x, error_bound, count);
+  }
+}
+
+// The verdict (rules::certified) of `count` matrices, X = NaN where it is not certified.
+template <typename T>
+NEUINV_INLINE void give_verdict(T* x, const double* bound, bool* certified, int64_t count, int64_t size,
+                                double max_error) {
+  for (int64_t l = 0; l < count; ++l) {
+    certified[l] = rules::certified(bound[l], max_error);
+    if (!certified[l]) std::fill(x + l * size, x + (l + 1) * size, std::numeric_limits<T>::quiet_NaN());
+  }
+}
+
+// neuinv::invert for `count` <= kLanes matrices of a fixed size N <= kCompactMaxN in the compact layout. The
+// matrices that take a path are gathered into local buffers, unless all of them do (then no copy is made).
+template <typename T, int N>
+NEUINV_INLINE void invert_compact_block(const T* a, const T* x0, const bool* use_guess, T* x, bool* certified,
+                                        double* bound, int32_t* iterations, bool* fallback, int count, bool refine,
+                                        NewtonSchulzRules rules, double max_error) {
+  constexpr int L = kLanes, S = N * N;
+  bool exact[L];
+  for (int l = 0; l < count; ++l) {
+    exact[l] = true;
+    iterations[l] = 0;
+  }
+  alignas(64) T a_buffer[L * S], x_buffer[L * S];
+  int chosen[L], k = 0;
+  if (refine) {
+    for (int l = 0; l < count; ++l) {
+      if (!use_guess || use_guess[l]) chosen[k++] = l;
+    }
+  }
+  if (k > 0) {
+    const bool whole = k == count;
+    alignas(64) T guess[L * S];
+    double kept_bound[L], refined_bound[L];
+    T r[L];
+    bool done[L];
+    int32_t steps[L];
+    if (!whole) {
+      for (int q = 0; q < k; ++q) std::copy(a + chosen[q] * S, a + (chosen[q] + 1) * S, a_buffer + q * S);
+    }
+    const T* a_used = whole ? a : a_buffer;
+    if (x0 != nullptr && whole) {
+      std::copy(x0, x0 + k * S, guess);
+    } else {
+      for (int q = 0; q < k; ++q) {
+        if (x0 != nullptr) {
+          std::copy(x0 + chosen[q] * S, x0 + (chosen[q] + 1) * S, guess + q * S);
+        } else {
+          scaled_transpose(a_used + q * S, guess + q * S, N);
+        }
+      }
+    }
+    rules.guarded = x0 != nullptr;
+    newton_schulz_compact<T, N>(a_used, guess, x_buffer, r, done, steps, k, rules);
+    error_bound_compact<T, N>(a_used, x_buffer, refined_bound, k);
+    for (int q = 0; q < k; ++q) {
+      const int l = chosen[q];
+      iterations[l] = steps[q];
+      kept_bound[q] = done[q] ? refined_bound[q] : rules::kInfinity;
+      if (rules::certified(kept_bound[q], max_error)) {
+        std::copy(x_buffer + q * S, x_buffer + (q + 1) * S, x + l * S);
+        bound[l] = kept_bound[q];
+        exact[l] = false;
+      }
+    }
+  }
+  k = 0;
+  for (int l = 0; l < count; ++l) {
+    if (exact[l]) chosen[k++] = l;
+    fallback[l] = exact[l];
+  }
+  if (k == count) {
+    exact_block<T, N>(a, x, bound, count);
+  } else if (k > 0) {
+    double exact_bound[L];
+    for (int q = 0; q < k; ++q) std::copy(a + chosen[q] * S, a + (chosen[q] + 1) * S, a_buffer + q * S);
+    exact_block<T, N>(a_buffer, x_buffer, exact_bound, k);
+    for (int q = 0; q < k; ++q) {
+      std::copy(x_buffer + q * S, x_buffer + (q + 1) * S, x + chosen[q] * S);
+      bound[chosen[q]] = exact_bound[q];
+    }
+  }
+  give_verdict(x, bound, certified, count, S, max_error);
+}
+
+// neuinv::invert for matrices begin..end-1, one at a time (the sizes without a compact kernel).
+template <typename T, int N>
+NEUINV_INLINE void invert_one_by_one_verified(const T* a, const T* x0, const bool* use_guess, T* x, bool* certified,
+                                              double* bound, int32_t* iterations, bool* fallback, int64_t begin,
+                                              int64_t end, int64_t n, bool refine, NewtonSchulzRules rules,
+                                              double max_error) {
+  constexpr int64_t M = N > 0 ? N : kMaxN;
+  alignas(64) T guess[M * M];
+  rules.guarded = x0 != nullptr;
+  for (int64_t m = begin; m < end; ++m) {
+    const T* a_m = a + m * n * n;
+    T* x_m = x + m * n * n;
+    iterations[m] = 0;
+    fallback[m] = true;
+    if (refine && (!use_guess || use_guess[m])) {
+      const T* start = x0 != nullptr ? x0 + m * n * n : guess;
+      if (x0 == nullptr) scaled_transpose(a_m, guess, n);
+      T r;
+      bool done;
+      newton_schulz_one<T, N>(a_m, start, x_m, &r, &done, iterations + m, n, rules);
+      if (done) {
+        error_bound_one_by_one<T, N>(a_m, x_m, bound + m, 0, 1, n);
+        fallback[m] = !rules::certified(bound[m], max_error);
+      }
+    }
+    if (fallback[m]) invert_one_by_one<T, N>(a_m, x_m, bound + m, 0, 1, n);
+    give_verdict(x_m, bound + m, certified + m, 1, n * n, max_error);
+  }
+}
+
+template <typename T, int N>
+void invert_batch(const T* a, const T* x0, const bool* use_guess, T* x, bool* certified, double* bound,
+                  int32_t* iterations, bool* fallback, int64_t b, int64_t n, bool refine,
+                  const NewtonSchulzRules& rules, double max_error) {
+  if constexpr (N > 0 && N <= kCompactMaxN) {
+    const int64_t blocks = (b + kLanes - 1) / kLanes;
+    at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
+      IeeeMode ieee;
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t m = block * kLanes;
+        const int count = static_cast<int>(std::min<int64_t>(kLanes, b - m));
+        run_for_this_cpu<invert_compact_block<T, N>>(
+            a + m * N * N, x0 ? x0 + m * N * N : x0, use_guess ? use_guess + m : use_guess, x + m * N * N,
+            certified + m, bound + m, iterations + m, fallback + m, count, refine, rules, max_error);
+      }
+    });
+  } else {
+    at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
+      IeeeMode ieee;
+      run_for_this_cpu<invert_one_by_one_verified<T, N>>(a, x0, use_guess, x, certified, bound, iterations,
+                                                          fallback, begin, end, n, refine, rules, max_error);
+    });
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cpu(
+    const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
+    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error) {
+  check_invert_arguments(A_in, X0_in, use_guess_in, refine, at::kCPU);
+  const at::Tensor A = A_in.contiguous();
+  const at::Tensor X0 = X0_in.has_value() ? X0_in->contiguous() : at::Tensor();
+  const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->contiguous() : at::Tensor();
+  const int64_t b = A.size(0), n = A.size(1);
+  at::Tensor X = empty_output_like(A);
+  at::Tensor certified = at::empty({b}, A.options().dtype(at::kBool));
+  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
+  at::Tensor iterations = at::empty({b}, A.options().dtype(at::kInt));
+  at::Tensor fallback = at::empty({b}, A.options().dtype(at::kBool));
+  const NewtonSchulzRules rules{tol, accept, max_iter, X0.defined(), guard};
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert", [&] {
+    const scalar_t* x0 = X0.defined() ? X0.data_ptr<scalar_t>() : nullptr;
+    const bool* use = use_guess.defined() ? use_guess.data_ptr<bool>() : nullptr;
+    NEUINV_DISPATCH_SIZE(n, [&] {
+      invert_batch<scalar_t, N>(A.data_ptr<scalar_t>(), x0, use, X.data_ptr<scalar_t>(), certified.data_ptr<bool>(),
+                                bound.data_ptr<double>(), iterations.data_ptr<int32_t>(), fallback.data_ptr<bool>(), b,
+                                n, refine, rules, max_error);
+    });
+  });
+  return {X, certified, bound, iterations, fallback};
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(neuinv, CPU, m) {
+  m.impl("invert", &invert_cpu);
   m.impl("exact_inverse", &exact_inverse_cpu);
   m.impl("residual_norm", &residual_norm_cpu);
   m.impl("inverse_and_error_bound", &inverse_and_error_bound_cpu);

@@ -7,18 +7,22 @@ namespace {
 
 // Gauss-Jordan inversion in place with implicit partial pivoting: at step k the unused row p with the
 // largest |M[p][k]| becomes the pivot (no rows are swapped); afterwards X[k][p_j] = M[p_k][j]. info[m] is 0,
-// or the 1-based column of the first zero pivot (X is then NaN), as LAPACK's getrf reports it. The arithmetic
+// or the 1-based column of the first zero pivot (X is then NaN), as LAPACK's getrf reports it. Matrices where
+// `needed` is false (when given) are skipped: neither X nor info is written. The arithmetic
 // is double precision for every input dtype (a float32 inverse carries only its final rounding), as on the CPU.
 template <typename T, int W>
 __global__ void exact_inverse_kernel(const T* __restrict__ A, T* __restrict__ X, int32_t* __restrict__ info,
-                                     int64_t batch, int n) {
+                                     const bool* __restrict__ needed, int64_t batch, int n) {
   constexpr int G = groups_per_block<W>();
   using C = double;
   __shared__ C pivot_rows[G][W];
   __shared__ int pivot_of_step[G][W];
   __shared__ C scratch_value[2];
   __shared__ int scratch_row[2];
-  const auto [i, g, m, row_active, offset] = thread_row<W>(batch, n);
+  const ThreadRow where = thread_row<W>(batch, n);
+  const int i = where.i, g = where.g;
+  const int64_t m = where.m, offset = where.offset;
+  const bool row_active = where.row_active && (needed == nullptr || needed[m]);  // skipped: no row is active
 
   C row[W];
 #pragma unroll
@@ -66,17 +70,21 @@ __global__ void exact_inverse_kernel(const T* __restrict__ A, T* __restrict__ X,
 }  // namespace
 
 template <typename T>
-cudaError_t launch_exact_inverse(const T* A, T* X, int32_t* info, int64_t batch, int n, cudaStream_t stream) {
+cudaError_t launch_exact_inverse(const T* A, T* X, int32_t* info, const bool* needed, int64_t batch, int n,
+                                 cudaStream_t stream) {
   if (batch == 0 || n == 0) return cudaSuccess;
   dispatch_width(n, [&](auto width) {
     constexpr int W = decltype(width)::value;
-    exact_inverse_kernel<T, W><<<grid_for<W>(batch), dim3(W, groups_per_block<W>()), 0, stream>>>(A, X, info, batch, n);
+    exact_inverse_kernel<T, W><<<grid_for<W>(batch), dim3(W, groups_per_block<W>()), 0, stream>>>(A, X, info, needed,
+                                                                                                    batch, n);
   });
   return cudaGetLastError();
 }
 
-template cudaError_t launch_exact_inverse<float>(const float*, float*, int32_t*, int64_t, int, cudaStream_t);
-template cudaError_t launch_exact_inverse<double>(const double*, double*, int32_t*, int64_t, int, cudaStream_t);
+template cudaError_t launch_exact_inverse<float>(const float*, float*, int32_t*, const bool*, int64_t, int,
+                                                  cudaStream_t);
+template cudaError_t launch_exact_inverse<double>(const double*, double*, int32_t*, const bool*, int64_t, int,
+                                                   cudaStream_t);
 
 }  // namespace cuda_kernels
 }  // namespace neuinv

@@ -1,0 +1,36 @@
+// Launchers of neuinv's CUDA kernels (defined in csrc/neuinv_cuda_*.cu, for float and double), called by the
+// host-compiled operators in csrc/neuinv_cuda_ops.cpp. Raw pointers to contiguous (batch, n, n) data on the
+// current device; each returns the launch's cudaError_t instead of throwing, so that every exception is
+// raised from host-compiled code.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../neuinv_rules.h"
+
+namespace neuinv {
+namespace cuda_kernels {
+
+// Gauss-Jordan inverse of the matrices where `needed` (nullptr: all); info: 0 or the first zero pivot.
+template <typename T>
+cudaError_t launch_exact_inverse(const T* A, T* X, int32_t* info, const bool* needed, int64_t batch, int n,
+                                 cudaStream_t stream);
+
+template <typename T>
+cudaError_t launch_residual_norm(const T* A, const T* X, T* residual, int64_t batch, int n, cudaStream_t stream);
+
+// The Newton-Schulz loop from X0 for the matrices where `use_guess` (nullptr: all); the others stop at step 0,
+// not done, with X not written.
+template <typename T>
+cudaError_t launch_newton_schulz(const T* A, const T* X0, T* X, T* residual, bool* done, int32_t* steps,
+                                 const bool* use_guess, int64_t batch, int n, const rules::NewtonSchulzRules& rules,
+                                 cudaStream_t stream);
+
+// certificate.error_bound of X as stored, written where `todo` (nullptr: everywhere).
+template <typename T>
+cudaError_t launch_error_bound(const T* A, const T* X, const bool* todo, double* bound, int64_t batch, int n,
+                               cudaStream_t stream);
+
+}  // namespace cuda_kernels
+}  // namespace neuinv

@@ -1,0 +1,168 @@
+// The CUDA implementations of neuinv's operators (schemas in csrc/neuinv_ops.cpp): argument checks, device
+// guard, allocation, and the launches of the kernels in csrc/cuda/*.cu on the current stream. Compiled by the
+// host compiler, so that every error is thrown from host-compiled frames. No operator here synchronises
+// with the host: every decision per matrix is made on the device, by masks the kernels read.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <limits>
+
+#include "../neuinv_checks.h"
+#include "neuinv_cuda_launch.h"
+
+namespace neuinv {
+namespace {
+
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+void exact_inverse_into(const at::Tensor& A, at::Tensor& X, at::Tensor& info, const at::Tensor& needed) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_exact_inverse_cuda", [&] {
+    C10_CUDA_CHECK(cuda_kernels::launch_exact_inverse<scalar_t>(
+        A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), info.data_ptr<int32_t>(), data_or_null<bool>(needed),
+        A.size(0), static_cast<int>(A.size(1)), stream));
+  });
+}
+
+void error_bound_into(const at::Tensor& A, const at::Tensor& X, const at::Tensor& todo, at::Tensor& bound) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_error_bound_cuda", [&] {
+    C10_CUDA_CHECK(cuda_kernels::launch_error_bound<scalar_t>(
+        A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), data_or_null<bool>(todo), bound.data_ptr<double>(),
+        A.size(0), static_cast<int>(A.size(1)), stream));
+  });
+}
+
+void newton_schulz_into(const at::Tensor& A, const at::Tensor& X0, const at::Tensor& use_guess, at::Tensor& X,
+                        at::Tensor& residual, at::Tensor& done, at::Tensor& steps,
+                        const rules::NewtonSchulzRules& rules) {
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_newton_schulz_cuda", [&] {
+    C10_CUDA_CHECK(cuda_kernels::launch_newton_schulz<scalar_t>(
+        A.data_ptr<scalar_t>(), X0.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), residual.data_ptr<scalar_t>(),
+        done.data_ptr<bool>(), steps.data_ptr<int32_t>(), data_or_null<bool>(use_guess), A.size(0),
+        static_cast<int>(A.size(1)), rules, stream));
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> exact_inverse_cuda(const at::Tensor& A_in) {
+  check_batch(A_in, "A", at::kCUDA);
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous();
+  at::Tensor X = at::empty_like(A);
+  at::Tensor info = at::zeros({A.size(0)}, A.options().dtype(at::kInt));
+  exact_inverse_into(A, X, info, at::Tensor());
+  return {X, info};
+}
+
+at::Tensor residual_norm_cuda(const at::Tensor& A_in, const at::Tensor& X_in) {
+  check_batch(A_in, "A", at::kCUDA);
+  check_batch(X_in, "X", at::kCUDA);
+  check_like(A_in, X_in, "X");
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
+  at::Tensor r = at::zeros({A.size(0)}, A.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_residual_norm_cuda", [&] {
+    C10_CUDA_CHECK(cuda_kernels::launch_residual_norm<scalar_t>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
+                                                                r.data_ptr<scalar_t>(), A.size(0),
+                                                                static_cast<int>(A.size(1)), stream));
+  });
+  return r;
+}
+
+at::Tensor error_bound_cuda(const at::Tensor& A_in, const at::Tensor& X_in) {
+  check_batch(A_in, "A", at::kCUDA);
+  check_batch(X_in, "X", at::kCUDA);
+  check_like(A_in, X_in, "X");
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
+  at::Tensor bound = at::empty({A.size(0)}, A.options().dtype(at::kDouble));
+  error_bound_into(A, X, at::Tensor(), bound);
+  return bound;
+}
+
+std::tuple<at::Tensor, at::Tensor> inverse_and_error_bound_cuda(const at::Tensor& A_in) {
+  auto [X, info] = exact_inverse_cuda(A_in);
+  at::Tensor bound = error_bound_cuda(A_in, X);
+  return {X, bound};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cuda(
+    const at::Tensor& A_in, const at::Tensor& X0_in, double tol, double accept, int64_t max_iter,
+    bool guarded, double guard) {
+  check_batch(A_in, "A", at::kCUDA);
+  check_batch(X0_in, "X0", at::kCUDA);
+  check_like(A_in, X0_in, "X0");
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous(), X0 = X0_in.contiguous();
+  const int64_t b = A.size(0);
+  at::Tensor X = at::empty_like(A);
+  at::Tensor residual = at::zeros({b}, A.options());
+  at::Tensor done = at::zeros({b}, A.options().dtype(at::kBool));
+  at::Tensor steps = at::zeros({b}, A.options().dtype(at::kInt));
+  newton_schulz_into(A, X0, at::Tensor(), X, residual, done, steps, {tol, accept, max_iter, guarded, guard});
+  return {X, residual, done, steps};
+}
+
+// X0 = A^T / ||A||_1 / ||A||_inf (reference.scaled_transpose_guess), by ATen operations on the device.
+at::Tensor scaled_transpose(const at::Tensor& A) {
+  const double tiny = A.scalar_type() == at::kFloat ? std::numeric_limits<float>::min()
+                                                      : std::numeric_limits<double>::min();
+  const at::Tensor magnitude = A.abs();
+  const at::Tensor norm_1 = std::get<0>(magnitude.sum(1).max(1)).clamp_min(tiny).view({-1, 1, 1});
+  const at::Tensor norm_inf = std::get<0>(magnitude.sum(2).max(1)).clamp_min(tiny).view({-1, 1, 1});
+  return (A.transpose(1, 2) / norm_1 / norm_inf).contiguous();
+}
+
+// neuinv::invert (reference.invert) as a sequence of launches on the current stream: Newton-Schulz where a guess
+// is used, the certificate of the matrices that stopped done, Gauss-Jordan and its certificate where that one is
+// missing or above max_error, the verdict. Per-matrix choices are device masks; nothing waits for the host.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cuda(
+    const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
+    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error) {
+  check_invert_arguments(A_in, X0_in, use_guess_in, refine, at::kCUDA);
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous();
+  const int64_t b = A.size(0);
+  at::Tensor X = at::empty_like(A);
+  at::Tensor bound = at::full({b}, std::numeric_limits<double>::infinity(), A.options().dtype(at::kDouble));
+  at::Tensor iterations = at::zeros({b}, A.options().dtype(at::kInt));
+  at::Tensor needed;  // undefined: every matrix takes the exact path
+  if (refine) {
+    const at::Tensor X0 = X0_in.has_value() ? X0_in->contiguous() : scaled_transpose(A);
+    const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->contiguous() : at::Tensor();
+    at::Tensor residual = at::empty({b}, A.options());
+    at::Tensor done = at::empty({b}, A.options().dtype(at::kBool));
+    newton_schulz_into(A, X0, use_guess, X, residual, done, iterations,
+                       {tol, accept, max_iter, X0_in.has_value(), guard});
+    error_bound_into(A, X, done, bound);
+    needed = bound.le(max_error).logical_not_();
+  }
+  at::Tensor info = at::empty({b}, A.options().dtype(at::kInt));
+  exact_inverse_into(A, X, info, needed);
+  error_bound_into(A, X, needed, bound);
+  at::Tensor fallback = needed.defined() ? needed : at::ones({b}, A.options().dtype(at::kBool));
+  at::Tensor certified = bound.le(max_error);
+  X.masked_fill_(certified.logical_not().view({-1, 1, 1}), std::numeric_limits<double>::quiet_NaN());
+  return {X, certified, bound, iterations, fallback};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
+  m.impl("invert", &invert_cuda);
+  m.impl("exact_inverse", &exact_inverse_cuda);
+  m.impl("residual_norm", &residual_norm_cuda);
+  m.impl("inverse_and_error_bound", &inverse_and_error_bound_cuda);
+  m.impl("error_bound", &error_bound_cuda);
+  m.impl("newton_schulz", &newton_schulz_cuda);
+}
+
+}  // namespace neuinv

@@ -1,0 +1,178 @@
+// The rules of a verified inversion, shared by the CPU and CUDA kernels (__host__ __device__): the
+// Newton-Schulz stopping rule and guard (neuinv/rules.py), the certificate (neuinv/certificate.py) and the
+// verdict. The Python modules are the readable specification; tests/test_conformance.py checks that every
+// backend follows them. No ATen and no std:: calls here, so that nvcc compiles it for the device too.
+#pragma once
+#include <math.h>  // the C functions in the global namespace, as CUDA device code has them
+
+#include <cstdint>
+#include <type_traits>
+
+#if defined(__CUDACC__)
+#define NEUINV_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define NEUINV_HOST_DEVICE inline __attribute__((always_inline))
+#endif
+
+namespace neuinv {
+namespace rules {
+
+constexpr double kFloorStart = 0.5;       // rules.FLOOR_START
+constexpr double kFloorRatio = 0.5;       // rules.FLOOR_RATIO
+constexpr double kUnit = 0x1p-53;         // u of double
+constexpr double kDot2Threshold = 0x1p-26;  // certificate.DOT2_THRESHOLD
+constexpr double kDoubleMin = 0x1p-1022;  // smallest normal double
+constexpr double kInfinity = __builtin_huge_val();
+
+// The parameters of the Newton-Schulz loop: rules.NewtonSchulzRules, same fields.
+struct NewtonSchulzRules {
+  double tol, accept;
+  int64_t max_iter;
+  bool guarded;
+  double guard;
+
+  // rules.converged: r <= min(tol ||A||_F ||X||_F, accept).
+  NEUINV_HOST_DEVICE bool converged(double r, double norm_product) const {
+    return r <= fmin(tol * norm_product, accept);
+  }
+
+  // rules.NewtonSchulzRules.stop: whether the current X (residual r, previous residual `previous`, +inf at step
+  // 0) stops at `step`, and whether it is then done.
+  NEUINV_HOST_DEVICE bool stop(double r, double previous, double norm_product, int64_t step, bool* done) const {
+    const bool at_floor = previous < kFloorStart && r > previous * kFloorRatio;
+    *done = converged(r, norm_product) || (at_floor && r <= accept);
+    return *done || at_floor || !isfinite(r) || (guarded && step == 0 && r >= guard) || step == max_iter;
+  }
+};
+
+// rules.certified: the verdict on an error bound (max_error = rules.CERTIFIED_BELOW without one).
+NEUINV_HOST_DEVICE bool certified(double error_bound, double max_error) { return error_bound <= max_error; }
+
+// gamma_k = k u / (1 - k u) in double (Higham, Accuracy and Stability, Lemma 3.1).
+NEUINV_HOST_DEVICE double gamma_of(int64_t k) { return k * kUnit / (1 - k * kUnit); }
+
+// certificate.residual_bound's final step: rho >= ||I - A X||_F from r = ||fl(I - A X)||_F and the rounding
+// term g s, (r + g s)(1 + c_n u) + eta_n (the kernels run without flush-to-zero: no subnormal term).
+NEUINV_HOST_DEVICE double rho_from(double r, double rounding, int64_t n) {
+  const double c = 4.0 * (n * n + n + 4);
+  const double eta = 4.0 * n * (n + 2) * kDoubleMin + 2.0 * n * 0x1p-511;
+  return (r + rounding) * (1 + c * kUnit) + eta;
+}
+
+// s + e = a + b exactly (Knuth's TwoSum).
+NEUINV_HOST_DEVICE void two_sum(double a, double b, double& s, double& e) {
+  s = a + b;
+  const double z = s - a;
+  e = (a - (s - z)) + (b - z);
+}
+
+// ||fl(I - A X)||_F with each entry by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by FMA; the
+// terms are added in the order of certificate._dot2_residual. Row-major n x n matrices (N: n if fixed, else 0).
+template <int N, typename Ta, typename Tx>
+NEUINV_HOST_DEVICE double compensated_residual_norm(const Ta* a, const Tx* x, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double total = i == j ? 1.0 : 0.0, correction = 0.0;
+      for (int64_t k = 0; k < n; ++k) {
+        const double left = -static_cast<double>(a[i * n + k]), right = static_cast<double>(x[k * n + j]);
+        const double product = left * right, product_error = fma(left, right, -product);
+        double sum_error;
+        two_sum(total, product, total, sum_error);
+        correction += sum_error + product_error;
+      }
+      const double entry = total + correction;
+      sum += entry * entry;
+    }
+  }
+  return sqrt(sum);
+}
+
+// ||fl(I - A X)||_F evaluated in double (plain dot products, any order: the certificate bounds their rounding).
+template <int N, typename Ta, typename Tx>
+NEUINV_HOST_DEVICE double residual_norm_in_double(const Ta* a, const Tx* x, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double entry = i == j ? 1.0 : 0.0;
+      for (int64_t k = 0; k < n; ++k) entry -= static_cast<double>(a[i * n + k]) * static_cast<double>(x[k * n + j]);
+      sum += entry * entry;
+    }
+  }
+  return sqrt(sum);
+}
+
+// rho >= ||I - A X||_F (certificate.residual_bound) from the plain r = ||fl(I - A X)||_F in double and
+// s >= ||I + |A||X|||_F; where the a-priori term dominates and is not small, r is re-evaluated by Dot2.
+template <int N, typename Ta, typename Tx>
+NEUINV_HOST_DEVICE double residual_bound_from(const Ta* a, const Tx* x, double r, double s, int64_t n) {
+  const double g = gamma_of(n + 1);
+  if (g * s > r && r + g * s > kDot2Threshold) {
+    const double r_dot2 = compensated_residual_norm<N>(a, x, n) / (1 - kUnit);
+    return rho_from(r_dot2, sqrt(2.0) * g * g * s, n);
+  }
+  return rho_from(r, g * s, n);
+}
+
+// certificate.certified_or_inf: a bound below 1, else +inf (NaN included).
+NEUINV_HOST_DEVICE double certified_or_inf(double bound) { return bound < 1 ? bound : kInfinity; }
+
+// certificate.error_bound(..., rounded_to=T) for X = round_T(X_w): rho + delta (1 + rho), delta = u_T +
+// n (smallest subnormal of T) / ||X_w||_F; rho alone when T is double.
+template <typename T>
+NEUINV_HOST_DEVICE double rounded_error_bound(double rho, double x_w_norm, int64_t n) {
+  if constexpr (std::is_same_v<T, double>) {
+    return certified_or_inf(rho);
+  } else {
+    const double delta = 0x1p-24 + n * 0x1p-149 / x_w_norm;
+    return certified_or_inf(rho + delta * (1 + rho));
+  }
+}
+
+// ||A||_F ||X||_F as ||2^-e A||_F ||2^e X||_F in double, 2^e the power of two nearest max |a_ij|
+// (certificate.scaled_norm_product: exact scaling, so no overflow and the same result for A and 2^k A).
+template <typename Ta, typename Tx>
+NEUINV_HOST_DEVICE double scaled_norm_product(const Ta* a, const Tx* x, int64_t count) {
+  // Without scaling where nothing can overflow or lose accuracy to underflow: ||2^-e A|| = 2^-e ||A||
+  // exactly then, so the product is the same either way.
+  double a_plain = 0.0, x_plain = 0.0;
+  for (int64_t e = 0; e < count; ++e) {
+    a_plain += static_cast<double>(a[e]) * static_cast<double>(a[e]);
+    x_plain += static_cast<double>(x[e]) * static_cast<double>(x[e]);
+  }
+  constexpr double kSafeLow = 0x1p-900, kSafeHigh = 0x1p+900;
+  if (a_plain > kSafeLow && a_plain < kSafeHigh && x_plain > kSafeLow && x_plain < kSafeHigh) {
+    return sqrt(a_plain) * sqrt(x_plain);
+  }
+  double m = 0.0;
+  for (int64_t e = 0; e < count; ++e) m = fmax(m, fabs(static_cast<double>(a[e])));
+  int exponent = 0;
+  frexp(m, &exponent);  // 0 for a zero matrix (and anything for Inf/NaN, which the residual reports)
+  const int half = exponent >= 0 ? exponent / 2 : -((-exponent + 1) / 2);  // floor(exponent / 2)
+  const double down_1 = ldexp(1.0, -half), down_2 = ldexp(1.0, half - exponent);
+  const double up_1 = ldexp(1.0, half), up_2 = ldexp(1.0, exponent - half);
+  double a_sq = 0.0, x_sq = 0.0;
+  for (int64_t e = 0; e < count; ++e) {
+    const double scaled_a = static_cast<double>(a[e]) * down_1 * down_2;
+    const double scaled_x = static_cast<double>(x[e]) * up_1 * up_2;
+    a_sq += scaled_a * scaled_a;
+    x_sq += scaled_x * scaled_x;
+  }
+  return sqrt(a_sq) * sqrt(x_sq);
+}
+
+// certificate.error_bound of X as stored in T (a Newton-Schulz result, or any X), given r = ||fl(I - A X)||_F
+// evaluated in double: float32 products are exact in double, so the plain bound holds with g = gamma_{n+1};
+// float64 escalates to Dot2 where that term dominates.
+template <int N, typename T, typename Tx>
+NEUINV_HOST_DEVICE double stored_error_bound(const T* a, const Tx* x, double r, int64_t n) {
+  const double s = sqrt(static_cast<double>(n)) + scaled_norm_product(a, x, n * n);
+  const double rho = std::is_same_v<T, double> ? residual_bound_from<N>(a, x, r, s, n)
+                                               : rho_from(r, gamma_of(n + 1) * s, n);
+  return certified_or_inf(rho);
+}
+
+}  // namespace rules
+}  // namespace neuinv

@@ -1,0 +1,101 @@
+"""The rules of a verified inversion, in one place: the readable specification that every backend follows.
+
+The compiled kernels carry the same rules in ``csrc/neuinv_rules.h`` (``__host__ __device__`` functions
+shared by the CPU and CUDA code, one ``NewtonSchulzRules`` struct); the Triton kernels take these constants.
+``tests/test_conformance.py`` runs one scenario table through every backend against them.
+
+Per matrix A, with an initial guess X0 (a warm start, a learned guess or the scaled transpose):
+
+1. Newton–Schulz (Hotelling 1943; Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §14.5):
+   X <- X + X (I - A X), so that R = I - A X is squared each step. At each step k = 0, 1, ... the residual
+   r = ||fl(I - A X)||_F of the current X decides (:meth:`NewtonSchulzRules.stop`):
+
+   - done: r <= min(tol ||A||_F ||X||_F, accept) (:func:`converged`, a backward-error test;
+     ``torch.linalg.inv`` lands at about eps ||A||_F ||X||_F), or at the rounding floor with r <= accept;
+   - the rounding floor: the quadratic phase is over (r_prev < ``FLOOR_START``) but r > r_prev ``FLOOR_RATIO``;
+   - stop when done, at the floor, when r is not finite, at step 0 when the guess is guarded (it came from
+     ``init`` or a model) and r >= ``GUARD_RESIDUAL``, or at ``max_iter``.
+
+   ||A||_F ||X||_F is evaluated as ||A / m||_F ||m X||_F, m = max |a_ij| (:func:`neuinv.reference.norm_product`).
+2. A matrix that stopped done gets the certificate of :mod:`neuinv.certificate`; if it is not certified
+   (:func:`certified`) -- or the matrix stopped without being done, or never had a guess -- it takes the exact
+   path (Gauss–Jordan or LU with partial pivoting) and that result's certificate.
+3. ``certified`` = error_bound <= max_error; X is NaN wherever it is not.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+GUARD_RESIDUAL = 0.5
+"""Initial guesses (init or model) with ||I - A X0||_F >= this take the exact path: r0 < 1 guarantees
+quadratic convergence (||.||_F >= ||.||_2), and 0.5 leaves a margin for the rounding of r0 itself."""
+
+FLOOR_START = 0.5
+"""The quadratic phase is under way once the previous residual is below this."""
+
+FLOOR_RATIO = 0.5
+"""In the quadratic phase a step that leaves r above r_prev * FLOOR_RATIO has reached the rounding floor."""
+
+NEWTON_SCHULZ_ACCEPT = {torch.float32: 1e-3, torch.complex64: 1e-3,
+                        torch.float64: 1e-6, torch.complex128: 1e-6}
+"""Largest computed residual ||I - A X||_F at which a Newton–Schulz result is kept (and then certified);
+a matrix whose iteration stalls above it takes the exact path instead, per dtype."""
+
+MAX_ITER_FROM_GUESS = 10
+"""Default max_iter with init or model: from r0 < 0.5, six steps reach 0.5**64 ~ 5e-20."""
+
+MAX_ITER_FROM_SCALED_TRANSPOSE = 64
+"""Default max_iter from the scaled transpose: enough for cond(A) up to about 1e9."""
+
+CERTIFIED_BELOW = 1.0
+"""Without ``max_error`` a matrix is certified when its error bound is below 1 (at least one correct digit);
+the bounds are below 1 or +inf (:func:`neuinv.certificate.certified_or_inf`), so max_error = 1 says the same."""
+
+
+def default_tol(dtype: torch.dtype) -> float:
+    """Default stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F): eps(dtype) / 2.
+
+    ||A||_F ||X||_F overestimates cond_2(A) by up to n, and LU lands at about
+    0.2-1 eps ||A||_F ||X||_F; matrices whose rounding floor lies above this tolerance stop
+    by the floor test instead (one more step), so the result is as accurate as LU's.
+    (eps/4 cost 0.3-0.6 more steps on average for warm starts; eps failed the 4x-LU accuracy bar.)"""
+    return torch.finfo(dtype).eps / 2
+
+
+class NewtonSchulzRules(NamedTuple):
+    """The parameters of the Newton–Schulz loop (the C++/CUDA struct of the same name has the same fields).
+
+    tol: stopping tolerance on r / (||A||_F ||X||_F); accept: largest r a result may stop at (per dtype,
+    ``NEWTON_SCHULZ_ACCEPT``); max_iter: most steps; guarded: whether step 0 applies the guard (the guess came
+    from init or a model); guard: ``GUARD_RESIDUAL``."""
+
+    tol: float
+    accept: float
+    max_iter: int
+    guarded: bool
+    guard: float = GUARD_RESIDUAL
+
+    def stop(self, r: torch.Tensor, previous: torch.Tensor, converged: torch.Tensor,
+             step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(stop, done) for the current X of each matrix at step `step`, from its residual r, the previous
+        step's residual (+inf at step 0) and the tolerance test :func:`converged`."""
+        at_floor = (previous < FLOOR_START) & (r > previous * FLOOR_RATIO)
+        done = converged | (at_floor & (r <= self.accept))
+        stop = done | at_floor | ~torch.isfinite(r)
+        if step == 0 and self.guarded:
+            stop = stop | (r >= self.guard)
+        if step == self.max_iter:
+            stop = torch.ones_like(stop)
+        return stop, done
+
+
+def converged(r: torch.Tensor, norm_product: torch.Tensor, tol: float, accept: float) -> torch.Tensor:
+    """The tolerance test r <= min(tol ||A||_F ||X||_F, accept), given ||A||_F ||X||_F."""
+    return r <= torch.clamp(tol * norm_product, max=accept)
+
+
+def certified(error_bound: torch.Tensor, max_error: float | None) -> torch.Tensor:
+    """The rule for ``info.certified``: error_bound <= max_error (``CERTIFIED_BELOW`` when None)."""
+    return error_bound <= (CERTIFIED_BELOW if max_error is None else max_error)

@@ -1,0 +1,145 @@
+"""The compiled operator neuinv::invert: its registration (opcheck), agreement with its specification
+reference.invert, and the structure of batched_inverse_ex around it: one operator call per chunk, no host
+synchronisation, no data-dependent shapes (so CUDA graphs and torch.compile can take it)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import neuinv
+from neuinv import reference
+from neuinv.rules import NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol
+from neuinv.testing import conditioned_matrices, warm_start
+
+COMPILED = [name for name in ("cpp", "cuda") if neuinv.available_backends()[name].available]
+pytestmark = pytest.mark.skipif(not COMPILED, reason="the compiled operator is not built")
+DEVICE = {"cpp": "cpu", "cuda": "cuda"}
+
+SYNCING_OPERATORS = {"nonzero", "_local_scalar_dense", "item", "masked_select", "unique", "argwhere"}
+"""aten operators whose output shape depends on the data, or that copy a value to the host."""
+
+
+def _arguments(A, X0, use_guess, refine, max_iter=10, max_error=1.0):
+    rules = NewtonSchulzRules(default_tol(A.dtype), NEWTON_SCHULZ_ACCEPT[A.dtype], max_iter, X0 is not None)
+    return (A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard, max_error), rules
+
+
+def _variants(A):
+    X0 = warm_start(A, 1e-3)
+    mask = torch.arange(A.shape[0], device=A.device) % 2 == 0
+    return {"exact": (None, None, False), "scaled transpose": (None, None, True),
+            "guess": (X0, None, True), "guess where masked": (X0, mask, True)}
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_opcheck(backend):
+    A = conditioned_matrices(5, 3, 10.0, torch.float64).to(DEVICE[backend])
+    for X0, use_guess, refine in _variants(A).values():
+        args, _ = _arguments(A, X0, use_guess, refine)
+        torch.library.opcheck(torch.ops.neuinv.invert.default, args)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 13, 16, 33, 64])
+def test_operator_matches_its_specification(backend, dtype, n):
+    """Same verdict and path per matrix as reference.invert (singular and NaN members among good ones); the
+    iteration counts may differ by rounding, by at most 2 steps; every certified bound holds."""
+    A = conditioned_matrices(19, n, 1e3, dtype, seed=n).to(DEVICE[backend])
+    A[3] = 0.0
+    A[7, 0, 0] = float("nan")
+    for name, (X0, use_guess, refine) in _variants(A).items():
+        args, rules = _arguments(A, X0, use_guess, refine, max_iter=10 if X0 is not None else 64)
+        X, certified, bound, iterations, fallback = torch.ops.neuinv.invert(*args)
+        X_ref, certified_ref, bound_ref, iterations_ref, fallback_ref = reference.invert(
+            A, X0, use_guess, refine, rules, 1.0)
+        label = f"{backend} {dtype} n={n} {name}"
+        assert torch.equal(certified, certified_ref), label
+        assert torch.equal(fallback, fallback_ref), label
+        assert (iterations - iterations_ref).abs().max() <= 2, label
+        assert not certified[3] and not certified[7] and torch.isnan(X[[3, 7]]).all(), label
+        truth = torch.linalg.inv(A[certified].double())
+        error = torch.linalg.matrix_norm(X[certified].double() - truth) / torch.linalg.matrix_norm(truth)
+        assert (error <= bound[certified]).all(), label
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_input_is_not_modified(backend):
+    A = conditioned_matrices(9, 4, 10.0, torch.float32).to(DEVICE[backend])
+    for X0, use_guess, refine in _variants(A).values():
+        kept = [t.clone() for t in (A, X0, use_guess) if t is not None]
+        torch.ops.neuinv.invert(*_arguments(A, X0, use_guess, refine)[0])
+        assert all(torch.equal(k, t) for k, t in zip(kept, [t for t in (A, X0, use_guess) if t is not None]))
+
+
+def test_bad_arguments_are_named():
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    X0 = warm_start(A, 1e-3)
+    with pytest.raises(RuntimeError, match="X0 is given but refine is false"):
+        torch.ops.neuinv.invert(*_arguments(A, X0, None, False)[0])
+    with pytest.raises(RuntimeError, match="use_guess is given without X0"):
+        torch.ops.neuinv.invert(*_arguments(A, None, torch.ones(3, dtype=torch.bool), True)[0])
+    with pytest.raises(RuntimeError, match="use_guess must be a bool tensor of shape"):
+        torch.ops.neuinv.invert(*_arguments(A, X0, torch.ones(2, dtype=torch.bool), True)[0])
+    with pytest.raises(RuntimeError, match="must have the same shape and dtype"):
+        torch.ops.neuinv.invert(*_arguments(A, X0.float(), None, True)[0])
+
+
+class _Recorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def _names(calls):
+    return [func._schema.name.split("::")[-1] for func in calls]
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_batched_inverse_ex_is_one_operator_call_without_synchronisation(backend):
+    """What batched_inverse_ex dispatches on the compiled backends: one neuinv::invert per chunk, and no operator
+    that synchronises with the host or has a data-dependent shape (a model's forward pass included)."""
+    from neuinv.models import TaylorInitializer
+
+    A = conditioned_matrices(40, 6, 10.0, torch.float64).to(DEVICE[backend]).view(4, 10, 6, 6)
+    model = TaylorInitializer(A[0, 0].cpu(), radius=0.5).to(A.device)
+    for options in (dict(), dict(init=warm_start(A, 1e-3)), dict(model=model), dict(method="newton_schulz"),
+                    dict(max_error=1e-12)):
+        with _Recorder() as recorder:
+            neuinv.batched_inverse_ex(A, backend=backend, **options)
+        names = _names(recorder.calls)
+        assert names.count("invert") == 1, (options, names)
+        assert not SYNCING_OPERATORS & set(names), (options, names)
+        assert not any(name == "index" or name.startswith("index_put") for name in names), (options, names)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_no_host_synchronisation_on_cuda():
+    A = conditioned_matrices(1000, 8, 1e3, torch.float32).cuda()
+    init = warm_start(A, 1e-3)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for options in (dict(), dict(init=init), dict(method="newton_schulz")):
+            neuinv.batched_inverse_ex(A, **options)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_torch_compile_fullgraph(backend):
+    A = conditioned_matrices(8, 4, 10.0, torch.float64).to(DEVICE[backend])
+    init = warm_start(A, 1e-2)
+
+    def step(M, X0):
+        X, info = neuinv.batched_inverse_ex(M, init=X0, backend=backend)
+        return X, info.error_bound
+
+    X, bound = torch.compile(step, backend="eager", fullgraph=True)(A, init)
+    assert torch.allclose(X, torch.linalg.inv(A), atol=1e-12) and (bound < 1e-12).all()
