@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # One-shot GPU check, run from the repository root on a CUDA machine with torch, triton, nvcc and ninja
-# installed (nothing is fetched). In one go:
-#   - trains the paper's 16x16 Table 1 networks (2-FC and 3-FC, 3 runs each, full length) in the background
-#     on the authors' A0 when .gpu-carry/base_matrix.npy is there (a copy of ../shared/paper/matrix_16/),
-#   - compiles the C++/CUDA extension (`neuinv build-ext`), runs the kernel tests on the GPU and a
-#     compute-sanitizer memcheck of the CUDA kernels,
-#   - once training is done (so nothing shares the GPU), the throughput table with the CUDA kernels.
+# installed (nothing is fetched). In one go (about 6 minutes on an H200):
+#   - compiles the C++/CUDA extension (`neuinv build-ext`),
+#   - runs the operator, conformance, kernel and bad-input tests on the GPU (the sync-free test among them),
+#   - checks the certificate on CUDA tensors for every GPU backend and method,
+#   - a compute-sanitizer memcheck of every CUDA operator,
+#   - the throughput table (neuinv beside torch.linalg.inv and the optional baselines), and batched_inverse end
+#     to end against its bare operator.
 # Results go to $OUT (default bench/out); the tables print last.
-# TRAIN=0 skips the training (about 8 minutes for both networks side by side on an H100: run it with
-# THROUGHPUT_DTYPES="" and the device tool's longest timeout, carrying .gpu-carry);
+# TRAIN=1 also trains the paper's 16x16 Table 1 networks (2-FC and 3-FC, 3 runs each, full length) in the
+# background on the authors' A0 when .gpu-carry/base_matrix.npy is there (a copy of ../shared/paper/matrix_16/;
+# about 8 minutes on an H100: run it with THROUGHPUT_DTYPES="" and the device tool's longest timeout);
 # THROUGHPUT_DTYPES (default "float32 float64") picks the throughput table's dtypes, "" skips it.
 set -uo pipefail
-TRAIN=${TRAIN:-1}
+TRAIN=${TRAIN:-0}
 THROUGHPUT_DTYPES=${THROUGHPUT_DTYPES-float32 float64}
 OUT=${OUT:-bench/out}
 mkdir -p "$OUT"
@@ -36,13 +38,13 @@ stamp "training processes started: ${#TRAINING[@]}"
 stamp "build-ext exit $?: $(grep -E '^real|built and' "$OUT/build.log" | tr '\n' ' ')"
 python3 -m neuinv.cli info
 
-timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_cpp_extension.py \
-  tests/test_accuracy.py tests/test_bad_input.py > "$OUT/pytest-cuda.txt" 2>&1
+timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_operator.py tests/test_conformance.py \
+  tests/test_cpp_extension.py tests/test_bad_input.py > "$OUT/pytest-cuda.txt" 2>&1
 stamp "pytest exit $?: $(tail -1 "$OUT/pytest-cuda.txt")"
 grep -E "^FAILED|^E  |Fatal|line [0-9]+ in test_" "$OUT/pytest-cuda.txt" | head -30
 
-timeout 120 python3 - > "$OUT/certificate-cuda.txt" 2>&1 <<'PY'
-# The certificate on CUDA tensors, every GPU backend: singular matrices never certified, bounds sound.
+timeout 90 python3 - > "$OUT/certificate-cuda.txt" 2>&1 <<'PY'
+# The certificate on CUDA tensors, every GPU backend and method: singular matrices never certified, bounds sound.
 import torch, neuinv
 from neuinv.testing import conditioned_matrices, warm_start
 singular = torch.tensor([[[2.0, 4, 6], [2, 0, 2], [6, 8, 14]]], dtype=torch.float64).cuda()
@@ -50,22 +52,26 @@ for backend in ("auto", "cuda", "triton", "torch"):
     if backend != "auto" and not neuinv.available_backends()[backend].available:
         print(backend, "not available"); continue
     for dtype in (torch.float32, torch.float64):
-        X, info = neuinv.batched_inverse_ex(singular.to(dtype), backend=backend)
-        assert not info.certified.any() and torch.isnan(X).all(), (backend, dtype, info)
+        for method in ("exact", "newton_schulz"):
+            X, info = neuinv.batched_inverse_ex(singular.to(dtype), method=method, backend=backend)
+            assert not info.certified.any() and torch.isnan(X).all(), (backend, dtype, info)
         for cond in (1e2, 1e6):
             A = conditioned_matrices(1000, 8, cond, dtype, seed=1).cuda()
-            for init in (None, warm_start(A, 1e-3)):
-                X, info = neuinv.batched_inverse_ex(A, init=init, backend=backend)
+            A[17] = 0.0
+            for label, options in (("exact", {}), ("scaled transpose", dict(method="newton_schulz")),
+                                   ("warm", dict(init=warm_start(A, 1e-3)))):
+                X, info = neuinv.batched_inverse_ex(A, backend=backend, **options)
                 truth = torch.linalg.inv(A.double())
                 error = torch.linalg.matrix_norm(X.double() - truth) / torch.linalg.matrix_norm(truth)
-                assert (error[info.certified] <= info.error_bound[info.certified]).all(), (backend, dtype, cond)
-                print(backend, dtype, cond, "warm" if init is not None else "cold",
-                      f"certified {info.certified.float().mean():.3f}, median bound {info.error_bound.median():.2e}")
+                ok = info.certified
+                assert (error[ok] <= info.error_bound[ok]).all() and not ok[17], (backend, dtype, cond, label)
+                print(backend, dtype, cond, label, f"certified {ok.float().mean():.3f}, "
+                      f"median bound {info.error_bound[ok].median():.2e}, median error {error[ok].median():.2e}")
 print("certificate check done")
 PY
 stamp "certificate exit $?: $(tail -1 "$OUT/certificate-cuda.txt")"
 
-timeout 120 compute-sanitizer --tool memcheck --print-limit 10 python3 - > "$OUT/memcheck.txt" 2>&1 <<'PY'
+timeout 90 compute-sanitizer --tool memcheck --print-limit 10 python3 - > "$OUT/memcheck.txt" 2>&1 <<'PY'
 import torch, neuinv
 from neuinv.testing import conditioned_matrices, warm_start
 from neuinv import extension
@@ -74,9 +80,13 @@ for n in (1, 3, 5, 8, 13, 32, 33, 64):
     for dtype in (torch.float32, torch.float64):
         A = conditioned_matrices(37, n, 10.0, dtype, seed=n).cuda()
         A[5] = 0.0  # a singular member
-        X, info = torch.ops.neuinv.exact_inverse(A)
-        r = torch.ops.neuinv.residual_norm(A, X)
-        X2, r2, done, steps = torch.ops.neuinv.newton_schulz(A, warm_start(A, 1e-2), 1e-7, 1e-3, 10, True, 0.5)
+        X0 = warm_start(A, 1e-2)
+        mask = torch.arange(37, device="cuda") % 3 > 0
+        torch.ops.neuinv.exact_inverse(A)
+        torch.ops.neuinv.error_bound(A, X0)
+        torch.ops.neuinv.newton_schulz(A, X0, 1e-7, 1e-3, 10, True, 0.5)
+        for args in ((None, None, False), (None, None, True), (X0, None, True), (X0, mask, True)):
+            torch.ops.neuinv.invert(A, *args, 1e-7, 1e-3, 10, 0.5, 1.0)
 torch.cuda.synchronize()
 print("memcheck script done")
 PY
@@ -88,29 +98,36 @@ if [ -n "$THROUGHPUT_DTYPES" ]; then
     --max-batch 1000000 --repeats 5 --skip-slow --json "$OUT/throughput-cuda.json" \
     > "$OUT/throughput-cuda.md" 2> "$OUT/throughput-cuda.log"
   stamp "throughput exit $?"
-  # Where the auto path's time goes beyond the kernels (on the H100 it took 10x the exact kernel at n = 4).
-  timeout 60 python3 - > "$OUT/profile-auto-cuda.txt" 2>&1 <<'PY'
+  # batched_inverse end to end against its bare operator (one neuinv::invert call) and torch.linalg.inv.
+  timeout 60 python3 - > "$OUT/end-to-end-cuda.txt" 2>&1 <<'PY'
 import torch, neuinv
-from torch.profiler import ProfilerActivity, profile
 from neuinv.testing import conditioned_matrices
-for n, batch in ((4, 10**6), (16, 262144)):
-    A = conditioned_matrices(batch, n, 100.0, torch.float32, seed=n).cuda()
-    for _ in range(3):
-        neuinv.batched_inverse(A)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
-            neuinv.batched_inverse(A)
-        torch.cuda.synchronize()
-    print(f"## batched_inverse, n = {n}, float32, batch {batch}, 5 calls")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=8))
+def timed(f, repeats=10):
+    f(); torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        f()
+    end.record(); torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+print("| n | dtype | batch | torch.linalg.inv ms | neuinv::invert ms | batched_inverse ms | end-to-end / operator | speed-up vs torch | GB/s (A read + X written) |")
+print("|---|---|---|---|---|---|---|---|---|")
+for dtype in (torch.float32, torch.float64):
+    for n in (2, 3, 4, 8, 16, 32):
+        batch = min(10**6, 2**24 // (n * n))
+        A = conditioned_matrices(batch, n, 100.0, dtype, seed=n).cuda()
+        t_torch = timed(lambda: torch.linalg.inv(A))
+        t_op = timed(lambda: torch.ops.neuinv.invert(A, None, None, False, 1e-7, 1e-3, 64, 0.5, 1.0))
+        t_api = timed(lambda: neuinv.batched_inverse(A))
+        gbs = 2 * A.numel() * A.element_size() / (t_api * 1e-3) / 1e9
+        print(f"| {n} | {str(dtype)[6:]} | {batch} | {t_torch:.3f} | {t_op:.3f} | {t_api:.3f} | {t_api / t_op:.2f} | "
+              f"{t_torch / t_api:.2f} | {gbs:.0f} |")
 PY
-  stamp "profile exit $?"
+  stamp "end-to-end exit $?"
 fi
 if [ "$TRAIN" = 1 ]; then
   tail -c 600 "$OUT"/reproduce-16x16-*.log
   cat "$OUT"/reproduce-16x16-*.md
 fi
 [ -f "$OUT/throughput-cuda.md" ] && cat "$OUT/throughput-cuda.md"
-[ -f "$OUT/profile-auto-cuda.txt" ] && head -c 6000 "$OUT/profile-auto-cuda.txt"
+cat "$OUT/end-to-end-cuda.txt" 2>/dev/null

@@ -26,7 +26,9 @@ import torch
 from . import reference
 
 BACKEND_ENV = "NEUINV_BACKEND"
-"""Environment variable that makes ``backend="auto"`` mean the backend it names."""
+"""Environment variable that makes ``backend="auto"`` mean the backend it names (read when neuinv is imported,
+and again by :func:`forget_availability`)."""
+_forced = os.environ.get(BACKEND_ENV) or None
 
 
 class BackendStatus(NamedTuple):
@@ -184,11 +186,10 @@ def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
     if name not in BACKEND_NAMES + ("auto",):
         raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
-        forced = os.environ.get(BACKEND_ENV)
-        if forced:
-            if forced not in BACKEND_NAMES:
-                raise ValueError(f"{BACKEND_ENV}={forced!r} names no backend; use one of {BACKEND_NAMES}")
-            return _explicit(forced, A, f"by {BACKEND_ENV}")
+        if _forced is not None:
+            if _forced not in BACKEND_NAMES:
+                raise ValueError(f"{BACKEND_ENV}={_forced!r} names no backend; use one of {BACKEND_NAMES}")
+            return _explicit(_forced, A, f"by {BACKEND_ENV}")
         for candidate in AUTO_ORDER.get(A.device.type, ()):
             backend = _instance(candidate)
             if backend is not None and backend.unsupported_reason(A) is None:
@@ -209,5 +210,8 @@ def _explicit(name: str, A: torch.Tensor, how: str) -> TorchBackend:
 
 
 def forget_availability() -> None:
-    """Ask the availability checks again (after ``neuinv build-ext`` in the same process)."""
+    """Ask the availability checks and ``NEUINV_BACKEND`` again (after ``neuinv build-ext`` in the same process,
+    or a change of the environment variable)."""
+    global _forced
     _instances.clear()
+    _forced = os.environ.get(BACKEND_ENV) or None

@@ -102,7 +102,9 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
     _check_arguments(A, model, init, tol, max_iter, max_error, method)
     options = dict(model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error, method=method,
                    backend=backend)
-    if not (A.requires_grad and torch.is_grad_enabled()):  # the autograd wrapper costs ~15 us per call
+    if not A.requires_grad:
+        return _invert(A, **options)
+    if not torch.is_grad_enabled():  # the autograd wrapper costs ~15 us per call
         return _invert(A.detach(), **options)
     X, *info = _BatchedInverse.apply(A, options)
     return X, InverseInfo(*info)
@@ -138,31 +140,48 @@ def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
     chosen = resolve_backend(backend, A)
     has_guess = init is not None or model is not None
     refine = method == "newton_schulz" or (method == "auto" and has_guess)
-    rules = NewtonSchulzRules(
-        tol=default_tol(A.dtype) if tol is None else float(tol),
-        accept=NEWTON_SCHULZ_ACCEPT[A.dtype],
-        max_iter=max_iter if max_iter is not None else (
-            MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
-        guarded=has_guess,
-        guard=GUARD_RESIDUAL,
-    )
+    rules = _rules(A.dtype, tol, max_iter, has_guess)
     limit = CERTIFIED_BELOW if max_error is None else float(max_error)
 
-    A_flat = A.reshape(-1, n, n)
+    flat = A.dim() == 3
+    A_flat = A if flat else A.reshape(-1, n, n)
     init_flat = None if init is None else init.detach().reshape(-1, n, n)
     b = A_flat.shape[0]
     chunk = max(1, WORKSPACE_BYTES // (chosen.workspace_matrices * n * n * A.element_size()))
     parts = []
     for start in range(0, max(b, 1), chunk):
-        A_part = A_flat[start:start + chunk]
-        X0, use_guess = (None, None) if init_flat is None else (init_flat[start:start + chunk], None)
-        if model is not None and refine:
+        A_part = A_flat if b <= chunk else A_flat[start:start + chunk]
+        X0, use_guess = None, None
+        if init_flat is not None:
+            X0 = init_flat if b <= chunk else init_flat[start:start + chunk]
+        elif model is not None and refine:
             X0, use_guess = _model_guess(model, A_part), _model_in_domain(model, A_part)
         parts.append(chosen.invert(A_part, X0, use_guess, refine, rules, limit))
-    fields = parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)]
-    X, certified, error_bound, iterations, fallback = fields
+    X, certified, error_bound, iterations, fallback = (
+        parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
+    if flat:
+        return X, InverseInfo(certified, error_bound, iterations, fallback)
     return X.reshape(A.shape), InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
                                            iterations.reshape(batch_shape), fallback.reshape(batch_shape))
+
+
+_rules_cache: dict = {}
+
+
+def _rules(dtype: torch.dtype, tol, max_iter, has_guess: bool) -> NewtonSchulzRules:
+    """The Newton–Schulz parameters for a call (defaults filled in), built once per distinct set of arguments."""
+    key = (dtype, tol, max_iter, has_guess)
+    rules = _rules_cache.get(key)
+    if rules is None:
+        rules = _rules_cache[key] = NewtonSchulzRules(
+            tol=default_tol(dtype) if tol is None else float(tol),
+            accept=NEWTON_SCHULZ_ACCEPT[dtype],
+            max_iter=max_iter if max_iter is not None else (
+                MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
+            guarded=has_guess,
+            guard=GUARD_RESIDUAL,
+        )
+    return rules
 
 
 def _model_in_domain(model, A) -> torch.Tensor:
