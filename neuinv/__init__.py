@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 from .backends import available_backends  # noqa: E402
 from .inverse import (NEWTON_SCHULZ_ACCEPT, GUARD_RESIDUAL, InverseInfo, batched_inverse,  # noqa: E402
                       batched_inverse_ex, default_tol)
-from .training import fit, load_pretrained  # noqa: E402
+from .learned.training import fit, load_pretrained  # noqa: E402
 
 __all__ = ["NEWTON_SCHULZ_ACCEPT", "GUARD_RESIDUAL", "InverseInfo", "available_backends", "batched_inverse",
            "batched_inverse_ex", "default_tol", "fit", "load_pretrained", "__version__"]
