@@ -16,7 +16,9 @@ def test_import_neuinv_loads_only_the_core():
     script = "import neuinv, sys; print(' '.join(sorted(m for m in sys.modules if m.startswith('neuinv'))))"
     loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                             check=True).stdout.split()
-    assert loaded == ["neuinv", "neuinv.backends", "neuinv.certificate", "neuinv.inverse", "neuinv.reference"]
+    assert {"neuinv", "neuinv.inverse", "neuinv.certificate"} <= set(loaded)
+    heavy = ("neuinv.learned", "neuinv.sparse", "neuinv.kernels", "neuinv.cli", "neuinv.testing")
+    assert [name for name in loaded if name.startswith(heavy)] == []
 
 
 def test_fit_and_load_pretrained_are_imported_lazily():
