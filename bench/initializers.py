@@ -17,9 +17,9 @@ import torch
 from throughput import median_seconds  # bench/throughput.py, beside this script
 
 import neuinv
-from neuinv.data import PAPER_EPS, paper_sampler
-from neuinv.models import TaylorInitializer
-from neuinv.training import load_pretrained
+from neuinv.learned.data import PAPER_EPS, paper_sampler
+from neuinv.learned.models import TaylorInitializer
+from neuinv.learned.training import load_pretrained
 
 
 class WarmStart:

@@ -23,9 +23,9 @@ import neuinv
 from neuinv import reference
 from neuinv.kernels.mlp import fused_mlp_initializer
 from neuinv.kernels.newton_schulz import newton_schulz_step
-from neuinv.data import PAPER_CENTERS
-from neuinv.models import TaylorInitializer
-from neuinv.training import load_pretrained
+from neuinv.learned.data import PAPER_CENTERS
+from neuinv.learned.models import TaylorInitializer
+from neuinv.learned.training import load_pretrained
 from neuinv.testing import conditioned_matrices, true_residual, warm_start
 
 PAPER_MODELS = [("paper-2x2-1st", 2, 32), ("paper-2x2-2nd", 2, 32), ("paper-3x3", 3, 72), ("paper-16x16", 16, 2048)]

@@ -27,9 +27,9 @@ import scipy.sparse.linalg as sla
 import torch
 
 import neuinv
-from neuinv import solvers
-from neuinv.io import read_matrix_market
-from neuinv.precond import BlockJacobi
+from neuinv.sparse import solvers
+from neuinv.sparse.io import read_matrix_market
+from neuinv.sparse.precond import BlockJacobi
 
 MATRICES = Path(__file__).resolve().parents[2] / "shared" / "matrices"
 # Block sizes: the natural degrees of freedom per node where known (structural problems: 6 or 3,

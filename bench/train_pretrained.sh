@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# How the shipped checkpoints in neuinv/pretrained/ were trained (2-FC, the paper's recipe where
+# How the shipped checkpoints in neuinv/learned/pretrained/ were trained (2-FC, the paper's recipe where
 # the machine allowed it). Run from the repository root; each line prints its test error.
 set -euo pipefail
-out=${1:-neuinv/pretrained}
+out=${1:-neuinv/learned/pretrained}
 mkdir -p "$out"
 neuinv train --dataset paper-2x2-1st --hidden 32 --epochs 20 --train-size 1000000 --out "$out/paper-2x2-1st.pt"
 neuinv train --dataset paper-2x2-2nd --hidden 32 --epochs 20 --train-size 1000000 --out "$out/paper-2x2-2nd.pt"

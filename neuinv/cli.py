@@ -69,8 +69,8 @@ def demo(args) -> int:
 
 def _demo_learned(device) -> int:
     """The shipped paper-16x16 initializer: in its box, outside it, and at a singular matrix."""
-    from .data import paper_sampler
-    from .training import load_pretrained
+    from .learned.data import paper_sampler
+    from .learned.training import load_pretrained
 
     model = load_pretrained("paper-16x16", map_location=device)
     A = paper_sampler("paper-16x16", seed=12345).sample(10_000).A.to(device)
@@ -113,8 +113,8 @@ def info(args) -> int:
 
 def train(args) -> int:
     """Train a learned initializer on one of the paper's datasets and save the checkpoint."""
-    from .data import paper_sampler
-    from .training import fit
+    from .learned.data import paper_sampler
+    from .learned.training import fit
 
     sampler = paper_sampler(args.dataset, seed=args.seed, base_matrix=args.base_matrix)
     test = paper_sampler(args.dataset, seed=args.seed + 10_000, base_matrix=args.base_matrix).sample(10_000)
@@ -132,7 +132,7 @@ def train(args) -> int:
 
 def reproduce(args) -> int:
     """Train and evaluate the paper's models; print our errors beside Table 1 and Table 2."""
-    from .paper import markdown, reproduce as run
+    from .learned.paper import markdown, reproduce as run
 
     if args.quick:
         print("QUICK run: one run per entry, 20000 training steps (300 for 16x16) instead of the paper's "
@@ -146,9 +146,9 @@ def reproduce(args) -> int:
 
 def regions(args) -> int:
     """Train the paper's small 2-FC (h=8) on 2x2 (1st) and list its linear regions (paper §5.3)."""
-    from .analysis import activation_regions, markdown
-    from .data import paper_sampler
-    from .training import fit
+    from .learned.analysis import activation_regions, markdown
+    from .learned.data import paper_sampler
+    from .learned.training import fit
 
     if args.quick:
         print("QUICK run: 20000 training steps instead of the paper's 20 epochs of 10^6 matrices.")
@@ -164,7 +164,7 @@ def regions(args) -> int:
 
 def why_cant(args) -> int:
     """Pictures of the near-singular set and the growing-error experiment (paper §3, Figs. 1-2)."""
-    from .whycant import box_experiment, markdown, near_singular_figures
+    from .learned.whycant import box_experiment, markdown, near_singular_figures
 
     for path in near_singular_figures(args.out):
         print(f"wrote {path}")

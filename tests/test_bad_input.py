@@ -142,7 +142,7 @@ def test_max_iter_reached_falls_back():
 
 
 def test_taylor_initializer_in_and_out_of_its_box():
-    from neuinv.models import TaylorInitializer
+    from neuinv.learned.models import TaylorInitializer
 
     g = torch.Generator().manual_seed(0)
     center = torch.randint(-2, 3, (6, 6), generator=g).double() + 6 * torch.eye(6, dtype=torch.float64)

@@ -31,7 +31,7 @@ def test_train_keeps_the_best_validation_epoch_and_saves_a_loadable_checkpoint(t
                             "--out", str(out_file)]) == 0
     out = capsys.readouterr().out
     assert "of 2 (best on 10000 fresh validation matrices)" in out and "saved" in out
-    model = neuinv.models.InverseMLP.load(out_file)
+    model = neuinv.learned.models.InverseMLP.load(out_file)
     assert model.metadata["training"]["selection"] == "best of 2 epochs on 10000 validation matrices"
     assert model.metadata["dataset"] == "paper-2x2-1st"
 
@@ -39,8 +39,8 @@ def test_train_keeps_the_best_validation_epoch_and_saves_a_loadable_checkpoint(t
 def test_reproduce_quick_prints_our_error_beside_the_papers(capsys):
     """`neuinv reproduce --quick` for one Table 1 entry: says it is quick, prints the paper's number beside
     ours and their ratio, and the network it trained beats the zero guess on the same test set."""
-    from neuinv.data import paper_sampler
-    from neuinv.paper import evaluation_batch
+    from neuinv.learned.data import paper_sampler
+    from neuinv.learned.paper import evaluation_batch
 
     assert neuinv.cli.main(["reproduce", "--quick", "--table", "1", "--dataset", "paper-16x16",
                             "--model", "2-FC"]) == 0

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import neuinv
-from neuinv.data import PAPER_CENTERS, BoxSampler, MatrixSampler, paper_sampler
-from neuinv.models import InverseMLP, TaylorInitializer
-from neuinv.training import PRETRAINED, average_absolute_error, fit, load_pretrained
+from neuinv.learned.data import PAPER_CENTERS, BoxSampler, MatrixSampler, paper_sampler
+from neuinv.learned.models import InverseMLP, TaylorInitializer
+from neuinv.learned.training import PRETRAINED, average_absolute_error, fit, load_pretrained
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_CENTERS))
@@ -74,8 +74,8 @@ def test_runs_trained_together_are_independent_trainings():
     """Run 0 of a stacked training sees the same batches as a lone run with its seed (fixed training set,
     per-run shuffles): the stacked Adam must give it the same network; run 1 is a different network."""
     options = dict(hidden=8, depth=3, steps=60, train_size=640, epoch_steps=10, lr=1e-3, progress=False)
-    (alone, alone_history), = neuinv.training.fit_runs(paper_sampler("paper-2x2-1st", seed=0), runs=1, **options)
-    together = neuinv.training.fit_runs(paper_sampler("paper-2x2-1st", seed=0), runs=2, **options)
+    (alone, alone_history), = neuinv.learned.training.fit_runs(paper_sampler("paper-2x2-1st", seed=0), runs=1, **options)
+    together = neuinv.learned.training.fit_runs(paper_sampler("paper-2x2-1st", seed=0), runs=2, **options)
     for mine, theirs in zip(alone.parameters(), together[0][0].parameters()):
         assert torch.allclose(mine, theirs, rtol=1e-9, atol=1e-12)
     assert together[0][1].losses == pytest.approx(alone_history.losses, rel=1e-9)
@@ -143,8 +143,8 @@ def test_unknown_pretrained_name():
 
 
 def test_region_analysis_on_a_hand_built_network():
-    from neuinv.analysis import activation_regions
-    from neuinv.models import taylor_affine_map
+    from neuinv.learned.analysis import activation_regions
+    from neuinv.learned.models import taylor_affine_map
 
     model = InverseMLP(1, 2, 2, center=torch.tensor([[2.0]], dtype=torch.float64), radius=0.5)
     first, second = model.layers
@@ -167,7 +167,7 @@ def test_region_analysis_on_a_hand_built_network():
 
 
 def test_why_cant_error_grows_near_singular_while_the_guard_stays_exact(tmp_path):
-    from neuinv.whycant import box_experiment, near_singular_figures, singular_threshold
+    from neuinv.learned.whycant import box_experiment, near_singular_figures, singular_threshold
 
     far, near = box_experiment(offsets=(6.0, 0.0), steps=300, test_size=2000, progress=False)
     assert far.offset > singular_threshold() > near.offset
@@ -181,7 +181,7 @@ def test_why_cant_error_grows_near_singular_while_the_guard_stays_exact(tmp_path
 
 def test_16x16_recipe_ends_as_a_cosine_cycle_reaches_its_minimum():
     """The last epoch of the paper's 16x16 run must not fall just after a warm restart."""
-    from neuinv.paper import recipe
+    from neuinv.learned.paper import recipe
 
     plan = recipe("paper-16x16", quick=False)
     epochs = -(-plan.steps // plan.epoch_steps)
@@ -200,7 +200,7 @@ def test_validation_keeps_each_runs_best_epoch():
     """With a validation batch, each run ends with the network of its best epoch, and says which."""
     sampler = paper_sampler("paper-2x2-1st", seed=0)
     validation = paper_sampler("paper-2x2-1st", seed=3).sample(500)
-    trained = neuinv.training.fit_runs(sampler, runs=2, hidden=8, steps=300, epoch_steps=30, lr=3e-2,
+    trained = neuinv.learned.training.fit_runs(sampler, runs=2, hidden=8, steps=300, epoch_steps=30, lr=3e-2,
                                        validation=validation, progress=False)
     for model, history in trained:
         assert len(history.validation_errors) == 10

@@ -104,7 +104,7 @@ def _names(calls):
 def test_batched_inverse_ex_is_one_operator_call_without_synchronisation(backend):
     """What batched_inverse_ex dispatches on the compiled backends: one neuinv::invert per chunk, and no operator
     that synchronises with the host or has a data-dependent shape (a model's forward pass included)."""
-    from neuinv.models import TaylorInitializer
+    from neuinv.learned.models import TaylorInitializer
 
     A = conditioned_matrices(40, 6, 10.0, torch.float64).to(DEVICE[backend]).view(4, 10, 6, 6)
     model = TaylorInitializer(A[0, 0].cpu(), radius=0.5).to(A.device)

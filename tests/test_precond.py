@@ -8,9 +8,9 @@ import scipy.sparse
 import scipy.sparse.linalg as sla
 import torch
 
-from neuinv import solvers
-from neuinv.io import read_matrix_market
-from neuinv.precond import BlockJacobi
+from neuinv.sparse import solvers
+from neuinv.sparse.io import read_matrix_market
+from neuinv.sparse.precond import BlockJacobi
 
 SHARED_MATRICES = Path(__file__).resolve().parents[2] / "shared" / "matrices"
 

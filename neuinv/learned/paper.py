@@ -13,7 +13,7 @@ from .data import PAPER_EPS, BoxSampler, paper_sampler, paper_test_set
 from .models import TaylorInitializer
 from .training import average_absolute_error, fit_runs
 
-SHARED_PAPER = Path(__file__).resolve().parents[2] / "shared" / "paper"
+SHARED_PAPER = Path(__file__).resolve().parents[3] / "shared" / "paper"
 TEST_SET_DIRS = {"paper-2x2-1st": "matrix_2_dataset", "paper-2x2-2nd": "matrix_2_dataset_2",
                  "paper-3x3": "matrix_3_dataset"}
 HIDDEN = {"paper-2x2-1st": 32, "paper-2x2-2nd": 32, "paper-3x3": 72, "paper-16x16": 2048}

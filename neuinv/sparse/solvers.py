@@ -6,7 +6,7 @@ updated once its relative residual ||b - A x|| / ||b|| is at most ``rtol``.
 
 Dtypes: the solvers work in b's dtype (integer b: float64), made complex of the same precision
 (float32 -> complex64, float64 -> complex128) when A, x0 or M (by its ``dtype`` attribute, as a
-:class:`neuinv.precond.BlockJacobi` has) is complex, so a real b with a complex A is solved as the
+:class:`neuinv.sparse.precond.BlockJacobi` has) is complex, so a real b with a complex A is solved as the
 complex system it is; A, x0 and what M returns are converted to that dtype. Complex systems use
 conjugated inner products x^H y and complex Givens rotations. An imaginary part is never dropped: a
 callable A or M that returns complex values for a real working dtype raises ``TypeError``.
@@ -114,7 +114,7 @@ def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None =
     Args:
         A: (N, N) torch tensor (dense or sparse), scipy.sparse matrix, or a callable A(V) on (N, k) blocks.
         b: (N,) or (N, k) tensor, real or complex; each column is solved on its own.
-        M: callable M(R) = M^-1 R on (N, k) blocks, e.g. a :class:`neuinv.precond.BlockJacobi`.
+        M: callable M(R) = M^-1 R on (N, k) blocks, e.g. a :class:`neuinv.sparse.precond.BlockJacobi`.
         rtol: target relative residual ||b - A x|| / ||b|| per column. max_iter: default 10 N.
         x0: initial guess of b's shape.
     Dtypes follow the module docstring. Raises ``ValueError`` for a bad b, ``TypeError`` for a bad A or

@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 import torch
 
-from . import reference
+from .. import reference
+from ..inverse import batched_inverse_ex
 from .data import BoxSampler
-from .inverse import batched_inverse_ex
 from .training import fit
 
 SINGULAR_CENTER = torch.tensor([[1.0, 2.0], [2.0, 4.0]], dtype=torch.float64)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import __version__
+from .. import __version__
 from .data import Batch
 from .models import InverseMLP
 
@@ -169,7 +169,7 @@ def load_pretrained(name: str, map_location="cpu") -> InverseMLP:
     """One of the shipped 2-FC checkpoints: "paper-2x2-1st", "paper-2x2-2nd", "paper-3x3", "paper-16x16"."""
     if name not in PRETRAINED:
         raise ValueError(f"no pretrained model {name!r}; available: {PRETRAINED}")
-    with resources.as_file(resources.files("neuinv") / "pretrained" / f"{name}.pt") as path:
+    with resources.as_file(resources.files("neuinv.learned") / "pretrained" / f"{name}.pt") as path:
         if not path.exists():
             raise FileNotFoundError(f"the checkpoint {name} is not installed at {path}")
         return InverseMLP.load(path, map_location=map_location)

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from .inverse import batched_inverse_ex
+from ..inverse import batched_inverse_ex
 from .solvers import _complex_of
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,

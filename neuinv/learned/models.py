@@ -88,7 +88,7 @@ class InverseMLP(torch.nn.Module):
         return self.center.dtype
 
     def forward(self, A: torch.Tensor) -> torch.Tensor:
-        from . import reference
+        from .. import reference
 
         a = A.reshape(-1, self.n * self.n).to(self.dtype)
         weights = [layer.weight for layer in self.layers]
