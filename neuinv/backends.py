@@ -18,6 +18,7 @@ one backend for ``auto`` calls, and raises like an explicit request where that b
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from typing import NamedTuple
 
@@ -36,6 +37,17 @@ class BackendStatus(NamedTuple):
     reason: str
 
 
+def _fused_mlp_initializer(a, center, inv_radius, weights, biases, skip=None):
+    """The fused Triton kernel for the learned initializer on CUDA tensors where it takes the network (2 layers,
+    or 3 with the first hidden layer small enough to stay on chip), else the reference."""
+    if a.is_cuda and not torch.is_grad_enabled() and importlib.util.find_spec("triton") is not None:
+        from neuinv.kernels import mlp
+
+        if len(weights) == 2 or weights[0].shape[0] <= mlp.MAX_HIDDEN_3FC:
+            return mlp.fused_mlp_initializer(a, center, inv_radius, weights, biases, skip)
+    return reference.mlp_initializer(a, center, inv_radius, weights, biases, skip)
+
+
 class TorchBackend:
     """The reference path (:func:`neuinv.reference.invert`): batched matmuls and LAPACK/cuSOLVER LU.
     Any dtype, any device, any n."""
@@ -45,6 +57,9 @@ class TorchBackend:
     """n x n temporaries per matrix that `invert` allocates at once (the Newton–Schulz loop's products and
     gathers); batched_inverse chunks a batch so that they stay under ``inverse.WORKSPACE_BYTES``."""
     newton_schulz_step = staticmethod(reference.newton_schulz_step)
+
+    mlp_initializer = staticmethod(reference.mlp_initializer)
+    """The learned initializer's forward pass (a model with ``initializer_parameters()``)."""
 
     def invert(self, A, X0, use_guess, refine, rules, max_error):
         """(X, certified, error_bound, iterations, fallback): :func:`neuinv.reference.invert`."""
@@ -82,6 +97,7 @@ class CompiledBackend(TorchBackend):
 class CudaBackend(CompiledBackend):
     name = "cuda"
     device_type = "cuda"
+    mlp_initializer = staticmethod(_fused_mlp_initializer)
 
 
 class TritonBackend(TorchBackend):
@@ -92,6 +108,7 @@ class TritonBackend(TorchBackend):
     """
 
     name = "triton"
+    mlp_initializer = staticmethod(_fused_mlp_initializer)
 
     def __init__(self):
         from neuinv.kernels import newton_schulz

@@ -155,7 +155,7 @@ def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
         if init_flat is not None:
             X0 = init_flat if b <= chunk else init_flat[start:start + chunk]
         elif model is not None and refine:
-            X0, use_guess = _model_guess(model, A_part), _model_in_domain(model, A_part)
+            X0, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
         parts.append(chosen.invert(A_part, X0, use_guess, refine, rules, limit))
     X, certified, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
@@ -193,11 +193,17 @@ def _model_in_domain(model, A) -> torch.Tensor:
     return inside.to(A.device)
 
 
-def _model_guess(model, A) -> torch.Tensor:
+def _model_guess(model, A, backend) -> torch.Tensor:
+    """The model's guess for A (b, n, n): an MLP initializer through the backend's ``mlp_initializer`` (fused
+    kernels where it has them), any other model by calling it."""
     parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     model_dtype = A.dtype if parameter is None else parameter.dtype
     with torch.no_grad():
-        X0 = model(A.to(model_dtype))
+        if hasattr(model, "initializer_parameters"):
+            a = A.reshape(A.shape[0], -1).to(model_dtype)
+            X0 = backend.mlp_initializer(a, **model.initializer_parameters()).reshape(A.shape)
+        else:
+            X0 = model(A.to(model_dtype))
     if not isinstance(X0, torch.Tensor) or X0.shape != A.shape:
         raise ValueError(f"model(A) must return a tensor of shape {tuple(A.shape)}, "
                          f"got {tuple(getattr(X0, 'shape', ()))}")

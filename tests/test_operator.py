@@ -143,3 +143,37 @@ def test_torch_compile_fullgraph(backend):
 
     X, bound = torch.compile(step, backend="eager", fullgraph=True)(A, init)
     assert torch.allclose(X, torch.linalg.inv(A), atol=1e-12) and (bound < 1e-12).all()
+
+
+def test_learned_initializer_runs_through_the_backend(monkeypatch):
+    """An MLP initializer's forward pass is chosen at the dispatch point: batched_inverse hands its parameters
+    to the chosen backend's mlp_initializer (the fused Triton kernel on CUDA) instead of calling the model."""
+    from neuinv.backends import resolve_backend
+    from neuinv.learned.models import InverseMLP
+
+    A = conditioned_matrices(6, 3, 10.0, torch.float64)
+    model = InverseMLP(3, 8, center=A[0], radius=1.0, head="taylor")
+    backend = type(resolve_backend("auto", A))
+    calls = []
+    original = backend.mlp_initializer
+    monkeypatch.setattr(backend, "mlp_initializer",
+                        staticmethod(lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)))
+    X, info = neuinv.batched_inverse_ex(A, model=model)
+    assert calls == [1] and info.certified.all()
+    assert torch.equal(original(A.reshape(6, 9), **model.initializer_parameters()).reshape(A.shape), model(A))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_learned_initializer_is_fused_on_cuda(monkeypatch):
+    pytest.importorskip("triton")
+    from neuinv.kernels import mlp
+    from neuinv.learned.models import InverseMLP
+
+    A = conditioned_matrices(64, 4, 10.0, torch.float32).cuda()
+    model = InverseMLP(4, 32, center=A[0].cpu(), radius=1.0, head="taylor", dtype=torch.float32).cuda()
+    calls = []
+    fused = mlp.fused_mlp_initializer
+    monkeypatch.setattr(mlp, "fused_mlp_initializer", lambda *args: calls.append(1) or fused(*args))
+    X, info = neuinv.batched_inverse_ex(A, model=model)
+    assert calls == [1] and info.certified.all()

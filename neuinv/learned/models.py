@@ -53,7 +53,8 @@ class InverseMLP(torch.nn.Module):
     head="direct": the paper's network, output = MLP(U).
     head="taylor": output = B - B (A - A0) B + MLP(U), B = A0^-1: the network learns only the
     correction to the first-order Taylor map (folded in as a bias and a linear skip term).
-    On CUDA, outside autograd, the forward pass runs as one fused Triton kernel.
+    The forward pass is :func:`neuinv.reference.mlp_initializer` on :meth:`initializer_parameters`;
+    ``batched_inverse`` hands those parameters to its backend, which may run a fused kernel instead.
     """
 
     HEADS = ("direct", "taylor")
@@ -87,24 +88,23 @@ class InverseMLP(torch.nn.Module):
     def dtype(self) -> torch.dtype:
         return self.center.dtype
 
-    def forward(self, A: torch.Tensor) -> torch.Tensor:
-        from .. import reference
-
-        a = A.reshape(-1, self.n * self.n).to(self.dtype)
+    def initializer_parameters(self) -> dict:
+        """The arguments of :func:`neuinv.reference.mlp_initializer` besides the flattened matrices: center,
+        inv_radius, weights, biases (the Taylor head's offset folded into the last bias) and skip."""
         weights = [layer.weight for layer in self.layers]
         biases = [layer.bias for layer in self.layers]
         skip = None
         if self.head == "taylor":
             biases[-1] = biases[-1] + self.taylor_offset
             skip = self.taylor_skip
-        center, inv_radius = self.center.reshape(-1), 1.0 / self.radius
-        if a.is_cuda and not torch.is_grad_enabled() and (self.depth == 2 or self.hidden <= 512):
-            from neuinv.kernels.mlp import fused_mlp_initializer
+        return dict(center=self.center.reshape(-1), inv_radius=1.0 / self.radius, weights=weights, biases=biases,
+                    skip=skip)
 
-            out = fused_mlp_initializer(a, center, inv_radius, weights, biases, skip)
-        else:
-            out = reference.mlp_initializer(a, center, inv_radius, weights, biases, skip)
-        return out.reshape(A.shape).to(A.dtype)
+    def forward(self, A: torch.Tensor) -> torch.Tensor:
+        from .. import reference
+
+        a = A.reshape(-1, self.n * self.n).to(self.dtype)
+        return reference.mlp_initializer(a, **self.initializer_parameters()).reshape(A.shape).to(A.dtype)
 
     def in_domain(self, A: torch.Tensor) -> torch.Tensor:
         """max |A - A0| <= radius, per matrix (a relative slack of 1e-12 for rounding)."""
