@@ -155,3 +155,36 @@ def test_taylor_initializer_in_and_out_of_its_box():
     assert torch.allclose(X, torch.linalg.inv(A), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="singular"):
         TaylorInitializer(torch.ones(3, 3), 0.1)
+
+
+def test_method_is_checked():
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    with pytest.raises(ValueError, match="method must be one of"):
+        neuinv.batched_inverse(A, method="lu")
+    with pytest.raises(ValueError, match="method='exact' uses no initial guess"):
+        neuinv.batched_inverse(A, init=torch.linalg.inv(A), method="exact")
+
+
+def test_backend_forced_by_the_environment(monkeypatch):
+    """NEUINV_BACKEND makes auto mean the backend it names; a name that is no backend, or a backend that cannot
+    run the input, raises like an explicit request."""
+    from neuinv import backends
+
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    monkeypatch.setenv("NEUINV_BACKEND", "torch")
+    backends.forget_availability()
+    try:
+        assert backends.resolve_backend("auto", A).name == "torch"
+        assert backends.resolve_backend("auto", A.to(torch.complex128)).name == "torch"
+        monkeypatch.setenv("NEUINV_BACKEND", "tpu")
+        backends.forget_availability()
+        with pytest.raises(ValueError, match="NEUINV_BACKEND='tpu' names no backend"):
+            neuinv.batched_inverse(A)
+        if backends.available_backends()["cpp"].available:
+            monkeypatch.setenv("NEUINV_BACKEND", "cpp")
+            backends.forget_availability()
+            with pytest.raises(RuntimeError, match="requested by NEUINV_BACKEND but cannot run this input"):
+                neuinv.batched_inverse(A.to(torch.complex128))
+    finally:
+        monkeypatch.delenv("NEUINV_BACKEND")
+        backends.forget_availability()
