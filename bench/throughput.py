@@ -70,12 +70,15 @@ def methods(A: torch.Tensor, init: torch.Tensor, device: str):
     device_backends = ("cuda", "triton") if device.startswith("cuda") else ("cpp",)
     compiled_backends = [name for name in device_backends if available[name].available]
     for backend in ["torch"] + compiled_backends:
-        yield f"neuinv {backend}, scaled transpose", lambda b=backend: neuinv.batched_inverse(A, backend=b), 2
+        yield (f"neuinv {backend}, scaled transpose",
+               lambda b=backend: neuinv.batched_inverse(A, method="newton_schulz", backend=b), 2)
         yield f"neuinv {backend}, warm start 1e-3", lambda b=backend: neuinv.batched_inverse(A, init=init, backend=b), 3
     if compiled_backends and compiled_backends[0] in ("cuda", "cpp"):
         # The compiled kernels alone, without dispatch and verification: exact inverse (reads A, writes X)
         # and the whole warm-started Newton-Schulz loop (reads A and X0, writes X).
         tol = torch.finfo(A.dtype).eps / 2
+        yield "operator neuinv::invert (exact path)", \
+            lambda: torch.ops.neuinv.invert(A, None, None, False, tol, 1e-3, 64, 0.5, 1.0), 2
         yield "kernel neuinv::exact_inverse", lambda: torch.ops.neuinv.exact_inverse(A), 2
         yield "kernel neuinv::newton_schulz, warm 1e-3", \
             lambda: torch.ops.neuinv.newton_schulz(A, init, tol, 1e-3, 10, True, 0.5), 3
