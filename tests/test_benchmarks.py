@@ -1,5 +1,10 @@
 """pytest-benchmark cases on CI-sized inputs (run `pytest tests/test_benchmarks.py --benchmark-enable`).
-With benchmarks disabled (the default here) each runs once as a correctness check."""
+With benchmarks disabled (the default here) each runs once as a correctness check; below them, the
+accuracy check and the optional baselines of bench/throughput.py."""
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -27,3 +32,61 @@ def test_bench_neuinv_warm_start(benchmark, n, dtype):
     init = warm_start(A, 1e-3)
     X = benchmark(lambda: neuinv.batched_inverse(A, init=init))
     assert torch.allclose(X, torch.linalg.inv(A), rtol=1e-3, atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    """bench/throughput.py as a module."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_throughput_reports_a_wrong_inverse_and_a_missing_package(throughput, monkeypatch, capsys, tmp_path):
+    def methods(A, init, device):
+        yield "torch.linalg.inv", lambda: torch.linalg.inv(A), 2
+        yield "transposed baseline", lambda: torch.linalg.inv(A).mT, 2
+        yield "missing baseline", throughput.not_installed("some-package"), 2
+    monkeypatch.setattr(throughput, "methods", methods)
+    throughput.main(["--device", "cpu", "--sizes", "3", "--dtypes", "float32", "--max-batch", "50", "--repeats", "1",
+                     "--json", str(tmp_path / "out.json")])
+    table = capsys.readouterr().out
+    row = {line.split(" | ")[3]: line for line in table.splitlines() if line.startswith("| 3 |")}
+    assert "**inaccurate**" in row["transposed baseline"] and "**inaccurate**" not in row["torch.linalg.inv"]
+    assert "| missing baseline | not installed (pip install 'some-package') |" in row["missing baseline"]
+    rows = {row["method"]: row for row in json.loads((tmp_path / "out.json").read_text())["rows"]}
+    assert rows["torch.linalg.inv"]["accurate"] and not rows["transposed baseline"]["accurate"]
+    assert "seconds" not in rows["missing baseline"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_closed_form_baseline_is_accurate_and_its_transpose_is_not(throughput, n, dtype):
+    A = conditioned_matrices(500, n, throughput.COND, dtype, seed=n)
+    truth = torch.linalg.inv(A.double())
+    X = throughput.CLOSED_FORMS[n](A)
+    assert X.dtype == dtype and throughput.max_relative_error(X, truth) <= throughput.accuracy_tolerance(n, dtype)
+    assert throughput.max_relative_error(X.mT, truth) > throughput.accuracy_tolerance(n, dtype)
+
+
+def test_optional_baselines_say_which_package_is_missing(throughput, monkeypatch):
+    monkeypatch.setattr(throughput, "optional_module", lambda name: None)
+    A = conditioned_matrices(10, 3, 10.0, torch.float64)
+    assert throughput.warp_inverse(A) == "not installed (pip install 'warp-lang')"
+    assert throughput.jax_inverse(A) == "not installed (pip install 'jax[cpu]')"
+    assert throughput.cupy_inverse(A) == "not installed (pip install 'cupy-cuda13x')"
+
+
+@pytest.mark.parametrize("package", ["warp", "jax"])
+def test_installed_optional_baselines_invert(throughput, package):
+    pytest.importorskip(package)
+    for n in (2, 3, 4):
+        for dtype in (torch.float32, torch.float64):
+            A = conditioned_matrices(200, n, throughput.COND, dtype, seed=n)
+            fn = (throughput.warp_inverse if package == "warp" else throughput.jax_inverse)(A)
+            X = throughput.as_torch(fn(), A)
+            assert X.dtype == dtype
+            error = throughput.max_relative_error(X, torch.linalg.inv(A.double()))
+            assert error <= throughput.accuracy_tolerance(n, dtype)
