@@ -94,7 +94,7 @@ stamp "memcheck exit $?: $(grep -E 'ERROR SUMMARY|script done' "$OUT/memcheck.tx
 
 for pid in "${TRAINING[@]}"; do wait "$pid"; stamp "training process $pid exit $?"; done
 if [ -n "$THROUGHPUT_DTYPES" ]; then
-  timeout 150 python3 bench/throughput.py --device cuda --sizes 4 8 16 32 --dtypes $THROUGHPUT_DTYPES \
+  timeout 240 python3 bench/throughput.py --device cuda --sizes 2 3 4 8 16 32 --dtypes $THROUGHPUT_DTYPES \
     --max-batch 1000000 --repeats 5 --skip-slow --json "$OUT/throughput-cuda.json" \
     > "$OUT/throughput-cuda.md" 2> "$OUT/throughput-cuda.log"
   stamp "throughput exit $?"
