@@ -43,7 +43,7 @@ dtype (added, as 2 n^2 tiny max|X|, only where A holds a subnormal; likewise for
 the evaluated bound +inf or NaN, i.e. not certified. Every quantity above is unchanged when A is
 scaled by 2^k and X by 2^-k (the norms are taken of A and X scaled by the power of two nearest A's
 largest entry, exactly), so the bound does not depend on the scale of A. The compiled CPU kernels
-(csrc/neuinv_cpu.cpp) evaluate the same bound.
+(csrc/neuinv_rules.h, used by csrc/cpu and csrc/cuda) evaluate the same bound.
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def cases():
 
 
 def test_build_holds_the_cuda_kernels_whenever_the_toolchain_can_compile_them():
-    """A CUDA build of torch plus a toolkit means `neuinv build-ext` compiled csrc/neuinv_cuda_*.cu (sm_90
+    """A CUDA build of torch plus a toolkit means `neuinv build-ext` compiled csrc/cuda/*.cu (sm_90
     without a GPU): a broken .cu file fails here, on machines with no GPU to run it."""
     problem = extension.cuda_build_problem()
     if problem is not None:
@@ -182,13 +182,17 @@ def test_cuda_operators_raise_clear_errors_without_a_gpu():
 
 
 def test_cpp_backend_end_to_end_and_auto_dispatch():
-    for n in (2, 6, 16, 40):  # closed form, compact and one-matrix kernels; above CPP_EXACT_MAX_N the torch exact path
+    for n in (2, 6, 16, 40):  # closed form, compact and one-matrix kernels
         A = conditioned_matrices(50, n, 100.0, torch.float32)
         assert resolve_backend("auto", A).name == "cpp"
         for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cpp"}):
             X, info = neuinv.batched_inverse_ex(A, **kwargs)
             assert info.certified.all()
             assert true_residual(A, X).max().item() <= residual_bound(A)
+    A = conditioned_matrices(5, 65, 100.0, torch.float64)
+    assert resolve_backend("auto", A).name == "torch"  # above the kernels' n <= 64
+    with pytest.raises(RuntimeError, match="backend 'cpp' was requested but cannot run this input: .*n <= 64"):
+        neuinv.batched_inverse(A, backend="cpp")
 
 
 @pytest.mark.cuda

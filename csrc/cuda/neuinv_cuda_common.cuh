@@ -1,6 +1,6 @@
-// Shared pieces of neuinv's CUDA kernels (csrc/neuinv_cuda_*.cu, one operator per file so they compile in
-// parallel): the kernels behind the CUDA implementations (csrc/neuinv_cuda_ops.cpp) of the operators that
-// csrc/neuinv_cpu.cpp defines, with the semantics of the Python reference in neuinv/reference.py.
+// Shared pieces of neuinv's CUDA kernels (csrc/cuda/*.cu, one kernel family per file so they compile in
+// parallel): the kernels behind the CUDA implementations (csrc/cuda/neuinv_cuda_ops.cpp) of the operators that
+// csrc/neuinv_ops.cpp defines, with the rules of csrc/neuinv_rules.h and the semantics of neuinv/reference.py.
 //
 // Layout (the design of MAGMA's batched small-size kernels and Ginkgo's block-Jacobi inversion): a group
 // of W threads works on one matrix, thread i holding row i in registers (W >= n, a power of two up to

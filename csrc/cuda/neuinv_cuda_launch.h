@@ -1,5 +1,5 @@
-// Launchers of neuinv's CUDA kernels (defined in csrc/neuinv_cuda_*.cu, for float and double), called by the
-// host-compiled operators in csrc/neuinv_cuda_ops.cpp. Raw pointers to contiguous (batch, n, n) data on the
+// Launchers of neuinv's CUDA kernels (defined in csrc/cuda/*.cu, for float and double), called by the
+// host-compiled operators in csrc/cuda/neuinv_cuda_ops.cpp. Raw pointers to contiguous (batch, n, n) data on the
 // current device; each returns the launch's cudaError_t instead of throwing, so that every exception is
 // raised from host-compiled code.
 #pragma once
