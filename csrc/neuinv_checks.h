@@ -11,8 +11,14 @@ void check_batch(const at::Tensor& A, const char* name, c10::DeviceType device);
 // X (named `name`) must have A's shape, dtype and device.
 void check_like(const at::Tensor& A, const at::Tensor& X, const char* name);
 
-// The arguments of neuinv::invert (see its schema in csrc/neuinv_ops.cpp).
+// Most Newton-Schulz steps neuinv::invert takes (from r0 < 1 the residual is below 2^-(2^k) after k steps; the
+// scaled transpose needs about 2 log2(cond A) + 6).
+constexpr int64_t kMaxIterations = 10000;
+
+// The arguments of neuinv::invert (see its schema in csrc/neuinv_ops.cpp): A (*, n, n), X0 like A, use_guess of
+// A's batch shape, and the scalars in their ranges; throws naming the argument.
 void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>& X0,
-                            const c10::optional<at::Tensor>& use_guess, bool refine, c10::DeviceType device);
+                            const c10::optional<at::Tensor>& use_guess, bool refine, double tol, double accept,
+                            int64_t max_iter, double guard, double max_error, c10::DeviceType device);
 
 }  // namespace neuinv

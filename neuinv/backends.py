@@ -62,8 +62,13 @@ class TorchBackend:
     """The learned initializer's forward pass (a model with ``initializer_parameters()``)."""
 
     def invert(self, A, X0, use_guess, refine, rules, max_error):
-        """(X, certified, error_bound, iterations, fallback): :func:`neuinv.reference.invert`."""
-        return reference.invert(A, X0, use_guess, refine, rules, max_error, step=self.newton_schulz_step)
+        """(X, certified, error_bound, iterations, fallback) for A (*, n, n) with use_guess of its batch shape:
+        :func:`neuinv.reference.invert` on the flattened batch."""
+        n, batch = A.shape[-1], A.shape[:-2]
+        flat = [None if t is None else t.reshape(-1, n, n) for t in (A, X0)]
+        mask = None if use_guess is None else use_guess.reshape(-1)
+        X, *info = reference.invert(flat[0], flat[1], mask, refine, rules, max_error, step=self.newton_schulz_step)
+        return (X.reshape(A.shape), *(field.reshape(batch) for field in info))
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         return None
@@ -186,15 +191,26 @@ def available_backends() -> dict[str, BackendStatus]:
     return {name: entry.status() for name, entry in REGISTRY.items()}
 
 
-_instances: dict[str, TorchBackend | None] = {}
+_availability: dict[str, bool] = {}
+_instances: dict[str, TorchBackend] = {}
+
+
+@torch.compiler.assume_constant_result
+def _available(name: str) -> bool:
+    """Whether backend `name` can run in this process, asked once (loading the extension or importing triton
+    does not change while the process runs, except by an explicit build). A constant to torch.compile, which
+    so never traces the checks (they touch the file system)."""
+    if name not in _availability:
+        _availability[name] = REGISTRY[name].status().available
+    return _availability[name]
 
 
 def _instance(name: str) -> TorchBackend | None:
-    """The backend object for `name` if it is available in this process (asked once: loading the extension
-    or importing triton does not change while the process runs, except by an explicit build)."""
+    """The backend object for `name` if it is available."""
+    if not _available(name):
+        return None
     if name not in _instances:
-        entry = REGISTRY[name]
-        _instances[name] = entry.backend() if entry.status().available else None
+        _instances[name] = REGISTRY[name].backend()
     return _instances[name]
 
 
@@ -230,5 +246,6 @@ def forget_availability() -> None:
     """Ask the availability checks and ``NEUINV_BACKEND`` again (after ``neuinv build-ext`` in the same process,
     or a change of the environment variable)."""
     global _forced
+    _availability.clear()
     _instances.clear()
     _forced = os.environ.get(BACKEND_ENV) or None

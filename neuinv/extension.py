@@ -196,23 +196,24 @@ def status() -> tuple[bool, str]:
 
 
 def _register_fakes() -> None:
-    """Shape-only implementations so torch.compile can trace code that calls the operators."""
+    """Shape-only implementations so torch.compile can trace code that calls the operators (contiguous outputs,
+    as the kernels return)."""
     if getattr(_register_fakes, "done", False):
         return
 
     @torch.library.register_fake("neuinv::invert")
     def _(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error):
-        b = A.shape[0]
-        return (torch.empty_like(A), A.new_empty(b, dtype=torch.bool), A.new_empty(b, dtype=torch.float64),
-                A.new_empty(b, dtype=torch.int32), A.new_empty(b, dtype=torch.bool))
+        batch = A.shape[:-2]
+        return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
+                A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
 
     @torch.library.register_fake("neuinv::exact_inverse")
     def _(A):
-        return torch.empty_like(A), A.new_empty(A.shape[0], dtype=torch.int32)
+        return A.new_empty(A.shape), A.new_empty(A.shape[0], dtype=torch.int32)
 
     @torch.library.register_fake("neuinv::inverse_and_error_bound")
     def _(A):
-        return torch.empty_like(A), A.new_empty(A.shape[0], dtype=torch.float64)
+        return A.new_empty(A.shape), A.new_empty(A.shape[0], dtype=torch.float64)
 
     @torch.library.register_fake("neuinv::error_bound")
     def _(A, X):
@@ -225,7 +226,7 @@ def _register_fakes() -> None:
     @torch.library.register_fake("neuinv::newton_schulz")
     def _(A, X0, tol, accept, max_iter, guarded, guard):
         b = A.shape[0]
-        return (torch.empty_like(A), A.new_empty(b), A.new_empty(b, dtype=torch.bool),
+        return (A.new_empty(A.shape), A.new_empty(b), A.new_empty(b, dtype=torch.bool),
                 A.new_empty(b, dtype=torch.int32))
 
     _register_fakes.done = True

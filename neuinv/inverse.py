@@ -129,6 +129,7 @@ class _BatchedInverse(torch.autograd.Function):
 
 def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
     """Argument defaults, the model's forward pass, and one call of the backend's operator per chunk."""
+    chosen = resolve_backend(backend, A)
     batch_shape, n = A.shape[:-2], A.shape[-1]
     if n == 0:
         info = InverseInfo(torch.ones(batch_shape, dtype=torch.bool, device=A.device),
@@ -137,30 +138,28 @@ def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
                            torch.zeros(batch_shape, dtype=torch.bool, device=A.device))
         return A.new_empty(A.shape), info
 
-    chosen = resolve_backend(backend, A)
     has_guess = init is not None or model is not None
     refine = method == "newton_schulz" or (method == "auto" and has_guess)
     rules = _rules(A.dtype, tol, max_iter, has_guess)
     limit = CERTIFIED_BELOW if max_error is None else float(max_error)
-
-    flat = A.dim() == 3
-    A_flat = A if flat else A.reshape(-1, n, n)
-    init_flat = None if init is None else init.detach().reshape(-1, n, n)
-    b = A_flat.shape[0]
+    b = A.numel() // (n * n)
     chunk = max(1, WORKSPACE_BYTES // (chosen.workspace_matrices * n * n * A.element_size()))
+    X0 = None if init is None else init.detach()
+    if b <= chunk and model is None:  # the common case: one call on A as it is, (*, n, n)
+        X, certified, error_bound, iterations, fallback = chosen.invert(A, X0, None, refine, rules, limit)
+        return X, InverseInfo(certified, error_bound, iterations, fallback)
+
+    A_flat = A.reshape(-1, n, n)
+    X0_flat = None if X0 is None else X0.reshape(-1, n, n)
     parts = []
     for start in range(0, max(b, 1), chunk):
-        A_part = A_flat if b <= chunk else A_flat[start:start + chunk]
-        X0, use_guess = None, None
-        if init_flat is not None:
-            X0 = init_flat if b <= chunk else init_flat[start:start + chunk]
-        elif model is not None and refine:
-            X0, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
-        parts.append(chosen.invert(A_part, X0, use_guess, refine, rules, limit))
+        A_part = A_flat[start:start + chunk]
+        X0_part, use_guess = None if X0_flat is None else X0_flat[start:start + chunk], None
+        if model is not None and refine:
+            X0_part, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
+        parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, limit))
     X, certified, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
-    if flat:
-        return X, InverseInfo(certified, error_bound, iterations, fallback)
     return X.reshape(A.shape), InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
                                            iterations.reshape(batch_shape), fallback.reshape(batch_shape))
 
@@ -241,7 +240,7 @@ def _check_arguments(A, model, init, tol, max_iter, max_error, method) -> None:
         if model_n is not None and model_n != A.shape[-1]:
             raise ValueError(f"model was built for {model_n}x{model_n} matrices, but A holds "
                              f"{A.shape[-1]}x{A.shape[-1]} matrices")
-    if tol is not None and not (isinstance(tol, (int, float)) and 0 < tol < float("inf")):
+    if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf")):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
     if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 0):
         raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")

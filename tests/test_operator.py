@@ -34,10 +34,32 @@ def _variants(A):
 
 @pytest.mark.parametrize("backend", COMPILED)
 def test_opcheck(backend):
+    """All of opcheck's checks, on contiguous and transposed input (the fake must give the kernels' contiguous
+    strides). With a singular member X holds NaN, which opcheck's eager-against-AOT comparison counts as a
+    difference (NaN != NaN), so that input runs the other checks."""
     A = conditioned_matrices(5, 3, 10.0, torch.float64).to(DEVICE[backend])
-    for X0, use_guess, refine in _variants(A).values():
-        args, _ = _arguments(A, X0, use_guess, refine)
-        torch.library.opcheck(torch.ops.neuinv.invert.default, args)
+    for matrices in (A, A.mT):
+        for X0, use_guess, refine in _variants(matrices).values():
+            args, _ = _arguments(matrices, X0, use_guess, refine)
+            torch.library.opcheck(torch.ops.neuinv.invert.default, args)
+    singular = A.clone()
+    singular[2] = 0.0
+    args, _ = _arguments(singular, None, None, False)
+    torch.library.opcheck(torch.ops.neuinv.invert.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_operator_takes_any_batch_shape(backend):
+    """A (*, n, n): outputs of A's shape and batch shape, the same results as on the flattened batch."""
+    A = conditioned_matrices(12, 5, 100.0, torch.float32).to(DEVICE[backend])
+    X0 = warm_start(A, 1e-3)
+    mask = torch.arange(12, device=A.device) % 3 > 0
+    flat = torch.ops.neuinv.invert(*_arguments(A, X0, mask, True)[0])
+    shaped = torch.ops.neuinv.invert(*_arguments(A.view(3, 4, 5, 5), X0.view(3, 4, 5, 5), mask.view(3, 4), True)[0])
+    assert shaped[0].shape == (3, 4, 5, 5) and all(field.shape == (3, 4) for field in shaped[1:])
+    for f, g in zip(flat, shaped):
+        assert torch.equal(f.reshape(g.shape).nan_to_num(), g.nan_to_num())
 
 
 @pytest.mark.parametrize("backend", COMPILED)
@@ -84,6 +106,15 @@ def test_bad_arguments_are_named():
         torch.ops.neuinv.invert(*_arguments(A, X0, torch.ones(2, dtype=torch.bool), True)[0])
     with pytest.raises(RuntimeError, match="must have the same shape and dtype"):
         torch.ops.neuinv.invert(*_arguments(A, X0.float(), None, True)[0])
+    args = list(_arguments(A, X0, None, True)[0])
+    for index, value, message in ((4, float("nan"), "tol must be finite"), (4, -1.0, "tol must be finite"),
+                                  (5, float("inf"), "accept must be finite"), (6, -1, "max_iter must be in"),
+                                  (6, 2**40, "max_iter must be in"), (7, 0.0, "guard must be"),
+                                  (8, float("nan"), "max_error must be in"), (8, 1.5, "max_error must be in")):
+        bad = list(args)
+        bad[index] = value
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.neuinv.invert(*bad)
 
 
 class _Recorder(TorchDispatchMode):
@@ -130,6 +161,20 @@ def test_no_host_synchronisation_on_cuda():
             neuinv.batched_inverse_ex(A, **options)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_torch_compile_fullgraph_in_a_fresh_process():
+    """The first call of neuinv in a process may be a compiled one: the backend checks are constants to
+    torch.compile (they load the extension from disk), so nothing breaks the graph."""
+    import subprocess
+    import sys
+
+    code = ("import torch, neuinv\n"
+            "f = torch.compile(lambda A: neuinv.batched_inverse_ex(A)[0], backend='eager', fullgraph=True)\n"
+            "A = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1) * 2\n"
+            "assert torch.allclose(f(A), A / 4) and torch.allclose(f(A.mT.contiguous().mT), A / 4)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("backend", COMPILED)

@@ -7,6 +7,7 @@
 // have an AVX2+FMA build, chosen at run time.
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -1086,16 +1087,17 @@ void invert_batch(const T* a, const T* x0, const bool* use_guess, T* x, bool* ce
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cpu(
     const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
     bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error) {
-  check_invert_arguments(A_in, X0_in, use_guess_in, refine, at::kCPU);
+  check_invert_arguments(A_in, X0_in, use_guess_in, refine, tol, accept, max_iter, guard, max_error, at::kCPU);
   const at::Tensor A = A_in.contiguous();
   const at::Tensor X0 = X0_in.has_value() ? X0_in->contiguous() : at::Tensor();
   const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->contiguous() : at::Tensor();
-  const int64_t b = A.size(0), n = A.size(1);
+  const auto batch = A.sizes().slice(0, A.dim() - 2);
+  const int64_t b = c10::multiply_integers(batch), n = A.size(-1);
   at::Tensor X = empty_output_like(A);
-  at::Tensor certified = at::empty({b}, A.options().dtype(at::kBool));
-  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
-  at::Tensor iterations = at::empty({b}, A.options().dtype(at::kInt));
-  at::Tensor fallback = at::empty({b}, A.options().dtype(at::kBool));
+  at::Tensor certified = at::empty(batch, A.options().dtype(at::kBool));
+  at::Tensor bound = at::empty(batch, A.options().dtype(at::kDouble));
+  at::Tensor iterations = at::empty(batch, A.options().dtype(at::kInt));
+  at::Tensor fallback = at::empty(batch, A.options().dtype(at::kBool));
   const NewtonSchulzRules rules{tol, accept, max_iter, X0.defined(), guard};
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert", [&] {
     const scalar_t* x0 = X0.defined() ? X0.data_ptr<scalar_t>() : nullptr;

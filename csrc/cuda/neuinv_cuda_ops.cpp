@@ -4,6 +4,7 @@
 // with the host: every decision per matrix is made on the device, by masks the kernels read.
 #include <torch/library.h>
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -121,23 +122,24 @@ at::Tensor scaled_transpose(const at::Tensor& A) {
   return (A.transpose(1, 2) / norm_1 / norm_inf).contiguous();
 }
 
-// neuinv::invert (reference.invert) as a sequence of launches on the current stream: Newton-Schulz where a guess
+// neuinv::invert (reference.invert, on A of shape (*, n, n)) as a sequence of launches on the current stream: Newton-Schulz where a guess
 // is used, the certificate of the matrices that stopped done, Gauss-Jordan and its certificate where that one is
 // missing or above max_error, the verdict. Per-matrix choices are device masks; nothing waits for the host.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cuda(
     const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
     bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error) {
-  check_invert_arguments(A_in, X0_in, use_guess_in, refine, at::kCUDA);
+  check_invert_arguments(A_in, X0_in, use_guess_in, refine, tol, accept, max_iter, guard, max_error, at::kCUDA);
   const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous();
-  const int64_t b = A.size(0);
+  const auto batch = A_in.sizes().slice(0, A_in.dim() - 2);
+  const int64_t b = c10::multiply_integers(batch), n = A_in.size(-1);
+  const at::Tensor A = A_in.reshape({b, n, n}).contiguous();
   at::Tensor X = at::empty_like(A);
   at::Tensor bound = at::full({b}, std::numeric_limits<double>::infinity(), A.options().dtype(at::kDouble));
   at::Tensor iterations = at::zeros({b}, A.options().dtype(at::kInt));
   at::Tensor needed;  // undefined: every matrix takes the exact path
   if (refine) {
-    const at::Tensor X0 = X0_in.has_value() ? X0_in->contiguous() : scaled_transpose(A);
-    const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->contiguous() : at::Tensor();
+    const at::Tensor X0 = X0_in.has_value() ? X0_in->reshape({b, n, n}).contiguous() : scaled_transpose(A);
+    const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->reshape({b}).contiguous() : at::Tensor();
     at::Tensor residual = at::empty({b}, A.options());
     at::Tensor done = at::empty({b}, A.options().dtype(at::kBool));
     newton_schulz_into(A, X0, use_guess, X, residual, done, iterations,
@@ -151,7 +153,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cu
   at::Tensor fallback = needed.defined() ? needed : at::ones({b}, A.options().dtype(at::kBool));
   at::Tensor certified = bound.le(max_error);
   X.masked_fill_(certified.logical_not().view({-1, 1, 1}), std::numeric_limits<double>::quiet_NaN());
-  return {X, certified, bound, iterations, fallback};
+  return {X.view(A_in.sizes()), certified.view(batch), bound.view(batch), iterations.view(batch),
+          fallback.view(batch)};
 }
 
 }  // namespace
