@@ -301,6 +301,7 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
     """reference.invert in one launch, for (b, n, n) float32/float64 A with n <= MAX_N: returns
     (X, certified, error_bound, iterations, fallback). The arguments are those of ``neuinv::invert``."""
     batch, n = A.shape[0], A.shape[-1]
+    A = A.contiguous()
     X = torch.empty_like(A)
     certified = torch.empty(batch, dtype=torch.bool, device=A.device)
     bound = torch.empty(batch, dtype=torch.float64, device=A.device)
@@ -312,7 +313,7 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
     has_guess = refine and X0 is not None
     has_mask = has_guess and use_guess is not None
     torch.library.wrap_triton(_invert_kernel)[(triton.cdiv(batch, matrices),)](
-        A, X0 if has_guess else A, use_guess if has_mask else certified,
+        A, X0.contiguous() if has_guess else A, use_guess.contiguous() if has_mask else certified,
         X, certified, bound, iterations, fallback,
         batch, max_iter, _bits(tol), _bits(accept), _bits(guard), _bits(max_error),
         N=n, BLOCK_N=block_n, MATRICES=matrices, USE_DOT=use_dot, REFINE=refine, HAS_GUESS=has_guess,
@@ -320,3 +321,12 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
         num_warps=4 if block_n <= 32 else 8, enable_fp_fusion=False,
     )
     return X, certified, bound, iterations, fallback
+
+
+@invert.register_fake
+def _invert_fake(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error):
+    """The outputs' shapes and dtypes, for torch.compile (also under the Triton interpreter, whose kernels
+    wrap_triton cannot trace)."""
+    batch = A.shape[0]
+    return (torch.empty_like(A), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
+            A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))

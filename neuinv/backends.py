@@ -122,8 +122,8 @@ class TritonBackend(TorchBackend):
     def invert(self, A, X0, use_guess, refine, rules, max_error):
         """(X, certified, error_bound, iterations, fallback): :func:`neuinv.reference.invert` in one launch."""
         _check_invert_arguments(A, X0, use_guess, refine)
-        return self._invert(A.contiguous(), None if X0 is None else X0.contiguous(), use_guess, refine,
-                            rules.tol, rules.accept, rules.max_iter, rules.guard, max_error)
+        return self._invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
+                            max_error)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
