@@ -74,6 +74,8 @@ def _matmul(a, b, USE_DOT: tl.constexpr):
 
 @triton.jit
 def _frobenius(m):
+    """||m||_F of (M, B, B); in float64 tl.sqrt is correctly rounded (sqrt.rn.f64), as the certificate's
+    c_n u assumes (float32's may be approximate: only the stopping test uses it)."""
     return tl.sqrt(tl.sum(tl.sum(m * m, axis=2), axis=1))
 
 
