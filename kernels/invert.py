@@ -49,6 +49,10 @@ SMALLEST_NORMAL32 = tl.constexpr(2.0 ** -126)
 SQUARE_UNDERFLOW = tl.constexpr(2.0 ** -511)
 """A norm loses at most this per entry to squares below the smallest normal float64 (eta_n's second term)."""
 
+SUBNORMAL_LIFT_EXPONENT = tl.constexpr(64)
+SUBNORMAL_LIFT = tl.constexpr(2.0 ** 64)
+"""A subnormal float64 times this is normal, so that its exponent (frexp's) can be read from the bits."""
+
 DOT2_THRESHOLD = tl.constexpr(certificate.DOT2_THRESHOLD)
 SPLITTER = tl.constexpr(134217729.0)
 """2^27 + 1: Veltkamp's constant splitting a float64 into two halves of 26 bits."""
@@ -142,8 +146,10 @@ def _error_bound(a, x, rows, cols, N: tl.constexpr, USE_DOT: tl.constexpr, IS_F6
     r = _frobenius(eye[None, :, :] - _matmul(a_w, x_w, USE_DOT))
     # scaled_norm_product: 2^-e A and 2^e X, 2^e nearest max |a_ij| (frexp's exponent; 0 for a zero matrix)
     largest = tl.max(tl.max(tl.abs(a_w), axis=2), axis=1)
-    exponent = ((largest.to(tl.int64, bitcast=True) >> 52) & 0x7FF).to(tl.int32) - 1022
-    exponent = tl.where(largest > 0, exponent, 0)
+    subnormal = largest < SMALLEST_NORMAL64
+    probe = tl.where(subnormal, largest * _f64(SUBNORMAL_LIFT), largest)  # exact: a normal number
+    exponent = ((probe.to(tl.int64, bitcast=True) >> 52) & 0x7FF).to(tl.int32) - 1022
+    exponent = tl.where(largest > 0, exponent - tl.where(subnormal, SUBNORMAL_LIFT_EXPONENT, 0), 0)
     half = exponent >> 1
     a_s = a_w * (_power_of_two(-half) * _power_of_two(half - exponent))[:, None, None]
     x_s = x_w * (_power_of_two(half) * _power_of_two(exponent - half))[:, None, None]
