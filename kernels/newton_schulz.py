@@ -1,4 +1,5 @@
-"""Fused Triton kernels: residual R = I - A X with its norm, and the Newton–Schulz step.
+"""The fused Triton Newton–Schulz step, one launch per step (benchmarked by bench/kernels.py; the triton
+backend runs the whole loop in one launch instead: kernels/invert.py).
 
 One launch reads A and X once, forms R = I - A X on chip, computes r = ||R||_F and the
 stopping test of :func:`neuinv.reference.newton_schulz_step`, and writes
@@ -33,11 +34,10 @@ def _newton_schulz_step_kernel(
     # stopping test
     tol, accept,
     # meta-parameters
-    BLOCK_N: tl.constexpr, MATRICES: tl.constexpr, USE_DOT: tl.constexpr, UPDATE: tl.constexpr,
+    BLOCK_N: tl.constexpr, MATRICES: tl.constexpr, USE_DOT: tl.constexpr,
 ):
     """R = I - A X, r = ||R||_F, done = r <= min(tol ||A||_F ||X||_F, accept) (norms scaled as in
-    reference.norm_product);
-    with UPDATE, X' = X where done else X + X R (Newton–Schulz / Hotelling)."""
+    reference.norm_product); X' = X where done else X + X R (Newton–Schulz / Hotelling)."""
     pid = tl.program_id(0)
     mats = pid * MATRICES + tl.arange(0, MATRICES)
     idx = tl.arange(0, BLOCK_N)
@@ -52,21 +52,21 @@ def _newton_schulz_step_kernel(
 
     r = tl.sqrt(tl.sum(tl.sum(residual * residual, axis=2), axis=1))
     tl.store(r_ptr + mats, r, mask=mat_mask)
-    if UPDATE:
-        # ||A||_F ||X||_F as ||A / m||_F ||m X||_F, m = max |a_ij| (reference.norm_product: no overflow).
-        largest = tl.max(tl.max(tl.abs(a), axis=2), axis=1)
-        m = tl.where(largest > 0, largest, 1.0)[:, None, None]
-        a_scaled = a / m
-        x_scaled = x * m
-        x_norm = tl.sqrt(tl.sum(tl.sum(x_scaled * x_scaled, axis=2), axis=1))
-        a_norm = tl.sqrt(tl.sum(tl.sum(a_scaled * a_scaled, axis=2), axis=1))
-        done = r <= tl.minimum(tol * a_norm * x_norm, accept)
-        x_next = tl.where(done[:, None, None], x, x + _batched_matmul(x, residual, USE_DOT))
-        tl.store(x_next_ptr + offsets, x_next, mask=elem_mask)
-        tl.store(done_ptr + mats, done.to(tl.int8), mask=mat_mask)
+    # ||A||_F ||X||_F as ||A / m||_F ||m X||_F, m = max |a_ij| (reference.norm_product: no overflow).
+    largest = tl.max(tl.max(tl.abs(a), axis=2), axis=1)
+    m = tl.where(largest > 0, largest, 1.0)[:, None, None]
+    a_scaled = a / m
+    x_scaled = x * m
+    x_norm = tl.sqrt(tl.sum(tl.sum(x_scaled * x_scaled, axis=2), axis=1))
+    a_norm = tl.sqrt(tl.sum(tl.sum(a_scaled * a_scaled, axis=2), axis=1))
+    done = r <= tl.minimum(tol * a_norm * x_norm, accept)
+    x_next = tl.where(done[:, None, None], x, x + _batched_matmul(x, residual, USE_DOT))
+    tl.store(x_next_ptr + offsets, x_next, mask=elem_mask)
+    tl.store(done_ptr + mats, done.to(tl.int8), mask=mat_mask)
 
 
-def _launch(A: torch.Tensor, X: torch.Tensor, tol: float, accept: float, update: bool):
+def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, tol: float, accept: float):
+    """Fused override of :func:`neuinv.reference.newton_schulz_step`: returns (X', r, done)."""
     if A.dim() != 3 or A.shape != X.shape or A.shape[1] != A.shape[2]:
         raise ValueError(f"A and X must both have shape (b, n, n); got {tuple(A.shape)} and {tuple(X.shape)}")
     if A.dtype not in (torch.float32, torch.float64) or X.dtype != A.dtype:
@@ -74,11 +74,8 @@ def _launch(A: torch.Tensor, X: torch.Tensor, tol: float, accept: float, update:
     A, X = A.contiguous(), X.contiguous()
     batch, n = A.shape[0], A.shape[1]
     r = torch.empty(batch, dtype=A.dtype, device=A.device)
-    if update:
-        X_next = torch.empty_like(X)
-        done = torch.empty(batch, dtype=torch.int8, device=A.device)
-    else:
-        X_next, done = X, r  # never written without UPDATE
+    X_next = torch.empty_like(X)
+    done = torch.empty(batch, dtype=torch.int8, device=A.device)
     if batch == 0:
         return X_next, r, done.bool()
     block_n = max(2, triton.next_power_of_2(n))
@@ -89,17 +86,8 @@ def _launch(A: torch.Tensor, X: torch.Tensor, tol: float, accept: float, update:
     grid = (triton.cdiv(batch, matrices),)
     _newton_schulz_step_kernel[grid](
         A, X, X_next, r, done, batch, n, float(tol), float(accept),
-        BLOCK_N=block_n, MATRICES=matrices, USE_DOT=use_dot, UPDATE=update,
+        BLOCK_N=block_n, MATRICES=matrices, USE_DOT=use_dot,
         num_warps=4 if block_n <= 32 else 8,
     )
     return X_next, r, done.bool()
 
-
-def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, tol: float, accept: float):
-    """Fused override of :func:`neuinv.reference.newton_schulz_step`: returns (X', r, done)."""
-    return _launch(A, X, tol, accept, update=True)
-
-
-def residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """Fused override of :func:`neuinv.reference.residual_norm`: r = ||I - A X||_F."""
-    return _launch(A, X, 0.0, 0.0, update=False)[1]

@@ -7,7 +7,7 @@ override it:
 
 - ``cpp``: the compiled operator ``neuinv::invert`` on CPU tensors, one call per chunk (csrc/cpu);
 - ``cuda``: the same operator on CUDA tensors (csrc/cuda), no host synchronisation;
-- ``triton``: the reference pipeline with the fused Triton Newton–Schulz step (CUDA, or the CPU under
+- ``triton``: the whole pipeline in one Triton launch (kernels/invert.py; CUDA, or the CPU under
   TRITON_INTERPRET=1).
 
 :data:`REGISTRY` holds one entry per backend (its class and cached availability check);
@@ -106,27 +106,55 @@ class CudaBackend(CompiledBackend):
 
 
 class TritonBackend(TorchBackend):
-    """The reference pipeline with the fused Triton Newton–Schulz step (real dtypes).
+    """The whole inversion of a chunk in one Triton launch (``kernels/invert.py``): the Newton–Schulz loop,
+    the certificate and Gauss–Jordan on chip, float32/float64, n <= 64, no host synchronisation.
 
     Runs on CUDA tensors, and on CPU tensors when TRITON_INTERPRET=1 (the Triton
     interpreter, used by the test suite on machines without a GPU).
     """
 
     name = "triton"
+    MAX_N = 64
+    workspace_matrices = 1
+    """The launch allocates only its outputs; each matrix's work stays on chip."""
     mlp_initializer = staticmethod(_fused_mlp_initializer)
 
     def __init__(self):
-        from neuinv.kernels import newton_schulz
+        from neuinv.kernels import invert
 
-        self.newton_schulz_step = newton_schulz.newton_schulz_step
+        self._invert = invert.invert
+
+    def invert(self, A, X0, use_guess, refine, rules, max_error):
+        """(X, certified, error_bound, iterations, fallback): :func:`neuinv.reference.invert` in one launch."""
+        _check_invert_arguments(A, X0, use_guess, refine)
+        return self._invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
+                            max_error)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
             return f"the Triton kernels take float32 or float64, not {A.dtype}"
+        if A.shape[-1] > self.MAX_N:
+            return f"the Triton kernels hold a matrix in registers: n <= {self.MAX_N}, not {A.shape[-1]}"
         if A.device.type == "cuda" or (A.device.type == "cpu" and _triton_interpreter_on()):
             return None
         return (f"the Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1), "
                 f"not on {A.device.type}")
+
+
+def _check_invert_arguments(A, X0, use_guess, refine) -> None:
+    """The argument checks of the operator ``neuinv::invert`` (csrc/neuinv_ops.cpp), with its messages."""
+    if A.dim() != 3 or A.shape[1] != A.shape[2]:
+        raise RuntimeError(f"A must have shape (b, n, n), got {tuple(A.shape)}")
+    if X0 is not None:
+        if not refine:
+            raise RuntimeError("X0 is given but refine is false")
+        if X0.shape != A.shape or X0.dtype != A.dtype or X0.device != A.device:
+            raise RuntimeError("A and X0 must have the same shape and dtype, on one device")
+    if use_guess is not None:
+        if X0 is None:
+            raise RuntimeError("use_guess is given without X0")
+        if use_guess.dtype != torch.bool or use_guess.shape != A.shape[:1] or use_guess.device != A.device:
+            raise RuntimeError(f"use_guess must be a bool tensor of shape ({A.shape[0]},) on A's device")
 
 
 def _triton_interpreter_on() -> bool:
