@@ -2,11 +2,12 @@
 # One-shot GPU check, run from the repository root on a CUDA machine with torch, triton, nvcc and ninja
 # installed (nothing is fetched). In one go (about 6 minutes on an H200):
 #   - compiles the C++/CUDA extension (`neuinv build-ext`),
-#   - runs the operator, conformance, kernel and bad-input tests on the GPU (the sync-free test among them),
+#   - runs the operator, conformance, kernel and bad-input tests on the GPU (the sync-free test among them), and
+#     the Triton pipeline's tests compiled for the GPU,
 #   - checks the certificate on CUDA tensors for every GPU backend and method,
 #   - a compute-sanitizer memcheck of every CUDA operator,
 #   - the throughput table (neuinv beside torch.linalg.inv and the optional baselines), and batched_inverse end
-#     to end against its bare operator.
+#     to end against its bare operator and against the Triton backend.
 # Results go to $OUT (default bench/out); the tables print last.
 # TRAIN=1 also trains the paper's 16x16 Table 1 networks (2-FC and 3-FC, 3 runs each, full length) in the
 # background on the authors' A0 when .gpu-carry/base_matrix.npy is there (a copy of ../shared/paper/matrix_16/;
@@ -42,6 +43,11 @@ timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_o
   tests/test_cpp_extension.py tests/test_bad_input.py > "$OUT/pytest-cuda.txt" 2>&1
 stamp "pytest exit $?: $(tail -1 "$OUT/pytest-cuda.txt")"
 grep -E "^FAILED|^E  |Fatal|line [0-9]+ in test_" "$OUT/pytest-cuda.txt" | head -30
+
+timeout 240 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_triton_invert.py \
+  tests/test_triton_kernels.py > "$OUT/pytest-triton-cuda.txt" 2>&1
+stamp "pytest triton exit $?: $(tail -1 "$OUT/pytest-triton-cuda.txt")"
+grep -E "^FAILED|^E  |line [0-9]+ in test_" "$OUT/pytest-triton-cuda.txt" | head -30
 
 timeout 90 python3 - > "$OUT/certificate-cuda.txt" 2>&1 <<'PY'
 # The certificate on CUDA tensors, every GPU backend and method: singular matrices never certified, bounds sound.
@@ -110,8 +116,8 @@ def timed(f, repeats=10):
         f()
     end.record(); torch.cuda.synchronize()
     return start.elapsed_time(end) / repeats
-print("| n | dtype | batch | torch.linalg.inv ms | neuinv::invert ms | batched_inverse ms | end-to-end / operator | speed-up vs torch | GB/s (A read + X written) |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| n | dtype | batch | torch.linalg.inv ms | neuinv::invert ms | batched_inverse ms | end-to-end / operator | speed-up vs torch | GB/s (A read + X written) | triton backend ms (speed-up vs torch) |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 for dtype in (torch.float32, torch.float64):
     for n in (2, 3, 4, 8, 16, 32):
         batch = min(10**6, 2**24 // (n * n))
@@ -119,9 +125,10 @@ for dtype in (torch.float32, torch.float64):
         t_torch = timed(lambda: torch.linalg.inv(A))
         t_op = timed(lambda: torch.ops.neuinv.invert(A, None, None, False, 1e-7, 1e-3, 64, 0.5, 1.0))
         t_api = timed(lambda: neuinv.batched_inverse(A))
+        t_triton = timed(lambda: neuinv.batched_inverse(A, backend="triton"))
         gbs = 2 * A.numel() * A.element_size() / (t_api * 1e-3) / 1e9
         print(f"| {n} | {str(dtype)[6:]} | {batch} | {t_torch:.3f} | {t_op:.3f} | {t_api:.3f} | {t_api / t_op:.2f} | "
-              f"{t_torch / t_api:.2f} | {gbs:.0f} |")
+              f"{t_torch / t_api:.2f} | {gbs:.0f} | {t_triton:.3f} ({t_torch / t_triton:.2f}) |")
 PY
   stamp "end-to-end exit $?"
 fi

@@ -48,6 +48,16 @@ def _fused_mlp_initializer(a, center, inv_radius, weights, biases, skip=None):
     return reference.mlp_initializer(a, center, inv_radius, weights, biases, skip)
 
 
+def _on_flat_batch(invert, A, X0, use_guess):
+    """invert(A, X0, use_guess) on the flattened batch (b, n, n), its outputs in A's shape and batch shape."""
+    if A.dim() == 3:
+        return invert(A, X0, use_guess)
+    n, batch = A.shape[-1], A.shape[:-2]
+    X, *info = invert(A.reshape(-1, n, n), None if X0 is None else X0.reshape(-1, n, n),
+                      None if use_guess is None else use_guess.reshape(-1))
+    return (X.reshape(A.shape), *(field.reshape(batch) for field in info))
+
+
 class TorchBackend:
     """The reference path (:func:`neuinv.reference.invert`): batched matmuls and LAPACK/cuSOLVER LU.
     Any dtype, any device, any n."""
@@ -64,11 +74,9 @@ class TorchBackend:
     def invert(self, A, X0, use_guess, refine, rules, max_error):
         """(X, certified, error_bound, iterations, fallback) for A (*, n, n) with use_guess of its batch shape:
         :func:`neuinv.reference.invert` on the flattened batch."""
-        n, batch = A.shape[-1], A.shape[:-2]
-        flat = [None if t is None else t.reshape(-1, n, n) for t in (A, X0)]
-        mask = None if use_guess is None else use_guess.reshape(-1)
-        X, *info = reference.invert(flat[0], flat[1], mask, refine, rules, max_error, step=self.newton_schulz_step)
-        return (X.reshape(A.shape), *(field.reshape(batch) for field in info))
+        return _on_flat_batch(
+            lambda A, X0, use_guess: reference.invert(A, X0, use_guess, refine, rules, max_error,
+                                                      step=self.newton_schulz_step), A, X0, use_guess)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         return None
@@ -125,10 +133,14 @@ class TritonBackend(TorchBackend):
         self._invert = invert.invert
 
     def invert(self, A, X0, use_guess, refine, rules, max_error):
-        """(X, certified, error_bound, iterations, fallback): :func:`neuinv.reference.invert` in one launch."""
-        _check_invert_arguments(A, X0, use_guess, refine)
-        return self._invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
-                            max_error)
+        """(X, certified, error_bound, iterations, fallback) for A (*, n, n): :func:`neuinv.reference.invert` in
+        one launch."""
+        def launch(A, X0, use_guess):
+            _check_invert_arguments(A, X0, use_guess, refine)
+            return self._invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
+                                max_error)
+
+        return _on_flat_batch(launch, A, X0, use_guess)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
