@@ -8,7 +8,8 @@ registers, and for each of them:
    FLOOR_RATIO, the guard on step 0, accept, tol, max_iter); a matrix that stopped is left as it is while
    the others go on, and the loop ends when every matrix of the program has stopped;
 2. the certificate of :mod:`neuinv.certificate` for the matrices that stopped done;
-3. the exact path, Gauss–Jordan with partial pivoting on [A | I] in A's dtype, for every matrix that never had
+3. the exact path, Gauss–Jordan with partial pivoting on [A | I] in float64 (a float32 result is certified
+   before its rounding and carries only that rounding, as on the compiled backends), for every matrix that never had
    a guess, did not stop done, or whose certificate exceeds max_error, and that result's certificate (a zero
    pivot: the matrix is singular, bound +inf);
 4. the verdict: certified = bound <= max_error, X NaN where not.
@@ -52,6 +53,11 @@ SQUARE_UNDERFLOW = tl.constexpr(2.0 ** -511)
 SUBNORMAL_LIFT_EXPONENT = tl.constexpr(64)
 SUBNORMAL_LIFT = tl.constexpr(2.0 ** 64)
 """A subnormal float64 times this is normal, so that its exponent (frexp's) can be read from the bits."""
+
+FLOAT32_UNIT = tl.constexpr(2.0 ** -24)
+FLOAT32_SPACING = tl.constexpr(2.0 ** -149)
+"""Rounding X_w to float32 moves an entry by at most u |x| + 2^-149 (round to nearest with gradual underflow: the
+conversion is PTX cvt.rn.f32.f64, without .ftz), the delta of certificate.error_bound(..., rounded_to)."""
 
 DOT2_THRESHOLD = tl.constexpr(certificate.DOT2_THRESHOLD)
 SPLITTER = tl.constexpr(134217729.0)
@@ -276,8 +282,16 @@ def _invert_kernel(
             bound = tl.where(done, _error_bound(a, x, rows, cols, N, USE_DOT, IS_F64), bound)
         exact = live & (~refined | ~(bound <= max_error))
     if tl.max(exact.to(tl.int32), axis=0) > 0:
-        x_exact, singular = _gauss_jordan(a, rows, cols, N)
-        bound_exact = _error_bound(a, x_exact, rows, cols, N, USE_DOT, IS_F64)
+        x_w, singular = _gauss_jordan(a.to(tl.float64), rows, cols, N)  # in double, as csrc/ does
+        x_exact = x_w.to(dtype)
+        if IS_F64:
+            bound_exact = _error_bound(a, x_exact, rows, cols, N, USE_DOT, IS_F64)
+        else:  # certified before the rounding: certificate.error_bound(A, X_w, rounded_to=float32)
+            rho = _error_bound(a.to(tl.float64), x_w, rows, cols, N, USE_DOT, True)
+            delta = _f64(FLOAT32_UNIT) + _f64(N * FLOAT32_SPACING) / _frobenius(x_w)
+            rounded = rho + delta * (1 + rho)
+            overflow = tl.max(tl.max(tl.abs(x_exact), axis=2), axis=1) == INF
+            bound_exact = tl.where((rounded < 1) & ~overflow, rounded, INF)
         bound = tl.where(exact, tl.where(singular, INF, bound_exact), bound)
         x = tl.where(exact[:, None, None], x_exact, x)
     certified = bound <= max_error
@@ -306,8 +320,10 @@ def tile(n: int) -> tuple[int, int, bool]:
 def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
            tol: float, accept: float, max_iter: int, guard: float,
            max_error: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """reference.invert in one launch, for (b, n, n) float32/float64 A with n <= MAX_N: returns
-    (X, certified, error_bound, iterations, fallback). The arguments are those of ``neuinv::invert``."""
+    """reference.invert in one launch, for (b, n, n) float32/float64 A with 1 <= n <= MAX_N: returns
+    (X, certified, error_bound, iterations, fallback). The arguments are those of ``neuinv::invert``, checked
+    as it checks them (RuntimeError naming the argument)."""
+    _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error)
     batch, n = A.shape[0], A.shape[-1]
     A = A.contiguous()
     X = torch.empty_like(A)
@@ -333,8 +349,45 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
 
 @invert.register_fake
 def _invert_fake(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error):
-    """The outputs' shapes and dtypes, for torch.compile (also under the Triton interpreter, whose kernels
-    wrap_triton cannot trace)."""
+    """The outputs' shapes and dtypes (contiguous, as the launch returns them), for torch.compile."""
     batch = A.shape[0]
-    return (torch.empty_like(A), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
+    return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
             A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
+
+
+MAX_ITERATIONS = 10000
+"""Most Newton–Schulz steps a call may ask for (the compiled operator's kMaxIterations)."""
+
+
+def _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error) -> None:
+    """The argument checks of the compiled operator ``neuinv::invert`` (csrc/neuinv_ops.cpp), with its messages,
+    for the flat (b, n, n) batches this launch takes."""
+    if A.dim() != 3 or A.shape[1] != A.shape[2]:
+        raise RuntimeError(f"invert: A must have shape (b, n, n), got {tuple(A.shape)}")
+    if A.dtype not in (torch.float32, torch.float64):
+        raise RuntimeError(f"invert: A must be float32 or float64, got {A.dtype}")
+    if not 1 <= A.shape[-1] <= MAX_N:
+        raise RuntimeError(f"invert: A holds {A.shape[-1]}x{A.shape[-1]} matrices; the kernel takes 1 <= n <= {MAX_N}")
+    if X0 is not None:
+        if not refine:
+            raise RuntimeError("invert: X0 is given but refine is false (the exact path uses no guess)")
+        if X0.shape != A.shape or X0.dtype != A.dtype or X0.device != A.device:
+            raise RuntimeError(f"invert: A and X0 must have the same shape and dtype, on one device; got "
+                               f"{tuple(A.shape)} {A.dtype} and {tuple(X0.shape)} {X0.dtype}")
+    if use_guess is not None:
+        if X0 is None:
+            raise RuntimeError("invert: use_guess is given without X0")
+        if use_guess.dtype != torch.bool or use_guess.shape != A.shape[:1] or use_guess.device != A.device:
+            raise RuntimeError(f"invert: use_guess must be a bool tensor of shape ({A.shape[0]},) on {A.device}, "
+                               f"got {use_guess.dtype} {tuple(use_guess.shape)} on {use_guess.device}")
+    finite = math.isfinite
+    if not (finite(tol) and tol >= 0):
+        raise RuntimeError(f"invert: tol must be finite and >= 0, got {tol}")
+    if not (finite(accept) and accept > 0):
+        raise RuntimeError(f"invert: accept must be finite and > 0, got {accept}")
+    if not 0 <= max_iter <= MAX_ITERATIONS:
+        raise RuntimeError(f"invert: max_iter must be in [0, {MAX_ITERATIONS}], got {max_iter}")
+    if not (finite(guard) and guard > 0):
+        raise RuntimeError(f"invert: guard must be finite and > 0, got {guard}")
+    if not 0 <= max_error <= 1:
+        raise RuntimeError(f"invert: max_error must be in [0, 1], got {max_error}")

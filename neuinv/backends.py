@@ -136,7 +136,6 @@ class TritonBackend(TorchBackend):
         """(X, certified, error_bound, iterations, fallback) for A (*, n, n): :func:`neuinv.reference.invert` in
         one launch."""
         def launch(A, X0, use_guess):
-            _check_invert_arguments(A, X0, use_guess, refine)
             return self._invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
                                 max_error)
 
@@ -151,22 +150,6 @@ class TritonBackend(TorchBackend):
             return None
         return (f"the Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1), "
                 f"not on {A.device.type}")
-
-
-def _check_invert_arguments(A, X0, use_guess, refine) -> None:
-    """The argument checks of the operator ``neuinv::invert`` (csrc/neuinv_ops.cpp), with its messages."""
-    if A.dim() != 3 or A.shape[1] != A.shape[2]:
-        raise RuntimeError(f"A must have shape (b, n, n), got {tuple(A.shape)}")
-    if X0 is not None:
-        if not refine:
-            raise RuntimeError("X0 is given but refine is false")
-        if X0.shape != A.shape or X0.dtype != A.dtype or X0.device != A.device:
-            raise RuntimeError("A and X0 must have the same shape and dtype, on one device")
-    if use_guess is not None:
-        if X0 is None:
-            raise RuntimeError("use_guess is given without X0")
-        if use_guess.dtype != torch.bool or use_guess.shape != A.shape[:1] or use_guess.device != A.device:
-            raise RuntimeError(f"use_guess must be a bool tensor of shape ({A.shape[0]},) on A's device")
 
 
 def _triton_interpreter_on() -> bool:

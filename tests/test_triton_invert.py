@@ -72,14 +72,23 @@ def test_kernel_matches_its_specification(n, dtype, batch):
 def test_certificate_is_certificate_error_bound(dtype):
     """The in-kernel bound of each returned X is certificate.error_bound(A, X) up to the rounding of its own
     evaluation -- for float64 up to cond 1e12, where the Dot2 re-evaluation makes it (exact path only, and
-    Newton–Schulz from a guess)."""
+    Newton–Schulz from a guess). A float32 exact-path result is certified before its rounding (Gauss–Jordan in
+    float64): its bound is at most that of the stored X, about float32's unit roundoff, and holds."""
     for cond in (1e2, 1e6, 1e12 if dtype == torch.float64 else 1e5):
         A = conditioned_matrices(6, 4, cond, dtype, seed=2).to(DEVICE)
         for X0, refine in ((None, False), (warm_start(A.cpu(), 1e-2).to(DEVICE), True)):
-            X, certified, bound, _, _ = _launch(A, X0, None, refine, _rules(A, X0))
+            X, certified, bound, _, fallback = _launch(A, X0, None, refine, _rules(A, X0))
             assert certified.all(), (cond, refine)
             expected = certificate.error_bound(A, X)
-            assert torch.allclose(bound, expected, rtol=1e-6, atol=0), (cond, refine, bound, expected)
+            before_rounding = fallback & (dtype == torch.float32)  # certified before the rounding of X_w (float64)
+            truth = torch.linalg.inv(A.double())
+            error = torch.linalg.matrix_norm(X.double() - truth) / torch.linalg.matrix_norm(truth)
+            assert (error <= bound).all(), (cond, refine, error, bound)
+            assert (bound[before_rounding] <= expected[before_rounding]).all(), (cond, bound, expected)
+            assert (bound[before_rounding] < 2 * 2.0**-24 + 1e-3 * cond * 2.0**-53).all(), (cond, bound)
+            if not before_rounding.all():
+                kept = ~before_rounding
+                assert torch.allclose(bound[kept], expected[kept], rtol=1e-6, atol=0), (cond, refine, bound, expected)
 
 
 def test_singular_members_and_guard():
@@ -123,6 +132,35 @@ def test_bad_input_is_refused():
     assert "n <= 64" in backend.unsupported_reason(big)
     with pytest.raises(RuntimeError, match="n <= 64"):
         neuinv.batched_inverse(big, backend="triton")
+
+
+def test_the_registered_op_checks_its_arguments():
+    """torch.ops.neuinv_triton.invert called directly refuses what the compiled operator refuses (a launch on a
+    wrong shape would read and write past its buffers)."""
+    op = torch.ops.neuinv_triton.invert
+    A = conditioned_matrices(2, 3, 10.0, torch.float64).to(DEVICE)
+    good = [A, None, None, False, 1e-16, 1e-6, 10, 0.5, 1.0]
+    for index, value, message in ((0, A[0], "must have shape"), (0, A[:, :, :2], "must have shape"),
+                                  (0, A[None], "must have shape"), (0, A.to(torch.int32), "float32 or float64"),
+                                  (0, torch.eye(65, dtype=torch.float64, device=DEVICE)[None], "1 <= n <= 64"),
+                                  (1, A[:1].clone(), "X0 is given but refine is false"),
+                                  (4, float("nan"), "tol must be"), (5, float("inf"), "accept must be"),
+                                  (6, -1, "max_iter must be"), (6, 2**40, "max_iter must be"), (7, 0.0, "guard must"),
+                                  (8, float("nan"), "max_error must be"), (8, 5.0, "max_error must be")):
+        bad = list(good)
+        bad[index] = value
+        with pytest.raises(RuntimeError, match=message):
+            op(*bad)
+    with pytest.raises(RuntimeError, match="same shape and dtype"):
+        op(A, A[:1].clone(), None, True, 1e-16, 1e-6, 10, 0.5, 1.0)
+
+
+def test_float32_exact_path_is_computed_in_double():
+    """Gauss–Jordan in float64 for float32 input (as on the compiled backends): ill-conditioned float32
+    matrices are certified to about float32's rounding, where Gauss–Jordan in float32 would leave cond * eps."""
+    A = conditioned_matrices(6, 8, 1e7, torch.float32, seed=3).to(DEVICE)
+    X, info = neuinv.batched_inverse_ex(A, backend="triton")
+    assert info.certified.all() and (info.error_bound < 1e-6).all(), info.error_bound
 
 
 class _Recorder(TorchDispatchMode):
