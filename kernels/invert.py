@@ -355,10 +355,6 @@ def _invert_fake(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_err
             A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
 
 
-MAX_ITERATIONS = 10000
-"""Most Newton–Schulz steps a call may ask for (the compiled operator's kMaxIterations)."""
-
-
 def _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error) -> None:
     """The argument checks of the compiled operator ``neuinv::invert`` (csrc/neuinv_ops.cpp), with its messages,
     for the flat (b, n, n) batches this launch takes."""
@@ -385,8 +381,8 @@ def _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max
         raise RuntimeError(f"invert: tol must be finite and >= 0, got {tol}")
     if not (finite(accept) and accept > 0):
         raise RuntimeError(f"invert: accept must be finite and > 0, got {accept}")
-    if not 0 <= max_iter <= MAX_ITERATIONS:
-        raise RuntimeError(f"invert: max_iter must be in [0, {MAX_ITERATIONS}], got {max_iter}")
+    if not 0 <= max_iter <= rules.MAX_ITERATIONS:
+        raise RuntimeError(f"invert: max_iter must be in [0, {rules.MAX_ITERATIONS}], got {max_iter}")
     if not (finite(guard) and guard > 0):
         raise RuntimeError(f"invert: guard must be finite and > 0, got {guard}")
     if not 0 <= max_error <= 1:

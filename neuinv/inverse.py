@@ -31,7 +31,7 @@ import torch
 
 from .backends import resolve_backend
 from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
-                    NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol)
+                    MAX_ITERATIONS, NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol)
 
 METHODS = ("auto", "exact", "newton_schulz")
 
@@ -242,8 +242,9 @@ def _check_arguments(A, model, init, tol, max_iter, max_error, method) -> None:
                              f"{A.shape[-1]}x{A.shape[-1]} matrices")
     if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf")):
         raise ValueError(f"tol must be a positive finite number, got {tol!r}")
-    if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool) and max_iter >= 0):
-        raise ValueError(f"max_iter must be a non-negative int, got {max_iter!r}")
+    if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool)
+                                     and 0 <= max_iter <= MAX_ITERATIONS):
+        raise ValueError(f"max_iter must be an int in [0, {MAX_ITERATIONS}], got {max_iter!r}")
     if max_error is not None and not (isinstance(max_error, (int, float)) and not isinstance(max_error, bool)
                                       and 0 <= max_error < 1):
         raise ValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")

@@ -49,6 +49,9 @@ MAX_ITER_FROM_GUESS = 10
 MAX_ITER_FROM_SCALED_TRANSPOSE = 64
 """Default max_iter from the scaled transpose: enough for cond(A) up to about 1e9."""
 
+MAX_ITERATIONS = 10000
+"""Largest max_iter a call may ask for (csrc/neuinv_checks.h: kMaxIterations)."""
+
 CERTIFIED_BELOW = 1.0
 """Without ``max_error`` a matrix is certified when its error bound is below 1 (at least one correct digit);
 the bounds are below 1 or +inf (:func:`neuinv.certificate.certified_or_inf`), so max_error = 1 says the same."""

@@ -55,7 +55,8 @@ def test_bad_model_is_named():
 
 @pytest.mark.parametrize("kwargs, words", [
     ({"tol": -1.0}, "tol"), ({"tol": float("nan")}, "tol"), ({"max_iter": -1}, "max_iter"),
-    ({"max_iter": 2.5}, "max_iter"), ({"backend": "fortran"}, "backend must be"),
+    ({"max_iter": 2.5}, "max_iter"), ({"max_iter": 10001}, "max_iter"), ({"tol": True}, "tol"),
+    ({"backend": "fortran"}, "backend must be"),
 ])
 def test_bad_options_are_named(kwargs, words):
     with pytest.raises(ValueError, match=words):
