@@ -1,6 +1,6 @@
 """Backends: where a verified inversion runs. The algorithm (``method=``) is chosen in :mod:`neuinv.inverse`.
 
-Every backend implements one operation on a flat batch ``(b, n, n)``, :meth:`TorchBackend.invert`, with the
+Every backend implements one operation on a batch ``(*, n, n)``, :meth:`TorchBackend.invert`, with the
 contract of :func:`neuinv.reference.invert` (initial guess with a per-matrix "use it" mask, guard,
 Newton–Schulz loop, exact path, certificate, verdict). The pure-torch backend *is* that reference; the others
 override it:
@@ -66,7 +66,6 @@ class TorchBackend:
     workspace_matrices = 8
     """n x n temporaries per matrix that `invert` allocates at once (the Newton–Schulz loop's products and
     gathers); batched_inverse chunks a batch so that they stay under ``inverse.WORKSPACE_BYTES``."""
-    newton_schulz_step = staticmethod(reference.newton_schulz_step)
 
     mlp_initializer = staticmethod(reference.mlp_initializer)
     """The learned initializer's forward pass (a model with ``initializer_parameters()``)."""
@@ -74,9 +73,8 @@ class TorchBackend:
     def invert(self, A, X0, use_guess, refine, rules, max_error):
         """(X, certified, error_bound, iterations, fallback) for A (*, n, n) with use_guess of its batch shape:
         :func:`neuinv.reference.invert` on the flattened batch."""
-        return _on_flat_batch(
-            lambda A, X0, use_guess: reference.invert(A, X0, use_guess, refine, rules, max_error,
-                                                      step=self.newton_schulz_step), A, X0, use_guess)
+        return _on_flat_batch(lambda A, X0, use_guess: reference.invert(A, X0, use_guess, refine, rules, max_error),
+                              A, X0, use_guess)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         return None

@@ -94,9 +94,9 @@ def mlp_initializer(a: torch.Tensor, center: torch.Tensor, inv_radius: float, we
     return out
 
 
-def newton_schulz_refine(step, A: torch.Tensor, X0: torch.Tensor, rules: NewtonSchulzRules):
-    """Refine X0 by Newton–Schulz steps (``step``: :func:`newton_schulz_step` or a fused override)
-    until each matrix stops by :meth:`neuinv.rules.NewtonSchulzRules.stop`; matrices that stop are set aside
+def newton_schulz_refine(A: torch.Tensor, X0: torch.Tensor, rules: NewtonSchulzRules):
+    """Refine X0 by Newton–Schulz steps (:func:`newton_schulz_step`) until each matrix stops by
+    :meth:`neuinv.rules.NewtonSchulzRules.stop`; matrices that stop are set aside
     and the rest go on. Returns (X, r, done, steps) with r the residual of the returned X."""
     b = A.shape[0]
     X = torch.empty_like(A)
@@ -108,7 +108,7 @@ def newton_schulz_refine(step, A: torch.Tensor, X0: torch.Tensor, rules: NewtonS
     A_act, X_act = A, X0
     previous = torch.full_like(residual, float("inf"))
     for k in range(rules.max_iter + 1):
-        X_next, r, by_tol = step(A_act, X_act, rules.tol, rules.accept)
+        X_next, r, by_tol = newton_schulz_step(A_act, X_act, rules.tol, rules.accept)
         stop, done = rules.stop(r, previous, by_tol, k)
         if bool(stop.any()):
             finished = active[stop]
@@ -134,15 +134,14 @@ def inverse_and_error_bound(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
-           rules: NewtonSchulzRules, max_error: float, *, step=newton_schulz_step,
-           error_bound=certificate.error_bound, exact=inverse_and_error_bound):
+           rules: NewtonSchulzRules, max_error: float):
     """The whole verified inversion of a flat batch (b, n, n), the specification of the operator
     ``neuinv::invert`` (every backend implements this; see :mod:`neuinv.rules`).
 
-    refine False: every matrix takes the exact path (``exact``). refine True: Newton–Schulz from X0 where
-    ``use_guess`` (None: everywhere) with the guard, or from :func:`scaled_transpose_guess` without it when X0
-    is None; a result that stops done is certified by ``error_bound`` and kept if that is <= max_error; every
-    other matrix takes the exact path. X is NaN wherever the bound exceeds max_error.
+    refine False: every matrix takes the exact path (:func:`inverse_and_error_bound`). refine True: Newton–Schulz
+    from X0 where ``use_guess`` (None: everywhere) with the guard, or from :func:`scaled_transpose_guess` without
+    it when X0 is None; a result that stops done is certified (:func:`neuinv.certificate.error_bound`) and kept if
+    that is <= max_error; every other matrix takes the exact path. X is NaN wherever the bound exceeds max_error.
 
     Returns (X, certified, error_bound, iterations, fallback): bool, float64, int32 and bool of length b.
     """
@@ -159,17 +158,17 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
             X0_r, ns_rules = scaled_transpose_guess(A_r), rules._replace(guarded=False)
         else:
             X0_r, ns_rules = X0[refined], rules._replace(guarded=True)
-        X_r, _r, done, steps = newton_schulz_refine(step, A_r, X0_r, ns_rules)
+        X_r, _r, done, steps = newton_schulz_refine(A_r, X0_r, ns_rules)
         bound_r = torch.full_like(bound[refined], float("inf"))
         if bool(done.any()):
-            bound_r[done] = error_bound(A_r[done], X_r[done])
+            bound_r[done] = certificate.error_bound(A_r[done], X_r[done])
         X[refined] = X_r
         bound[refined] = bound_r
         iterations[refined] = steps
         exact_path[refined] = bound_r > max_error
     exact_idx = exact_path.nonzero().squeeze(1)
     if exact_idx.numel():
-        X[exact_idx], bound[exact_idx] = exact(A[exact_idx])
+        X[exact_idx], bound[exact_idx] = inverse_and_error_bound(A[exact_idx])
         fallback[exact_idx] = True
     certified = bound <= max_error
     X[~certified] = float("nan")
