@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from neuinv import certificate, rules
+from neuinv.kernels.newton_schulz import _batched_matmul
 
 MAX_N = 64
 """Largest n a program holds in registers ([A | I] and the certificate's float64 tiles)."""
@@ -72,14 +73,6 @@ NAN = tl.constexpr(math.nan)
 @triton.jit
 def _f64(value):
     return tl.full([], value, tl.float64)
-
-
-@triton.jit
-def _matmul(a, b, USE_DOT: tl.constexpr):
-    """(M, B, B) @ (M, B, B) on chip; IEEE precision (no TF32)."""
-    if USE_DOT:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.sum(a[:, :, :, None] * b[:, None, :, :], axis=2)
 
 
 @triton.jit
@@ -149,7 +142,7 @@ def _error_bound(a, x, rows, cols, N: tl.constexpr, USE_DOT: tl.constexpr, IS_F6
     a_w = a.to(tl.float64)
     x_w = x.to(tl.float64)
     eye = ((rows[:, None] == cols[None, :]) & (rows[:, None] < N)).to(tl.float64)
-    r = _frobenius(eye[None, :, :] - _matmul(a_w, x_w, USE_DOT))
+    r = _frobenius(eye[None, :, :] - _batched_matmul(a_w, x_w, USE_DOT))
     # scaled_norm_product: 2^-e A and 2^e X, 2^e nearest max |a_ij| (frexp's exponent; 0 for a zero matrix)
     largest = tl.max(tl.max(tl.abs(a_w), axis=2), axis=1)
     subnormal = largest < SMALLEST_NORMAL64
@@ -262,7 +255,7 @@ def _invert_kernel(
         refined = active
         step = 0
         while (step <= max_iter) & (tl.max(active.to(tl.int32), axis=0) > 0):
-            residual = eye[None, :, :] - _matmul(a, x, USE_DOT)
+            residual = eye[None, :, :] - _batched_matmul(a, x, USE_DOT)
             r = _frobenius(residual)
             converged = r <= tl.minimum(tol * (a_norm * _frobenius(x * m)), accept)
             at_floor = (previous < FLOOR_START) & (r > previous * FLOOR_RATIO)
@@ -274,7 +267,7 @@ def _invert_kernel(
             done = tl.where(stopping, stop_done, done)
             iterations = tl.where(stopping, step, iterations)
             going = active & ~stop
-            x = tl.where(going[:, None, None], x + _matmul(x, residual, USE_DOT), x)
+            x = tl.where(going[:, None, None], x + _batched_matmul(x, residual, USE_DOT), x)
             previous = r
             active = going
             step += 1

@@ -18,7 +18,6 @@ one backend for ``auto`` calls, and raises like an explicit request where that b
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from typing import NamedTuple
 
@@ -40,7 +39,7 @@ class BackendStatus(NamedTuple):
 def _fused_mlp_initializer(a, center, inv_radius, weights, biases, skip=None):
     """The fused Triton kernel for the learned initializer on CUDA tensors where it takes the network (2 layers,
     or 3 with the first hidden layer small enough to stay on chip), else the reference."""
-    if a.is_cuda and not torch.is_grad_enabled() and importlib.util.find_spec("triton") is not None:
+    if a.is_cuda and not torch.is_grad_enabled() and _available("triton"):
         from neuinv.kernels import mlp
 
         if len(weights) == 2 or weights[0].shape[0] <= mlp.MAX_HIDDEN_3FC:

@@ -154,7 +154,7 @@ def load() -> bool:
         except (OSError, RuntimeError) as error:
             problems.append(f"{path} does not load ({error})")
             continue
-        missing = [op for op in CPU_OPERATORS if not _has_kernel(op, "CPU")]
+        missing = [op for op in OPERATORS if not _has_kernel(op, "CPU")]
         if missing:  # the library is loaded and cannot be unloaded: no other candidate can register now
             problems.append(f"{path} was built from other neuinv sources (it lacks neuinv::{', neuinv::'.join(missing)})")
             break
@@ -168,7 +168,6 @@ def load() -> bool:
 
 OPERATORS = ("invert", "exact_inverse", "residual_norm", "newton_schulz", "inverse_and_error_bound", "error_bound")
 """The operators the CPU and the CUDA kernels both implement (a build lacking one is from other sources)."""
-CPU_OPERATORS = OPERATORS
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:

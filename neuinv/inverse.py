@@ -155,7 +155,7 @@ def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
     for start in range(0, max(b, 1), chunk):
         A_part = A_flat[start:start + chunk]
         X0_part, use_guess = None if X0_flat is None else X0_flat[start:start + chunk], None
-        if model is not None and refine:
+        if model is not None:  # (a model always means refine: method="exact" with a model is refused)
             X0_part, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
         parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, limit))
     X, certified, error_bound, iterations, fallback = (

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from . import certificate, rules
-from .rules import NewtonSchulzRules
+from . import certificate
+from .rules import NewtonSchulzRules, certified, converged
 
 
 def scaled_transpose_guess(A: torch.Tensor) -> torch.Tensor:
@@ -42,7 +42,7 @@ def newton_schulz_step(A: torch.Tensor, X: torch.Tensor, tol: float,
     """
     R = _residual_matrix(A, X)
     r = torch.linalg.matrix_norm(R)
-    done = rules.converged(r, norm_product(A, X), tol, accept)
+    done = converged(r, norm_product(A, X), tol, accept)
     X_next = torch.where(done[:, None, None], X, torch.baddbmm(X, X, R))
     return X_next, r, done
 
@@ -101,7 +101,7 @@ def newton_schulz_refine(A: torch.Tensor, X0: torch.Tensor, rules: NewtonSchulzR
     b = A.shape[0]
     X = torch.empty_like(A)
     residual = torch.empty(b, dtype=A.real.dtype if A.is_complex() else A.dtype, device=A.device)
-    converged = torch.zeros(b, dtype=torch.bool, device=A.device)
+    done_mask = torch.zeros(b, dtype=torch.bool, device=A.device)
     steps = torch.zeros(b, dtype=torch.int32, device=A.device)
 
     active = torch.arange(b, device=A.device)
@@ -114,7 +114,7 @@ def newton_schulz_refine(A: torch.Tensor, X0: torch.Tensor, rules: NewtonSchulzR
             finished = active[stop]
             X[finished] = X_act[stop]
             residual[finished] = r[stop]
-            converged[finished] = done[stop]
+            done_mask[finished] = done[stop]
             steps[finished] = k
             keep = ~stop
             active, A_act, X_act, previous = active[keep], A_act[keep], X_next[keep], r[keep]
@@ -122,7 +122,7 @@ def newton_schulz_refine(A: torch.Tensor, X0: torch.Tensor, rules: NewtonSchulzR
             X_act, previous = X_next, r
         if active.numel() == 0:
             break
-    return X, residual, converged, steps
+    return X, residual, done_mask, steps
 
 
 def inverse_and_error_bound(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,11 +165,11 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
         X[refined] = X_r
         bound[refined] = bound_r
         iterations[refined] = steps
-        exact_path[refined] = bound_r > max_error
+        exact_path[refined] = ~certified(bound_r, max_error)
     exact_idx = exact_path.nonzero().squeeze(1)
     if exact_idx.numel():
         X[exact_idx], bound[exact_idx] = inverse_and_error_bound(A[exact_idx])
         fallback[exact_idx] = True
-    certified = bound <= max_error
-    X[~certified] = float("nan")
-    return X, certified, bound, iterations, fallback
+    verdict = certified(bound, max_error)
+    X[~verdict] = float("nan")
+    return X, verdict, bound, iterations, fallback

@@ -22,3 +22,19 @@ def residual_bound(A):
     measurement = torch.finfo(torch.float64).eps * (
         torch.linalg.matrix_norm(A).cpu().double() * torch.linalg.matrix_norm(X).cpu().double()).max().item()
     return 4 * max(torch_residual, A.shape[-1] * torch.finfo(A.dtype).eps, measurement)
+
+
+def assert_no_host_synchronisation(backend: str) -> None:
+    """batched_inverse_ex on a CUDA batch (exact path, warm start, Newton–Schulz from the scaled transpose) under
+    torch.cuda.set_sync_debug_mode("error"): any host synchronisation raises."""
+    import neuinv
+
+    A = conditioned_matrices(1000, 8, 1e3, torch.float32).cuda()
+    init = warm_start(A, 1e-3)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for options in (dict(), dict(init=init), dict(method="newton_schulz")):
+            neuinv.batched_inverse_ex(A, backend=backend, **options)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -11,6 +11,7 @@ import neuinv
 from neuinv import reference
 from neuinv.rules import NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol
 from neuinv.testing import conditioned_matrices, warm_start
+from conftest import assert_no_host_synchronisation
 
 COMPILED = [name for name in ("cpp", "cuda") if neuinv.available_backends()[name].available]
 pytestmark = pytest.mark.skipif(not COMPILED, reason="the compiled operator is not built")
@@ -152,15 +153,7 @@ def test_batched_inverse_ex_is_one_operator_call_without_synchronisation(backend
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_no_host_synchronisation_on_cuda():
-    A = conditioned_matrices(1000, 8, 1e3, torch.float32).cuda()
-    init = warm_start(A, 1e-3)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for options in (dict(), dict(init=init), dict(method="newton_schulz")):
-            neuinv.batched_inverse_ex(A, **options)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_host_synchronisation("auto")
 
 
 def test_torch_compile_fullgraph_in_a_fresh_process():

@@ -11,6 +11,7 @@ import neuinv
 from neuinv import certificate, reference
 from neuinv.rules import NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol
 from neuinv.testing import conditioned_matrices, warm_start
+from conftest import assert_no_host_synchronisation
 
 triton = pytest.importorskip("triton")
 from neuinv.kernels import invert as triton_invert  # noqa: E402
@@ -201,15 +202,7 @@ def test_torch_compile_fullgraph():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_triton_no_host_synchronisation_on_cuda():
-    A = conditioned_matrices(1000, 8, 1e3, torch.float32).cuda()
-    init = warm_start(A, 1e-3)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for options in (dict(), dict(init=init), dict(method="newton_schulz")):
-            neuinv.batched_inverse_ex(A, backend="triton", **options)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_host_synchronisation("triton")
 
 
 def test_strided_inputs():

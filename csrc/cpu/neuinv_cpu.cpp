@@ -985,9 +985,8 @@ NEUINV_INLINE void invert_compact_block(const T* a, const T* x0, const bool* use
       for (int q = 0; q < k; ++q) std::copy(a + chosen[q] * S, a + (chosen[q] + 1) * S, a_buffer + q * S);
     }
     const T* a_used = whole ? a : a_buffer;
-    if (x0 != nullptr && whole) {
-      std::copy(x0, x0 + k * S, guess);
-    } else {
+    const T* start = x0 != nullptr && whole ? x0 : guess;  // the caller's guesses as they are, else gathered
+    if (start == guess) {
       for (int q = 0; q < k; ++q) {
         if (x0 != nullptr) {
           std::copy(x0 + chosen[q] * S, x0 + (chosen[q] + 1) * S, guess + q * S);
@@ -997,7 +996,7 @@ NEUINV_INLINE void invert_compact_block(const T* a, const T* x0, const bool* use
       }
     }
     rules.guarded = x0 != nullptr;
-    newton_schulz_compact<T, N>(a_used, guess, x_buffer, r, done, steps, k, rules);
+    newton_schulz_compact<T, N>(a_used, start, x_buffer, r, done, steps, k, rules);
     error_bound_compact<T, N>(a_used, x_buffer, refined_bound, k);
     for (int q = 0; q < k; ++q) {
       const int l = chosen[q];
