@@ -1,43 +1,72 @@
 """Build script; package metadata lives in pyproject.toml.
 
-A plain install is pure Python: the compiled kernels are optional and built on request, just in time
-with `neuinv build-ext`, or ahead of time with
+A plain install (wheel or editable) is pure Python: the first call that needs the compiled kernels builds them just
+in time (neuinv/extension.py). For a wheel that carries them, build them ahead of time:
 
-    NEUINV_BUILD_EXT=1 pip install --no-build-isolation -e .
+    NEUINV_BUILD_EXT=1 pip wheel --no-build-isolation --no-deps -w dist .
 
-which compiles them into the module neuinv._C: the CPU kernels, plus the CUDA kernels when torch is a
-CUDA build and a CUDA toolkit is found (neuinv/extension.py decides, the same way for both builds).
+compiles the module neuinv._C (the CPU kernels) and, where torch is a CUDA build and a CUDA toolkit is found,
+neuinv._C_cuda, each with its build record beside it (the torch it was built against, the sources' digest); the
+wheel's version gets a local label naming that torch, as torch-scatter's wheels do (0.1.0+pt2141cu130). Under
+another torch, neuinv refuses to load those modules and builds its kernels just in time instead.
 """
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "neuinv" / "__init__.py").read_text(), re.M).group(1)
+
+
+def load_extension_module():
+    """neuinv/extension.py on its own (it needs only torch and the standard library, not neuinv's dependencies)."""
+    spec = importlib.util.spec_from_file_location("neuinv_extension", HERE / "neuinv" / "extension.py")
+    extension = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extension)
+    return extension
+
+
+def torch_label(torch) -> str:
+    """The local version label naming the torch build the modules are compiled against: pt2141cu130, pt2130cpu."""
+    release = torch.__version__.split("+")[0].replace(".", "")
+    return f"pt{release}" + (f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
 
 
 def extension_build():
-    """(ext_modules, cmdclass) for the ahead-of-time build, or empty ones for a plain install."""
+    """(version, ext_modules, cmdclass): the ahead-of-time build with NEUINV_BUILD_EXT=1, else a plain install."""
     if os.environ.get("NEUINV_BUILD_EXT", "0") != "1":
-        return [], {}
-    spec = importlib.util.spec_from_file_location("neuinv_extension", HERE / "neuinv" / "extension.py")
-    extension = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(extension)  # only torch and the standard library: no need for neuinv's deps
-    settings = extension.compile_settings()
+        return VERSION, [], {}
+    import torch
     from torch.utils import cpp_extension
 
-    sources = [os.path.relpath(path, HERE) for path in settings["sources"]]
-    if settings["with_cuda"]:
-        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
-        module = cpp_extension.CUDAExtension(
-            "neuinv._C", sources, extra_link_args=settings["extra_ldflags"],
-            extra_compile_args={"cxx": settings["extra_cflags"], "nvcc": settings["extra_cuda_cflags"]})
-    else:
-        module = cpp_extension.CppExtension("neuinv._C", sources, extra_link_args=settings["extra_ldflags"],
-                                            extra_compile_args={"cxx": settings["extra_cflags"]})
-    return [module], {"build_ext": cpp_extension.BuildExtension}
+    extension = load_extension_module()
+    parts = {extension.PARTS[part].module: part for part in extension.PARTS
+             if part == "cpu" or extension.cuda_build_problem() is None}
+    modules = []
+    for module, part in parts.items():
+        settings = extension.compile_settings(part)
+        sources = [os.path.relpath(path, HERE) for path in settings["sources"]]
+        if settings["with_cuda"]:
+            cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
+            modules.append(cpp_extension.CUDAExtension(
+                module, sources, extra_link_args=settings["extra_ldflags"],
+                extra_compile_args={"cxx": settings["extra_cflags"], "nvcc": settings["extra_cuda_cflags"]}))
+        else:
+            modules.append(cpp_extension.CppExtension(module, sources, extra_link_args=settings["extra_ldflags"],
+                                                      extra_compile_args={"cxx": settings["extra_cflags"]}))
+
+    class BuildExtensionWithRecord(cpp_extension.BuildExtension):
+        """torch's BuildExtension, then the build record beside each module (neuinv.extension.write_record)."""
+
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            extension.write_record(Path(self.get_ext_fullpath(ext.name)), parts[ext.name])
+
+    return f"{VERSION}+{torch_label(torch)}", modules, {"build_ext": BuildExtensionWithRecord}
 
 
-modules, commands = extension_build()
-setup(ext_modules=modules, cmdclass=commands)
+version, modules, commands = extension_build()
+setup(version=version, ext_modules=modules, cmdclass=commands)

@@ -214,7 +214,10 @@ def markdown(matrix_rows, setup_rows, drift_rows) -> str:
 
 
 def plot(histories: dict, path: str, names: list[str]):
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("the plot needs matplotlib: pip install -e '.[bench]'") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

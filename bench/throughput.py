@@ -253,6 +253,7 @@ def methods(A: torch.Tensor, init: torch.Tensor, device: str):
         yield "torch.compile closed form (adjugate)", \
             functools.partial(torch.compile(CLOSED_FORMS[n], dynamic=False), A), 2
     yield "neuinv auto (exact path)", lambda: neuinv.batched_inverse(A), 2
+    yield "neuinv torch (exact path)", lambda: neuinv.batched_inverse(A, backend="torch"), 2
     available = neuinv.available_backends()
     device_backends = ("cuda", "triton") if device.startswith("cuda") else ("cpp",)
     compiled_backends = [name for name in device_backends if available[name].available]

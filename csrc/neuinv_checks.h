@@ -1,5 +1,4 @@
-// Argument checks shared by the CPU and CUDA operators; defined once, in csrc/neuinv_ops.cpp (compiled by the
-// host C++ compiler, so every error is thrown from host-compiled code).
+// Argument checks shared by the CPU and CUDA operators; defined in csrc/neuinv_checks.cpp.
 #pragma once
 #include <ATen/ATen.h>
 

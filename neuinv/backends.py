@@ -153,11 +153,11 @@ def _triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _torch_status() -> BackendStatus:
+def _torch_status(build: bool) -> BackendStatus:
     return BackendStatus(True, f"pure PyTorch {torch.__version__} (reference path)")
 
 
-def _triton_status() -> BackendStatus:
+def _triton_status(build: bool) -> BackendStatus:
     try:
         importlib.import_module("triton")
     except ImportError as error:
@@ -169,27 +169,28 @@ def _triton_status() -> BackendStatus:
     return BackendStatus(False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU)")
 
 
-def _cpp_status() -> BackendStatus:
+def _cpp_status(build: bool) -> BackendStatus:
     from . import extension
 
-    return BackendStatus(*extension.status())
+    if build:
+        extension.ensure("cpu")
+    return BackendStatus(*extension.status("cpu"))
 
 
-def _cuda_status() -> BackendStatus:
+def _cuda_status(build: bool) -> BackendStatus:
     from . import extension
 
-    if not extension.load():
-        return BackendStatus(False, extension.status()[1])
-    if not extension.has_cuda_kernels():
-        return BackendStatus(False, "the extension was built without its CUDA part "
-                                    f"({extension.cuda_build_problem() or 'rebuild with `neuinv build-ext`'})")
-    if not torch.cuda.is_available():
-        return BackendStatus(False, "the CUDA kernels are compiled, but no CUDA device is visible")
-    return BackendStatus(True, "compiled CUDA kernels")
+    if not torch.cuda.is_available():  # nothing to build for: the kernels would not run
+        loaded, reason = extension.status("cuda")
+        return BackendStatus(False, f"no CUDA device is visible (the CUDA kernels: {reason})")
+    if build:
+        extension.ensure("cuda")
+    return BackendStatus(*extension.status("cuda"))
 
 
 class Entry(NamedTuple):
-    """One backend: its class and the check of whether it can run in this process."""
+    """One backend: its class and the check of whether it can run in this process (``status(build)``; with
+    build=True it may build the compiled kernels just in time, :func:`neuinv.extension.ensure`)."""
 
     backend: type
     status: object
@@ -207,8 +208,9 @@ AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpp",)}
 
 
 def available_backends() -> dict[str, BackendStatus]:
-    """Each backend name mapped to (available, reason): whether it can run here, or why not."""
-    return {name: entry.status() for name, entry in REGISTRY.items()}
+    """Each backend name mapped to (available, reason): whether it can run here, or why not. Builds nothing: a
+    backend whose compiled kernels are built just in time on first use says so."""
+    return {name: entry.status(False) for name, entry in REGISTRY.items()}
 
 
 _availability: dict[str, bool] = {}
@@ -221,7 +223,7 @@ def _available(name: str) -> bool:
     does not change while the process runs, except by an explicit build). A constant to torch.compile, which
     so never traces the checks (they touch the file system)."""
     if name not in _availability:
-        _availability[name] = REGISTRY[name].status().available
+        _availability[name] = REGISTRY[name].status(True).available
     return _availability[name]
 
 
@@ -255,7 +257,7 @@ def _explicit(name: str, A: torch.Tensor, how: str) -> TorchBackend:
     backend = _instance(name)
     requested = f"backend {name!r} was requested{' ' + how if how else ''}"
     if backend is None:
-        raise RuntimeError(f"{requested} but is not available: {REGISTRY[name].status().reason}")
+        raise RuntimeError(f"{requested} but is not available: {REGISTRY[name].status(False).reason}")
     reason = backend.unsupported_reason(A)
     if reason is not None:
         raise RuntimeError(f"{requested} but cannot run this input: {reason}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import platform
 import sys
 import time
@@ -9,6 +10,7 @@ import time
 import torch
 
 from . import __version__, available_backends, batched_inverse, batched_inverse_ex
+from .backends import resolve_backend
 from .testing import conditioned_matrices, true_residual, warm_start
 
 
@@ -38,6 +40,8 @@ def demo(args) -> int:
     def worst(X):
         return true_residual(A, X).max().item()
 
+    backend = resolve_backend("auto", A)
+    print(f"backend: {backend.name} ({available_backends()[backend.name].reason})")
     print("\nworst ||I - A X||_F over the batch (float64 truth) and wall time:")
     print(f"  {'torch.linalg.inv':38s} {worst(X_torch):9.2e}  {t_torch * 1e3:9.2f} ms")
     print(f"  {'neuinv.batched_inverse (exact path)':38s} {worst(X_exact):9.2e}  {t_exact * 1e3:9.2f} ms"
@@ -97,14 +101,20 @@ def _demo_learned(device) -> int:
 
 
 def info(args) -> int:
-    """Versions, devices and the backends usable here."""
-    print(f"neuinv {__version__}, torch {torch.__version__}, Python {platform.python_version()}, "
-          f"{platform.machine()} {platform.system()}")
+    """Versions, devices, the compiled kernels (which build, from where, for which torch) and the backends usable
+    here, in a form to paste into a bug report."""
+    from . import extension
+
+    print(f"neuinv {__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+          f"Python {platform.python_version()}, {platform.machine()} {platform.system()}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
-            print(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
+            print(f"cuda:{i}: {torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})")
     else:
-        print("no CUDA device; CPU threads:", torch.get_num_threads())
+        print(f"no CUDA device; CPU threads: {torch.get_num_threads()}; "
+              f"torch's CPU capability: {torch.backends.cpu.get_cpu_capability()}")
+    for line in extension.describe():
+        print(line)
     print("backends:")
     for name, status in available_backends().items():
         print(f"  {name:7s} {'available' if status.available else 'unavailable':12s} {status.reason}")
@@ -166,6 +176,10 @@ def why_cant(args) -> int:
     """Pictures of the near-singular set and the growing-error experiment (paper §3, Figs. 1-2)."""
     from .learned.whycant import box_experiment, markdown, near_singular_figures
 
+    if importlib.util.find_spec("matplotlib") is None:
+        print("neuinv why-cant draws figures with matplotlib, which is not installed: pip install 'neuinv[plot]'",
+              file=sys.stderr)
+        return 2
     for path in near_singular_figures(args.out):
         print(f"wrote {path}")
     if args.quick:
@@ -176,12 +190,19 @@ def why_cant(args) -> int:
 
 
 def build_ext(args) -> int:
-    """Compile the C++ CPU kernels (the `cpp` backend) into neuinv's cache folder."""
+    """Compile the C++ CPU kernels, and the CUDA kernels where torch is a CUDA build and a CUDA toolkit is found,
+    into neuinv's cache folder (what the first call that needs them otherwise does by itself)."""
     from . import extension
 
-    print(f"building the neuinv extension in {extension.build_directory()} (a minute or two) ...", flush=True)
-    path = extension.build(verbose=args.verbose)
-    print(f"built and loaded {path}")
+    parts = ["cpu"] if args.cpu_only else ["cpu", "cuda"]
+    for part in parts:
+        problem = extension.build_problem(part)
+        if problem is not None:
+            print(f"the {part.upper()} kernels cannot be built here: {problem}")
+            if part == "cpu":
+                return 1
+            continue
+        print(f"built and loaded {extension.build(part, verbose=args.verbose)}")
     return 0
 
 
@@ -236,7 +257,8 @@ def main(argv=None) -> int:
     why_parser.add_argument("--out", default="why-cant", help="folder for the PNG figures")
     why_parser.set_defaults(run=why_cant)
     build_parser = commands.add_parser("build-ext", help=build_ext.__doc__)
-    build_parser.add_argument("--verbose", action="store_true")
+    build_parser.add_argument("--verbose", action="store_true", help="show the compiler's commands and output")
+    build_parser.add_argument("--cpu-only", action="store_true", help="build the CPU kernels only")
     build_parser.set_defaults(run=build_ext)
     args = parser.parse_args(argv)
     return args.run(args)

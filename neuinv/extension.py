@@ -1,35 +1,70 @@
-"""The optional compiled extension: the operators ``torch.ops.neuinv.*`` (schemas in csrc/neuinv_ops.cpp, rules in
-csrc/neuinv_rules.h), with CPU kernels (csrc/cpu/) and, where a CUDA toolkit and a CUDA build of torch are
-present, CUDA kernels (csrc/cuda/).
+"""The compiled kernels: the operators ``torch.ops.neuinv.*`` (schemas in csrc/neuinv_ops.cpp, rules in
+csrc/neuinv_rules.h), in two libraries (:data:`PARTS`):
 
-Two ways to build it:
+- ``cpu``: the schemas and the CPU kernels (csrc/neuinv_ops.cpp, csrc/neuinv_checks.cpp, csrc/cpu/);
+- ``cuda``: the CUDA kernels (csrc/neuinv_checks.cpp, csrc/cuda/), where torch is a CUDA build and a CUDA toolkit
+  is found (:func:`cuda_build_problem`; never decided by whether a GPU is present). Loaded after the CPU part.
 
-- ahead of time: ``NEUINV_BUILD_EXT=1 pip install --no-build-isolation -e .`` compiles the module
-  ``neuinv._C`` (setup.py);
-- just in time: ``neuinv build-ext`` (:func:`build`) compiles with ``torch.utils.cpp_extension.load`` into
-  a cache folder per torch version (torch's own file lock makes two concurrent builds safe).
+Each part comes from one of two builds:
 
-Whether the CUDA part is built is decided by the toolchain (:func:`cuda_build_problem`), never by whether a
-GPU is present. :func:`load` loads an existing build and never compiles; until there is one,
-``available_backends()`` says so and ``auto`` uses the other backends.
+- ahead of time, into the package: ``NEUINV_BUILD_EXT=1 pip wheel --no-build-isolation .`` (setup.py) makes the
+  modules ``neuinv._C`` and ``neuinv._C_cuda``;
+- just in time, into a cache folder per torch version and machine (:func:`build_directory`): by :func:`ensure`
+  on the first call that needs the part, unless ``NEUINV_AUTO_BUILD=0`` (the DeepSpeed way: one line says what
+  is built, where and for about how long; a file lock makes concurrent processes build once), or by
+  ``neuinv build-ext``.
+
+Every build writes a record beside its library (``<library>.json``, :func:`build_record`): the torch it was
+built against, the digest of the sources, the compiler, the CUDA architectures. A library is loaded only when its
+record matches this torch and these sources (a library built against another torch crashes or misbehaves once
+loaded); otherwise it is refused with the reason, and built anew just in time where that is allowed.
 """
 from __future__ import annotations
 
+import datetime
+import hashlib
 import importlib.util
+import json
 import os
+import platform
 import shutil
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
-NAME = "neuinv_ext"
+
+class Part(NamedTuple):
+    """One compiled library: its just-in-time library name, its ahead-of-time module, its dispatch key."""
+
+    name: str
+    library: str
+    module: str
+    dispatch_key: str
+
+
+PARTS = {"cpu": Part("cpu", "neuinv_cpu", "neuinv._C", "CPU"),
+         "cuda": Part("cuda", "neuinv_cuda", "neuinv._C_cuda", "CUDA")}
+OPERATORS = ("invert", "exact_inverse", "residual_norm", "newton_schulz", "inverse_and_error_bound", "error_bound")
+"""The operators the CPU and the CUDA kernels both implement."""
+AUTO_BUILD_ENV = "NEUINV_AUTO_BUILD"
+"""Set to 0 to stop the first call that needs the compiled kernels from building them."""
 DEFAULT_CUDA_ARCH_LIST = "9.0+PTX"
-"""Compiled-for GPU architectures when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (sm_90: H100)."""
-_loaded = False
-_load_error: str | None = None
-_library: Path | None = None
-_cuda_kernels: bool | None = None
+"""Compiled-for GPU architectures when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (sm_90: H100, H200)."""
+BUILD_CORE_SECONDS = {"cpu": 240, "cuda": 420}
+"""About how many core-seconds each part takes to compile (measured on a 2-core x86_64 VM, bench/RESULTS.md);
+the build's announcement divides them by the cores."""
+COMPILED_SPEEDUP = "3-10x"
+"""How much faster the compiled CPU kernels invert float32/float64 batches (n = 2-64, 10^6 matrices) than the
+pure-torch path, as measured on the 2-core VM (bench/RESULTS.md, "install"); quoted by the no-compiler warning."""
+
+_loaded: dict[str, Path] = {}
+_problems: dict[str, str] = {}
+_warned: set[str] = set()
 
 
 def source_directory() -> Path:
@@ -38,16 +73,30 @@ def source_directory() -> Path:
     return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "csrc"
 
 
-def cpu_sources() -> list[Path]:
-    """The operators' schemas and shared checks (csrc/neuinv_ops.cpp) and the CPU kernels (csrc/cpu/)."""
-    return [source_directory() / "neuinv_ops.cpp"] + sorted((source_directory() / "cpu").glob("*.cpp"))
+def sources(part: str) -> list[Path]:
+    """The files compiled into `part`: the shared argument checks, plus the schemas and csrc/cpu/ (cpu) or the
+    host-compiled CUDA operators and one kernel file per operator, compiled in parallel (cuda)."""
+    root = source_directory()
+    if part == "cpu":
+        return [root / "neuinv_ops.cpp", root / "neuinv_checks.cpp"] + sorted((root / "cpu").glob("*.cpp"))
+    return [root / "neuinv_checks.cpp", root / "cuda" / "neuinv_cuda_ops.cpp"] + sorted((root / "cuda").glob("*.cu"))
 
 
-def cuda_sources() -> list[Path]:
-    """The host-compiled CUDA operators (csrc/cuda/neuinv_cuda_ops.cpp) and their kernels, one file per operator
-    (csrc/cuda/neuinv_cuda_<op>.cu), so that they compile in parallel."""
-    cuda = source_directory() / "cuda"
-    return [cuda / "neuinv_cuda_ops.cpp"] + sorted(cuda.glob("*.cu"))
+def _headers(part: str) -> list[Path]:
+    root = source_directory()
+    headers = sorted(root.glob("*.h"))
+    return headers + sorted((root / "cuda").glob("*.cuh")) + sorted((root / "cuda").glob("*.h")) \
+        if part == "cuda" else headers
+
+
+def source_digest(part: str) -> str:
+    """SHA-256 of `part`'s sources and headers (names relative to csrc/ and contents): a library records the
+    digest of what it was compiled from."""
+    digest = hashlib.sha256()
+    root = source_directory()
+    for path in sources(part) + _headers(part):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def cuda_toolkit() -> Path | None:
@@ -75,99 +124,250 @@ def cuda_build_problem() -> str | None:
     return None
 
 
-def compile_settings() -> dict:
-    """Sources and flags for torch.utils.cpp_extension, shared by the JIT build and setup.py.
+def compiler() -> str | None:
+    """The C++ compiler torch.utils.cpp_extension uses ($CXX, else c++), if it is on PATH."""
+    return shutil.which(os.environ.get("CXX", "c++"))
+
+
+def build_problem(part: str) -> str | None:
+    """Why `part` cannot be compiled here, or None when it can."""
+    if compiler() is None:
+        return f"no C++ compiler found ({os.environ.get('CXX', 'c++')} is not on PATH)"
+    if _ninja_directory() is None:
+        return "ninja is not installed (pip install ninja)"
+    return cuda_build_problem() if part == "cuda" else None
+
+
+def _ninja_directory() -> Path | None:
+    """The folder of the ninja that torch.utils.cpp_extension will run: on PATH, or beside this Python (a
+    virtualenv used without activating it)."""
+    found = shutil.which("ninja") or shutil.which("ninja", path=str(Path(sys.executable).parent))
+    return Path(found).parent if found else None
+
+
+def compile_settings(part: str) -> dict:
+    """Sources and flags for torch.utils.cpp_extension, shared by the just-in-time build and setup.py.
     Sets CUDA_HOME (and a default TORCH_CUDA_ARCH_LIST without a visible GPU) for the CUDA part."""
-    sources = cpu_sources()
-    with_cuda = cuda_build_problem() is None
+    with_cuda = part == "cuda"
     if with_cuda:
         os.environ["CUDA_HOME"] = str(cuda_toolkit())
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
-        sources = sources + cuda_sources()
-    missing = [str(path) for path in sources if not path.exists()]
+    missing = [str(path) for path in sources(part) if not path.exists()]
     if missing:
         raise FileNotFoundError(f"the extension's sources are missing: {missing}")
     # -fopenmp: ATen's parallel_for is a header template that splits the batch across threads with
     # `#pragma omp parallel`; compiled without it, the kernels run on one thread. -fno-math-errno: sqrt
     # without the errno branch, so that loops of square roots across the compact lanes are vectorised.
-    return dict(sources=[str(path) for path in sources], with_cuda=with_cuda,
+    return dict(sources=[str(path) for path in sources(part)], with_cuda=with_cuda,
                 extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"],
                 extra_cuda_cflags=["-O3", "-lineinfo"])
 
 
+def _version_line(program: str, containing: str = "") -> str:
+    """The first line of `program --version` that contains `containing`, or "unknown"."""
+    try:
+        output = subprocess.run([program, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return next((line for line in output.splitlines() if containing in line), "unknown")
+
+
+def build_record(part: str) -> dict:
+    """What a build of `part` records beside its library: the torch it is built against, the machine, the digest
+    of its sources, the compiler (and nvcc and the CUDA architectures for the CUDA part), and when."""
+    record = {"part": part, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+              "machine": platform.machine(), "sources_sha256": source_digest(part),
+              "compiler": _version_line(compiler() or "c++"),
+              "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if part == "cuda":
+        record["nvcc"] = _version_line(str(cuda_toolkit() / "bin" / "nvcc"), "release")
+        record["cuda_arch_list"] = os.environ.get("TORCH_CUDA_ARCH_LIST", "the visible GPUs'")
+    return record
+
+
+def write_record(library: Path, part: str) -> Path:
+    """Write build_record(part) beside `library` (as ``<library without suffixes>.json``)."""
+    path = _record_path(library)
+    path.write_text(json.dumps(build_record(part), indent=1) + "\n")
+    return path
+
+
+def _record_path(library: Path) -> Path:
+    return library.with_name(library.name.split(".")[0] + ".json")
+
+
+def read_record(library: Path) -> dict | None:
+    try:
+        return json.loads(_record_path(library).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _mismatch(record: dict | None, part: str) -> str | None:
+    """Why a library with this record must not be loaded here, or None."""
+    if record is None:
+        return "it has no build record (built by an older neuinv)"
+    if record.get("torch") != torch.__version__:
+        return f"it was built for torch {record.get('torch')}, and this is torch {torch.__version__}"
+    if record.get("machine") != platform.machine():
+        return f"it was built for {record.get('machine')}, and this machine is {platform.machine()}"
+    if record.get("sources_sha256") != source_digest(part):
+        return "it was built from other neuinv sources"
+    return None
+
+
 def build_directory() -> Path:
-    """$NEUINV_EXT_DIR, or ~/.cache/neuinv/ext-torch<version>."""
-    default = Path.home() / ".cache" / "neuinv" / f"ext-torch{torch.__version__}"
+    """$NEUINV_EXT_DIR, or ~/.cache/neuinv/ext-torch<version>-<machine> (one cache per torch version and
+    instruction set; the CPU kernels choose their AVX2 build at run time)."""
+    default = Path.home() / ".cache" / "neuinv" / f"ext-torch{torch.__version__}-{platform.machine()}"
     return Path(os.environ.get("NEUINV_EXT_DIR", default))
 
 
-def _jit_library_path() -> Path:
-    return build_directory() / f"{NAME}.so"
+def jit_library(part: str) -> Path:
+    """Where the just-in-time build of `part` puts its library."""
+    return build_directory() / part / f"{PARTS[part].library}.so"
 
 
-def _library_candidates() -> list[Path]:
-    """The ahead-of-time module neuinv._C if installed, then the JIT build, where they exist."""
+def _candidates(part: str) -> list[Path]:
+    """The ahead-of-time module if installed, then the just-in-time build, where they exist."""
     candidates = []
-    spec = importlib.util.find_spec("neuinv._C")
+    spec = importlib.util.find_spec(PARTS[part].module)
     if spec is not None and spec.origin:
         candidates.append(Path(spec.origin))
-    if _jit_library_path().exists():
-        candidates.append(_jit_library_path())
+    if jit_library(part).exists():
+        candidates.append(jit_library(part))
     return candidates
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile the kernels just in time (CPU: ~25 s on 2 cores; the CUDA part about a minute more) and load them."""
-    global _loaded, _load_error, _library
-    settings = compile_settings()
-    from torch.utils import cpp_extension
-
-    if settings["with_cuda"]:
-        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]  # read once, at the module's import
-    build_directory().mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(name=NAME, sources=settings["sources"], build_directory=str(build_directory()),
-                       extra_cflags=settings["extra_cflags"], extra_cuda_cflags=settings["extra_cuda_cflags"],
-                       extra_ldflags=settings["extra_ldflags"],
-                       with_cuda=settings["with_cuda"], is_python_module=False, verbose=verbose)
-    _register_fakes()
-    _loaded, _load_error, _library = True, None, _jit_library_path()
-    from . import backends
-
-    backends.forget_availability()
-    return _library
-
-
-def load() -> bool:
-    """Load a finished build (never compiles). False, with the reason kept for status(), if there is none."""
-    global _loaded, _load_error, _library
-    if _loaded:
+def load(part: str = "cpu") -> bool:
+    """Load a finished build of `part` whose record matches this torch and these sources; never compiles.
+    False, with the reason kept for :func:`status`, where there is none."""
+    if part in _loaded:
         return True
-    candidates = _library_candidates()
-    if not candidates:
-        _load_error = f"not built: run `neuinv build-ext` (looked for neuinv._C and {_jit_library_path()})"
+    if part == "cuda" and not load("cpu"):
+        _problems[part] = "not loaded: the CPU kernels, which define the operators, are not loaded"
         return False
-    problems = []
-    for path in candidates:
-        try:
-            torch.ops.load_library(str(path))
-        except (OSError, RuntimeError) as error:
-            problems.append(f"{path} does not load ({error})")
+    candidates = _candidates(part)
+    if not candidates:
+        _problems[part] = f"not built (looked for {PARTS[part].module} and {jit_library(part)})"
+        return False
+    refused = []
+    for library in candidates:
+        mismatch = _mismatch(read_record(library), part)
+        if mismatch is not None:
+            refused.append(f"{library} is not loaded: {mismatch}")
             continue
-        missing = [op for op in OPERATORS if not _has_kernel(op, "CPU")]
-        if missing:  # the library is loaded and cannot be unloaded: no other candidate can register now
-            problems.append(f"{path} was built from other neuinv sources (it lacks neuinv::{', neuinv::'.join(missing)})")
-            break
-        _register_fakes()
-        _loaded, _library = True, path
+        try:
+            torch.ops.load_library(str(library))
+        except (OSError, RuntimeError) as error:
+            refused.append(f"{library} does not load ({error})")
+            continue
+        missing = [op for op in OPERATORS if not _has_kernel(op, PARTS[part].dispatch_key)]
+        if missing:
+            refused.append(f"{library} lacks neuinv::{', neuinv::'.join(missing)}")
+            break  # a loaded library cannot be unloaded: no other candidate can register now
+        if part == "cpu":
+            _register_fakes()
+        _loaded[part] = library
+        _problems.pop(part, None)
         return True
-    _load_error = "; ".join(problems) + "; rebuild with `neuinv build-ext`"
-    warnings.warn(f"neuinv: {_load_error}; using the other backends", RuntimeWarning, stacklevel=2)
+    _problems[part] = "; ".join(refused)
     return False
 
 
-OPERATORS = ("invert", "exact_inverse", "residual_norm", "newton_schulz", "inverse_and_error_bound", "error_bound")
-"""The operators the CPU and the CUDA kernels both implement (a build lacking one is from other sources)."""
+def auto_build_allowed() -> bool:
+    return os.environ.get(AUTO_BUILD_ENV, "1") != "0"
+
+
+def ensure(part: str = "cpu") -> bool:
+    """Load `part`, building it first just in time where it is missing or refused, a compiler is there and
+    ``NEUINV_AUTO_BUILD`` is not 0. Where it cannot be had, one warning (per part and process) says why and how
+    to get it. True when the part is loaded."""
+    if load(part):
+        return True
+    if part == "cuda" and "cpu" not in _loaded:
+        return False
+    problem = build_problem(part)
+    if not auto_build_allowed():
+        _warn_once(part, f"neuinv: the compiled {part.upper()} kernels are not loaded ({_problems[part]}) and "
+                         f"{AUTO_BUILD_ENV}=0 stops neuinv from building them; `neuinv build-ext` builds them")
+    elif problem is not None:
+        _warn_once(part, f"neuinv: the compiled {part.upper()} kernels are not loaded ({_problems[part]}) and "
+                         f"cannot be built here: {problem}. "
+                         + (f"neuinv runs on its pure-torch path, which the compiled kernels beat {COMPILED_SPEEDUP} "
+                            "(bench/RESULTS.md); install a C++ compiler (e.g. g++) and the next run builds them."
+                            if part == "cpu" else "CUDA tensors take the Triton kernels where triton is installed."))
+    else:
+        try:
+            build(part)
+        except Exception as error:  # a failed build leaves the other backends to run, and says why
+            _problems[part] = f"the just-in-time build failed: {error}"
+            _warn_once(part, f"neuinv: {_problems[part]}; run `neuinv build-ext --verbose` to see the compiler")
+            return False
+        return load(part)
+    return False
+
+
+def _warn_once(part: str, message: str) -> None:
+    if part not in _warned:
+        _warned.add(part)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def build(part: str = "cpu", verbose: bool = False) -> Path:
+    """Compile `part` just in time into :func:`jit_library` under a file lock (a second process waits, then
+    finds the finished build), write its record, and load it. Raises RuntimeError where it cannot be built, or
+    where another build of it is already loaded in this process (then the new one loads in the next)."""
+    problem = build_problem(part)
+    if problem is not None:
+        raise RuntimeError(f"cannot build the {part.upper()} kernels: {problem}")
+    if part == "cuda" and not ensure("cpu"):
+        raise RuntimeError(f"the CUDA kernels need the CPU part, which is not loaded: {_problems['cpu']}")
+    from filelock import FileLock
+    from torch.utils import cpp_extension
+
+    library = jit_library(part)
+    library.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(library.parent / "build.lock"))
+    if not lock.acquire(blocking=False):
+        print(f"neuinv: waiting for another process that is building the {part.upper()} kernels in "
+              f"{library.parent}", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        if library.exists() and _mismatch(read_record(library), part) is None:  # built meanwhile by another process
+            load(part)
+            return library
+        if part in _loaded:
+            raise RuntimeError(f"another build of the {part.upper()} kernels ({_loaded[part]}) is loaded in this "
+                               f"process; the new one is used from the next process on")
+        settings = compile_settings(part)
+        minutes = max(1, round(BUILD_CORE_SECONDS[part] / max(1, min(os.cpu_count() or 1, 16)) / 60))
+        print(f"neuinv: compiling the {part.upper()} kernels for torch {torch.__version__} "
+              f"({platform.machine()}) into {library.parent}, about {minutes} minute{'s' * (minutes > 1)} here; once "
+              f"per torch version ({AUTO_BUILD_ENV}=0 turns this off)", file=sys.stderr, flush=True)
+        if settings["with_cuda"]:
+            cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]  # read once, at the module's import
+        if shutil.which("ninja") is None:  # cpp_extension runs `ninja` from PATH
+            os.environ["PATH"] = f"{_ninja_directory()}{os.pathsep}{os.environ.get('PATH', '')}"
+        (library.parent / "lock").unlink(missing_ok=True)  # cpp_extension's own lock, left by a killed build
+        started = time.perf_counter()
+        cpp_extension.load(name=PARTS[part].library, sources=settings["sources"], build_directory=str(library.parent),
+                           extra_cflags=settings["extra_cflags"], extra_cuda_cflags=settings["extra_cuda_cflags"],
+                           extra_ldflags=settings["extra_ldflags"], with_cuda=settings["with_cuda"],
+                           is_python_module=False, verbose=verbose)
+        write_record(library, part)
+        print(f"neuinv: built {library} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        _loaded[part] = library
+        _problems.pop(part, None)
+        if part == "cpu":
+            _register_fakes()
+    finally:
+        lock.release()
+    from . import backends
+
+    backends.forget_availability()
+    return library
 
 
 def _has_kernel(op: str, dispatch_key: str) -> bool:
@@ -179,19 +379,39 @@ def _has_kernel(op: str, dispatch_key: str) -> bool:
 
 
 def has_cuda_kernels() -> bool:
-    """Whether the loaded build holds CUDA kernels for every operator (registered for the CUDA dispatch key);
-    asked of the dispatcher once per process, after the load."""
-    global _cuda_kernels
-    if _cuda_kernels is None and load():
-        _cuda_kernels = all(_has_kernel(op, "CUDA") for op in OPERATORS)
-    return bool(_cuda_kernels)
+    """Whether the CUDA part is loaded (it holds a CUDA kernel for every operator)."""
+    return load("cuda")
 
 
-def status() -> tuple[bool, str]:
-    if load():
-        parts = "CPU and CUDA kernels" if has_cuda_kernels() else "CPU kernels"
-        return True, f"compiled {parts} ({_library})"
-    return False, _load_error or "not built"
+def status(part: str = "cpu") -> tuple[bool, str]:
+    """(loaded, what is loaded from where, or why nothing is); never builds."""
+    if load(part):
+        record = read_record(_loaded[part]) or {}
+        return True, f"compiled {part.upper()} kernels, {_loaded[part]} (built {record.get('built', '?')})"
+    problem = build_problem(part)
+    if problem is None and auto_build_allowed():
+        return False, f"{_problems[part]}; built just in time on the first call that needs it"
+    if problem is None:
+        return False, f"{_problems[part]}; {AUTO_BUILD_ENV}=0: build with `neuinv build-ext`"
+    return False, f"{_problems[part]}; cannot be built here: {problem}"
+
+
+def describe() -> list[str]:
+    """The build of each part for `neuinv info`: what is loaded, from where, built for which torch, with which
+    compiler, CUDA architectures and instruction set; or why nothing is."""
+    lines = []
+    for part in PARTS:
+        loaded, reason = status(part)
+        lines.append(f"{part} kernels: {reason}")
+        if loaded:
+            record = read_record(_loaded[part]) or {}
+            details = [f"torch {record.get('torch')}", f"{record.get('machine')}", f"compiler: {record.get('compiler')}"]
+            if part == "cpu":
+                details.append(f"running: {torch.ops.neuinv.cpu_kernel_build()}")
+            else:
+                details += [f"nvcc: {record.get('nvcc')}", f"CUDA architectures: {record.get('cuda_arch_list')}"]
+            lines.append("  " + "; ".join(details))
+    return lines
 
 
 def _register_fakes() -> None:

@@ -9,6 +9,9 @@ if not torch.cuda.is_available():
 os.environ.setdefault("NEUINV_TRITON_AUTOTUNE", "0")  # one tile per kernel: tests check results, not speed
 
 from neuinv.testing import conditioned_matrices, true_residual, warm_start  # noqa: E402,F401 (re-exported)
+from neuinv import extension  # noqa: E402
+
+extension.ensure("cpu")  # as a first call would: the compiled CPU kernels, built here on a fresh checkout
 
 
 def residual_bound(A):

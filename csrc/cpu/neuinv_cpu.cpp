@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <type_traits>
 
 #if defined(__linux__)
@@ -60,6 +61,16 @@ void run_for_this_cpu(Args... args) {
   if (cpu_has_avx2_fma()) return run_avx2_fma<kernel>(args...);
 #endif
   kernel(args...);
+}
+
+// Which build of the kernels run_for_this_cpu runs on this CPU (`neuinv info` reports it).
+std::string cpu_kernel_build() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2_fma()) return "x86-64 with AVX2+FMA (chosen at run time)";
+  return "baseline x86-64 (this CPU lacks AVX2 or FMA)";
+#else
+  return "baseline build for this CPU";
+#endif
 }
 
 // A fresh tensor like A for a kernel's output X. On Linux one of 2 MB or more is advised to use transparent
@@ -1111,6 +1122,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cp
 }
 
 }  // namespace
+
+TORCH_LIBRARY_FRAGMENT(neuinv, m) {
+  m.def("cpu_kernel_build() -> str", &cpu_kernel_build);
+}
 
 TORCH_LIBRARY_IMPL(neuinv, CPU, m) {
   m.impl("invert", &invert_cpu);

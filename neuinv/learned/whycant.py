@@ -91,8 +91,13 @@ def markdown(results: list[BoxResult]) -> str:
 
 
 def near_singular_figures(out_dir: str | Path, eps: float = 0.1) -> list[Path]:
-    """PNG pictures of M_eps for 2x2 matrices (the paper's Fig. 1 slices and Fig. 2 3-D view)."""
-    import matplotlib
+    """PNG pictures of M_eps for 2x2 matrices (the paper's Fig. 1 slices and Fig. 2 3-D view).
+    Raises ImportError naming the extra to install where matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError as error:
+        raise ImportError("the figures are drawn with matplotlib, which is not installed: "
+                          "pip install 'neuinv[plot]'") from error
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

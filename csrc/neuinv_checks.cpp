@@ -1,0 +1,55 @@
+// The argument checks declared in csrc/neuinv_checks.h, compiled by the host C++ compiler into both libraries
+// (the CPU one and the CUDA one), so that every error is thrown from host-compiled code.
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "neuinv_checks.h"
+
+namespace neuinv {
+
+void check_batch(const at::Tensor& A, const char* name, c10::DeviceType device) {
+  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), name, " must have shape (b, n, n), got ", A.sizes());
+  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble, name,
+              " must be float32 or float64, got ", A.scalar_type());
+  TORCH_CHECK(A.device().type() == device, name, " must be on ", c10::DeviceTypeName(device), ", got ", A.device());
+  TORCH_CHECK(A.size(1) <= 64, name, " holds ", A.size(1), "x", A.size(1), " matrices; the kernels take n <= 64");
+}
+
+void check_like(const at::Tensor& A, const at::Tensor& X, const char* name) {
+  TORCH_CHECK(A.sizes() == X.sizes() && A.scalar_type() == X.scalar_type(), "A and ", name,
+              " must have the same shape and dtype, got ", A.sizes(), " ", A.scalar_type(), " and ", X.sizes(), " ",
+              X.scalar_type());
+  TORCH_CHECK(A.device() == X.device(), "A and ", name, " must be on the same device, got ", A.device(), " and ",
+              X.device());
+}
+
+void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>& X0,
+                            const c10::optional<at::Tensor>& use_guess, bool refine, double tol, double accept,
+                            int64_t max_iter, double guard, double max_error, c10::DeviceType device) {
+  TORCH_CHECK(A.dim() >= 2 && A.size(-1) == A.size(-2), "invert: A must have shape (*, n, n), got ", A.sizes());
+  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble,
+              "invert: A must be float32 or float64, got ", A.scalar_type());
+  TORCH_CHECK(A.device().type() == device, "invert: A must be on ", c10::DeviceTypeName(device), ", got ",
+              A.device());
+  TORCH_CHECK(A.size(-1) >= 1 && A.size(-1) <= 64, "invert: A holds ", A.size(-1), "x", A.size(-1),
+              " matrices; the kernels take 1 <= n <= 64");
+  TORCH_CHECK(refine || !X0.has_value(), "invert: X0 is given but refine is false (the exact path uses no guess)");
+  if (X0.has_value()) check_like(A, *X0, "X0");
+  if (use_guess.has_value()) {
+    TORCH_CHECK(X0.has_value(), "invert: use_guess is given without X0");
+    const auto batch = A.sizes().slice(0, A.dim() - 2);
+    TORCH_CHECK(use_guess->sizes() == batch && use_guess->scalar_type() == at::kBool &&
+                    use_guess->device() == A.device(),
+                "invert: use_guess must be a bool tensor of shape ", batch, " on ", A.device(), ", got ",
+                use_guess->scalar_type(), " ", use_guess->sizes(), " on ", use_guess->device());
+  }
+  TORCH_CHECK(tol >= 0 && std::isfinite(tol), "invert: tol must be finite and >= 0, got ", tol);
+  TORCH_CHECK(accept > 0 && std::isfinite(accept), "invert: accept must be finite and > 0, got ", accept);
+  TORCH_CHECK(max_iter >= 0 && max_iter <= kMaxIterations, "invert: max_iter must be in [0, ", kMaxIterations,
+              "], got ", max_iter);
+  TORCH_CHECK(guard > 0 && std::isfinite(guard), "invert: guard must be finite and > 0, got ", guard);
+  TORCH_CHECK(max_error >= 0 && max_error <= 1, "invert: max_error must be in [0, 1], got ", max_error);
+}
+
+}  // namespace neuinv
