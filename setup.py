@@ -18,6 +18,8 @@ from pathlib import Path
 from setuptools import setup
 
 HERE = Path(__file__).resolve().parent
+NO_DEBUG = ["-g0"]
+"""Python's own CFLAGS (which setuptools passes first) ask for debug information: 6x the module's size."""
 VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "neuinv" / "__init__.py").read_text(), re.M).group(1)
 
 
@@ -53,10 +55,10 @@ def extension_build():
             cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]
             modules.append(cpp_extension.CUDAExtension(
                 module, sources, extra_link_args=settings["extra_ldflags"],
-                extra_compile_args={"cxx": settings["extra_cflags"], "nvcc": settings["extra_cuda_cflags"]}))
+                extra_compile_args={"cxx": settings["extra_cflags"] + NO_DEBUG, "nvcc": settings["extra_cuda_cflags"]}))
         else:
             modules.append(cpp_extension.CppExtension(module, sources, extra_link_args=settings["extra_ldflags"],
-                                                      extra_compile_args={"cxx": settings["extra_cflags"]}))
+                                                      extra_compile_args={"cxx": settings["extra_cflags"] + NO_DEBUG}))
 
     class BuildExtensionWithRecord(cpp_extension.BuildExtension):
         """torch's BuildExtension, then the build record beside each module (neuinv.extension.write_record)."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import platform
 import sys
@@ -105,7 +106,11 @@ def info(args) -> int:
     here, in a form to paste into a bug report."""
     from . import extension
 
-    print(f"neuinv {__version__}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+    try:
+        distribution = importlib.metadata.version("neuinv")  # with a wheel's label naming its torch: 0.1.0+pt2130cpu
+    except importlib.metadata.PackageNotFoundError:
+        distribution = f"{__version__} (not installed)"
+    print(f"neuinv {distribution}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
           f"Python {platform.python_version()}, {platform.machine()} {platform.system()}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
