@@ -324,13 +324,15 @@ def build(part: str = "cpu", verbose: bool = False) -> Path:
         raise RuntimeError(f"cannot build the {part.upper()} kernels: {problem}")
     if part == "cuda" and not ensure("cpu"):
         raise RuntimeError(f"the CUDA kernels need the CPU part, which is not loaded: {_problems['cpu']}")
-    from filelock import FileLock
+    from filelock import FileLock, Timeout
     from torch.utils import cpp_extension
 
     library = jit_library(part)
     library.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(library.parent / "build.lock"))
-    if not lock.acquire(blocking=False):
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
         print(f"neuinv: waiting for another process that is building the {part.upper()} kernels in "
               f"{library.parent}", file=sys.stderr, flush=True)
         lock.acquire()
