@@ -25,8 +25,6 @@ distributed = pytest.importorskip("neuinv.distributed", reason="torch without to
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 
-FORKSERVER_PRELOAD = ["pytest", "numpy", "scipy.sparse.linalg", "torch.distributed.tensor", "neuinv.distributed",
-                      "neuinv.sparse.precond", "neuinv.testing"]
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)
 SPAWN_TIMEOUT = 120.0
 
@@ -262,14 +260,10 @@ def _worker(rank, world_size, store, out):
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=lambda w: f"{w}ranks")
-def ranks(request, tmp_path_factory):
+def ranks(request, tmp_path_factory, forkserver):
     """What every rank got from every scenario: a list (by rank) of {scenario: result}."""
     world_size = request.param
     out = tmp_path_factory.mktemp(f"distributed{world_size}")
-    # A fork server that has imported what this module imports starts the ranks in a fraction of a second (spawn:
-    # 5-10 s each here); it has run no torch operation, so forking it is safe. (It preloads installed modules,
-    # not this one: Python 3.11's fork server does not take the tests folder onto its sys.path.)
-    torch.multiprocessing.get_context("forkserver").set_forkserver_preload(FORKSERVER_PRELOAD)
     context = torch.multiprocessing.start_processes(_worker, args=(world_size, str(out / "store"), str(out)),
                                                     nprocs=world_size, join=False, start_method="forkserver")
     deadline = time.monotonic() + SPAWN_TIMEOUT
