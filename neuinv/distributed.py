@@ -121,9 +121,8 @@ def _sharded(local_call: Callable, A, group, dim: int, options: dict):
     row, error, local = [0] * _ROW, None, None
     try:
         layout = _DTensorLayout(A) if is_dtensor else _ShardLayout(A, dim)
-        local_options = dict(options)
-        if is_dtensor and isinstance(options.get("init"), DTensor):
-            local_options["init"] = options["init"].to_local()
+        local_options = {key: value.to_local() if isinstance(value, DTensor) else value  # init, ...
+                         for key, value in options.items()}
         X, info = local_call(layout.local, **local_options)
         row = layout.summary(info)
         local = (layout, X, info)
@@ -269,7 +268,7 @@ class _DTensorLayout:
                     f"(0..{batch_dims - 1}) instead")
         self.dtensor, self.local = A, A.to_local()
         self.batch_shape = torch.Size(A.shape[:-2])
-        local_shape, offset = compute_local_shape_and_global_offset(A.shape, A.device_mesh, A.placements)
+        _, offset = compute_local_shape_and_global_offset(A.shape, A.device_mesh, A.placements)
         self.offset = tuple(offset[:-2])
         self.signature = _signature(A.dtype, tuple(self.batch_shape), A.shape[-1], -1)
 
@@ -284,14 +283,16 @@ class _DTensorLayout:
         return _unravel(code, self.batch_shape)
 
     def wrap(self, X, info):
-        """X and the per-matrix info as DTensors with A's mesh and placements."""
+        """X (batch dimensions, then its own trailing ones) and the per-matrix info as DTensors with A's mesh
+        and placements."""
         A = self.dtensor
 
-        def like_A(local, shape):
+        def like_A(local):
+            shape = self.batch_shape + local.shape[len(self.batch_shape):]
             return DTensor.from_local(local, A.device_mesh, A.placements, run_check=False, shape=shape,
                                       stride=_contiguous_strides(shape))
 
-        return like_A(X, A.shape), InverseInfo(*(like_A(field, self.batch_shape) for field in info))
+        return like_A(X), InverseInfo(*(like_A(field) for field in info))
 
 
 class _Verdict:

@@ -142,7 +142,10 @@ def scenario_dtensor(rank, world_size):
     good = distribute_tensor(good_batch()[6:], mesh, [Shard(0)])
     X, info = distributed.batched_inverse_ex(good)
     X_singular, info_singular = distributed.batched_inverse_ex(A)
+    init = distribute_tensor(neuinv.testing.warm_start(good_batch()[6:], 1e-2), mesh, [Shard(0)])
+    X_warm, info_warm = distributed.batched_inverse_ex(good, init=init)
     return dict(
+        warm=(X_warm.full_tensor(), info_warm.per_matrix.iterations.full_tensor()),
         types=(type(X).__name__, type(info.per_matrix.certified).__name__),
         placements=(X.placements, info.per_matrix.certified.placements, X.device_mesh == mesh),
         local_shape=tuple(X.to_local().shape),
@@ -386,6 +389,8 @@ def test_dtensor_in_dtensor_out(ranks):
     good, A = good_batch()[6:], singular_batch()[6:]
     X_single, _ = neuinv.batched_inverse_ex(good)
     X_singular, info_singular = neuinv.batched_inverse_ex(A)
+    X_warm, info_warm = neuinv.batched_inverse_ex(good, init=neuinv.testing.warm_start(good, 1e-2))
+    assert int(info_warm.iterations.max()) > 0
     local_sizes = [r["dtensor"]["local_shape"][0] for r in ranks]
     assert local_sizes == {2: [3, 2], 4: [2, 2, 1, 0]}[world_size]  # torch.chunk's split: uneven, one empty
     for r in ranks:
@@ -397,6 +402,7 @@ def test_dtensor_in_dtensor_out(ranks):
         assert bitwise_equal(d["certified"], info_singular.certified)
         assert d["summary"]["failed"] == int((~info_singular.certified).sum())
         assert d["raised"] == single_process_error(A)
+        assert bitwise_equal(d["warm"][0], X_warm) and bitwise_equal(d["warm"][1], info_warm.iterations)
 
 
 def test_dtensor_on_a_2d_mesh(ranks):
