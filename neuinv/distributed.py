@@ -39,8 +39,8 @@ __all__ = ["DistributedInverseInfo", "batched_inverse", "batched_inverse_ex", "b
 
 
 class DistributedInverseInfo(NamedTuple):
-    """What :func:`batched_inverse_ex` reports: per matrix for this rank's shard, and global summaries (the same
-    on every rank).
+    """What :func:`batched_inverse_ex` reports: per matrix and the offset of this rank's shard, and global
+    summaries (the same on every rank).
 
     per_matrix: the :class:`neuinv.InverseInfo` of this rank's shard (local tensors of the shard's batch shape),
         or, for a DTensor A, of DTensors with A's mesh and placements over the global batch shape.
