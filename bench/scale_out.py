@@ -84,8 +84,8 @@ def collective(args) -> list[dict]:
 
 
 def collective_table(rows) -> str:
-    lines = ["| ranks | matrices per rank | local call µs | distributed `_ex` µs (overhead) | distributed raising µs "
-             "(overhead) | all-gather alone µs |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| ranks | matrices per rank | local call µs | distributed `_ex` µs (overhead) "
+             "| distributed raising µs (overhead) | all-gather alone µs |", "|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         t = row["us_per_call"]
         local = t["local batched_inverse_ex"]
@@ -131,7 +131,8 @@ def dask_rows(args) -> list[dict]:
 
                 def with_dask(source, target, chunk, scheduler):
                     lazy = neuinv.dask.batched_inverse(da.from_array(source, chunks=(chunk, n, n)))
-                    da.store(lazy, target, scheduler=scheduler, **({"num_workers": 2} if scheduler == "threads" else {}))
+                    workers = {"num_workers": 2} if scheduler == "threads" else {}
+                    da.store(lazy, target, scheduler=scheduler, **workers)
 
                 methods = {"one call": lambda: neuinv.batched_inverse(torch.from_numpy(A))}
                 for chunk in args.chunks:

@@ -146,8 +146,10 @@ def test_local_cluster(processes, forkserver):
     client at compute."""
     distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
     A = batch(singular=[777])
-    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}), distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=processes, dashboard_address=None,
-                                  worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    forked = {"distributed.worker.multiprocessing-method": "forkserver"}  # workers from the preloaded fork server
+    with dask.config.set(forked), distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=processes,
+                                                           dashboard_address=None, worker_dashboard_address=None) \
+            as cluster, distributed.Client(cluster) as client:
         X, info = neuinv_dask.batched_inverse_ex(da.from_array(A, chunks=(250, 4, 4)))
         X, *info = client.compute([X, *info], sync=False)
         assert_matches_single_process(A, X.result(RESULT_TIMEOUT), [f.result(RESULT_TIMEOUT) for f in info])

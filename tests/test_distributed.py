@@ -421,7 +421,8 @@ def test_dtensor_on_a_2d_mesh(ranks):
 def test_replicated_or_matrix_dim_placements_refused(ranks):
     for r in ranks:
         refused = r["dtensor_refused"]
-        assert refused["replicated"][0] == "ValueError" and "Replicate() on mesh dimension 0" in refused["replicated"][1]
+        assert refused["replicated"][0] == "ValueError"
+        assert "Replicate() on mesh dimension 0" in refused["replicated"][1]
         assert refused["matrix_dim"][0] == "ValueError" and "a matrix dimension" in refused["matrix_dim"][1]
         assert refused["group"][0] == "ValueError" and "group=None" in refused["group"][1]
 
