@@ -250,28 +250,36 @@ def _check_arguments(A, model, init, tol, max_iter, max_error, method) -> None:
         raise ValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")
 
 
-def _raise_first_failure(A: torch.Tensor, info: InverseInfo, max_error) -> None:
-    """ValueError for the first failed matrix holding NaN or Inf, if any; else LinAlgError for the first failed."""
+def _raise_first_failure(A: torch.Tensor, info: InverseInfo, max_error, offset: tuple[int, ...] = (),
+                         scope: str = "the batch") -> None:
+    """ValueError for the first failed matrix holding NaN or Inf, if any; else LinAlgError for the first failed.
+    A part of a larger batch (:mod:`neuinv.dask`) gives its ``offset`` in it and its ``scope`` ("its chunk")."""
     failed_mask = ~info.certified
-    count = int(failed_mask.sum())
-    others = f" ({count} matrices of the batch failed; batched_inverse_ex returns the others)" if count > 1 else ""
     non_finite = failed_mask & ~torch.isfinite(A).flatten(-2).all(dim=-1)
-    if bool(non_finite.any()):
-        raise ValueError(f"neuinv.batched_inverse: {_matrix_name(non_finite)} contains NaN or Inf{others}")
-    index = _first_index(failed_mask)
-    bound = float(info.error_bound[index])
-    if math.isinf(bound):
-        reason = f"is singular or numerically singular in {A.dtype}: no digit of its inverse can be certified"
+    has_non_finite = bool(non_finite.any())
+    index = _first_index(non_finite if has_non_finite else failed_mask)
+    global_index = tuple(i + o for i, o in zip(index, offset)) if offset else index
+    raise _failure_error(global_index, has_non_finite, float(info.error_bound[index]), int(failed_mask.sum()),
+                         A.dtype, max_error, scope)
+
+
+def _failure_error(index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int, dtype: torch.dtype,
+                   max_error, scope: str = "the batch") -> Exception:
+    """The exception ``batched_inverse`` raises when A[index] is the first matrix it names: ``ValueError`` if
+    it holds NaN or Inf, else ``torch.linalg.LinAlgError`` (singular, or ``error_bound`` above ``max_error``);
+    ``failed`` matrices of ``scope`` failed in all. Shared with :mod:`neuinv.distributed` and
+    :mod:`neuinv.dask`, which name a global index."""
+    name = "A" if not index else "A[" + ", ".join(map(str, index)) + "]"
+    others = f" ({failed} matrices of {scope} failed; batched_inverse_ex returns the others)" if failed > 1 else ""
+    if non_finite:
+        return ValueError(f"neuinv.batched_inverse: {name} contains NaN or Inf{others}")
+    if math.isinf(error_bound):
+        reason = f"is singular or numerically singular in {dtype}: no digit of its inverse can be certified"
     else:
-        reason = (f"has an inverse certified only to a relative error of {bound:.3g}, "
+        reason = (f"has an inverse certified only to a relative error of {error_bound:.3g}, "
                   f"above max_error = {max_error:g}")
-    raise torch.linalg.LinAlgError(f"neuinv.batched_inverse: {_matrix_name(failed_mask)} {reason}{others}")
+    return torch.linalg.LinAlgError(f"neuinv.batched_inverse: {name} {reason}{others}")
 
 
 def _first_index(mask: torch.Tensor) -> tuple[int, ...]:
     return tuple(int(i) for i in mask.nonzero()[0])
-
-
-def _matrix_name(mask: torch.Tensor) -> str:
-    index = _first_index(mask)
-    return "A" if not index else "A[" + ", ".join(map(str, index)) + "]"

@@ -1,7 +1,10 @@
 """Shared test helpers. On a machine without CUDA the Triton kernels run in the Triton
 interpreter, which must be switched on before triton is first imported."""
+import multiprocessing
+import multiprocessing.forkserver
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -41,3 +44,21 @@ def assert_no_host_synchronisation(backend: str) -> None:
             neuinv.batched_inverse_ex(A, backend=backend, **options)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+FORKSERVER_PRELOAD = ["pytest", "numpy", "scipy.sparse.linalg", "torch.distributed.tensor", "neuinv.distributed",
+                      "neuinv.sparse.precond", "neuinv.testing", "dask.array", "distributed", "neuinv.dask"]
+"""What the fork server of the multi-process tests imports once (those not installed are skipped)."""
+
+
+@pytest.fixture(scope="session")
+def forkserver():
+    """The "forkserver" multiprocessing context, its server started with FORKSERVER_PRELOAD imported: a process
+    forked from it starts in a fraction of a second (spawned: 5-10 s each on the 2-core CI machine). It has run no
+    torch operation, so forking it is safe. Started here, before dask.distributed would start it with its own
+    preload list; it preloads installed modules, not test modules (Python 3.11's fork server does not take the
+    tests folder onto its sys.path)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORKSERVER_PRELOAD)
+    multiprocessing.forkserver.ensure_running()
+    return context

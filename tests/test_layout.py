@@ -1,4 +1,5 @@
-"""The package layout: `import neuinv` loads only the core; the learned and sparse code load on use."""
+"""The package layout: `import neuinv` loads only the core; the learned, sparse, distributed and Dask code load on
+use."""
 import os
 import subprocess
 import sys
@@ -17,7 +18,8 @@ def test_import_neuinv_loads_only_the_core():
     loaded = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                             check=True).stdout.split()
     assert {"neuinv", "neuinv.inverse", "neuinv.certificate"} <= set(loaded)
-    heavy = ("neuinv.learned", "neuinv.sparse", "neuinv.kernels", "neuinv.cli", "neuinv.testing")
+    heavy = ("neuinv.learned", "neuinv.sparse", "neuinv.kernels", "neuinv.cli", "neuinv.testing", "neuinv.distributed",
+             "neuinv.dask")
     assert [name for name in loaded if name.startswith(heavy)] == []
 
 
