@@ -75,7 +75,8 @@ class TorchBackend:
         return _on_flat_batch(lambda A, X0, use_guess: reference.invert(A, X0, use_guess, refine, rules, max_error),
                               A, X0, use_guess)
 
-    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+    @classmethod
+    def unsupported_reason(cls, A: torch.Tensor) -> str | None:
         return None
 
 
@@ -94,13 +95,14 @@ class CompiledBackend(TorchBackend):
         return torch.ops.neuinv.invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter,
                                        rules.guard, max_error)
 
-    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+    @classmethod
+    def unsupported_reason(cls, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
             return f"the compiled kernels take float32 or float64, not {A.dtype}"
-        if A.device.type != self.device_type:
-            return f"the {self.name} backend runs on {self.device_type.upper()} tensors, not on {A.device.type}"
-        if A.shape[-1] > self.MAX_N:
-            return f"the compiled kernels take n <= {self.MAX_N}, not {A.shape[-1]}"
+        if A.device.type != cls.device_type:
+            return f"the {cls.name} backend runs on {cls.device_type.upper()} tensors, not on {A.device.type}"
+        if A.shape[-1] > cls.MAX_N:
+            return f"the compiled kernels take n <= {cls.MAX_N}, not {A.shape[-1]}"
         return None
 
 
@@ -138,11 +140,12 @@ class TritonBackend(TorchBackend):
 
         return _on_flat_batch(launch, A, X0, use_guess)
 
-    def unsupported_reason(self, A: torch.Tensor) -> str | None:
+    @classmethod
+    def unsupported_reason(cls, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
             return f"the Triton kernels take float32 or float64, not {A.dtype}"
-        if A.shape[-1] > self.MAX_N:
-            return f"the Triton kernels hold a matrix in registers: n <= {self.MAX_N}, not {A.shape[-1]}"
+        if A.shape[-1] > cls.MAX_N:
+            return f"the Triton kernels hold a matrix in registers: n <= {cls.MAX_N}, not {A.shape[-1]}"
         if A.device.type == "cuda" or (A.device.type == "cpu" and _triton_interpreter_on()):
             return None
         return (f"the Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1), "
@@ -246,21 +249,22 @@ def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
                 raise ValueError(f"{BACKEND_ENV}={_forced!r} names no backend; use one of {BACKEND_NAMES}")
             return _explicit(_forced, A, f"by {BACKEND_ENV}")
         for candidate in AUTO_ORDER.get(A.device.type, ()):
-            backend = _instance(candidate)
-            if backend is not None and backend.unsupported_reason(A) is None:
-                return backend
+            if REGISTRY[candidate].backend.unsupported_reason(A) is None:  # first: no build for inputs it cannot run
+                backend = _instance(candidate)
+                if backend is not None:
+                    return backend
         return _instance("torch")
     return _explicit(name, A, "")
 
 
 def _explicit(name: str, A: torch.Tensor, how: str) -> TorchBackend:
-    backend = _instance(name)
     requested = f"backend {name!r} was requested{' ' + how if how else ''}"
-    if backend is None:
-        raise RuntimeError(f"{requested} but is not available: {REGISTRY[name].status(False).reason}")
-    reason = backend.unsupported_reason(A)
+    reason = REGISTRY[name].backend.unsupported_reason(A)
     if reason is not None:
         raise RuntimeError(f"{requested} but cannot run this input: {reason}")
+    backend = _instance(name)
+    if backend is None:
+        raise RuntimeError(f"{requested} but is not available: {REGISTRY[name].status(False).reason}")
     return backend
 
 

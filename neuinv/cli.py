@@ -207,7 +207,7 @@ def build_ext(args) -> int:
             if part == "cpu":
                 return 1
             continue
-        print(f"built and loaded {extension.build(part, verbose=args.verbose)}")
+        print(f"the {part.upper()} kernels are built and loaded: {extension.build(part, verbose=args.verbose)}")
     return 0
 
 

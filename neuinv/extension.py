@@ -22,6 +22,7 @@ loaded); otherwise it is refused with the reason, and built anew just in time wh
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import importlib.util
 import json
@@ -55,15 +56,18 @@ AUTO_BUILD_ENV = "NEUINV_AUTO_BUILD"
 """Set to 0 to stop the first call that needs the compiled kernels from building them."""
 DEFAULT_CUDA_ARCH_LIST = "9.0+PTX"
 """Compiled-for GPU architectures when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (sm_90: H100, H200)."""
-BUILD_CORE_SECONDS = {"cpu": 240, "cuda": 420}
-"""About how many core-seconds each part takes to compile (measured on a 2-core x86_64 VM, bench/RESULTS.md);
-the build's announcement divides them by the cores."""
-COMPILED_SPEEDUP = "3-10x"
-"""How much faster the compiled CPU kernels invert float32/float64 batches (n = 2-64, 10^6 matrices) than the
-pure-torch path, as measured on the 2-core VM (bench/RESULTS.md, "install"); quoted by the no-compiler warning."""
+BUILD_MINUTES = {"cpu": 1.5, "cuda": 3}
+"""About how long each part takes to compile with two free cores (measured on a 2-core x86_64 VM, bench/RESULTS.md
+"Installing"; one source file dominates each part, so more cores shorten it little); the build's announcement
+quotes it."""
+PURE_TORCH_COST = ("the compiled kernels run 5-90x faster than it (neuinv's bench/compiled_vs_torch.py), and it is "
+                   "slower than torch.linalg.inv itself")
+"""What running on the pure-torch reference path costs, as measured on the 2-core x86_64 VM (bench/RESULTS.md,
+"Installing"); quoted where the compiled CPU kernels cannot be had."""
 
 _loaded: dict[str, Path] = {}
 _problems: dict[str, str] = {}
+_refused: dict[str, list[str]] = {}
 _warned: set[str] = set()
 
 
@@ -89,6 +93,7 @@ def _headers(part: str) -> list[Path]:
         if part == "cuda" else headers
 
 
+@functools.lru_cache(maxsize=None)
 def source_digest(part: str) -> str:
     """SHA-256 of `part`'s sources and headers (names relative to csrc/ and contents): a library records the
     digest of what it was compiled from."""
@@ -198,15 +203,20 @@ def _record_path(library: Path) -> Path:
 
 
 def read_record(library: Path) -> dict | None:
+    """The build record beside `library`, or None where it is missing or unreadable."""
     try:
-        return json.loads(_record_path(library).read_text())
+        record = json.loads(_record_path(library).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
-def _mismatch(record: dict | None, part: str) -> str | None:
-    """Why a library with this record must not be loaded here, or None."""
+def _mismatch(library: Path, part: str) -> str | None:
+    """Why `library` must not be loaded here (by its build record), or None."""
+    record = read_record(library)
     if record is None:
+        if _record_path(library).exists():
+            return f"its build record {_record_path(library)} is unreadable"
         return "it has no build record (built by an older neuinv)"
     if record.get("torch") != torch.__version__:
         return f"it was built for torch {record.get('torch')}, and this is torch {torch.__version__}"
@@ -225,8 +235,9 @@ def build_directory() -> Path:
 
 
 def jit_library(part: str) -> Path:
-    """Where the just-in-time build of `part` puts its library."""
-    return build_directory() / part / f"{PARTS[part].library}.so"
+    """Where the just-in-time build of `part` puts its library: a folder per part and sources' digest, so that
+    installs of different neuinv versions beside one torch keep their own builds."""
+    return build_directory() / f"{part}-{source_digest(part)[:16]}" / f"{PARTS[part].library}.so"
 
 
 def _candidates(part: str) -> list[Path]:
@@ -254,7 +265,7 @@ def load(part: str = "cpu") -> bool:
         return False
     refused = []
     for library in candidates:
-        mismatch = _mismatch(read_record(library), part)
+        mismatch = _mismatch(library, part)
         if mismatch is not None:
             refused.append(f"{library} is not loaded: {mismatch}")
             continue
@@ -270,55 +281,76 @@ def load(part: str = "cpu") -> bool:
         if part == "cpu":
             _register_fakes()
         _loaded[part] = library
+        _refused[part] = refused
         _problems.pop(part, None)
         return True
+    _refused[part] = refused
     _problems[part] = "; ".join(refused)
     return False
 
 
 def auto_build_allowed() -> bool:
-    return os.environ.get(AUTO_BUILD_ENV, "1") != "0"
+    """False where NEUINV_AUTO_BUILD is 0, false, no or off (any case)."""
+    return os.environ.get(AUTO_BUILD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def ensure(part: str = "cpu") -> bool:
-    """Load `part`, building it first just in time where it is missing or refused, a compiler is there and
-    ``NEUINV_AUTO_BUILD`` is not 0. Where it cannot be had, one warning (per part and process) says why and how
-    to get it. True when the part is loaded."""
+    """Load `part`, building it first just in time where it is missing or refused (then one line says why), a
+    compiler is there and ``NEUINV_AUTO_BUILD`` does not say no. Where it cannot be had, one warning (per part and
+    process, pointing at the caller's line) says why, what that costs and how to get it. True when loaded."""
     if load(part):
         return True
     if part == "cuda" and "cpu" not in _loaded:
         return False
     problem = build_problem(part)
+    cost = (f"neuinv runs on its pure-torch reference path instead: {PURE_TORCH_COST}" if part == "cpu" else
+            "CUDA tensors take the Triton kernels where triton is installed, else the pure-torch path")
     if not auto_build_allowed():
         _warn_once(part, f"neuinv: the compiled {part.upper()} kernels are not loaded ({_problems[part]}) and "
-                         f"{AUTO_BUILD_ENV}=0 stops neuinv from building them; `neuinv build-ext` builds them")
-    elif problem is not None:
+                         f"{AUTO_BUILD_ENV}={os.environ[AUTO_BUILD_ENV]} stops neuinv from building them; {cost}. "
+                         "`neuinv build-ext` builds them")
+        return False
+    if problem is not None:
         _warn_once(part, f"neuinv: the compiled {part.upper()} kernels are not loaded ({_problems[part]}) and "
-                         f"cannot be built here: {problem}. "
-                         + (f"neuinv runs on its pure-torch path, which the compiled kernels beat {COMPILED_SPEEDUP} "
-                            "(bench/RESULTS.md); install a C++ compiler (e.g. g++) and the next run builds them."
-                            if part == "cpu" else "CUDA tensors take the Triton kernels where triton is installed."))
+                         f"cannot be built here: {problem}. {cost}. "
+                         + ("Install a C++ compiler (e.g. g++) and the next run builds them."
+                            if part == "cpu" else ""))
+        return False
+    if "is not loaded:" in _problems[part]:
+        print(f"neuinv: {_problems[part]}", file=sys.stderr, flush=True)
+    try:
+        build(part)
+    except OSError as error:
+        _problems[part] = (f"the just-in-time build cannot write its folder {build_directory()} ({error}); "
+                           f"point NEUINV_EXT_DIR at a writable folder")
+    except Exception as error:  # a failed build leaves the other backends to run, and says why
+        _problems[part] = (f"the just-in-time build failed ({error}); `neuinv build-ext --verbose` shows the "
+                           "compiler's output")
     else:
-        try:
-            build(part)
-        except Exception as error:  # a failed build leaves the other backends to run, and says why
-            _problems[part] = f"the just-in-time build failed: {error}"
-            _warn_once(part, f"neuinv: {_problems[part]}; run `neuinv build-ext --verbose` to see the compiler")
-            return False
         return load(part)
+    _warn_once(part, f"neuinv: {_problems[part]}. {cost}")
     return False
 
 
 def _warn_once(part: str, message: str) -> None:
-    if part not in _warned:
-        _warned.add(part)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    """A RuntimeWarning, once per part and process, pointing at the first line outside neuinv (the user's call)."""
+    if part in _warned:
+        return
+    _warned.add(part)
+    package = str(Path(__file__).resolve().parent)
+    frame, level = sys._getframe(0), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, RuntimeWarning, stacklevel=level)
 
 
 def build(part: str = "cpu", verbose: bool = False) -> Path:
     """Compile `part` just in time into :func:`jit_library` under a file lock (a second process waits, then
-    finds the finished build), write its record, and load it. Raises RuntimeError where it cannot be built, or
-    where another build of it is already loaded in this process (then the new one loads in the next)."""
+    finds the finished build), write its record, and load it; a build that loads already (installed with the
+    package, or in the cache) is kept. Raises RuntimeError where it cannot be built, or where another build of it
+    is already loaded in this process (then the new one loads in the next)."""
+    if load(part):
+        return _loaded[part]
     problem = build_problem(part)
     if problem is not None:
         raise RuntimeError(f"cannot build the {part.upper()} kernels: {problem}")
@@ -337,17 +369,17 @@ def build(part: str = "cpu", verbose: bool = False) -> Path:
               f"{library.parent}", file=sys.stderr, flush=True)
         lock.acquire()
     try:
-        if library.exists() and _mismatch(read_record(library), part) is None:  # built meanwhile by another process
+        if library.exists() and _mismatch(library, part) is None:  # built meanwhile by another process
             load(part)
             return library
         if part in _loaded:
             raise RuntimeError(f"another build of the {part.upper()} kernels ({_loaded[part]}) is loaded in this "
                                f"process; the new one is used from the next process on")
         settings = compile_settings(part)
-        minutes = max(1, round(BUILD_CORE_SECONDS[part] / max(1, min(os.cpu_count() or 1, 16)) / 60))
-        print(f"neuinv: compiling the {part.upper()} kernels for torch {torch.__version__} "
-              f"({platform.machine()}) into {library.parent}, about {minutes} minute{'s' * (minutes > 1)} here; once "
-              f"per torch version ({AUTO_BUILD_ENV}=0 turns this off)", file=sys.stderr, flush=True)
+        print(f"neuinv: compiling the {part.upper()} kernels for torch {torch.__version__} ({platform.machine()}) "
+              f"into {library.parent}, about {BUILD_MINUTES[part]:g} minutes on two free cores, longer on a busy "
+              f"machine; once per torch version and neuinv version ({AUTO_BUILD_ENV}=0 turns this off)",
+              file=sys.stderr, flush=True)
         if settings["with_cuda"]:
             cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"]  # read once, at the module's import
         if shutil.which("ninja") is None:  # cpp_extension runs `ninja` from PATH
@@ -389,7 +421,8 @@ def status(part: str = "cpu") -> tuple[bool, str]:
     """(loaded, what is loaded from where, or why nothing is); never builds."""
     if load(part):
         record = read_record(_loaded[part]) or {}
-        return True, f"compiled {part.upper()} kernels, {_loaded[part]} (built {record.get('built', '?')})"
+        refused = "".join(f"; {reason}" for reason in _refused.get(part, ()))
+        return True, f"compiled {part.upper()} kernels, {_loaded[part]} (built {record.get('built', '?')}){refused}"
     problem = build_problem(part)
     if problem is None and auto_build_allowed():
         return False, f"{_problems[part]}; built just in time on the first call that needs it"

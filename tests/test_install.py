@@ -39,6 +39,10 @@ def start_python(code: str, env_changes: dict, *args: str) -> subprocess.Popen:
                             text=True, env=env)
 
 
+CPU_FOLDER = extension.jit_library("cpu").parent.name
+"""The cache's folder for this checkout's CPU kernels (named by the part and the sources' digest)."""
+
+
 def reported(output: str) -> tuple[str, float]:
     fields = output.split()
     return fields[fields.index("backend") + 1], float(fields[fields.index("error") + 1])
@@ -59,8 +63,8 @@ def test_first_call_builds_the_kernels_once_under_a_lock_then_loads_them(tmp_pat
     stderr = "".join(err for _, err in outputs)
     assert stderr.count("neuinv: compiling the CPU kernels") == 1, stderr
     assert "neuinv: waiting for another process" in stderr, stderr
-    assert (tmp_path / "cpu" / "neuinv_cpu.so").exists()
-    record = json.loads((tmp_path / "cpu" / "neuinv_cpu.json").read_text())
+    assert (tmp_path / CPU_FOLDER / "neuinv_cpu.so").exists()
+    record = json.loads((tmp_path / CPU_FOLDER / "neuinv_cpu.json").read_text())
     assert record["torch"] == torch.__version__ and record["sources_sha256"] == extension.source_digest("cpu")
 
     third = run_python(INVERT_AND_REPORT, env, "3")
@@ -74,16 +78,43 @@ def test_without_a_compiler_one_warning_says_what_is_lost_and_the_reference_path
     backend, error = reported(result.stdout)
     assert backend == "torch" and error < 1e-12
     assert result.stderr.count("RuntimeWarning") == 1, result.stderr
+    assert "<string>:7: RuntimeWarning" in result.stderr, "the warning must point at the user's call"
     assert "cannot be built here: no C++ compiler found" in result.stderr
-    assert extension.COMPILED_SPEEDUP in result.stderr and "install a C++ compiler" in result.stderr
+    assert extension.PURE_TORCH_COST in result.stderr and "Install a C++ compiler" in result.stderr
     assert not any(tmp_path.iterdir()), "nothing may be built without a compiler"
 
 
-def test_auto_build_switched_off_builds_nothing_and_says_so(tmp_path):
-    result = run_python(INVERT_AND_REPORT, {"NEUINV_EXT_DIR": str(tmp_path), "NEUINV_AUTO_BUILD": "0"}, "1")
+@pytest.mark.parametrize("dtype, n", [(torch.complex128, 6), (torch.float64, 65)])
+def test_an_input_the_kernels_cannot_run_neither_builds_them_nor_warns(tmp_path, dtype, n):
+    code = f"""
+import warnings
+warnings.simplefilter("always")
+import torch, neuinv
+A = torch.eye({n}, dtype={dtype}).expand(3, {n}, {n}) * 2
+assert torch.equal(neuinv.batched_inverse(A), A / 4)
+"""
+    result = run_python(code, {"NEUINV_EXT_DIR": str(tmp_path), "CXX": "/bin/false"})
+    assert result.returncode == 0, result.stderr
+    assert "compiling" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unwritable_cache_folder_is_named_in_the_warning(tmp_path):
+    folder = tmp_path / "a-file"
+    folder.write_text("not a folder")
+    result = run_python(INVERT_AND_REPORT, {"NEUINV_EXT_DIR": str(folder / "cache")}, "1")
     assert result.returncode == 0, result.stderr
     assert reported(result.stdout)[0] == "torch"
-    assert "NEUINV_AUTO_BUILD=0 stops neuinv from building them" in result.stderr
+    assert f"cannot write its folder {folder / 'cache'}" in result.stderr
+    assert "point NEUINV_EXT_DIR at a writable folder" in result.stderr and extension.PURE_TORCH_COST in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False"])
+def test_auto_build_switched_off_builds_nothing_and_says_so(tmp_path, value):
+    result = run_python(INVERT_AND_REPORT, {"NEUINV_EXT_DIR": str(tmp_path), "NEUINV_AUTO_BUILD": value}, "1")
+    assert result.returncode == 0, result.stderr
+    assert reported(result.stdout)[0] == "torch"
+    assert f"NEUINV_AUTO_BUILD={value} stops neuinv from building them" in result.stderr
     assert not any(tmp_path.iterdir())
 
 
@@ -110,7 +141,7 @@ def test_a_library_built_for_another_torch_or_other_sources_is_refused_and_rebui
     """The library is never loaded (loading one built against another torch can crash the process); the status
     says why, and the just-in-time build is asked for."""
     library = extension._loaded["cpu"]
-    target = tmp_path / "cpu" / "neuinv_cpu.so"
+    target = tmp_path / CPU_FOLDER / "neuinv_cpu.so"
     target.parent.mkdir()
     shutil.copy(library, target)
     record = extension.read_record(library) or extension.build_record("cpu")
@@ -123,17 +154,22 @@ def test_a_library_built_for_another_torch_or_other_sources_is_refused_and_rebui
     assert outcome["loaded"] is False and outcome["ensured"] is False
     assert f"{target} is not loaded: {reason}" in outcome["status"]
     assert outcome["build_calls"] == ["cpu"]
-    assert "the just-in-time build failed: the test's stand-in for the compiler" in result.stderr
+    assert f"neuinv: {target} is not loaded: {reason}" in result.stderr, "the rebuild must say why"
+    assert "the just-in-time build failed (the test's stand-in for the compiler)" in result.stderr
 
 
-def test_a_library_without_a_record_is_refused(tmp_path):
-    target = tmp_path / "cpu" / "neuinv_cpu.so"
+@pytest.mark.parametrize("record, reason", [(None, "it has no build record"),
+                                            ("{not json", "neuinv_cpu.json is unreadable")])
+def test_a_library_without_a_readable_record_is_refused(tmp_path, record, reason):
+    target = tmp_path / CPU_FOLDER / "neuinv_cpu.so"
     target.parent.mkdir()
     target.write_bytes(b"not a library")
+    if record is not None:
+        (target.parent / "neuinv_cpu.json").write_text(record)
     result = run_python(REFUSAL, {"NEUINV_EXT_DIR": str(tmp_path), "NEUINV_AUTO_BUILD": "1"})
     outcome = json.loads(result.stdout)
     assert outcome["loaded"] is False
-    assert "it has no build record" in outcome["status"]
+    assert reason in outcome["status"]
 
 
 def test_info_names_the_build_for_a_bug_report():
