@@ -135,8 +135,8 @@ def test_singular_and_nan_members_are_flagged_alone(device):
 BAD_INPUT_SCRIPT = """
 import sys, torch
 from neuinv import extension
-extension.load()
 device, route = sys.argv[1:]
+assert extension.load("cuda" if route == "cuda-implementation" else "cpu")
 call = torch.ops.neuinv.exact_inverse
 if route == "cuda-implementation":  # the CUDA operator's own checks, reached with CPU tensors
     keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
