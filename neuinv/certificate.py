@@ -17,6 +17,24 @@ entrywise, then with rho_w >= ||I - A X_w||_F < 1, since ||X_w||_F <= (1 + rho_w
 norm, holding in exact arithmetic. Where the bound is 1 or more (or cannot be evaluated) nothing is
 certified -- A may be singular -- and ``error_bound`` is +inf.
 
+Solutions (:func:`solve_error_bound`). Let X (n x k) approximate X* = A^-1 B and let R be an approximate
+inverse certified as above, ||R - A^-1||_F <= eps ||A^-1||_F with eps < 1. With r = B - A X (exact),
+X* - X = A^-1 r = R r + (A^-1 - R) r, and ||A^-1||_F <= ||R||_F / (1 - eps) (from ||A^-1|| <= ||R|| +
+eps ||A^-1||), so that
+
+    ||X - X*||_F <= e := ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F,
+    ||X - X*||_F / ||X*||_F <= e / (||X||_F - e)      (as ||X*|| >= ||X|| - e; where e < ||X||_F).
+
+This is the form of Rump's enclosure ||x - x*|| <= ||R (b - A x)|| / (1 - ||I - RA||) (Acta Numerica 19
+(2010) §10, Thm. 10.2) with the inverse's own certificate in place of ||I - RA||: ||R r|| is evaluated, so
+the bound tracks the true error A^-1 r, and eps enters only second order (eps ||r||). The residual
+fl(B - A X) is evaluated as the inverse's, |fl(r) - r| <= g (|B| + |A||X|), ||.||_F <= g (||B||_F +
+||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates; fl(R fl(r)) errs by at most
+g ||R||_F ||fl(r)||_F; norms and the final sums as above. A, B, X and R are first scaled exactly,
+A 2^-e, B 2^-f, X 2^(e-f), R 2^e (e, f the exponents of the largest entries of A and B), which leaves
+every relative quantity unchanged, so the bound does not depend on the scale of A or B. X* = 0 (B = 0)
+with X = 0 is certified with bound 0.
+
 Evaluating rho in floating point (:func:`residual_bound`): the computed R^ = fl(I - A X) satisfies
 |R^ - R| <= g S entrywise, S = I + |A||X|, with g = gamma_{n+1} = (n+1)u / (1 - (n+1)u) for a
 conventional matrix product summed in any order (Higham eq. (3.5)); for complex input
@@ -164,7 +182,9 @@ def _subnormal_term(M: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return torch.where(has_subnormal(M), size, torch.zeros_like(size))
 
 
-_EXPONENT_AND_FRACTION_BITS = {torch.float32: (torch.int32, 0x7F800000, 0x007FFFFF),
+_EXPONENT_AND_FRACTION_BITS = {torch.float16: (torch.int16, 0x7C00, 0x03FF),
+                               torch.bfloat16: (torch.int16, 0x7F80, 0x007F),
+                               torch.float32: (torch.int32, 0x7F800000, 0x007FFFFF),
                                torch.float64: (torch.int64, 0x7FF0000000000000, 0x000FFFFFFFFFFFFF)}
 
 
@@ -208,16 +228,18 @@ def compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return _dot2_residual_norm(*_scaled(A.to(wide), X.to(wide)))
 
 
-def _dot2_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """||I - A X||_F, each entry by Dot2, of float64 (complex128) A and X whose entries stay below 2^996."""
+def _dot2_residual_norm(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """||S - A X||_F, each entry by Dot2, of float64 (complex128) A (b, n, n), X and S (b, n, k) whose entries
+    stay below 2^996; S the identity when None."""
     b, n = A.shape[0], A.shape[-1]
+    if start is None:
+        start = torch.eye(n, dtype=A.dtype, device=A.device).expand(b, n, n)
     if A.is_complex():
+        start = start.to(A.dtype)
         terms = [(-A.real, X.real), (A.imag, X.imag)], [(-A.real, X.imag), (-A.imag, X.real)]
-        eye = torch.eye(n, dtype=torch.float64, device=A.device).expand(b, n, n)
-        real, imag = (_dot2_residual(pairs, start) for pairs, start in zip(terms, (eye, torch.zeros_like(eye))))
+        real, imag = (_dot2_residual(pairs, part) for pairs, part in zip(terms, (start.real, start.imag)))
         return torch.linalg.matrix_norm(torch.complex(real, imag))
-    eye = torch.eye(n, dtype=A.dtype, device=A.device).expand(b, n, n)
-    return torch.linalg.matrix_norm(_dot2_residual([(-A, X)], eye))
+    return torch.linalg.matrix_norm(_dot2_residual([(-A, X)], start))
 
 
 def _dot2_residual(pairs, start: torch.Tensor) -> torch.Tensor:
@@ -229,3 +251,75 @@ def _dot2_residual(pairs, start: torch.Tensor) -> torch.Tensor:
             total, sum_error = _two_sum(total, product)
             correction = correction + (sum_error + product_error)
     return total + correction
+
+
+def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torch.Tensor,
+                      inverse_bound: torch.Tensor) -> torch.Tensor:
+    """Upper bound on ||X - A^-1 B||_F / ||A^-1 B||_F, +inf where nothing can be certified (module docstring,
+    "Solutions").
+
+    Args:
+        A: (b, n, n) matrices as stored; B: (b, n, k) right-hand sides; X: (b, n, k) the solutions returned;
+        R: (b, n, n) approximate inverses with ||R - A^-1||_F <= inverse_bound ||A^-1||_F (the inverse's
+        ``error_bound``, +inf or NaN where R is not certified). Any floating or complex dtypes.
+    Returns:
+        (b,) float64: e / (||X||_F - e) where that is below 1, else +inf; 0 where B and X are zero and R is
+        certified.
+    """
+    b, n, k = X.shape
+    complex_input = any(t.is_complex() for t in (A, B, X, R))
+    wide = torch.complex128 if complex_input else torch.float64
+    u = unit_roundoff(torch.float64)
+    g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
+    c = 4 * (n * max(n, k) + n + 4)
+    tiny = _SMALLEST_NORMAL64
+    entries = math.sqrt(n * k)
+    lost_squares = entries * 2.0 ** -511  # squares below tiny lost by a norm of n x k entries
+    eta = 4 * n * (entries + 2) * tiny + 2 * lost_squares + n * 2.0 ** -511
+
+    def exponent_of_largest(M):
+        _, exponent = torch.frexp(M.abs().amax(dim=(-2, -1)).to(torch.float64))
+        return exponent.to(torch.float64)[:, None, None]
+
+    e, f = exponent_of_largest(A), exponent_of_largest(B)
+    A_s = power_of_two_scaled(A.to(wide), -e)
+    B_s = power_of_two_scaled(B.to(wide), -f)
+    X_s = power_of_two_scaled(X.to(wide), e - f)
+    R_s = power_of_two_scaled(R.to(wide), e)
+
+    def change(stored, exponent):
+        """Largest change of an entry of a scaled matrix (stored 2^exponent, in float64) through denormals-are-zero
+        and underflow: 2^exponent times the stored dtype's smallest normal number where the stored matrix holds a
+        subnormal (read as zero), plus float64's (a scaled entry that is subnormal or underflows). (b,) float64."""
+        stored_tiny = has_subnormal(stored).to(torch.float64) * torch.finfo(stored.dtype).smallest_normal
+        return power_of_two_scaled(stored_tiny, exponent.flatten()) + tiny
+
+    def largest(M):
+        return M.abs().amax(dim=(-2, -1)).to(torch.float64)
+
+    residual = torch.baddbmm(B_s, A_s, X_s, alpha=-1)  # fl(B' - A' X') = 2^-f fl(B - A X)
+    r_hat = torch.linalg.matrix_norm(residual)
+    s = torch.linalg.matrix_norm(B_s) + scaled_norm_product(A_s, X_s)
+    t = g * s  # >= ||fl(r) - r||_F
+    if X.dtype in (torch.float64, torch.complex128):
+        ill = (t > r_hat) & (t * torch.linalg.matrix_norm(R_s) > DOT2_THRESHOLD * torch.linalg.matrix_norm(X_s))
+        if bool(ill.any()):
+            index = ill.nonzero().squeeze(1)
+            gk = gamma(2 * n + 1 if complex_input else n + 1, u)
+            underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s[index])
+            r_hat = r_hat.index_put((index,), _dot2_residual_norm(A_s[index], X_s[index], B_s[index]) / (1 - u))
+            t = t.index_put((index,), math.sqrt(2) * gk * gk * s[index] + underflow)
+    sq2 = math.sqrt(2) * entries
+    t = t + sq2 * (n * change(A, -e) * largest(X_s) + n * change(X, e - f) * largest(A_s) + change(B, -f))
+    r_norm = (r_hat + t) * (1 + c * u) + eta  # >= ||r'||_F
+    R_norm = torch.linalg.matrix_norm(R_s) * (1 + c * u) + n * 2.0 ** -511  # >= ||R'||_F
+    y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
+    y_flush = sq2 * n * (change(R, e) * largest(residual) + tiny * largest(R_s))
+    y_norm = (y_hat + g * R_norm * r_hat + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
+    eps = inverse_bound.to(torch.float64)
+    error = (y_norm + R_norm * t + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
+    X_norm = torch.linalg.matrix_norm(X_s) * (1 - c * u) - lost_squares  # <= ||X'||_F
+    bound = error / (X_norm - error) * (1 + c * u)
+    bound = torch.where((X_norm > error) & (eps < 1), bound, torch.full_like(bound, math.inf))
+    zero = (B_s == 0).flatten(1).all(dim=1) & (X_s == 0).flatten(1).all(dim=1) & (eps < 1)
+    return torch.where(zero, torch.zeros_like(bound), certified_or_inf(bound))
