@@ -37,6 +37,7 @@ import math
 from typing import NamedTuple
 
 import torch
+from torch._library.effects import EffectType
 
 from . import certificate
 from .backends import resolve_backend
@@ -142,7 +143,7 @@ def _inverse(A, init, options, raise_failures, out):
         if out is not None:
             raise RuntimeError("neuinv: out= cannot be combined with gradients or torch.func transforms "
                                "(as torch's out= functions)")
-        X, *info = _BatchedInverse.apply(A, init, options, raise_failures)
+        X, *info = _inverse_function().apply(A, init, options, raise_failures)
         return X, InverseInfo(*info)
     X, info = _invert(A.detach(), None if init is None else init.detach(), **options)
     if raise_failures:
@@ -152,7 +153,10 @@ def _inverse(A, init, options, raise_failures, out):
 
 def _transformed(*tensors) -> bool:
     """Whether a tensor needs the autograd.Function: it requires a gradient (with grad mode on), or a torch.func
-    transform (vmap, grad, jvp) wraps it."""
+    transform (vmap, grad, jvp) wraps it. Under torch.compile always (dynamo traces the Function; it cannot ask
+    functorch whether a tensor is wrapped)."""
+    if torch.compiler.is_compiling():
+        return True
     for tensor in tensors:
         if tensor is None:
             continue
@@ -178,8 +182,8 @@ def _written(out, X, info, info_type):
 
 class _BatchedInverse(torch.autograd.Function):
     """The verified inverse as a differentiable function of A (init: no gradient, the result does not depend on
-    it): d(A^-1) = -A^-1 dA A^-1, so grad_A = -X^H G X^H (backward) and dX = -X dA X (jvp). A vmapped call is one
-    call with the vmapped dimension as the first batch dimension."""
+    it): d(A^-1) = -A^-1 dA A^-1, so grad_A = -X^H G X^H. A vmapped call is one call with the vmapped dimension as
+    the first batch dimension. (torch.compile traces this class, which has no jvp: dynamo refuses a custom jvp.)"""
 
     @staticmethod
     def forward(A, init, options, raise_failures):
@@ -205,17 +209,24 @@ class _BatchedInverse(torch.autograd.Function):
         return -(X_h @ grad_X @ X_h), None, None, None
 
     @staticmethod
+    def vmap(info, in_dims, A, init, options, raise_failures):
+        A = _batch_first(A, in_dims[0], info.batch_size)
+        init = None if init is None else _batch_first(init, in_dims[1], info.batch_size)
+        return _inverse_function().apply(A, init, options, raise_failures), (0, 0, 0, 0, 0)
+
+
+class _BatchedInverseWithJvp(_BatchedInverse):
+    """:class:`_BatchedInverse` with forward-mode derivatives (torch.func.jvp, jacfwd): dX = -X dA X."""
+
+    @staticmethod
     def jvp(ctx, tangent_A, tangent_init, *unused):
         (X,) = ctx.saved_tensors
         tangent_X = None if tangent_A is None else -(X @ tangent_A @ X)
         return tangent_X, None, None, None, None
 
-    @staticmethod
-    def vmap(info, in_dims, A, init, options, raise_failures):
-        A_dim, init_dim = in_dims[0], in_dims[1]
-        A = _batch_first(A, A_dim, info.batch_size)
-        init = None if init is None else _batch_first(init, init_dim, info.batch_size)
-        return _BatchedInverse.apply(A, init, options, raise_failures), (0, 0, 0, 0, 0)
+
+def _inverse_function():
+    return _BatchedInverse if torch.compiler.is_compiling() else _BatchedInverseWithJvp
 
 
 def _batch_first(tensor, dim, size):
@@ -381,13 +392,40 @@ def _check_arguments(A, model, init, tol, max_iter, max_error, method, assume_a)
 
 def _raise_if_failed(A: torch.Tensor, info, options) -> None:
     """batched_inverse's policy: raise for the first matrix that is not certified (:func:`raise_first_failure`)."""
-    if not bool(info.certified.all()):
-        raise_first_failure("batched_inverse", A, info.certified, info.error_bound, options["max_error"],
-                            options["assume_a"])
+    raise_if_not_certified("batched_inverse", A, info.certified, info.error_bound, options["max_error"],
+                           options["assume_a"])
+
+
+def raise_if_not_certified(function: str, A: torch.Tensor, certified_mask: torch.Tensor, error_bound: torch.Tensor,
+                           max_error, assume_a: str, operands: tuple = ()) -> None:
+    """:func:`raise_first_failure` unless every matrix is certified. Under torch.compile through the operator
+    ``neuinv::raise_if_not_certified``, registered with a side effect, so that the check stays in the graph
+    without breaking it (the test reads a value)."""
+    if torch.compiler.is_compiling():
+        torch.ops.neuinv.raise_if_not_certified(function, A.detach(), certified_mask, error_bound, max_error,
+                                                assume_a, [operand.detach() for operand in operands])
+    elif not bool(certified_mask.all()):
+        raise_first_failure(function, A, certified_mask, error_bound, max_error, assume_a, operands=operands)
+
+
+@torch.library.custom_op("neuinv::raise_if_not_certified", mutates_args=())
+def _raise_if_not_certified_op(function: str, A: torch.Tensor, certified_mask: torch.Tensor,
+                               error_bound: torch.Tensor, max_error: float | None, assume_a: str,
+                               operands: list[torch.Tensor]) -> None:
+    if not bool(certified_mask.all()):
+        raise_first_failure(function, A, certified_mask, error_bound, max_error, assume_a, operands=tuple(operands))
+
+
+@_raise_if_not_certified_op.register_fake
+def _(function, A, certified_mask, error_bound, max_error, assume_a, operands):
+    return None
+
+
+_raise_if_not_certified_op.register_effect(EffectType.ORDERED)
 
 
 def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Tensor, error_bound: torch.Tensor,
-                        max_error, assume_a: str, others_hint: str = "", operands: tuple = ()) -> None:
+                        max_error, assume_a: str, operands: tuple = ()) -> None:
     """ValueError for the first failed matrix holding NaN or Inf (in A or in the other operands, of the batch
     shape of certified_mask), if any; else LinAlgError for the first failed: not positive definite (for
     assume_a="pos", told by a Cholesky factorisation of that matrix), singular or numerically singular, or above
@@ -396,7 +434,7 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
     failed_mask = ~certified_mask
     count = int(failed_mask.sum())
     ex = function + "_ex"
-    others = f" ({count} matrices of the batch failed; {ex} returns the others{others_hint})" if count > 1 else ""
+    others = f" ({count} matrices of the batch failed; {ex} returns the others)" if count > 1 else ""
     non_finite = torch.zeros(batch, dtype=torch.bool, device=failed_mask.device)
     for operand in (A,) + operands:
         non_finite = non_finite | ~torch.isfinite(operand).flatten(-2).all(dim=-1).expand(batch)
