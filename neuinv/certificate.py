@@ -32,8 +32,10 @@ fl(B - A X) is evaluated as the inverse's, |fl(r) - r| <= g (|B| + |A||X|), ||.|
 ||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates; fl(R fl(r)) errs by at most
 g ||R||_F ||fl(r)||_F; norms and the final sums as above. A, B, X and R are first scaled exactly,
 A 2^-e, B 2^-f, X 2^(e-f), R 2^e (e, f the exponents of the largest entries of A and B), which leaves
-every relative quantity unchanged, so the bound does not depend on the scale of A or B. X* = 0 (B = 0)
-with X = 0 is certified with bound 0.
+every relative quantity unchanged, so the bound does not depend on the scale of A or B. A subnormal entry
+that a denormals-are-zero thread reads as zero while scaling is seen (its bits are not zero, its scaled
+value is) and leaves the system uncertified; every other entry is then exact or within tiny of its scaled
+value, an absolute term as eta. X* = 0 (B = 0) with X = 0 is certified with bound 0.
 
 Evaluating rho in floating point (:func:`residual_bound`): the computed R^ = fl(I - A X) satisfies
 |R^ - R| <= g S entrywise, S = I + |A||X|, with g = gamma_{n+1} = (n+1)u / (1 - (n+1)u) for a
@@ -198,6 +200,14 @@ def has_subnormal(M: torch.Tensor) -> torch.Tensor:
     return (((bits & exponent) == 0) & ((bits & fraction) != 0)).flatten(1).any(dim=1)
 
 
+def is_nonzero(M: torch.Tensor) -> torch.Tensor:
+    """Entrywise whether M (real or imaginary part) is not zero, told from the bits (exponent or fraction not 0), so
+    that a denormals-are-zero thread cannot hide a subnormal. Bool of M's shape (of view_as_real's for complex)."""
+    parts = (torch.view_as_real(M) if M.is_complex() else M).contiguous()
+    integer, exponent, fraction = _EXPONENT_AND_FRACTION_BITS[parts.dtype]
+    return (parts.view(integer) & (exponent | fraction)) != 0
+
+
 def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """s + e = a + b exactly, s = fl(a + b) (Knuth)."""
     s = a + b
@@ -228,18 +238,22 @@ def compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return _dot2_residual_norm(*_scaled(A.to(wide), X.to(wide)))
 
 
-def _dot2_residual_norm(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
-    """||S - A X||_F, each entry by Dot2, of float64 (complex128) A (b, n, n), X and S (b, n, k) whose entries
-    stay below 2^996; S the identity when None."""
+def _dot2_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """||I - A X||_F, each entry by Dot2, of float64 (complex128) A and X whose entries stay below 2^996."""
     b, n = A.shape[0], A.shape[-1]
-    if start is None:
-        start = torch.eye(n, dtype=A.dtype, device=A.device).expand(b, n, n)
+    return torch.linalg.matrix_norm(_dot2_residual_matrix(A, X, torch.eye(n, dtype=A.dtype, device=A.device)
+                                                          .expand(b, n, n)))
+
+
+def _dot2_residual_matrix(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """S - A X, each entry by Dot2, of float64 (complex128) A (b, n, n), X and S (b, n, k) whose entries stay
+    below 2^996."""
     if A.is_complex():
         start = start.to(A.dtype)
         terms = [(-A.real, X.real), (A.imag, X.imag)], [(-A.real, X.imag), (-A.imag, X.real)]
         real, imag = (_dot2_residual(pairs, part) for pairs, part in zip(terms, (start.real, start.imag)))
-        return torch.linalg.matrix_norm(torch.complex(real, imag))
-    return torch.linalg.matrix_norm(_dot2_residual([(-A, X)], start))
+        return torch.complex(real, imag)
+    return _dot2_residual([(-A, X)], start)
 
 
 def _dot2_residual(pairs, start: torch.Tensor) -> torch.Tensor:
@@ -287,12 +301,12 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     X_s = power_of_two_scaled(X.to(wide), e - f)
     R_s = power_of_two_scaled(R.to(wide), e)
 
-    def change(stored, exponent):
-        """Largest change of an entry of a scaled matrix (stored 2^exponent, in float64) through denormals-are-zero
-        and underflow: 2^exponent times the stored dtype's smallest normal number where the stored matrix holds a
-        subnormal (read as zero), plus float64's (a scaled entry that is subnormal or underflows). (b,) float64."""
-        stored_tiny = has_subnormal(stored).to(torch.float64) * torch.finfo(stored.dtype).smallest_normal
-        return power_of_two_scaled(stored_tiny, exponent.flatten()) + tiny
+    def flushed(stored, scaled):
+        """Whether a thread with denormals-are-zero read a subnormal entry of `stored` as zero while scaling it:
+        an entry that is not zero (by its bits) became zero. (b,) bool. Otherwise every scaled entry that is
+        normal is exact and one that is subnormal or underflowed is off by less than tiny (float64)."""
+        scaled = torch.view_as_real(scaled) if scaled.is_complex() else scaled
+        return (is_nonzero(stored) & (scaled == 0)).flatten(1).any(dim=1)
 
     def largest(M):
         return M.abs().amax(dim=(-2, -1)).to(torch.float64)
@@ -307,19 +321,21 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
             index = ill.nonzero().squeeze(1)
             gk = gamma(2 * n + 1 if complex_input else n + 1, u)
             underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s[index])
-            r_hat = r_hat.index_put((index,), _dot2_residual_norm(A_s[index], X_s[index], B_s[index]) / (1 - u))
+            residual = residual.index_put((index,), _dot2_residual_matrix(A_s[index], X_s[index], B_s[index]))
+            r_hat = r_hat.index_put((index,), torch.linalg.matrix_norm(residual[index]) / (1 - u))
             t = t.index_put((index,), math.sqrt(2) * gk * gk * s[index] + underflow)
     sq2 = math.sqrt(2) * entries
-    t = t + sq2 * (n * change(A, -e) * largest(X_s) + n * change(X, e - f) * largest(A_s) + change(B, -f))
+    t = t + sq2 * tiny * (n * largest(X_s) + n * largest(A_s) + 1)
     r_norm = (r_hat + t) * (1 + c * u) + eta  # >= ||r'||_F
     R_norm = torch.linalg.matrix_norm(R_s) * (1 + c * u) + n * 2.0 ** -511  # >= ||R'||_F
     y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
-    y_flush = sq2 * n * (change(R, e) * largest(residual) + tiny * largest(R_s))
+    y_flush = sq2 * n * tiny * (largest(residual) + largest(R_s))
     y_norm = (y_hat + g * R_norm * r_hat + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
     eps = inverse_bound.to(torch.float64)
     error = (y_norm + R_norm * t + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
     X_norm = torch.linalg.matrix_norm(X_s) * (1 - c * u) - lost_squares  # <= ||X'||_F
     bound = error / (X_norm - error) * (1 + c * u)
-    bound = torch.where((X_norm > error) & (eps < 1), bound, torch.full_like(bound, math.inf))
-    zero = (B_s == 0).flatten(1).all(dim=1) & (X_s == 0).flatten(1).all(dim=1) & (eps < 1)
+    read_as_zero = flushed(A, A_s) | flushed(B, B_s) | flushed(X, X_s) | flushed(R, R_s)
+    bound = torch.where((X_norm > error) & (eps < 1) & ~read_as_zero, bound, torch.full_like(bound, math.inf))
+    zero = ~is_nonzero(B).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1) & (eps < 1)
     return torch.where(zero, torch.zeros_like(bound), certified_or_inf(bound))

@@ -130,10 +130,11 @@ def _solve_detached(A, B, init, options, raise_failures):
     batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     n, k = A.shape[-1], B.shape[-1]
     wide = torch.complex128 if A.is_complex() else torch.float64
-    A_b = A.expand(*batch, n, n).reshape(-1, n, n)
-    B_b = B.expand(*batch, n, k).reshape(-1, n, k)
-    R_b = R.expand(*batch, n, n).reshape(-1, n, n)
-    eps = inverse_info.error_bound.expand(batch).reshape(-1)
+    b = batch.numel()
+    A_b = A.expand(*batch, n, n).reshape(b, n, n)
+    B_b = B.expand(*batch, n, k).reshape(b, n, k)
+    R_b = R.expand(*batch, n, n).reshape(b, n, n)
+    eps = inverse_info.error_bound.expand(batch).reshape(b)
     A_w, B_w, R_w = A_b.to(wide), B_b.to(wide), R_b.to(wide)
     X_w = torch.bmm(R_w, B_w)
     X = X_w.to(A.dtype)
@@ -176,14 +177,11 @@ class _BatchedSolve(torch.autograd.Function):
         grad_A = grad_B = None
         if grad_X is not None:
             grad_B = R_h @ grad_X
-            grad_A = -(grad_B @ X.mH)
+            grad_A = (-(grad_B @ X.mH)).sum_to_size(A_shape)
+            grad_B = grad_B.sum_to_size(B_shape)
         if grad_R is not None:
             from_R = -(R_h @ grad_R @ R_h)
             grad_A = from_R if grad_A is None else grad_A + from_R
-        if grad_A is not None:
-            grad_A = grad_A.sum_to_size(A_shape)
-        if grad_B is not None:
-            grad_B = grad_B.sum_to_size(B_shape)
         return grad_A, grad_B, None, None, None
 
     @staticmethod
