@@ -317,13 +317,22 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     t = g * s  # >= ||fl(r) - r||_F
     if X.dtype in (torch.float64, torch.complex128):
         ill = (t > r_hat) & (t * torch.linalg.matrix_norm(R_s) > DOT2_THRESHOLD * torch.linalg.matrix_norm(X_s))
-        if bool(ill.any()):
+        gk = gamma(2 * n + 1 if complex_input else n + 1, u)
+
+        def compensated(A_s, X_s, B_s, s):
+            """(Dot2 residual, its norm / (1 - u), its error bound) of a subset of the systems."""
+            residual = _dot2_residual_matrix(A_s, X_s, B_s)
+            underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s)
+            return residual, torch.linalg.matrix_norm(residual) / (1 - u), math.sqrt(2) * gk * gk * s + underflow
+
+        if torch.compiler.is_compiling():  # no data-dependent subset in a graph: every system, then a choice
+            better = compensated(A_s, X_s, B_s, s)
+            residual = torch.where(ill[:, None, None], better[0], residual)
+            r_hat, t = torch.where(ill, better[1], r_hat), torch.where(ill, better[2], t)
+        elif bool(ill.any()):
             index = ill.nonzero().squeeze(1)
-            gk = gamma(2 * n + 1 if complex_input else n + 1, u)
-            underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s[index])
-            residual = residual.index_put((index,), _dot2_residual_matrix(A_s[index], X_s[index], B_s[index]))
-            r_hat = r_hat.index_put((index,), torch.linalg.matrix_norm(residual[index]) / (1 - u))
-            t = t.index_put((index,), math.sqrt(2) * gk * gk * s[index] + underflow)
+            better = compensated(A_s[index], X_s[index], B_s[index], s[index])
+            residual, r_hat, t = (full.index_put((index,), part) for full, part in zip((residual, r_hat, t), better))
     sq2 = math.sqrt(2) * entries
     t = t + sq2 * tiny * (n * largest(X_s) + n * largest(A_s) + 1)
     r_norm = (r_hat + t) * (1 + c * u) + eta  # >= ||r'||_F

@@ -421,6 +421,18 @@ def _(function, A, certified_mask, error_bound, max_error, assume_a, operands):
     return None
 
 
+@_raise_if_not_certified_op.register_vmap
+def _(info, in_dims, function, A, certified_mask, error_bound, max_error, assume_a, operands):
+    """The check of a vmapped call: the vmapped dimension becomes the first batch dimension."""
+    def batch_first(tensor, dim):
+        return tensor if dim is None else tensor.movedim(dim, 0)
+
+    _raise_if_not_certified_op(function, batch_first(A, in_dims[1]), batch_first(certified_mask, in_dims[2]),
+                               batch_first(error_bound, in_dims[3]), max_error, assume_a,
+                               [batch_first(operand, dim) for operand, dim in zip(operands, in_dims[6])])
+    return None, None
+
+
 _raise_if_not_certified_op.register_effect(EffectType.ORDERED)
 
 

@@ -217,7 +217,7 @@ class _BatchedSolveWithJvp(_BatchedSolve):
         if tangent_A is not None:
             change = -(tangent_A @ X) if change is None else change - tangent_A @ X
         tangent_X = None if change is None else R @ change
-        tangent_R = None if tangent_A is None else -(R @ tangent_A @ R)
+        tangent_R = torch.zeros_like(R) if tangent_A is None else -(R @ tangent_A @ R)  # forward AD wants a tensor
         return tangent_X, None, None, None, None, tangent_R
 
 
