@@ -461,7 +461,9 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
         reason = (f"is not positive definite (assume_a='pos'): its Cholesky factorisation fails at the leading "
                   f"minor of order {order}")
     elif math.isinf(bound):
-        reason = f"is singular or numerically singular in {A.dtype}: no digit of its {_what(function)} can be certified"
+        overflow = f", or its {_what(function)} overflows {A.dtype}" if A.dtype in HALF_DTYPES else ""
+        reason = (f"is singular or numerically singular in {COMPUTE_DTYPE.get(A.dtype, A.dtype)}{overflow}: no digit "
+                  f"of its {_what(function)} can be certified")
     else:
         reason = (f"has {_what(function)} certified only to a relative error of {bound:.3g}, "
                   f"above max_error = {max_error:g}")
@@ -497,7 +499,8 @@ def _check_out(tensor, name: str, shape, dtype, device, *inputs) -> None:
         raise ValueError(f"{name} must be on device {device}, got {tensor.device}")
     for other in inputs:
         if other is not None and _share_memory(tensor, other):
-            raise ValueError(f"{name} must not share memory with the input (out= may not alias A, B or init)")
+            raise ValueError(f"{name} must not share memory with the input or another output "
+                             f"(out= may not alias A, B, init or itself)")
 
 
 def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -527,8 +530,8 @@ def _check_out_pair(out, A, init) -> None:
     _check_out(X_out, "out[0] (X)", A.shape, A.dtype, A.device, A, init)
     if not (isinstance(info_out, (tuple, list)) and len(info_out) == len(InverseInfo._fields)):
         raise TypeError("out[1] must be an InverseInfo (certified, error_bound, iterations, fallback)")
-    for field, tensor, dtype in zip(InverseInfo._fields, info_out, INFO_DTYPES):
-        _check_out(tensor, f"out[1].{field}", A.shape[:-2], dtype, A.device, A, init, X_out)
+    for i, (field, tensor, dtype) in enumerate(zip(InverseInfo._fields, info_out, INFO_DTYPES)):
+        _check_out(tensor, f"out[1].{field}", A.shape[:-2], dtype, A.device, A, init, X_out, *info_out[:i])
 
 
 def _first_index(mask: torch.Tensor) -> tuple[int, ...]:

@@ -283,5 +283,6 @@ def _check_out_pair(out, A, B, B_matrix, vector, init) -> None:
         raise TypeError("out[1] must be a SolveInfo (certified, error_bound, iterations, fallback, inverse)")
     batch = torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
     shapes = (batch, batch, A.shape[:-2], A.shape[:-2], A.shape)
-    for field, tensor, dtype, shape in zip(SolveInfo._fields, info_out, INFO_DTYPES + (A.dtype,), shapes):
-        _check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out)
+    for i, (field, tensor, dtype, shape) in enumerate(zip(SolveInfo._fields, info_out, INFO_DTYPES + (A.dtype,),
+                                                          shapes)):
+        _check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out, *info_out[:i])
