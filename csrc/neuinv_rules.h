@@ -48,6 +48,10 @@ struct NewtonSchulzRules {
 // rules.certified: the verdict on an error bound (max_error = rules.CERTIFIED_BELOW without one).
 NEUINV_HOST_DEVICE bool certified(double error_bound, double max_error) { return error_bound <= max_error; }
 
+// rules.cholesky_pivot_accepted: the positive-definite exact path goes on only while each Cholesky pivot
+// d_k = a_kk - sum_j l_kj^2 is positive and finite (NaN refused); a matrix that meets another is not certified.
+NEUINV_HOST_DEVICE bool cholesky_pivot_accepted(double pivot) { return pivot > 0 && pivot < kInfinity; }
+
 // gamma_k = k u / (1 - k u) in double (Higham, Accuracy and Stability, Lemma 3.1).
 NEUINV_HOST_DEVICE double gamma_of(int64_t k) { return k * kUnit / (1 - k * kUnit); }
 

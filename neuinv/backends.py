@@ -94,10 +94,8 @@ class CompiledBackend(TorchBackend):
     chip or in a per-thread buffer."""
 
     def invert(self, A, X0, use_guess, refine, rules, max_error, positive_definite=False):
-        if positive_definite:
-            return super().invert(A, X0, use_guess, refine, rules, max_error, positive_definite)
         return torch.ops.neuinv.invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter,
-                                       rules.guard, max_error)
+                                       rules.guard, max_error, positive_definite)
 
     def unsupported_reason(self, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
@@ -137,12 +135,9 @@ class TritonBackend(TorchBackend):
     def invert(self, A, X0, use_guess, refine, rules, max_error, positive_definite=False):
         """(X, certified, error_bound, iterations, fallback) for A (*, n, n): :func:`neuinv.reference.invert` in
         one launch."""
-        if positive_definite:
-            return super().invert(A, X0, use_guess, refine, rules, max_error, positive_definite)
-
         def launch(A, X0, use_guess):
             return self._invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
-                                max_error)
+                                max_error, positive_definite)
 
         return _on_flat_batch(launch, A, X0, use_guess)
 
