@@ -140,15 +140,20 @@ def _inverse(A, init, options, raise_failures, out):
     """The inversion through :class:`_BatchedInverse` where autograd or a torch.func transform needs it, else
     directly; then the raise of :func:`batched_inverse` and the copy into ``out``."""
     if _transformed(A, init):
-        if out is not None:
-            raise RuntimeError("neuinv: out= cannot be combined with gradients or torch.func transforms "
-                               "(as torch's out= functions)")
+        _refuse_out_with_transforms(out)
         X, *info = _inverse_function().apply(A, init, options, raise_failures)
-        return X, InverseInfo(*info)
+        return _written(out, X, InverseInfo(*info), InverseInfo)
     X, info = _invert(A.detach(), None if init is None else init.detach(), **options)
     if raise_failures:
         _raise_if_failed(A, info, options)
     return _written(out, X, info, InverseInfo)
+
+
+def _refuse_out_with_transforms(out) -> None:
+    """out= with gradients or a torch.func transform (not with torch.compile, which takes the Function path)."""
+    if out is not None and not torch.compiler.is_compiling():
+        raise RuntimeError("neuinv: out= cannot be combined with gradients or torch.func transforms "
+                           "(as torch's out= functions)")
 
 
 def _transformed(*tensors) -> bool:

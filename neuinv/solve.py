@@ -4,10 +4,10 @@ How each system is solved
 -------------------------
 1. R = the certified inverse of A (:func:`neuinv.batched_inverse_ex`: same rules, backends, warm start ``init``
    and ``assume_a``), once per matrix of A's own batch, whatever B broadcasts it to.
-2. X = R B, then one step of iterative refinement X <- X + R (B - A X) with the residual in float64 (complex128)
-   (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §12.1: with a fixed approximate inverse
-   each step multiplies the error by about ||I - R A||, so one step takes X to its working precision wherever
-   R's error is small), rounded to A's dtype.
+2. X = R B, then one step of iterative refinement X <- X + R (B - A X), all in float64 (complex128) (Higham,
+   *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §12.1: with a fixed approximate inverse each step
+   multiplies the error by about ||I - R A||, so one step takes X to working precision wherever R's error is
+   small), rounded to A's dtype.
 3. The certificate of the X returned (:func:`neuinv.certificate.solve_error_bound`): with r = B - A X and
    eps = R's certified bound, ||X - A^-1 B||_F <= ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F, evaluated with its
    own rounding accounted for; relative to ||A^-1 B||_F as e / (||X||_F - e). X is NaN wherever the bound is
@@ -25,7 +25,7 @@ import torch
 
 from . import certificate
 from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_out, _invert,
-                      _transformed, _written, raise_if_not_certified)
+                      _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified)
 from .rules import certified
 
 
@@ -107,9 +107,7 @@ def _solve(A, B, vector, init, options, raise_failures, out):
     """The solve on B (*, n, k), through :class:`_BatchedSolve` where autograd or a transform needs it; the
     vector case squeezed back; the copy into out."""
     if _transformed(A, B, init):
-        if out is not None:
-            raise RuntimeError("neuinv: out= cannot be combined with gradients or torch.func transforms "
-                               "(as torch's out= functions)")
+        _refuse_out_with_transforms(out)
         X, *info = _solve_function().apply(A, B, init, options, raise_failures)
     else:
         X, *info = _solve_detached(A.detach(), B.detach(), None if init is None else init.detach(), options,
@@ -137,8 +135,7 @@ def _solve_detached(A, B, init, options, raise_failures):
     eps = inverse_info.error_bound.expand(batch).reshape(b)
     A_w, B_w, R_w = A_b.to(wide), B_b.to(wide), R_b.to(wide)
     X_w = torch.bmm(R_w, B_w)
-    X = X_w.to(A.dtype)
-    X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X.to(wide), alpha=-1))).to(A.dtype)
+    X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X_w, alpha=-1))).to(A.dtype)
     bound = certificate.solve_error_bound(A_b, B_b, X, R_b, eps) if X.numel() else torch.zeros_like(eps)
     verdict = certified(bound, max_error)
     X = torch.where(verdict[:, None, None], X, torch.full_like(X, math.nan))

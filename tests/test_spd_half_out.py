@@ -156,8 +156,8 @@ def test_half_precision_gradients_and_bad_init():
 
 def inverse_out(A):
     batch = A.shape[:-2]
-    return torch.empty_like(A), InverseInfo(torch.empty(batch, dtype=torch.bool), torch.empty(batch, dtype=torch.float64),
-                                            torch.empty(batch, dtype=torch.int32), torch.empty(batch, dtype=torch.bool))
+    fields = (torch.empty(batch, dtype=dtype) for dtype in (torch.bool, torch.float64, torch.int32, torch.bool))
+    return torch.empty_like(A), InverseInfo(*fields)
 
 
 def test_out_is_written_and_returned():
