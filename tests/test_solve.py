@@ -267,3 +267,23 @@ def test_flush_to_zero_cannot_fake_a_certificate():
         if info.certified[i]:
             assert exact_relative_error(A[i], B[i], X[i]) <= float(info.error_bound[i]), i
     assert info.certified[2]
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_complex_systems_against_the_exact_truth(dtype):
+    """Complex A and B (the torch backend), the exact error through the real 2n x 2n form [[P, -Q], [Q, P]]."""
+    g = torch.Generator().manual_seed(4)
+    A = (torch.randn(4, 3, 3, dtype=torch.complex128, generator=g) + 3 * torch.eye(3)).to(dtype)
+    B = torch.randn(4, 3, 2, dtype=torch.complex128, generator=g).to(dtype)
+    A[1] = 0
+    X, info = neuinv.batched_solve_ex(A, B)
+    assert info.certified.tolist() == [True, False, True, True] and torch.isnan(X[1]).all()
+
+    def real(M):
+        M = M.to(torch.complex128)
+        return torch.cat([torch.cat([M.real, -M.imag], -1), torch.cat([M.imag, M.real], -1)], -2)
+
+    for i in (0, 2, 3):
+        stacked = lambda V: torch.cat([V.real, V.imag], -2).double()  # noqa: E731
+        error = exact_relative_error(real(A[i]), stacked(B[i].to(torch.complex128)), stacked(X[i].to(torch.complex128)))
+        assert error <= float(info.error_bound[i]) < 100 * torch.finfo(dtype).eps

@@ -118,6 +118,8 @@ def test_torch_compile_fullgraph(compiler):
         "inverse_ex": (lambda M, C: neuinv.batched_inverse_ex(M)[0], lambda M, C: torch.linalg.inv(M)),
         "solve": (lambda M, C: neuinv.batched_solve(M, C), torch.linalg.solve),
         "solve_ex": (lambda M, C: neuinv.batched_solve_ex(M, C)[0], torch.linalg.solve),
+        "pos": (lambda M, C: neuinv.batched_inverse(M @ M.mT, assume_a="pos"),
+                lambda M, C: torch.linalg.inv(M @ M.mT)),
     }
     for name, (function, truth) in functions.items():
         compiled = torch.compile(function, backend=compiler, fullgraph=True)
