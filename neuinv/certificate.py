@@ -308,15 +308,13 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
         scaled = torch.view_as_real(scaled) if scaled.is_complex() else scaled
         return (is_nonzero(stored) & (scaled == 0)).flatten(1).any(dim=1)
 
-    def largest(M):
-        return M.abs().amax(dim=(-2, -1)).to(torch.float64)
-
     residual = torch.baddbmm(B_s, A_s, X_s, alpha=-1)  # fl(B' - A' X') = 2^-f fl(B - A X)
     r_hat = torch.linalg.matrix_norm(residual)
-    s = torch.linalg.matrix_norm(B_s) + scaled_norm_product(A_s, X_s)
+    X_hat, R_hat = torch.linalg.matrix_norm(X_s), torch.linalg.matrix_norm(R_s)
+    s = torch.linalg.matrix_norm(B_s) + torch.linalg.matrix_norm(A_s) * X_hat  # |A'| <= 1: no overflow
     t = g * s  # >= ||fl(r) - r||_F
     if X.dtype in (torch.float64, torch.complex128):
-        ill = (t > r_hat) & (t * torch.linalg.matrix_norm(R_s) > DOT2_THRESHOLD * torch.linalg.matrix_norm(X_s))
+        ill = (t > r_hat) & (t * R_hat > DOT2_THRESHOLD * X_hat)
         gk = gamma(2 * n + 1 if complex_input else n + 1, u)
 
         def compensated(A_s, X_s, B_s, s):
@@ -333,16 +331,19 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
             index = ill.nonzero().squeeze(1)
             better = compensated(A_s[index], X_s[index], B_s[index], s[index])
             residual, r_hat, t = (full.index_put((index,), part) for full, part in zip((residual, r_hat, t), better))
+    # entries within tiny of their scaled values (|A'| <= 1; the largest entry of a matrix is at most twice its
+    # computed Frobenius norm plus the squares that norm may have lost)
     sq2 = math.sqrt(2) * entries
-    t = t + sq2 * tiny * (n * largest(X_s) + n * largest(A_s) + 1)
+    X_norm_up = 2 * X_hat + 2 * lost_squares
+    t = t + sq2 * tiny * (n * X_norm_up + n + 1)
     r_norm = (r_hat + t) * (1 + c * u) + eta  # >= ||r'||_F
-    R_norm = torch.linalg.matrix_norm(R_s) * (1 + c * u) + n * 2.0 ** -511  # >= ||R'||_F
+    R_norm = R_hat * (1 + c * u) + n * 2.0 ** -511  # >= ||R'||_F
     y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
-    y_flush = sq2 * n * tiny * (largest(residual) + largest(R_s))
+    y_flush = sq2 * n * tiny * (2 * r_hat + 2 * lost_squares + 2 * R_norm)
     y_norm = (y_hat + g * R_norm * r_hat + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
     eps = inverse_bound.to(torch.float64)
     error = (y_norm + R_norm * t + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
-    X_norm = torch.linalg.matrix_norm(X_s) * (1 - c * u) - lost_squares  # <= ||X'||_F
+    X_norm = X_hat * (1 - c * u) - lost_squares  # <= ||X'||_F
     bound = error / (X_norm - error) * (1 + c * u)
     read_as_zero = flushed(A, A_s) | flushed(B, B_s) | flushed(X, X_s) | flushed(R, R_s)
     bound = torch.where((X_norm > error) & (eps < 1) & ~read_as_zero, bound, torch.full_like(bound, math.inf))
