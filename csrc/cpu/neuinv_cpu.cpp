@@ -600,42 +600,48 @@ template <typename T, int N>
 NEUINV_INLINE int64_t cholesky_inverse(const T* a, double* x, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   constexpr int64_t M = N > 0 ? N : kMaxN;
-  // u = L^T, row-major (upper triangle): the trailing update and the substitution then run along rows.
+  // The triangular loops run over whole vectors of 4: they start at a multiple of 4 below their first entry, or
+  // end at one above their last (within the row), touching entries that are zero or never read again.
+  const auto down = [](int64_t j) { return j & ~int64_t(3); };
+  const auto up = [n](int64_t j) { return std::min(n, (j + 4) & ~int64_t(3)); };  // past j, to a multiple of 4
+  // u = L^T, row-major (upper triangle; below it zeros, then entries never read): the trailing update and the
+  // substitutions then run along rows.
   alignas(64) double u[M * M], inverse[M * M];
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j <= i; ++j) u[j * n + i] = static_cast<double>(a[i * n + j]);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < n; ++i) u[j * n + i] = i >= j ? static_cast<double>(a[i * n + j]) : 0.0;
   }
   for (int64_t k = 0; k < n; ++k) {
     const double pivot = u[k * n + k];
     if (!rules::cholesky_pivot_accepted(pivot)) return k + 1;
     const double l_kk = std::sqrt(pivot), scale = 1.0 / l_kk;
+    for (int64_t i = down(k + 1); i < n; ++i) u[k * n + i] *= scale;
     u[k * n + k] = l_kk;
-    for (int64_t i = k + 1; i < n; ++i) u[k * n + i] *= scale;
     for (int64_t j = k + 1; j < n; ++j) {
       const double factor = u[k * n + j];
-      for (int64_t i = j; i < n; ++i) u[j * n + i] -= factor * u[k * n + i];
+      for (int64_t i = down(j); i < n; ++i) u[j * n + i] -= factor * u[k * n + i];
     }
   }
-  // Row i of M = L^-1: (e_i - sum_{k<i} l_ik M_k) / l_ii, entries 0..i (l_ik = u[k][i]).
+  // Row i of M = L^-1: (e_i - sum_{k<i} l_ik M_k) / l_ii (l_ik = u[k][i]); M_k is zero right of k.
   for (int64_t i = 0; i < n; ++i) {
     double* row = inverse + i * n;
-    for (int64_t j = 0; j <= i; ++j) row[j] = i == j ? 1.0 : 0.0;
+    for (int64_t j = 0; j < n; ++j) row[j] = i == j ? 1.0 : 0.0;
     for (int64_t k = 0; k < i; ++k) {
       const double factor = u[k * n + i];
       const double* row_k = inverse + k * n;
-      for (int64_t j = 0; j <= k; ++j) row[j] -= factor * row_k[j];
+      for (int64_t j = 0; j < up(k); ++j) row[j] -= factor * row_k[j];
     }
     const double scale = 1.0 / u[i * n + i];
-    for (int64_t j = 0; j <= i; ++j) row[j] *= scale;
+    for (int64_t j = 0; j < up(i); ++j) row[j] *= scale;
   }
-  // Row i of X = M^T M, entries 0..i: sum over k >= i of m_ki M_k; then mirrored.
+  // Row i of X = M^T M, entries 0..i: sum over k >= i of m_ki M_k (the entries right of i are overwritten by the
+  // mirror image of the lower triangle).
   for (int64_t i = 0; i < n; ++i) {
     double* row = x + i * n;
-    for (int64_t j = 0; j <= i; ++j) row[j] = 0.0;
+    for (int64_t j = 0; j < up(i); ++j) row[j] = 0.0;
     for (int64_t k = i; k < n; ++k) {
       const double factor = inverse[k * n + i];
       const double* row_k = inverse + k * n;
-      for (int64_t j = 0; j <= i; ++j) row[j] += factor * row_k[j];
+      for (int64_t j = 0; j < up(i); ++j) row[j] += factor * row_k[j];
     }
   }
   for (int64_t i = 0; i < n; ++i) {
