@@ -311,7 +311,8 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     residual = torch.baddbmm(B_s, A_s, X_s, alpha=-1)  # fl(B' - A' X') = 2^-f fl(B - A X)
     r_hat = torch.linalg.matrix_norm(residual)
     X_hat, R_hat = torch.linalg.matrix_norm(X_s), torch.linalg.matrix_norm(R_s)
-    s = torch.linalg.matrix_norm(B_s) + torch.linalg.matrix_norm(A_s) * X_hat  # |A'| <= 1: no overflow
+    A_up = torch.linalg.matrix_norm(A_s) + n * 2.0 ** -511  # the squares a norm may lose added back
+    s = torch.linalg.matrix_norm(B_s) + lost_squares + A_up * (X_hat + lost_squares)  # |A'| <= 1: no overflow
     t = g * s  # >= ||fl(r) - r||_F
     if X.dtype in (torch.float64, torch.complex128):
         ill = (t > r_hat) & (t * R_hat > DOT2_THRESHOLD * X_hat)
@@ -340,7 +341,7 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     R_norm = R_hat * (1 + c * u) + n * 2.0 ** -511  # >= ||R'||_F
     y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
     y_flush = sq2 * n * tiny * (2 * r_hat + 2 * lost_squares + 2 * R_norm)
-    y_norm = (y_hat + g * R_norm * r_hat + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
+    y_norm = (y_hat + g * R_norm * (r_hat + lost_squares) + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
     eps = inverse_bound.to(torch.float64)
     error = (y_norm + R_norm * t + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
     X_norm = X_hat * (1 - c * u) - lost_squares  # <= ||X'||_F
