@@ -596,56 +596,74 @@ NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, double* error_bound, 
 // substitution row by row, X_w = M^T M (its lower triangle, mirrored): n^3/6 multiply-adds each, against
 // Gauss-Jordan's n^3 (Higham, Accuracy and Stability, §10.1 and §14.2). The factorisation stops at the first
 // pivot that rules::cholesky_pivot_accepted refuses. Returns 0, or the 1-based index of that pivot.
+// Four doubles (one AVX2 register) of a row, for the triangular loops of cholesky_inverse.
+typedef double Double4 __attribute__((vector_size(32)));
+
+NEUINV_INLINE Double4 load4(const double* p) {
+  Double4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+NEUINV_INLINE void store4(double* p, Double4 v) { std::memcpy(p, &v, sizeof v); }
+
 template <typename T, int N>
 NEUINV_INLINE int64_t cholesky_inverse(const T* a, double* x, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
-  constexpr int64_t M = N > 0 ? N : kMaxN;
-  // The triangular loops run over whole vectors of 4: they start at a multiple of 4 below their first entry, or
-  // end at one above their last (within the row), touching entries that are zero or never read again.
-  const auto down = [](int64_t j) { return j & ~int64_t(3); };
-  const auto up = [n](int64_t j) { return std::min(n, (j + 4) & ~int64_t(3)); };  // past j, to a multiple of 4
-  // u = L^T, row-major (upper triangle; below it zeros, then entries never read): the trailing update and the
-  // substitutions then run along rows.
-  alignas(64) double u[M * M], inverse[M * M];
+  constexpr int64_t kMaxStride = ((N > 0 ? N : kMaxN) + 3) / 4 * 4;
+  // Rows padded with zeros to a multiple of 4 (stride w); the triangular loops run over whole groups of 4 from
+  // the group holding their first entry, touching entries that are zero or never read again.
+  const int64_t w = (n + 3) / 4 * 4, groups = w / 4;
+  // u = L^T, row-major (upper triangle; below it entries never read): the trailing update and the substitutions
+  // then run along rows.
+  alignas(64) double u[(N > 0 ? N : kMaxN) * kMaxStride], inverse[(N > 0 ? N : kMaxN) * kMaxStride];
   for (int64_t j = 0; j < n; ++j) {
-    for (int64_t i = 0; i < n; ++i) u[j * n + i] = i >= j ? static_cast<double>(a[i * n + j]) : 0.0;
+    for (int64_t i = 0; i < w; ++i) u[j * w + i] = i >= j && i < n ? static_cast<double>(a[i * n + j]) : 0.0;
   }
   for (int64_t k = 0; k < n; ++k) {
-    const double pivot = u[k * n + k];
+    double* row_k = u + k * w;
+    const double pivot = row_k[k];
     if (!rules::cholesky_pivot_accepted(pivot)) return k + 1;
     const double l_kk = std::sqrt(pivot), scale = 1.0 / l_kk;
-    for (int64_t i = down(k + 1); i < n; ++i) u[k * n + i] *= scale;
-    u[k * n + k] = l_kk;
+    for (int64_t g = (k + 1) / 4; g < groups; ++g) store4(row_k + 4 * g, load4(row_k + 4 * g) * scale);
+    row_k[k] = l_kk;
     for (int64_t j = k + 1; j < n; ++j) {
-      const double factor = u[k * n + j];
-      for (int64_t i = down(j); i < n; ++i) u[j * n + i] -= factor * u[k * n + i];
+      const double factor = row_k[j];
+      double* row_j = u + j * w;
+      for (int64_t g = j / 4; g < groups; ++g) store4(row_j + 4 * g, load4(row_j + 4 * g) - factor * load4(row_k + 4 * g));
     }
   }
-  // Row i of M = L^-1: (e_i - sum_{k<i} l_ik M_k) / l_ii (l_ik = u[k][i]); M_k is zero right of k.
+  // M = L^-1 row by row, row i = (e_i - sum_{k<i} l_ik M_k) / l_ii (l_ik = u[k][i]), right-looking: once row k is
+  // final it is subtracted from every later row, so that consecutive updates of one row are independent. M_k is
+  // zero right of k.
   for (int64_t i = 0; i < n; ++i) {
-    double* row = inverse + i * n;
-    for (int64_t j = 0; j < n; ++j) row[j] = i == j ? 1.0 : 0.0;
-    for (int64_t k = 0; k < i; ++k) {
-      const double factor = u[k * n + i];
-      const double* row_k = inverse + k * n;
-      for (int64_t j = 0; j < up(k); ++j) row[j] -= factor * row_k[j];
-    }
-    const double scale = 1.0 / u[i * n + i];
-    for (int64_t j = 0; j < up(i); ++j) row[j] *= scale;
+    for (int64_t j = 0; j < w; ++j) inverse[i * w + j] = i == j ? 1.0 : 0.0;
   }
-  // Row i of X = M^T M, entries 0..i: sum over k >= i of m_ki M_k (the entries right of i are overwritten by the
-  // mirror image of the lower triangle).
-  for (int64_t i = 0; i < n; ++i) {
-    double* row = x + i * n;
-    for (int64_t j = 0; j < up(i); ++j) row[j] = 0.0;
-    for (int64_t k = i; k < n; ++k) {
-      const double factor = inverse[k * n + i];
-      const double* row_k = inverse + k * n;
-      for (int64_t j = 0; j < up(i); ++j) row[j] += factor * row_k[j];
+  for (int64_t k = 0; k < n; ++k) {
+    double* row_k = inverse + k * w;
+    const double scale = 1.0 / u[k * w + k];
+    for (int64_t g = 0; g <= k / 4; ++g) store4(row_k + 4 * g, load4(row_k + 4 * g) * scale);
+    for (int64_t i = k + 1; i < n; ++i) {
+      const double factor = u[k * w + i];
+      double* row = inverse + i * w;
+      for (int64_t g = 0; g <= k / 4; ++g) store4(row + 4 * g, load4(row + 4 * g) - factor * load4(row_k + 4 * g));
     }
   }
+  // X = M^T M: row i, entries 0..i, is the sum over k >= i of m_ki M_k; accumulated into u (no longer needed) for
+  // k = 0, 1, ... in turn, each M_k into the rows i <= k. X is that lower triangle and its mirror image.
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = i + 1; j < n; ++j) x[i * n + j] = x[j * n + i];
+    for (int64_t j = 0; j < w; ++j) u[i * w + j] = 0.0;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    const double* row_k = inverse + k * w;
+    for (int64_t i = 0; i <= k; ++i) {
+      const double factor = row_k[i];
+      double* row = u + i * w;
+      for (int64_t g = 0; g <= i / 4; ++g) store4(row + 4 * g, load4(row + 4 * g) + factor * load4(row_k + 4 * g));
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) x[i * n + j] = j <= i ? u[i * w + j] : u[j * w + i];
   }
   return 0;
 }
