@@ -6,8 +6,9 @@ namespace neuinv {
 
 TORCH_LIBRARY(neuinv, m) {
   // The whole verified inversion of A (*, n, n), reference.invert; the outputs have A's shape and batch shape.
+  // positive_definite: the exact path is Cholesky of A's lower triangle (rules::cholesky_pivot_accepted).
   m.def("invert(Tensor A, Tensor? X0, Tensor? use_guess, bool refine, float tol, float accept, int max_iter,"
-        " float guard, float max_error) -> (Tensor X, Tensor certified, Tensor error_bound, Tensor iterations,"
+        " float guard, float max_error, bool positive_definite=False) -> (Tensor X, Tensor certified, Tensor error_bound, Tensor iterations,"
         " Tensor fallback)");
   m.def("exact_inverse(Tensor A) -> (Tensor, Tensor)");
   m.def("residual_norm(Tensor A, Tensor X) -> Tensor");

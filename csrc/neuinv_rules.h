@@ -48,6 +48,10 @@ struct NewtonSchulzRules {
 // rules.certified: the verdict on an error bound (max_error = rules.CERTIFIED_BELOW without one).
 NEUINV_HOST_DEVICE bool certified(double error_bound, double max_error) { return error_bound <= max_error; }
 
+// rules.cholesky_pivot_accepted: the positive-definite exact path goes on only while each Cholesky pivot
+// d_k = a_kk - sum_j l_kj^2 is positive and finite (NaN refused); a matrix that meets another is not certified.
+NEUINV_HOST_DEVICE bool cholesky_pivot_accepted(double pivot) { return pivot > 0 && pivot < kInfinity; }
+
 // gamma_k = k u / (1 - k u) in double (Higham, Accuracy and Stability, Lemma 3.1).
 NEUINV_HOST_DEVICE double gamma_of(int64_t k) { return k * kUnit / (1 - k * kUnit); }
 
@@ -131,17 +135,34 @@ NEUINV_HOST_DEVICE double rounded_error_bound(double rho, double x_w_norm, int64
   }
 }
 
+// sum_e (v_e f_1 f_2)^2 in double (f_1, f_2 powers of two: exact scaling barring underflow), in four interleaved
+// partial sums (entry e to sum e % 4) added pairwise: one running sum is a chain of dependent additions (the
+// certificate's c_n u covers the rounding of a sum in any order). Scaled or not, the same order.
+template <typename T>
+NEUINV_HOST_DEVICE double scaled_sum_of_squares(const T* v, int64_t count, double f_1, double f_2) {
+  double part[4] = {};
+  int64_t e = 0;
+  for (; e + 4 <= count; e += 4) {
+    for (int p = 0; p < 4; ++p) {
+      const double scaled = static_cast<double>(v[e + p]) * f_1 * f_2;
+      part[p] += scaled * scaled;
+    }
+  }
+  for (int p = 0; e + p < count; ++p) {
+    const double scaled = static_cast<double>(v[e + p]) * f_1 * f_2;
+    part[p] += scaled * scaled;
+  }
+  return (part[0] + part[2]) + (part[1] + part[3]);
+}
+
 // ||A||_F ||X||_F as ||2^-e A||_F ||2^e X||_F in double, 2^e the power of two nearest max |a_ij|
 // (certificate.scaled_norm_product: exact scaling, so no overflow and the same result for A and 2^k A).
 template <typename Ta, typename Tx>
 NEUINV_HOST_DEVICE double scaled_norm_product(const Ta* a, const Tx* x, int64_t count) {
   // Without scaling where nothing can overflow or lose accuracy to underflow: ||2^-e A|| = 2^-e ||A||
   // exactly then, so the product is the same either way.
-  double a_plain = 0.0, x_plain = 0.0;
-  for (int64_t e = 0; e < count; ++e) {
-    a_plain += static_cast<double>(a[e]) * static_cast<double>(a[e]);
-    x_plain += static_cast<double>(x[e]) * static_cast<double>(x[e]);
-  }
+  const double a_plain = scaled_sum_of_squares(a, count, 1.0, 1.0);
+  const double x_plain = scaled_sum_of_squares(x, count, 1.0, 1.0);
   constexpr double kSafeLow = 0x1p-900, kSafeHigh = 0x1p+900;
   if (a_plain > kSafeLow && a_plain < kSafeHigh && x_plain > kSafeLow && x_plain < kSafeHigh) {
     return sqrt(a_plain) * sqrt(x_plain);
@@ -153,14 +174,7 @@ NEUINV_HOST_DEVICE double scaled_norm_product(const Ta* a, const Tx* x, int64_t 
   const int half = exponent >= 0 ? exponent / 2 : -((-exponent + 1) / 2);  // floor(exponent / 2)
   const double down_1 = ldexp(1.0, -half), down_2 = ldexp(1.0, half - exponent);
   const double up_1 = ldexp(1.0, half), up_2 = ldexp(1.0, exponent - half);
-  double a_sq = 0.0, x_sq = 0.0;
-  for (int64_t e = 0; e < count; ++e) {
-    const double scaled_a = static_cast<double>(a[e]) * down_1 * down_2;
-    const double scaled_x = static_cast<double>(x[e]) * up_1 * up_2;
-    a_sq += scaled_a * scaled_a;
-    x_sq += scaled_x * scaled_x;
-  }
-  return sqrt(a_sq) * sqrt(x_sq);
+  return sqrt(scaled_sum_of_squares(a, count, down_1, down_2)) * sqrt(scaled_sum_of_squares(x, count, up_1, up_2));
 }
 
 // certificate.error_bound of X as stored in T (a Newton-Schulz result, or any X), given r = ||fl(I - A X)||_F

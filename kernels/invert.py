@@ -8,7 +8,7 @@ registers, and for each of them:
    FLOOR_RATIO, the guard on step 0, accept, tol, max_iter); a matrix that stopped is left as it is while
    the others go on, and the loop ends when every matrix of the program has stopped;
 2. the certificate of :mod:`neuinv.certificate` for the matrices that stopped done;
-3. the exact path, Gauss–Jordan with partial pivoting on [A | I] in float64 (a float32 result is certified
+3. the exact path, Gauss–Jordan with partial pivoting on [A | I] (Cholesky with ``positive_definite``) in float64 (a float32 result is certified
    before its rounding and carries only that rounding, as on the compiled backends), for every matrix that never had
    a guess, did not stop done, or whose certificate exceeds max_error, and that result's certificate (a zero
    pivot: the matrix is singular, bound +inf);
@@ -204,6 +204,36 @@ def _gauss_jordan(a, rows, cols, N: tl.constexpr):
     return right, singular
 
 
+@triton.jit
+def _cholesky_inverse(a, rows, cols, N: tl.constexpr, USE_DOT: tl.constexpr):
+    """A^-1 = L^-T L^-1 from A = L L^T (reference.cholesky_inverse) of (M, B, B), reading A's lower triangle:
+    right-looking Cholesky (Golub & Van Loan Alg. 4.2.1), M = L^-1 by forward substitution row by row, X = M^T M.
+    Returns (X, refused): refused where a pivot is not positive and finite (rules.cholesky_pivot_accepted; X is then
+    meaningless, and the factorisation of that matrix goes on with unit columns so that nothing overflows)."""
+    lower = (rows[:, None] >= cols[None, :])[None, :, :]
+    factor = tl.where(lower, a, 0.0)
+    refused = tl.zeros([a.shape[0]], tl.int1)
+    for k in range(N):
+        column = tl.sum(tl.where(cols[None, None, :] == k, factor, 0.0), axis=2)
+        pivot = tl.sum(tl.where(rows[None, :] == k, column, 0.0), axis=1)
+        accepted = (pivot > 0) & (pivot < INF)
+        refused = refused | ~accepted
+        l_kk = tl.sqrt(tl.where(accepted, pivot, 1.0))
+        column = tl.where(rows[None, :] > k, column / l_kk[:, None], tl.where(rows[None, :] == k, l_kk[:, None], 0.0))
+        column = tl.where(refused[:, None], (rows[None, :] == k).to(a.dtype), column)  # refused: no more updates
+        trailing = lower & (rows[None, :, None] > k) & (cols[None, None, :] > k)
+        factor = tl.where(trailing, factor - column[:, :, None] * column[:, None, :], factor)
+        factor = tl.where(cols[None, None, :] == k, column[:, :, None], factor)
+    inverse = tl.zeros(a.shape, a.dtype)
+    for i in range(N):
+        row = tl.sum(tl.where(rows[None, :, None] == i, factor, 0.0), axis=1)
+        l_ii = tl.sum(tl.where(cols[None, :] == i, row, 0.0), axis=1)
+        before = tl.where(cols[None, :] < i, row, 0.0)
+        update = (cols[None, :] == i).to(a.dtype) - tl.sum(before[:, :, None] * inverse, axis=1)
+        inverse = tl.where(rows[None, :, None] == i, (update / l_ii[:, None])[:, None, :], inverse)
+    return _batched_matmul(tl.permute(inverse, (0, 2, 1)), inverse, USE_DOT), refused
+
+
 @triton.jit(do_not_specialize=["batch", "max_iter", "tol_bits", "accept_bits", "guard_bits", "max_error_bits"])
 def _invert_kernel(
     a_ptr, x0_ptr, use_ptr,
@@ -211,6 +241,7 @@ def _invert_kernel(
     batch, max_iter, tol_bits, accept_bits, guard_bits, max_error_bits,
     N: tl.constexpr, BLOCK_N: tl.constexpr, MATRICES: tl.constexpr, USE_DOT: tl.constexpr,
     REFINE: tl.constexpr, HAS_GUESS: tl.constexpr, HAS_MASK: tl.constexpr, IS_F64: tl.constexpr,
+    POSITIVE_DEFINITE: tl.constexpr,
 ):
     """reference.invert for MATRICES matrices per program (see the module docstring)."""
     pid = tl.program_id(0)
@@ -275,7 +306,10 @@ def _invert_kernel(
             bound = tl.where(done, _error_bound(a, x, rows, cols, N, USE_DOT, IS_F64), bound)
         exact = live & (~refined | ~(bound <= max_error))
     if tl.max(exact.to(tl.int32), axis=0) > 0:
-        x_w, singular = _gauss_jordan(a.to(tl.float64), rows, cols, N)  # in double, as csrc/ does
+        if POSITIVE_DEFINITE:  # in double, as csrc/ does
+            x_w, singular = _cholesky_inverse(a.to(tl.float64), rows, cols, N, USE_DOT)
+        else:
+            x_w, singular = _gauss_jordan(a.to(tl.float64), rows, cols, N)
         x_exact = x_w.to(dtype)
         if IS_F64:
             bound_exact = _error_bound(a, x_exact, rows, cols, N, USE_DOT, IS_F64)
@@ -312,9 +346,10 @@ def tile(n: int) -> tuple[int, int, bool]:
 @torch.library.triton_op("neuinv_triton::invert", mutates_args=())
 def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
            tol: float, accept: float, max_iter: int, guard: float,
-           max_error: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+           max_error: float, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """reference.invert in one launch, for (b, n, n) float32/float64 A with 1 <= n <= MAX_N: returns
-    (X, certified, error_bound, iterations, fallback). The arguments are those of ``neuinv::invert``, checked
+    (X, certified, error_bound, iterations, fallback). The arguments are those of ``neuinv::invert`` (with
+    positive_definite the exact path is Cholesky of A's lower triangle), checked
     as it checks them (RuntimeError naming the argument)."""
     _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error)
     batch, n = A.shape[0], A.shape[-1]
@@ -334,14 +369,14 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
         X, certified, bound, iterations, fallback,
         batch, max_iter, _bits(tol), _bits(accept), _bits(guard), _bits(max_error),
         N=n, BLOCK_N=block_n, MATRICES=matrices, USE_DOT=use_dot, REFINE=refine, HAS_GUESS=has_guess,
-        HAS_MASK=has_mask, IS_F64=A.dtype == torch.float64,
+        HAS_MASK=has_mask, IS_F64=A.dtype == torch.float64, POSITIVE_DEFINITE=positive_definite,
         num_warps=4 if block_n <= 32 else 8, enable_fp_fusion=False,
     )
     return X, certified, bound, iterations, fallback
 
 
 @invert.register_fake
-def _invert_fake(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error):
+def _invert_fake(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite=False):
     """The outputs' shapes and dtypes (contiguous, as the launch returns them), for torch.compile."""
     batch = A.shape[0]
     return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),

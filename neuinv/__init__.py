@@ -8,10 +8,12 @@ __version__ = "0.1.0"
 
 from .backends import available_backends  # noqa: E402
 from .inverse import InverseInfo, batched_inverse, batched_inverse_ex  # noqa: E402
+from .solve import SolveInfo, batched_solve, batched_solve_ex  # noqa: E402
 from .rules import GUARD_RESIDUAL, NEWTON_SCHULZ_ACCEPT, default_tol  # noqa: E402
 
 __all__ = ["NEWTON_SCHULZ_ACCEPT", "GUARD_RESIDUAL", "InverseInfo", "available_backends", "batched_inverse",
-           "batched_inverse_ex", "default_tol", "fit", "load_pretrained", "__version__"]
+           "batched_inverse_ex", "batched_solve", "batched_solve_ex", "SolveInfo", "default_tol", "fit",
+           "load_pretrained", "__version__"]
 
 _LAZY = {"fit": "neuinv.learned.training", "load_pretrained": "neuinv.learned.training"}
 """Names imported on first use (PEP 562), so that ``import neuinv`` does not load the learned code."""

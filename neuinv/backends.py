@@ -69,11 +69,14 @@ class TorchBackend:
     mlp_initializer = staticmethod(reference.mlp_initializer)
     """The learned initializer's forward pass (a model with ``initializer_parameters()``)."""
 
-    def invert(self, A, X0, use_guess, refine, rules, max_error):
+    def invert(self, A, X0, use_guess, refine, rules, max_error, positive_definite=False):
         """(X, certified, error_bound, iterations, fallback) for A (*, n, n) with use_guess of its batch shape:
-        :func:`neuinv.reference.invert` on the flattened batch."""
-        return _on_flat_batch(lambda A, X0, use_guess: reference.invert(A, X0, use_guess, refine, rules, max_error),
-                              A, X0, use_guess)
+        :func:`neuinv.reference.invert` on the flattened batch. positive_definite: the exact path is Cholesky
+        (A symmetric/Hermitian positive definite; a matrix whose factorisation fails is not certified)."""
+        def run(A, X0, use_guess):
+            return reference.invert(A, X0, use_guess, refine, rules, max_error, positive_definite)
+
+        return _on_flat_batch(run, A, X0, use_guess)
 
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:
@@ -91,9 +94,9 @@ class CompiledBackend(TorchBackend):
     """The operator allocates only its outputs (X and four per-matrix fields); each matrix's work stays on
     chip or in a per-thread buffer."""
 
-    def invert(self, A, X0, use_guess, refine, rules, max_error):
+    def invert(self, A, X0, use_guess, refine, rules, max_error, positive_definite=False):
         return torch.ops.neuinv.invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter,
-                                       rules.guard, max_error)
+                                       rules.guard, max_error, positive_definite)
 
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:
@@ -131,12 +134,12 @@ class TritonBackend(TorchBackend):
 
         self._invert = invert.invert
 
-    def invert(self, A, X0, use_guess, refine, rules, max_error):
+    def invert(self, A, X0, use_guess, refine, rules, max_error, positive_definite=False):
         """(X, certified, error_bound, iterations, fallback) for A (*, n, n): :func:`neuinv.reference.invert` in
         one launch."""
         def launch(A, X0, use_guess):
             return self._invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
-                                max_error)
+                                max_error, positive_definite)
 
         return _on_flat_batch(launch, A, X0, use_guess)
 

@@ -17,6 +17,26 @@ entrywise, then with rho_w >= ||I - A X_w||_F < 1, since ||X_w||_F <= (1 + rho_w
 norm, holding in exact arithmetic. Where the bound is 1 or more (or cannot be evaluated) nothing is
 certified -- A may be singular -- and ``error_bound`` is +inf.
 
+Solutions (:func:`solve_error_bound`). Let X (n x k) approximate X* = A^-1 B and let R be an approximate
+inverse certified as above, ||R - A^-1||_F <= eps ||A^-1||_F with eps < 1. With r = B - A X (exact),
+X* - X = A^-1 r = R r + (A^-1 - R) r, and ||A^-1||_F <= ||R||_F / (1 - eps) (from ||A^-1|| <= ||R|| +
+eps ||A^-1||), so that
+
+    ||X - X*||_F <= e := ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F,
+    ||X - X*||_F / ||X*||_F <= e / (||X||_F - e)      (as ||X*|| >= ||X|| - e; where e < ||X||_F).
+
+This is the form of Rump's enclosure ||x - x*|| <= ||R (b - A x)|| / (1 - ||I - RA||) (Acta Numerica 19
+(2010) §10, Thm. 10.2) with the inverse's own certificate in place of ||I - RA||: ||R r|| is evaluated, so
+the bound tracks the true error A^-1 r, and eps enters only second order (eps ||r||). The residual
+fl(B - A X) is evaluated as the inverse's, |fl(r) - r| <= g (|B| + |A||X|), ||.||_F <= g (||B||_F +
+||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates; fl(R fl(r)) errs by at most
+g ||R||_F ||fl(r)||_F; norms and the final sums as above. A, B, X and R are first scaled exactly,
+A 2^-e, B 2^-f, X 2^(e-f), R 2^e (e, f the exponents of the largest entries of A and B), which leaves
+every relative quantity unchanged, so the bound does not depend on the scale of A or B. A subnormal entry
+that a denormals-are-zero thread reads as zero while scaling is seen (its bits are not zero, its scaled
+value is) and leaves the system uncertified; every other entry is then exact or within tiny of its scaled
+value, an absolute term as eta. X* = 0 (B = 0) with X = 0 is certified with bound 0.
+
 Evaluating rho in floating point (:func:`residual_bound`): the computed R^ = fl(I - A X) satisfies
 |R^ - R| <= g S entrywise, S = I + |A||X|, with g = gamma_{n+1} = (n+1)u / (1 - (n+1)u) for a
 conventional matrix product summed in any order (Higham eq. (3.5)); for complex input
@@ -164,7 +184,9 @@ def _subnormal_term(M: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     return torch.where(has_subnormal(M), size, torch.zeros_like(size))
 
 
-_EXPONENT_AND_FRACTION_BITS = {torch.float32: (torch.int32, 0x7F800000, 0x007FFFFF),
+_EXPONENT_AND_FRACTION_BITS = {torch.float16: (torch.int16, 0x7C00, 0x03FF),
+                               torch.bfloat16: (torch.int16, 0x7F80, 0x007F),
+                               torch.float32: (torch.int32, 0x7F800000, 0x007FFFFF),
                                torch.float64: (torch.int64, 0x7FF0000000000000, 0x000FFFFFFFFFFFFF)}
 
 
@@ -176,6 +198,14 @@ def has_subnormal(M: torch.Tensor) -> torch.Tensor:
     integer, exponent, fraction = _EXPONENT_AND_FRACTION_BITS[parts.dtype]
     bits = parts.view(integer)
     return (((bits & exponent) == 0) & ((bits & fraction) != 0)).flatten(1).any(dim=1)
+
+
+def is_nonzero(M: torch.Tensor) -> torch.Tensor:
+    """Entrywise whether M (real or imaginary part) is not zero, told from the bits (exponent or fraction not 0), so
+    that a denormals-are-zero thread cannot hide a subnormal. Bool of M's shape (of view_as_real's for complex)."""
+    parts = (torch.view_as_real(M) if M.is_complex() else M).contiguous()
+    integer, exponent, fraction = _EXPONENT_AND_FRACTION_BITS[parts.dtype]
+    return (parts.view(integer) & (exponent | fraction)) != 0
 
 
 def _two_sum(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,13 +241,19 @@ def compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 def _dot2_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """||I - A X||_F, each entry by Dot2, of float64 (complex128) A and X whose entries stay below 2^996."""
     b, n = A.shape[0], A.shape[-1]
+    return torch.linalg.matrix_norm(_dot2_residual_matrix(A, X, torch.eye(n, dtype=A.dtype, device=A.device)
+                                                          .expand(b, n, n)))
+
+
+def _dot2_residual_matrix(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """S - A X, each entry by Dot2, of float64 (complex128) A (b, n, n), X and S (b, n, k) whose entries stay
+    below 2^996."""
     if A.is_complex():
+        start = start.to(A.dtype)
         terms = [(-A.real, X.real), (A.imag, X.imag)], [(-A.real, X.imag), (-A.imag, X.real)]
-        eye = torch.eye(n, dtype=torch.float64, device=A.device).expand(b, n, n)
-        real, imag = (_dot2_residual(pairs, start) for pairs, start in zip(terms, (eye, torch.zeros_like(eye))))
-        return torch.linalg.matrix_norm(torch.complex(real, imag))
-    eye = torch.eye(n, dtype=A.dtype, device=A.device).expand(b, n, n)
-    return torch.linalg.matrix_norm(_dot2_residual([(-A, X)], eye))
+        real, imag = (_dot2_residual(pairs, part) for pairs, part in zip(terms, (start.real, start.imag)))
+        return torch.complex(real, imag)
+    return _dot2_residual([(-A, X)], start)
 
 
 def _dot2_residual(pairs, start: torch.Tensor) -> torch.Tensor:
@@ -229,3 +265,88 @@ def _dot2_residual(pairs, start: torch.Tensor) -> torch.Tensor:
             total, sum_error = _two_sum(total, product)
             correction = correction + (sum_error + product_error)
     return total + correction
+
+
+def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torch.Tensor,
+                      inverse_bound: torch.Tensor) -> torch.Tensor:
+    """Upper bound on ||X - A^-1 B||_F / ||A^-1 B||_F, +inf where nothing can be certified (module docstring,
+    "Solutions").
+
+    Args:
+        A: (b, n, n) matrices as stored; B: (b, n, k) right-hand sides; X: (b, n, k) the solutions returned;
+        R: (b, n, n) approximate inverses with ||R - A^-1||_F <= inverse_bound ||A^-1||_F (the inverse's
+        ``error_bound``, +inf or NaN where R is not certified). Any floating or complex dtypes.
+    Returns:
+        (b,) float64: e / (||X||_F - e) where that is below 1, else +inf; 0 where B and X are zero and R is
+        certified.
+    """
+    b, n, k = X.shape
+    complex_input = any(t.is_complex() for t in (A, B, X, R))
+    wide = torch.complex128 if complex_input else torch.float64
+    u = unit_roundoff(torch.float64)
+    g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
+    c = 4 * (n * max(n, k) + n + 4)
+    tiny = _SMALLEST_NORMAL64
+    entries = math.sqrt(n * k)
+    lost_squares = entries * 2.0 ** -511  # squares below tiny lost by a norm of n x k entries
+    eta = 4 * n * (entries + 2) * tiny + 2 * lost_squares + n * 2.0 ** -511
+
+    def exponent_of_largest(M):
+        _, exponent = torch.frexp(M.abs().amax(dim=(-2, -1)).to(torch.float64))
+        return exponent.to(torch.float64)[:, None, None]
+
+    e, f = exponent_of_largest(A), exponent_of_largest(B)
+    A_s = power_of_two_scaled(A.to(wide), -e)
+    B_s = power_of_two_scaled(B.to(wide), -f)
+    X_s = power_of_two_scaled(X.to(wide), e - f)
+    R_s = power_of_two_scaled(R.to(wide), e)
+
+    def flushed(stored, scaled):
+        """Whether a thread with denormals-are-zero read a subnormal entry of `stored` as zero while scaling it:
+        an entry that is not zero (by its bits) became zero. (b,) bool. Otherwise every scaled entry that is
+        normal is exact and one that is subnormal or underflowed is off by less than tiny (float64)."""
+        scaled = torch.view_as_real(scaled) if scaled.is_complex() else scaled
+        return (is_nonzero(stored) & (scaled == 0)).flatten(1).any(dim=1)
+
+    residual = torch.baddbmm(B_s, A_s, X_s, alpha=-1)  # fl(B' - A' X') = 2^-f fl(B - A X)
+    r_hat = torch.linalg.matrix_norm(residual)
+    X_hat, R_hat = torch.linalg.matrix_norm(X_s), torch.linalg.matrix_norm(R_s)
+    A_up = torch.linalg.matrix_norm(A_s) + n * 2.0 ** -511  # the squares a norm may lose added back
+    s = torch.linalg.matrix_norm(B_s) + lost_squares + A_up * (X_hat + lost_squares)  # |A'| <= 1: no overflow
+    t = g * s  # >= ||fl(r) - r||_F
+    if X.dtype in (torch.float64, torch.complex128):
+        ill = (t > r_hat) & (t * R_hat > DOT2_THRESHOLD * X_hat)
+        gk = gamma(2 * n + 1 if complex_input else n + 1, u)
+
+        def compensated(A_s, X_s, B_s, s):
+            """(Dot2 residual, its norm / (1 - u), its error bound) of a subset of the systems."""
+            residual = _dot2_residual_matrix(A_s, X_s, B_s)
+            underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s)
+            return residual, torch.linalg.matrix_norm(residual) / (1 - u), math.sqrt(2) * gk * gk * s + underflow
+
+        if torch.compiler.is_compiling():  # no data-dependent subset in a graph: every system, then a choice
+            better = compensated(A_s, X_s, B_s, s)
+            residual = torch.where(ill[:, None, None], better[0], residual)
+            r_hat, t = torch.where(ill, better[1], r_hat), torch.where(ill, better[2], t)
+        elif bool(ill.any()):
+            index = ill.nonzero().squeeze(1)
+            better = compensated(A_s[index], X_s[index], B_s[index], s[index])
+            residual, r_hat, t = (full.index_put((index,), part) for full, part in zip((residual, r_hat, t), better))
+    # entries within tiny of their scaled values (|A'| <= 1; the largest entry of a matrix is at most twice its
+    # computed Frobenius norm plus the squares that norm may have lost)
+    sq2 = math.sqrt(2) * entries
+    X_norm_up = 2 * X_hat + 2 * lost_squares
+    t = t + sq2 * tiny * (n * X_norm_up + n + 1)
+    r_norm = (r_hat + t) * (1 + c * u) + eta  # >= ||r'||_F
+    R_norm = R_hat * (1 + c * u) + n * 2.0 ** -511  # >= ||R'||_F
+    y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
+    y_flush = sq2 * n * tiny * (2 * r_hat + 2 * lost_squares + 2 * R_norm)
+    y_norm = (y_hat + g * R_norm * (r_hat + lost_squares) + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
+    eps = inverse_bound.to(torch.float64)
+    error = (y_norm + R_norm * t + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
+    X_norm = X_hat * (1 - c * u) - lost_squares  # <= ||X'||_F
+    bound = error / (X_norm - error) * (1 + c * u)
+    read_as_zero = flushed(A, A_s) | flushed(B, B_s) | flushed(X, X_s) | flushed(R, R_s)
+    bound = torch.where((X_norm > error) & (eps < 1) & ~read_as_zero, bound, torch.full_like(bound, math.inf))
+    zero = ~is_nonzero(B).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1) & (eps < 1)
+    return torch.where(zero, torch.zeros_like(bound), certified_or_inf(bound))

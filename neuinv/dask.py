@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 import torch
 
-from .inverse import InverseInfo, _check_arguments, _raise_first_failure
+from .inverse import InverseInfo, _check_arguments, raise_first_failure
 from .inverse import batched_inverse_ex as _local_batched_inverse_ex
 
 __all__ = ["batched_inverse", "batched_inverse_ex"]
@@ -103,7 +103,8 @@ def _check(A, init, options) -> tuple[np.dtype, tuple]:
         raise TypeError(f"A must be float32, float64, complex64 or complex128; got {A.dtype}")
     empty = torch.empty((0, A.shape[-1], A.shape[-1]), dtype=_TORCH_DTYPES[dtype])  # the chunks' checks, no data
     _check_arguments(empty, options.get("model"), None if init is None else empty, options.get("tol"),
-                     options.get("max_iter"), options.get("max_error"), options.get("method", "auto"))
+                     options.get("max_iter"), options.get("max_error"), options.get("method", "auto"),
+                     options.get("assume_a", "gen"))
     return dtype, () if init is None else (init.rechunk(A.chunks),)
 
 
@@ -117,7 +118,8 @@ def _invert_chunk(chunk, init_chunk=None, *, options, raise_failure, block_info=
         return (X.numpy(), *(field.numpy() for field in info))
     if info.certified.numel() and not bool(info.certified.all()):
         offset = tuple(start for start, _ in block_info[0]["array-location"][:-2])
-        _raise_first_failure(A, info, options.get("max_error"), offset=offset, scope="its chunk")
+        raise_first_failure("batched_inverse", A, info.certified, info.error_bound, options.get("max_error"),
+                            options.get("assume_a", "gen"), offset=offset, scope="its chunk")
     return X.numpy()
 
 

@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.distributed as dist
 
-from .inverse import InverseInfo, _failure_error, batched_inverse_ex as _local_batched_inverse_ex
+from .inverse import InverseInfo, batched_inverse_ex as _local_batched_inverse_ex, failure_error
 
 if not dist.is_available():
     raise ImportError("neuinv.distributed needs a torch build with torch.distributed "
@@ -318,8 +318,8 @@ class _Verdict:
     def error(self, max_error) -> Exception:
         non_finite = self._first(_FIRST_NON_FINITE)
         index, rank = non_finite or self._first(_FIRST_FAILED)
-        return _failure_error(index, non_finite is not None, _from_bits(self.rows[rank][_FIRST_BOUND]), self.failed,
-                              self.layout.local.dtype, max_error)
+        return failure_error("batched_inverse", index, non_finite is not None,
+                             _from_bits(self.rows[rank][_FIRST_BOUND]), self.failed, self.layout.local.dtype, max_error)
 
 
 def _summary_row(A_local: torch.Tensor, info: InverseInfo, signature: int, size: int, encode) -> list[int]:

@@ -456,7 +456,7 @@ def _register_fakes() -> None:
         return
 
     @torch.library.register_fake("neuinv::invert")
-    def _(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error):
+    def _(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite=False):
         batch = A.shape[:-2]
         return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
                 A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))

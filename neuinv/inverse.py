@@ -21,6 +21,15 @@ Every result gets the certificate of :mod:`neuinv.certificate`: ``info.error_bou
 evaluation included), +inf where nothing can be certified (A singular or numerically singular, NaN or Inf).
 ``info.certified`` is True exactly when error_bound <= ``max_error`` (default: < 1); X is NaN wherever it is
 False. ``batched_inverse`` raises for every matrix that is not certified.
+
+``assume_a="pos"`` (scipy's name): A is symmetric (Hermitian) positive definite; the exact path is Cholesky, and
+a matrix whose factorisation fails is not certified (no LU fallback). float16 and bfloat16 input is computed in
+float32 and rounded back; its bound includes that rounding (:func:`neuinv.certificate.error_bound`'s
+``rounded_to`` form), and an X that overflows the input dtype is not certified.
+
+Transforms: the result is an ``autograd.Function`` with ``setup_context``, a ``vmap`` rule (the batch of a vmapped
+call is one more batch dimension of A) and a ``jvp``, so ``torch.func.vmap``, ``grad``, ``jacrev``, ``jvp`` and
+their compositions work, with the analytic derivatives d(A^-1) = -A^-1 dA A^-1.
 """
 from __future__ import annotations
 
@@ -28,18 +37,25 @@ import math
 from typing import NamedTuple
 
 import torch
+from torch._library.effects import EffectType
 
+from . import certificate
 from .backends import resolve_backend
 from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
-                    MAX_ITERATIONS, NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol)
+                    MAX_ITERATIONS, NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, certified, default_tol)
 
 METHODS = ("auto", "exact", "newton_schulz")
+ASSUME_A = ("gen", "pos")
+"""scipy.linalg.solve's names: a general matrix, or a symmetric (Hermitian) positive definite one."""
 
 WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
 temporaries per matrix) stays under this many bytes."""
 
-SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+"""Computed in float32 and rounded back (:data:`COMPUTE_DTYPE`)."""
+COMPUTE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128) + HALF_DTYPES
 
 
 class InverseInfo(NamedTuple):
@@ -61,27 +77,33 @@ class InverseInfo(NamedTuple):
 
 
 def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
-                    method: str = "auto", backend: str = "auto") -> torch.Tensor:
+                    method: str = "auto", assume_a: str = "gen", backend: str = "auto",
+                    out: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse of each matrix in A, shape (*, n, n); a drop-in for ``torch.linalg.inv``.
 
     Raises ``ValueError`` naming the first matrix holding NaN or Inf if any matrix that failed does, else
-    ``torch.linalg.LinAlgError`` naming the first matrix that is singular, numerically singular (no digit
-    certified: ``error_bound`` >= 1) or whose ``error_bound`` exceeds ``max_error``.
-    See :func:`batched_inverse_ex` for the arguments.
+    ``torch.linalg.LinAlgError`` naming the first matrix that is not positive definite (``assume_a="pos"``),
+    singular, numerically singular (no digit certified: ``error_bound`` >= 1) or whose ``error_bound`` exceeds
+    ``max_error``. ``out``: a tensor of A's shape, dtype and device that receives X (returned). See
+    :func:`batched_inverse_ex` for the other arguments.
     """
-    X, info = batched_inverse_ex(A, model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error,
-                                 method=method, backend=backend)
-    if not bool(info.certified.all()):
-        _raise_first_failure(A, info, max_error)
+    _check_arguments(A, model, init, tol, max_iter, max_error, method, assume_a)
+    if out is not None:
+        _check_out(out, "out", A.shape, A.dtype, A.device, A, init)
+    options = dict(model=model, tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
+                   backend=backend)
+    X, _ = _inverse(A, init, options, raise_failures=True, out=out)
     return X
 
 
 def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
-                       method: str = "auto", backend: str = "auto") -> tuple[torch.Tensor, InverseInfo]:
+                       method: str = "auto", assume_a: str = "gen", backend: str = "auto",
+                       out: tuple | None = None) -> tuple[torch.Tensor, InverseInfo]:
     """Inverse of each matrix in A and an :class:`InverseInfo`; never raises for singular input.
 
     Args:
-        A: (*, n, n) float32, float64, complex64 or complex128 tensor; never modified.
+        A: (*, n, n) float32, float64, complex64, complex128, float16 or bfloat16 tensor (the last two computed
+            in float32, returned and certified in their own dtype); never modified.
         model: learned initializer, an ``nn.Module`` mapping (b, n, n) matrices to (b, n, n)
             guesses, with ``in_domain(A) -> bool tensor (b,)``.
         init: (*, n, n) tensor of approximate inverses (a warm start), same dtype and device.
@@ -91,45 +113,165 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         max_error: largest ``error_bound`` (relative error of X in the Frobenius norm) a matrix may have
             and be ``certified``; default None: any bound below 1.
         method: "auto", "exact" or "newton_schulz": what is computed (see the module docstring).
+        assume_a: "gen" (default) or "pos": A symmetric (Hermitian) positive definite; the exact path is then
+            Cholesky of A's lower triangle, and a matrix whose factorisation fails is not certified.
         backend: "auto", "torch", "triton", "cpp" or "cuda": where (see ``available_backends()``); "auto"
             takes the fastest that can run A, or the one the environment variable ``NEUINV_BACKEND`` names.
+        out: (X, info) to write the results into: X of A's shape, dtype and device, info an
+            :class:`InverseInfo` (or 4-tuple) of tensors of A's batch shape with the dtypes of its fields
+            (bool, float64, int32, bool). No output may share memory with A or init; out cannot be combined
+            with gradients (as torch's ``out=``).
 
     Returns:
-        X with A's shape, dtype and device (NaN where it is not certified), and the :class:`InverseInfo`.
+        X with A's shape, dtype and device (NaN where it is not certified), and the :class:`InverseInfo`;
+        with ``out``, those tensors.
 
     Gradients flow to A by the analytic rule dA = -X^H G X^H, not through the iterations.
     """
-    _check_arguments(A, model, init, tol, max_iter, max_error, method)
-    options = dict(model=model, init=init, tol=tol, max_iter=max_iter, max_error=max_error, method=method,
+    _check_arguments(A, model, init, tol, max_iter, max_error, method, assume_a)
+    if out is not None:
+        _check_out_pair(out, A, init)
+    options = dict(model=model, tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
                    backend=backend)
-    if not A.requires_grad:
-        return _invert(A, **options)
-    if not torch.is_grad_enabled():  # the autograd wrapper costs ~15 us per call
-        return _invert(A.detach(), **options)
-    X, *info = _BatchedInverse.apply(A, options)
-    return X, InverseInfo(*info)
+    return _inverse(A, init, options, raise_failures=False, out=out)
+
+
+def _inverse(A, init, options, raise_failures, out):
+    """The inversion through :class:`_BatchedInverse` where autograd or a torch.func transform needs it, else
+    directly; then the raise of :func:`batched_inverse` and the copy into ``out``."""
+    if _transformed(A, init):
+        _refuse_out_with_transforms(out)
+        X, *info = _inverse_function().apply(A, init, options, raise_failures)
+        return _written(out, X, InverseInfo(*info), InverseInfo)
+    X, info = _invert(A.detach(), None if init is None else init.detach(), **options)
+    if raise_failures:
+        _raise_if_failed(A, info, options)
+    return _written(out, X, info, InverseInfo)
+
+
+def _refuse_out_with_transforms(out) -> None:
+    """out= with gradients or a torch.func transform (not with torch.compile, which takes the Function path)."""
+    if out is not None and not torch.compiler.is_compiling():
+        raise RuntimeError("neuinv: out= cannot be combined with gradients or torch.func transforms "
+                           "(as torch's out= functions)")
+
+
+def _transformed(*tensors) -> bool:
+    """Whether a tensor needs the autograd.Function: it requires a gradient (with grad mode on), or a torch.func
+    transform (vmap, grad, jvp) wraps it. Under torch.compile always (dynamo traces the Function; it cannot ask
+    functorch whether a tensor is wrapped)."""
+    if torch.compiler.is_compiling():
+        return True
+    for tensor in tensors:
+        if tensor is None:
+            continue
+        if tensor.requires_grad and torch.is_grad_enabled():
+            return True
+        if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+            return True
+    return False
+
+
+def _written(out, X, info, info_type):
+    """(X, info), or their copies into out = (X_out, info_out) (or a bare X_out for batched_inverse)."""
+    if out is None:
+        return X, info
+    if isinstance(out, torch.Tensor):
+        return out.copy_(X), info
+    X_out, info_out = out
+    X_out.copy_(X)
+    for target, value in zip(info_out, info):
+        target.copy_(value)
+    return X_out, info_type(*info_out)
 
 
 class _BatchedInverse(torch.autograd.Function):
-    """Forward: the verified inverse. Backward: d(A^-1) = -A^-1 dA A^-1, so grad_A = -X^H G X^H."""
+    """The verified inverse as a differentiable function of A (init: no gradient, the result does not depend on
+    it): d(A^-1) = -A^-1 dA A^-1, so grad_A = -X^H G X^H. A vmapped call is one call with the vmapped dimension as
+    the first batch dimension. (torch.compile traces this class, which has no jvp: dynamo refuses a custom jvp.)"""
 
     @staticmethod
-    def forward(ctx, A, options):
-        X, info = _invert(A.detach(), **options)
-        ctx.save_for_backward(X)
-        ctx.mark_non_differentiable(*info)
+    def forward(A, init, options, raise_failures):
+        X, info = _invert(A, init, **options)
+        if raise_failures:
+            _raise_if_failed(A, info, options)
         return (X, *info)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        X, *info = output
+        ctx.mark_non_differentiable(*info)
+        ctx.save_for_backward(X)
+        ctx.save_for_forward(X)
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad_X, *unused_info_grads):
         (X,) = ctx.saved_tensors
+        if grad_X is None:
+            return None, None, None, None
         X_h = X.mH
-        return -(X_h @ grad_X @ X_h), None
+        return -(X_h @ grad_X @ X_h), None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, A, init, options, raise_failures):
+        A = _batch_first(A, in_dims[0], info.batch_size)
+        init = None if init is None else _batch_first(init, in_dims[1], info.batch_size)
+        return _inverse_function().apply(A, init, options, raise_failures), (0, 0, 0, 0, 0)
 
 
-def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
+class _BatchedInverseWithJvp(_BatchedInverse):
+    """:class:`_BatchedInverse` with forward-mode derivatives (torch.func.jvp, jacfwd): dX = -X dA X."""
+
+    @staticmethod
+    def jvp(ctx, tangent_A, tangent_init, *unused):
+        (X,) = ctx.saved_tensors
+        tangent_X = None if tangent_A is None else -(X @ tangent_A @ X)
+        return tangent_X, None, None, None, None
+
+
+def _inverse_function():
+    return _BatchedInverse if torch.compiler.is_compiling() else _BatchedInverseWithJvp
+
+
+def _batch_first(tensor, dim, size):
+    """The vmapped dimension of tensor moved to the front, or (dim None) a broadcast one of `size` added."""
+    if dim is None:
+        return tensor.expand(size, *tensor.shape)
+    return tensor.movedim(dim, 0)
+
+
+def _invert(A, init, *, model, tol, max_iter, max_error, method, assume_a, backend):
+    """float16/bfloat16 through float32 (:func:`_invert_half`), every other dtype by :func:`_invert_in_dtype`."""
+    if A.dtype in HALF_DTYPES:
+        return _invert_half(A, init, model=model, tol=tol, max_iter=max_iter, max_error=max_error, method=method,
+                            assume_a=assume_a, backend=backend)
+    return _invert_in_dtype(A, init, model=model, tol=tol, max_iter=max_iter, max_error=max_error, method=method,
+                            assume_a=assume_a, backend=backend)
+
+
+def _invert_half(A, init, *, max_error, **options):
+    """X_w = the inverse of A (exactly representable in float32) computed and certified in float32 (bound eps_w),
+    rounded to A's dtype: ||X - A^-1||_F / ||A^-1||_F <= eps_w + delta (1 + eps_w), delta the rounding of
+    :func:`neuinv.certificate.rounding_bound` (neuinv/certificate.py, the rounded_to form); an X that
+    overflows A's dtype is not certified."""
+    wide = COMPUTE_DTYPE[A.dtype]
+    X_w, info = _invert_in_dtype(A.to(wide), None if init is None else init.to(wide), max_error=None, **options)
+    X = X_w.to(A.dtype)
+    n = A.shape[-1]
+    flat = X_w.reshape(-1, n, n)
+    delta = certificate.rounding_bound(flat, A.dtype).reshape(info.error_bound.shape) if n else 0.0
+    bound = certificate.certified_or_inf(info.error_bound + delta * (1 + info.error_bound))
+    bound = torch.where(torch.isfinite(X).flatten(-2).all(dim=-1), bound, torch.full_like(bound, math.inf))
+    verdict = certified(bound, max_error)
+    X = torch.where(verdict[..., None, None], X, torch.full_like(X, math.nan))
+    return X, InverseInfo(verdict, bound, info.iterations, info.fallback)
+
+
+def _invert_in_dtype(A, init, *, model, tol, max_iter, max_error, method, assume_a, backend):
     """Argument defaults, the model's forward pass, and one call of the backend's operator per chunk."""
     chosen = resolve_backend(backend, A)
+    positive_definite = assume_a == "pos"
     batch_shape, n = A.shape[:-2], A.shape[-1]
     if n == 0:
         info = InverseInfo(torch.ones(batch_shape, dtype=torch.bool, device=A.device),
@@ -144,9 +286,10 @@ def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
     limit = CERTIFIED_BELOW if max_error is None else float(max_error)
     b = A.numel() // (n * n)
     chunk = max(1, WORKSPACE_BYTES // (chosen.workspace_matrices * n * n * A.element_size()))
-    X0 = None if init is None else init.detach()
+    X0 = init
     if b <= chunk and model is None:  # the common case: one call on A as it is, (*, n, n)
-        X, certified, error_bound, iterations, fallback = chosen.invert(A, X0, None, refine, rules, limit)
+        X, certified, error_bound, iterations, fallback = chosen.invert(A, X0, None, refine, rules, limit,
+                                                                              positive_definite)
         return X, InverseInfo(certified, error_bound, iterations, fallback)
 
     A_flat = A.reshape(-1, n, n)
@@ -157,7 +300,7 @@ def _invert(A, *, model, init, tol, max_iter, max_error, method, backend):
         X0_part, use_guess = None if X0_flat is None else X0_flat[start:start + chunk], None
         if model is not None:  # (a model always means refine: method="exact" with a model is refused)
             X0_part, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
-        parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, limit))
+        parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, limit, positive_definite))
     X, certified, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
     return X.reshape(A.shape), InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
@@ -209,7 +352,7 @@ def _model_guess(model, A, backend) -> torch.Tensor:
     return X0.to(A.dtype)
 
 
-def _check_arguments(A, model, init, tol, max_iter, max_error, method) -> None:
+def _check_arguments(A, model, init, tol, max_iter, max_error, method, assume_a) -> None:
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
     if A.dim() < 2:
@@ -217,7 +360,9 @@ def _check_arguments(A, model, init, tol, max_iter, max_error, method) -> None:
     if A.shape[-1] != A.shape[-2]:
         raise ValueError(f"A must hold square matrices (*, n, n); got shape {tuple(A.shape)}")
     if A.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"A must be float32, float64, complex64 or complex128; got {A.dtype}")
+        raise TypeError(f"A must be float32, float64, complex64, complex128, float16 or bfloat16; got {A.dtype}")
+    if assume_a not in ASSUME_A:
+        raise ValueError(f"assume_a must be one of {ASSUME_A} (scipy's names), got {assume_a!r}")
     if init is not None and model is not None:
         raise ValueError("give an initial guess by init or by model, not both")
     if method not in METHODS:
@@ -250,35 +395,163 @@ def _check_arguments(A, model, init, tol, max_iter, max_error, method) -> None:
         raise ValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")
 
 
-def _raise_first_failure(A: torch.Tensor, info: InverseInfo, max_error, offset: tuple[int, ...] = (),
-                         scope: str = "the batch") -> None:
-    """ValueError for the first failed matrix holding NaN or Inf, if any; else LinAlgError for the first failed.
-    A part of a larger batch (:mod:`neuinv.dask`) gives its ``offset`` in it and its ``scope`` ("its chunk")."""
-    failed_mask = ~info.certified
-    non_finite = failed_mask & ~torch.isfinite(A).flatten(-2).all(dim=-1)
+def _raise_if_failed(A: torch.Tensor, info, options) -> None:
+    """batched_inverse's policy: raise for the first matrix that is not certified (:func:`raise_first_failure`)."""
+    raise_if_not_certified("batched_inverse", A, info.certified, info.error_bound, options["max_error"],
+                           options["assume_a"])
+
+
+def raise_if_not_certified(function: str, A: torch.Tensor, certified_mask: torch.Tensor, error_bound: torch.Tensor,
+                           max_error, assume_a: str, operands: tuple = ()) -> None:
+    """:func:`raise_first_failure` unless every matrix is certified. Under torch.compile through the operator
+    ``neuinv::raise_if_not_certified``, registered with a side effect, so that the check stays in the graph
+    without breaking it (the test reads a value)."""
+    if torch.compiler.is_compiling():
+        torch.ops.neuinv.raise_if_not_certified(function, A.detach(), certified_mask, error_bound, max_error,
+                                                assume_a, [operand.detach() for operand in operands])
+    elif not bool(certified_mask.all()):
+        raise_first_failure(function, A, certified_mask, error_bound, max_error, assume_a, operands=operands)
+
+
+@torch.library.custom_op("neuinv::raise_if_not_certified", mutates_args=())
+def _raise_if_not_certified_op(function: str, A: torch.Tensor, certified_mask: torch.Tensor,
+                               error_bound: torch.Tensor, max_error: float | None, assume_a: str,
+                               operands: list[torch.Tensor]) -> None:
+    if not bool(certified_mask.all()):
+        raise_first_failure(function, A, certified_mask, error_bound, max_error, assume_a, operands=tuple(operands))
+
+
+@_raise_if_not_certified_op.register_fake
+def _(function, A, certified_mask, error_bound, max_error, assume_a, operands):
+    return None
+
+
+@_raise_if_not_certified_op.register_vmap
+def _(info, in_dims, function, A, certified_mask, error_bound, max_error, assume_a, operands):
+    """The check of a vmapped call: the vmapped dimension becomes the first batch dimension."""
+    def batch_first(tensor, dim):
+        return tensor if dim is None else tensor.movedim(dim, 0)
+
+    _raise_if_not_certified_op(function, batch_first(A, in_dims[1]), batch_first(certified_mask, in_dims[2]),
+                               batch_first(error_bound, in_dims[3]), max_error, assume_a,
+                               [batch_first(operand, dim) for operand, dim in zip(operands, in_dims[6])])
+    return None, None
+
+
+_raise_if_not_certified_op.register_effect(EffectType.ORDERED)
+
+
+def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Tensor, error_bound: torch.Tensor,
+                        max_error, assume_a: str, operands: tuple = (), offset: tuple[int, ...] = (),
+                        scope: str = "the batch") -> None:
+    """Raise :func:`failure_error` for the first failed matrix holding NaN or Inf (in A or in the other operands,
+    of the batch shape of certified_mask), if any, else for the first failed matrix. A part of a larger batch
+    (:mod:`neuinv.dask`) gives its ``offset`` in it and its ``scope`` ("its chunk")."""
+    batch = certified_mask.shape
+    failed_mask = ~certified_mask
+    non_finite = torch.zeros(batch, dtype=torch.bool, device=failed_mask.device)
+    for operand in (A,) + operands:
+        non_finite = non_finite | ~torch.isfinite(operand).flatten(-2).all(dim=-1).expand(batch)
+    non_finite = failed_mask & non_finite
     has_non_finite = bool(non_finite.any())
     index = _first_index(non_finite if has_non_finite else failed_mask)
+    bound = float(error_bound[index])
+    order = None
+    if not has_non_finite and math.isinf(bound) and assume_a == "pos":
+        order = _not_positive_definite(A.expand(*batch, *A.shape[-2:])[index])
     global_index = tuple(i + o for i, o in zip(index, offset)) if offset else index
-    raise _failure_error(global_index, has_non_finite, float(info.error_bound[index]), int(failed_mask.sum()),
-                         A.dtype, max_error, scope)
+    raise failure_error(function, global_index, has_non_finite, bound, int(failed_mask.sum()), A.dtype, max_error,
+                        scope=scope, not_positive_definite_at=order)
 
 
-def _failure_error(index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int, dtype: torch.dtype,
-                   max_error, scope: str = "the batch") -> Exception:
-    """The exception ``batched_inverse`` raises when A[index] is the first matrix it names: ``ValueError`` if
-    it holds NaN or Inf, else ``torch.linalg.LinAlgError`` (singular, or ``error_bound`` above ``max_error``);
-    ``failed`` matrices of ``scope`` failed in all. Shared with :mod:`neuinv.distributed` and
-    :mod:`neuinv.dask`, which name a global index."""
+def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int,
+                  dtype: torch.dtype, max_error, *, scope: str = "the batch",
+                  not_positive_definite_at: int | None = None) -> Exception:
+    """The exception neuinv.<function> raises when A[index] is the first matrix it names (one wording for every
+    entry point: the single-process functions, :mod:`neuinv.distributed` and :mod:`neuinv.dask`, which name a
+    global index): ``ValueError`` if it holds NaN or Inf, else ``torch.linalg.LinAlgError``: not positive
+    definite (its Cholesky factorisation fails at the leading minor of order ``not_positive_definite_at``),
+    singular or numerically singular (error_bound +inf), or certified above ``max_error``; ``failed`` matrices of
+    ``scope`` failed in all."""
     name = "A" if not index else "A[" + ", ".join(map(str, index)) + "]"
-    others = f" ({failed} matrices of {scope} failed; batched_inverse_ex returns the others)" if failed > 1 else ""
+    others = (f" ({failed} matrices of {scope} failed; {function}_ex returns the others)" if failed > 1 else "")
     if non_finite:
-        return ValueError(f"neuinv.batched_inverse: {name} contains NaN or Inf{others}")
-    if math.isinf(error_bound):
-        reason = f"is singular or numerically singular in {dtype}: no digit of its inverse can be certified"
+        return ValueError(f"neuinv.{function}: {name} contains NaN or Inf{others}")
+    if not_positive_definite_at is not None:
+        reason = (f"is not positive definite (assume_a='pos'): its Cholesky factorisation fails at the leading "
+                  f"minor of order {not_positive_definite_at}")
+    elif math.isinf(error_bound):
+        overflow = f", or its {_what(function)} overflows {dtype}" if dtype in HALF_DTYPES else ""
+        reason = (f"is singular or numerically singular in {COMPUTE_DTYPE.get(dtype, dtype)}{overflow}: no digit "
+                  f"of its {_what(function)} can be certified")
     else:
-        reason = (f"has an inverse certified only to a relative error of {error_bound:.3g}, "
+        reason = (f"has its {_what(function)} certified only to a relative error of {error_bound:.3g}, "
                   f"above max_error = {max_error:g}")
-    return torch.linalg.LinAlgError(f"neuinv.batched_inverse: {name} {reason}{others}")
+    return torch.linalg.LinAlgError(f"neuinv.{function}: {name} {reason}{others}")
+
+
+def _what(function: str) -> str:
+    return "solution" if "solve" in function else "inverse"
+
+
+def _not_positive_definite(matrix: torch.Tensor) -> int | None:
+    """The order of the first leading minor at which the Cholesky factorisation of one (n, n) matrix fails (in its
+    compute dtype), None where it succeeds."""
+    compute = COMPUTE_DTYPE.get(matrix.dtype, matrix.dtype)
+    L, info = torch.linalg.cholesky_ex(matrix.to(compute))
+    if int(info) > 0:
+        return int(info)
+    pivots = torch.diagonal(L).real
+    bad = (~((pivots > 0) & torch.isfinite(pivots))).nonzero()
+    return int(bad[0]) + 1 if bad.numel() else None
+
+
+def _check_out(tensor, name: str, shape, dtype, device, *inputs) -> None:
+    """out= tensors: exactly the expected shape, dtype and device (no resizing), sharing no memory with any
+    input."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.shape != shape:
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+    if tensor.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {tensor.dtype}")
+    if tensor.device != device:
+        raise ValueError(f"{name} must be on device {device}, got {tensor.device}")
+    for other in inputs:
+        if other is not None and _share_memory(tensor, other):
+            raise ValueError(f"{name} must not share memory with the input or another output "
+                             f"(out= may not alias A, B, init or itself)")
+
+
+def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b lie in the same storage with overlapping byte ranges."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+
+    def span(t):
+        steps = [(size - 1) * stride for size, stride in zip(t.shape, t.stride())]
+        low, high = sum(min(0, step) for step in steps), sum(max(0, step) for step in steps)
+        return t.data_ptr() + low * t.element_size(), t.data_ptr() + (high + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+INFO_DTYPES = (torch.bool, torch.float64, torch.int32, torch.bool)
+"""The dtypes of the fields of :class:`InverseInfo` (certified, error_bound, iterations, fallback)."""
+
+
+def _check_out_pair(out, A, init) -> None:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("out must be a pair (X, info) with info an InverseInfo of four tensors")
+    X_out, info_out = out
+    _check_out(X_out, "out[0] (X)", A.shape, A.dtype, A.device, A, init)
+    if not (isinstance(info_out, (tuple, list)) and len(info_out) == len(InverseInfo._fields)):
+        raise TypeError("out[1] must be an InverseInfo (certified, error_bound, iterations, fallback)")
+    for i, (field, tensor, dtype) in enumerate(zip(InverseInfo._fields, info_out, INFO_DTYPES)):
+        _check_out(tensor, f"out[1].{field}", A.shape[:-2], dtype, A.device, A, init, X_out, *info_out[:i])
 
 
 def _first_index(mask: torch.Tensor) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from . import certificate
-from .rules import NewtonSchulzRules, certified, converged
+from .rules import NewtonSchulzRules, certified, cholesky_pivot_accepted, converged
 
 
 def scaled_transpose_guess(A: torch.Tensor) -> torch.Tensor:
@@ -125,18 +125,40 @@ def newton_schulz_refine(A: torch.Tensor, X0: torch.Tensor, rules: NewtonSchulzR
     return X, residual, done_mask, steps
 
 
-def inverse_and_error_bound(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact path: (X, error_bound) by :func:`exact_inverse` and :func:`neuinv.certificate.error_bound`,
-    the bound +inf where A has a zero pivot."""
-    X, pivot_info = exact_inverse(A)
+def cholesky_inverse(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A^-1 = L^-H L^-1 from the Cholesky factor A = L L^H (LAPACK potrf/potri; Higham, *Accuracy and
+    Stability*, §10.1 and §14.2), reading only A's lower triangle (A symmetric, or Hermitian for complex).
+
+    Returns (X, accepted): accepted[i] is False where the factorisation of A[i] met a pivot that is not positive
+    and finite (:func:`neuinv.rules.cholesky_pivot_accepted`; X[i] is then meaningless).
+    """
+    L, info = torch.linalg.cholesky_ex(A)
+    accepted = (info == 0) & cholesky_pivot_accepted(torch.diagonal(L, dim1=-2, dim2=-1).real).all(dim=-1)
+    L = torch.where(accepted[:, None, None], L, torch.eye(A.shape[-1], dtype=A.dtype, device=A.device))
+    return torch.cholesky_inverse(L), accepted
+
+
+def inverse_and_error_bound(A: torch.Tensor, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact path: (X, error_bound) by :func:`exact_inverse` (or :func:`cholesky_inverse` when
+    ``positive_definite``) and :func:`neuinv.certificate.error_bound` of the full A, the bound +inf where A has a
+    zero pivot (a Cholesky pivot that is not positive and finite)."""
+    if positive_definite:
+        X, accepted = cholesky_inverse(A)
+    else:
+        X, pivot_info = exact_inverse(A)
+        accepted = pivot_info == 0
     bound = certificate.error_bound(A, X)
-    return X, torch.where(pivot_info == 0, bound, torch.full_like(bound, float("inf")))
+    return X, torch.where(accepted, bound, torch.full_like(bound, float("inf")))
 
 
 def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
-           rules: NewtonSchulzRules, max_error: float):
+           rules: NewtonSchulzRules, max_error: float, positive_definite: bool = False):
     """The whole verified inversion of a flat batch (b, n, n), the specification of the operator
     ``neuinv::invert`` (every backend implements this; see :mod:`neuinv.rules`).
+
+    positive_definite: the exact path is Cholesky (:func:`cholesky_inverse`, A's lower triangle) instead of LU; a
+    matrix whose factorisation fails is not certified (no LU fallback). Newton–Schulz, the certificate (of the full
+    A) and the verdict are the same.
 
     refine False: every matrix takes the exact path (:func:`inverse_and_error_bound`). refine True: Newton–Schulz
     from X0 where ``use_guess`` (None: everywhere) with the guard, or from :func:`scaled_transpose_guess` without
@@ -168,7 +190,7 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
         exact_path[refined] = ~certified(bound_r, max_error)
     exact_idx = exact_path.nonzero().squeeze(1)
     if exact_idx.numel():
-        X[exact_idx], bound[exact_idx] = inverse_and_error_bound(A[exact_idx])
+        X[exact_idx], bound[exact_idx] = inverse_and_error_bound(A[exact_idx], positive_definite)
         fallback[exact_idx] = True
     verdict = certified(bound, max_error)
     X[~verdict] = float("nan")

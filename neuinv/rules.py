@@ -19,7 +19,8 @@ Per matrix A, with an initial guess X0 (a warm start, a learned guess or the sca
    ||A||_F ||X||_F is evaluated as ||A / m||_F ||m X||_F, m = max |a_ij| (:func:`neuinv.reference.norm_product`).
 2. A matrix that stopped done gets the certificate of :mod:`neuinv.certificate`; if it is not certified
    (:func:`certified`) -- or the matrix stopped without being done, or never had a guess -- it takes the exact
-   path (Gauss–Jordan or LU with partial pivoting) and that result's certificate.
+   path (Gauss–Jordan or LU with partial pivoting; with ``positive_definite``, Cholesky A = L L^H and the
+   inverse from the factor, :func:`cholesky_pivot_accepted`) and that result's certificate.
 3. ``certified`` = error_bound <= max_error; X is NaN wherever it is not.
 """
 from __future__ import annotations
@@ -102,3 +103,13 @@ def converged(r: torch.Tensor, norm_product: torch.Tensor, tol: float, accept: f
 def certified(error_bound: torch.Tensor, max_error: float | None) -> torch.Tensor:
     """The rule for ``info.certified``: error_bound <= max_error (``CERTIFIED_BELOW`` when None)."""
     return error_bound <= (CERTIFIED_BELOW if max_error is None else max_error)
+
+
+def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
+    """The rule of the positive-definite exact path: Cholesky A = L L^H (LAPACK potrf, Golub & Van Loan,
+    *Matrix Computations*, 4th ed., Alg. 4.2.1) goes on only while each pivot d_k = a_kk - sum_j |l_kj|^2 is
+    positive and finite (l_kk = sqrt(d_k)). A matrix that meets any other pivot is not certified: error_bound
+    +inf, X NaN, no general-path fallback. The certificate of a factor that passes is taken of the full A, so a
+    non-symmetric A passed as positive definite (whose upper triangle the factorisation never reads) is
+    certified only where X truly inverts it."""
+    return (pivot > 0) & torch.isfinite(pivot)

@@ -27,7 +27,7 @@ class TinyModel(torch.nn.Module):
     pytest.param(torch.ones(2, 3, 4), ValueError, "square", id="non-square"),
     pytest.param(torch.ones(2, 3, 3, dtype=torch.int64), TypeError, "torch.int64", id="integer"),
     pytest.param(torch.ones(2, 3, 3, dtype=torch.bool), TypeError, "torch.bool", id="bool"),
-    pytest.param(torch.ones(2, 3, 3, dtype=torch.float16), TypeError, "torch.float16", id="half"),
+    pytest.param(torch.ones(2, 3, 3, dtype=torch.complex32), TypeError, "torch.complex32", id="complex32"),
     pytest.param([[1.0, 0.0], [0.0, 1.0]], TypeError, "torch.Tensor", id="list"),
 ])
 def test_bad_matrices_are_named(A, error, words):

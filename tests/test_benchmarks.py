@@ -90,3 +90,25 @@ def test_installed_optional_baselines_invert(throughput, package):
             assert X.dtype == dtype
             error = throughput.max_relative_error(X, torch.linalg.inv(A.double()))
             assert error <= throughput.accuracy_tolerance(n, dtype)
+
+
+def test_solve_benchmark_runs_every_method(tmp_path, capsys, monkeypatch):
+    """bench/solve.py on a tiny batch: every group and method gets a row with a time and an accurate result."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    path = Path(__file__).resolve().parents[1] / "bench" / "solve.py"
+    spec = importlib.util.spec_from_file_location("solve_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--sizes", "3", "--dtypes", "float64", "--max-batch", "20", "--repeats", "1",
+                 "--json", str(tmp_path / "solve.json")])
+    rows = json.loads((tmp_path / "solve.json").read_text())["rows"]
+    solves = {"neuinv.batched_solve", "torch.linalg.solve", "neuinv.batched_inverse @ B"}
+    expected = {("solve k=1", m) for m in solves} | {("solve k=8", m) for m in solves} | {
+        ("SPD inverse", m) for m in ("neuinv.batched_inverse pos", "neuinv.batched_inverse gen",
+                                     "torch.cholesky_inverse(cholesky)", "torch.linalg.inv")} | {
+        ("SPD solve k=1", m) for m in ("neuinv.batched_solve pos", "neuinv.batched_solve gen",
+                                       "torch.cholesky_solve(cholesky)", "torch.linalg.solve")}
+    assert [(row["group"], row["method"]) for row in rows] and {(r["group"], r["method"]) for r in rows} == expected
+    assert len(rows) == 14
+    assert all(row["seconds"] > 0 and row["max_relative_error"] < 1e-12 for row in rows)
+    assert capsys.readouterr().out.count("| 3 | float64 | 20 |") == 14

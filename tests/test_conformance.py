@@ -94,3 +94,64 @@ def test_scenarios_decided_as_the_rules_say():
     X = torch.linalg.inv(A)
     assert float(torch.linalg.matrix_norm(torch.eye(4) - A @ (1.3 * X))) >= rules.GUARD_RESIDUAL
     assert float(torch.linalg.matrix_norm(torch.eye(4) - A @ (1.1 * X))) < rules.GUARD_RESIDUAL
+
+
+def positive_definite_scenarios(dtype):
+    """(name, A, X0 or None, refine, expected (iterations, fallback, certified)) for the positive-definite exact
+    path (Cholesky). A is a diagonal of squares of powers of two: its Cholesky factor, the inverse from it and
+    every product A (c A^-1) are exact, so each outcome is decided by a margin."""
+    A = torch.diag(torch.tensor([4.0, 16.0, 0.25, 1.0], dtype=dtype))[None]
+    X = torch.linalg.inv(A.double()).to(dtype)
+    indefinite = A.clone()
+    indefinite[0, 1, 1] = -16.0  # LU inverts it (and certifies it); Cholesky meets the pivot -16
+    non_symmetric = A.clone()
+    non_symmetric[0, 0, 3] = 1.0  # upper triangle: Cholesky never reads it, the certificate of the full A does
+    with_nan = A.clone()
+    with_nan[0, 2, 2] = math.nan
+    zero_pivot = A.clone()
+    zero_pivot[0, 3, 3] = 0.0
+    converged_at = 3 if dtype == torch.float32 else 4
+    yield "Cholesky", A, None, False, (0, True, True)
+    yield "indefinite: not certified, no LU fallback", indefinite, None, False, (0, True, False)
+    yield "non-symmetric given as positive definite: refused by the certificate", non_symmetric, None, False, \
+        (0, True, False)
+    yield "NaN member", with_nan, None, False, (0, True, False)
+    yield "zero pivot", zero_pivot, None, False, (0, True, False)
+    yield "guess converges: Newton–Schulz as without it", A, 1.1 * X, True, (converged_at, False, True)
+    yield "guess above the guard: Cholesky", A, 1.3 * X, True, (0, True, True)
+    yield "indefinite with a guess above the guard", indefinite, 1.3 * X, True, (0, True, False)
+    yield "scaled transpose", A, None, True, None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_positive_definite_scenarios(backend, dtype):
+    """The positive-definite exact path through each backend's ``invert(..., positive_definite=True)``: the same
+    (iterations, fallback, certified) as the rule says, and as the torch reference gives."""
+    from neuinv.backends import resolve_backend
+    from neuinv.inverse import _rules
+
+    device = _device(backend)
+    for name, A, X0, refine, expected in positive_definite_scenarios(dtype):
+        A = A.to(device)
+        X0 = None if X0 is None else X0.to(device)
+        rule = _rules(dtype, None, None, X0 is not None)
+        X, certified, bound, iterations, fallback = resolve_backend(backend, A).invert(
+            A, X0, None, refine, rule, 1.0, positive_definite=True)
+        _, certified_ref, _, iterations_ref, fallback_ref = resolve_backend("torch", A.cpu()).invert(
+            A.cpu(), None if X0 is None else X0.cpu(), None, refine, rule, 1.0, positive_definite=True)
+        got = (int(iterations[0]), bool(fallback[0]), bool(certified[0]))
+        label = f"{backend} {dtype} {name}: {got}"
+        assert got[1:] == (bool(fallback_ref[0]), bool(certified_ref[0])), label
+        if expected is not None:
+            assert got == expected and int(iterations_ref[0]) == expected[0], label
+        assert torch.isnan(X).all() != certified[0], label
+        assert math.isinf(float(bound[0])) != got[2], label
+        if got[1] and got[2]:  # the Cholesky inverse of these diagonals is exact
+            assert torch.equal(X.cpu().double(), torch.linalg.inv(A.cpu().double())), label
+
+
+def test_positive_definite_rule():
+    """rules.cholesky_pivot_accepted: positive and finite pivots only."""
+    pivots = torch.tensor([1.0, 1e-300, 0.0, -0.0, -1.0, math.inf, -math.inf, math.nan], dtype=torch.float64)
+    assert rules.cholesky_pivot_accepted(pivots).tolist() == [True, True] + [False] * 6

@@ -21,9 +21,10 @@ SYNCING_OPERATORS = {"nonzero", "_local_scalar_dense", "item", "masked_select", 
 """aten operators whose output shape depends on the data, or that copy a value to the host."""
 
 
-def _arguments(A, X0, use_guess, refine, max_iter=10, max_error=1.0):
+def _arguments(A, X0, use_guess, refine, max_iter=10, max_error=1.0, positive_definite=False):
     rules = NewtonSchulzRules(default_tol(A.dtype), NEWTON_SCHULZ_ACCEPT[A.dtype], max_iter, X0 is not None)
-    return (A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard, max_error), rules
+    return (A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard, max_error,
+            positive_definite), rules
 
 
 def _variants(A):
@@ -39,9 +40,10 @@ def test_opcheck(backend):
     strides). With a singular member X holds NaN, which opcheck's eager-against-AOT comparison counts as a
     difference (NaN != NaN), so that input runs the other checks."""
     A = conditioned_matrices(5, 3, 10.0, torch.float64).to(DEVICE[backend])
-    for matrices in (A, A.mT):
+    spd = conditioned_matrices(5, 3, 10.0, torch.float64, symmetric=True).to(DEVICE[backend])
+    for matrices, positive_definite in ((A, False), (A.mT, False), (spd, True), (spd.mT, True)):
         for X0, use_guess, refine in _variants(matrices).values():
-            args, _ = _arguments(matrices, X0, use_guess, refine)
+            args, _ = _arguments(matrices, X0, use_guess, refine, positive_definite=positive_definite)
             torch.library.opcheck(torch.ops.neuinv.invert.default, args)
     singular = A.clone()
     singular[2] = 0.0
@@ -82,6 +84,34 @@ def test_operator_matches_its_specification(backend, dtype, n):
         assert torch.equal(fallback, fallback_ref), label
         assert (iterations - iterations_ref).abs().max() <= 2, label
         assert not certified[3] and not certified[7] and torch.isnan(X[[3, 7]]).all(), label
+        truth = torch.linalg.inv(A[certified].double())
+        error = torch.linalg.matrix_norm(X[certified].double() - truth) / torch.linalg.matrix_norm(truth)
+        assert (error <= bound[certified]).all(), label
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 13, 16, 33, 64])
+def test_positive_definite_operator_matches_its_specification(backend, dtype, n):
+    """positive_definite=True: the same verdict and path per matrix as reference.invert on symmetric positive
+    definite batches with a zero, a NaN and a negative definite member (refused by the Cholesky pivot rule, not
+    inverted by the general path), iteration counts within 2; every certified bound holds."""
+    A = conditioned_matrices(19, n, 1e3, dtype, seed=n, symmetric=True).to(DEVICE[backend])
+    A[3] = 0.0
+    A[7, 0, 0] = float("nan")
+    A[9] = -A[9]
+    for name, (X0, use_guess, refine) in _variants(A).items():
+        args, rules = _arguments(A, X0, use_guess, refine, max_iter=10 if X0 is not None else 64,
+                                 positive_definite=True)
+        X, certified, bound, iterations, fallback = torch.ops.neuinv.invert(*args)
+        X_ref, certified_ref, bound_ref, iterations_ref, fallback_ref = reference.invert(
+            A, X0, use_guess, refine, rules, 1.0, positive_definite=True)
+        label = f"{backend} {dtype} n={n} {name}"
+        assert torch.equal(certified, certified_ref), label
+        assert torch.equal(fallback, fallback_ref), label
+        assert (iterations - iterations_ref).abs().max() <= 2, label
+        assert not certified[[3, 7]].any() and torch.isnan(X[[3, 7]]).all(), label
+        assert certified[9] == (name in ("guess", "scaled transpose")), label  # by Newton–Schulz; Cholesky refuses it
         truth = torch.linalg.inv(A[certified].double())
         error = torch.linalg.matrix_norm(X[certified].double() - truth) / torch.linalg.matrix_norm(truth)
         assert (error <= bound[certified]).all(), label

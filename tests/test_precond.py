@@ -307,3 +307,19 @@ def test_shared_matrices(name, block, symmetric):
     result = solve(A, torch.as_tensor(b), M, rtol=1e-8, max_iter=20 * A.shape[0])
     assert result.converged.all(), result.message
     assert np.linalg.norm(A @ result.x.numpy() - b) <= 1.01e-8 * np.linalg.norm(b)
+
+
+def test_update_writes_into_kept_buffers():
+    """update uses batched_inverse_ex's out=: after the first update, the inverses alternate between two buffers
+    (no new inverse is allocated), and the results equal a fresh preconditioner's."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(60, 60, generator=g, dtype=torch.float64) * 0.1 + 4 * torch.eye(60, dtype=torch.float64)
+    M = BlockJacobi(A, block_size=6)
+    first = M.inverse.data_ptr()
+    M.update(A * (1 + 1e-6))
+    second = M.inverse.data_ptr()
+    M.update(A * (1 + 2e-6))
+    assert M.inverse.data_ptr() == first and second != first
+    M.update(A * (1 + 3e-6))
+    assert M.inverse.data_ptr() == second
+    assert torch.allclose(M.inverse, BlockJacobi(A * (1 + 3e-6), block_size=6).inverse, rtol=1e-12, atol=1e-13)

@@ -419,6 +419,22 @@ NEUINV_INLINE double certify_lane(const T* a_l, const double (&x)[N][N][kLanes],
   return rules::rounded_error_bound<T>(rho, std::sqrt(sum_of_squares<double>(x_w, N * N)), N);
 }
 
+// Certifies the compact X_w of `count` <= kLanes matrices (certify_lane; +inf where `rejected` is not 0: a zero
+// or refused pivot) and stores X rounded to T (NaN where nothing is certified) with its error bound.
+template <typename T, int N>
+NEUINV_INLINE void certify_compact(const T* a, const double (&original)[N][N][kLanes],
+                                   const double (&x_w)[N][N][kLanes], const int32_t (&rejected)[kLanes], T* x,
+                                   double* error_bound, int count) {
+  double r_sq[kLanes];
+  compact_residual_norms<N>(original, x_w, r_sq);
+  for (int l = 0; l < count; ++l) {
+    alignas(64) double lane[N * N];
+    const double bound = rejected[l] ? std::numeric_limits<double>::infinity()
+                                     : certify_lane<T, N>(a + l * N * N, x_w, l, std::sqrt(r_sq[l]), lane);
+    error_bound[l] = store_certified<T>(lane, x + l * N * N, N * N, bound);
+  }
+}
+
 // Inverts `count` <= kLanes matrices (a, row-major, one after another) by Gauss-Jordan elimination on
 // [A | I] with partial pivoting, in double precision, and writes X (rounded to T; NaN where nothing is
 // certified) and its error bound (certify_exact; +inf for a zero pivot).
@@ -482,21 +498,13 @@ void invert_compact(const T* a, T* x, double* error_bound, int count) {
       }
     }
   }
-  // Certify X_w, then store it rounded to T (NaN where nothing is certified).
   alignas(64) double x_w[N][N][L];
   for (int i = 0; i < N; ++i) {
     for (int j = 0; j < N; ++j) {
       for (int l = 0; l < L; ++l) x_w[i][j][l] = w[i][N + j][l];
     }
   }
-  double r_sq[L];
-  compact_residual_norms<N>(original, x_w, r_sq);
-  for (int l = 0; l < count; ++l) {
-    alignas(64) double lane[N * N];
-    const double bound = first_zero[l] ? std::numeric_limits<double>::infinity()
-                                       : certify_lane<T, N>(a + l * N * N, x_w, l, std::sqrt(r_sq[l]), lane);
-    error_bound[l] = store_certified<T>(lane, x + l * N * N, N * N, bound);
-  }
+  certify_compact<T, N>(a, original, x_w, first_zero, x, error_bound, count);
 }
 
 // Closed forms A^-1 = adj(A) / det(A) for n = 2, 3, 4 on the compact layout (4x4: Laplace expansion in
@@ -594,15 +602,163 @@ NEUINV_INLINE void invert_closed_form(const T* a_in, T* x, double* error_bound, 
   }
 }
 
-// The exact path for matrices begin..end-1 one at a time: Gauss-Jordan in double, the certificate (and the
+// The positive-definite exact path (reference.cholesky_inverse), in double precision for every input dtype:
+// A = L L^T from A's lower triangle (right-looking, Golub & Van Loan Alg. 4.2.1), M = L^-1 by forward
+// substitution row by row, X_w = M^T M (its lower triangle, mirrored): n^3/6 multiply-adds each, against
+// Gauss-Jordan's n^3 (Higham, Accuracy and Stability, §10.1 and §14.2). The factorisation stops at the first
+// pivot that rules::cholesky_pivot_accepted refuses. Returns 0, or the 1-based index of that pivot.
+// Four doubles (one AVX2 register) of a row, for the triangular loops of cholesky_inverse.
+typedef double Double4 __attribute__((vector_size(32)));
+
+NEUINV_INLINE Double4 load4(const double* p) {
+  Double4 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+NEUINV_INLINE void store4(double* p, Double4 v) { std::memcpy(p, &v, sizeof v); }
+
+template <typename T, int N>
+NEUINV_INLINE int64_t cholesky_inverse(const T* a, double* x, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  constexpr int64_t kMaxStride = ((N > 0 ? N : kMaxN) + 3) / 4 * 4;
+  // Rows padded with zeros to a multiple of 4 (stride w); the triangular loops run over whole groups of 4 from
+  // the group holding their first entry, touching entries that are zero or never read again.
+  const int64_t w = (n + 3) / 4 * 4, groups = w / 4;
+  // u = L^T, row-major (upper triangle; below it entries never read): the trailing update and the substitutions
+  // then run along rows.
+  alignas(64) double u[(N > 0 ? N : kMaxN) * kMaxStride], inverse[(N > 0 ? N : kMaxN) * kMaxStride];
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < w; ++i) u[j * w + i] = i >= j && i < n ? static_cast<double>(a[i * n + j]) : 0.0;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    double* row_k = u + k * w;
+    const double pivot = row_k[k];
+    if (!rules::cholesky_pivot_accepted(pivot)) return k + 1;
+    const double l_kk = std::sqrt(pivot), scale = 1.0 / l_kk;
+    for (int64_t g = (k + 1) / 4; g < groups; ++g) store4(row_k + 4 * g, load4(row_k + 4 * g) * scale);
+    row_k[k] = l_kk;
+    for (int64_t j = k + 1; j < n; ++j) {
+      const double factor = row_k[j];
+      double* row_j = u + j * w;
+      for (int64_t g = j / 4; g < groups; ++g) store4(row_j + 4 * g, load4(row_j + 4 * g) - factor * load4(row_k + 4 * g));
+    }
+  }
+  // M = L^-1 row by row, row i = (e_i - sum_{k<i} l_ik M_k) / l_ii (l_ik = u[k][i]), right-looking: once row k is
+  // final it is subtracted from every later row, so that consecutive updates of one row are independent. M_k is
+  // zero right of k.
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < w; ++j) inverse[i * w + j] = i == j ? 1.0 : 0.0;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    double* row_k = inverse + k * w;
+    const double scale = 1.0 / u[k * w + k];
+    for (int64_t g = 0; g <= k / 4; ++g) store4(row_k + 4 * g, load4(row_k + 4 * g) * scale);
+    for (int64_t i = k + 1; i < n; ++i) {
+      const double factor = u[k * w + i];
+      double* row = inverse + i * w;
+      for (int64_t g = 0; g <= k / 4; ++g) store4(row + 4 * g, load4(row + 4 * g) - factor * load4(row_k + 4 * g));
+    }
+  }
+  // X = M^T M: row i, entries 0..i, is the sum over k >= i of m_ki M_k; accumulated into u (no longer needed) for
+  // k = 0, 1, ... in turn, each M_k into the rows i <= k. X is that lower triangle and its mirror image.
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < w; ++j) u[i * w + j] = 0.0;
+  }
+  for (int64_t k = 0; k < n; ++k) {
+    const double* row_k = inverse + k * w;
+    for (int64_t i = 0; i <= k; ++i) {
+      const double factor = row_k[i];
+      double* row = u + i * w;
+      for (int64_t g = 0; g <= i / 4; ++g) store4(row + 4 * g, load4(row + 4 * g) + factor * load4(row_k + 4 * g));
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) x[i * n + j] = j <= i ? u[i * w + j] : u[j * w + i];
+  }
+  return 0;
+}
+
+// The same for `count` <= kLanes matrices in the compact layout, each step across the lanes; a lane whose pivot
+// is refused records it and goes on with pivot 1 (its result is discarded). Writes X (rounded to T, NaN where
+// not certified) and its error bound, as invert_compact does.
+template <typename T, int N>
+void cholesky_compact(const T* a, T* x, double* error_bound, int count) {
+  constexpr int L = kLanes;
+  alignas(64) double original[N][N][L], u[N][N][L], inverse[N][N][L], x_w[N][N][L];
+  for (int l = 0; l < L; ++l) {
+    for (int i = 0; i < N; ++i) {
+      for (int j = 0; j < N; ++j) {
+        // Lanes beyond count hold the identity.
+        original[i][j][l] = l < count ? static_cast<double>(a[l * N * N + i * N + j]) : (i == j ? 1.0 : 0.0);
+      }
+    }
+  }
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j <= i; ++j) {
+      for (int l = 0; l < L; ++l) u[j][i][l] = original[i][j][l];
+    }
+  }
+  int32_t refused[L] = {};
+  for (int k = 0; k < N; ++k) {
+    double scale[L];
+    for (int l = 0; l < L; ++l) {
+      const bool accepted = rules::cholesky_pivot_accepted(u[k][k][l]);
+      if (!accepted && refused[l] == 0) refused[l] = k + 1;
+      const double l_kk = std::sqrt(accepted ? u[k][k][l] : 1.0);
+      u[k][k][l] = l_kk;
+      scale[l] = 1.0 / l_kk;
+    }
+    for (int i = k + 1; i < N; ++i) {
+      for (int l = 0; l < L; ++l) u[k][i][l] *= scale[l];
+    }
+    for (int j = k + 1; j < N; ++j) {
+      for (int i = j; i < N; ++i) {
+        for (int l = 0; l < L; ++l) u[j][i][l] -= u[k][j][l] * u[k][i][l];
+      }
+    }
+  }
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j <= i; ++j) {
+      for (int l = 0; l < L; ++l) inverse[i][j][l] = i == j ? 1.0 : 0.0;
+    }
+    for (int k = 0; k < i; ++k) {
+      for (int j = 0; j <= k; ++j) {
+        for (int l = 0; l < L; ++l) inverse[i][j][l] -= u[k][i][l] * inverse[k][j][l];
+      }
+    }
+    double scale[L];
+    for (int l = 0; l < L; ++l) scale[l] = 1.0 / u[i][i][l];
+    for (int j = 0; j <= i; ++j) {
+      for (int l = 0; l < L; ++l) inverse[i][j][l] *= scale[l];
+    }
+  }
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j <= i; ++j) {
+      double sum[L] = {};
+      for (int k = i; k < N; ++k) {
+        for (int l = 0; l < L; ++l) sum[l] += inverse[k][i][l] * inverse[k][j][l];
+      }
+      for (int l = 0; l < L; ++l) {
+        x_w[i][j][l] = sum[l];
+        x_w[j][i][l] = sum[l];
+      }
+    }
+  }
+  certify_compact<T, N>(a, original, x_w, refused, x, error_bound, count);
+}
+
+// The exact path for matrices begin..end-1 one at a time: Gauss-Jordan (Cholesky when positive_definite) in
+// double, the certificate (and the
 // float64 polish), X rounded to T.
 template <typename T, int N>
-NEUINV_INLINE void invert_one_by_one(const T* a, T* x, double* error_bound, int64_t begin, int64_t end, int64_t n) {
+NEUINV_INLINE void invert_one_by_one(const T* a, T* x, double* error_bound, int64_t begin, int64_t end, int64_t n,
+                                     bool positive_definite) {
   alignas(64) double x_w[(N > 0 ? N : kMaxN) * (N > 0 ? N : kMaxN)];
   for (int64_t m = begin; m < end; ++m) {
     const T* a_m = a + m * n * n;
-    const double bound = gauss_jordan<T, N>(a_m, x_w, n) ? std::numeric_limits<double>::infinity()
-                                                         : certify_exact<T, N>(a_m, x_w, n);
+    const int64_t refused = positive_definite ? cholesky_inverse<T, N>(a_m, x_w, n) : gauss_jordan<T, N>(a_m, x_w, n);
+    const double bound = refused ? std::numeric_limits<double>::infinity() : certify_exact<T, N>(a_m, x_w, n);
     error_bound[m] = store_certified<T>(x_w, x + m * n * n, n * n, bound);
   }
 }
@@ -628,7 +784,7 @@ void inverse_and_error_bound_batch(const T* a, T* x, double* error_bound, int64_
   } else {
     at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
       IeeeMode ieee;
-      run_for_this_cpu<invert_one_by_one<T, N>>(a, x, error_bound, begin, end, n);
+      run_for_this_cpu<invert_one_by_one<T, N>>(a, x, error_bound, begin, end, n, false);
     });
   }
 }
@@ -945,11 +1101,13 @@ NEUINV_INLINE void scaled_transpose(const T* a, T* x0, int64_t n) {
   }
 }
 
-// The exact path for `count` <= kLanes matrices of a fixed size N <= kCompactMaxN: closed forms (float32, N <= 4)
-// or the compact Gauss-Jordan kernel.
+// The exact path for `count` <= kLanes matrices of a fixed size N <= kCompactMaxN: the compact Cholesky kernel
+// when positive_definite, else closed forms (float32, N <= 4) or the compact Gauss-Jordan kernel.
 template <typename T, int N>
-NEUINV_INLINE void exact_block(const T* a, T* x, double* error_bound, int count) {
-  if constexpr (N >= 2 && N <= kClosedFormMaxN && std::is_same_v<T, float>) {
+NEUINV_INLINE void exact_block(const T* a, T* x, double* error_bound, int count, bool positive_definite) {
+  if (positive_definite) {
+    cholesky_compact<T, N>(a, x, error_bound, count);
+  } else if constexpr (N >= 2 && N <= kClosedFormMaxN && std::is_same_v<T, float>) {
     invert_closed_form<T, N>(a, x, error_bound, count);
   } else {
     invert_compact<T, N>(a, x, error_bound, count);
@@ -971,7 +1129,7 @@ NEUINV_INLINE void give_verdict(T* x, const double* bound, bool* certified, int6
 template <typename T, int N>
 NEUINV_INLINE void invert_compact_block(const T* a, const T* x0, const bool* use_guess, T* x, bool* certified,
                                         double* bound, int32_t* iterations, bool* fallback, int count, bool refine,
-                                        NewtonSchulzRules rules, double max_error) {
+                                        NewtonSchulzRules rules, double max_error, bool positive_definite) {
   constexpr int L = kLanes, S = N * N;
   bool exact[L];
   for (int l = 0; l < count; ++l) {
@@ -1026,11 +1184,11 @@ NEUINV_INLINE void invert_compact_block(const T* a, const T* x0, const bool* use
     fallback[l] = exact[l];
   }
   if (k == count) {
-    exact_block<T, N>(a, x, bound, count);
+    exact_block<T, N>(a, x, bound, count, positive_definite);
   } else if (k > 0) {
     double exact_bound[L];
     for (int q = 0; q < k; ++q) std::copy(a + chosen[q] * S, a + (chosen[q] + 1) * S, a_buffer + q * S);
-    exact_block<T, N>(a_buffer, x_buffer, exact_bound, k);
+    exact_block<T, N>(a_buffer, x_buffer, exact_bound, k, positive_definite);
     for (int q = 0; q < k; ++q) {
       std::copy(x_buffer + q * S, x_buffer + (q + 1) * S, x + chosen[q] * S);
       bound[chosen[q]] = exact_bound[q];
@@ -1044,7 +1202,7 @@ template <typename T, int N>
 NEUINV_INLINE void invert_one_by_one_verified(const T* a, const T* x0, const bool* use_guess, T* x, bool* certified,
                                               double* bound, int32_t* iterations, bool* fallback, int64_t begin,
                                               int64_t end, int64_t n, bool refine, NewtonSchulzRules rules,
-                                              double max_error) {
+                                              double max_error, bool positive_definite) {
   constexpr int64_t M = N > 0 ? N : kMaxN;
   alignas(64) T guess[M * M];
   rules.guarded = x0 != nullptr;
@@ -1064,7 +1222,7 @@ NEUINV_INLINE void invert_one_by_one_verified(const T* a, const T* x0, const boo
         fallback[m] = !rules::certified(bound[m], max_error);
       }
     }
-    if (fallback[m]) invert_one_by_one<T, N>(a_m, x_m, bound + m, 0, 1, n);
+    if (fallback[m]) invert_one_by_one<T, N>(a_m, x_m, bound + m, 0, 1, n, positive_definite);
     give_verdict(x_m, bound + m, certified + m, 1, n * n, max_error);
   }
 }
@@ -1072,7 +1230,7 @@ NEUINV_INLINE void invert_one_by_one_verified(const T* a, const T* x0, const boo
 template <typename T, int N>
 void invert_batch(const T* a, const T* x0, const bool* use_guess, T* x, bool* certified, double* bound,
                   int32_t* iterations, bool* fallback, int64_t b, int64_t n, bool refine,
-                  const NewtonSchulzRules& rules, double max_error) {
+                  const NewtonSchulzRules& rules, double max_error, bool positive_definite) {
   if constexpr (N > 0 && N <= kCompactMaxN) {
     const int64_t blocks = (b + kLanes - 1) / kLanes;
     at::parallel_for(0, blocks, 16, [&](int64_t begin, int64_t end) {
@@ -1082,21 +1240,24 @@ void invert_batch(const T* a, const T* x0, const bool* use_guess, T* x, bool* ce
         const int count = static_cast<int>(std::min<int64_t>(kLanes, b - m));
         run_for_this_cpu<invert_compact_block<T, N>>(
             a + m * N * N, x0 ? x0 + m * N * N : x0, use_guess ? use_guess + m : use_guess, x + m * N * N,
-            certified + m, bound + m, iterations + m, fallback + m, count, refine, rules, max_error);
+            certified + m, bound + m, iterations + m, fallback + m, count, refine, rules, max_error,
+            positive_definite);
       }
     });
   } else {
     at::parallel_for(0, b, 16, [&](int64_t begin, int64_t end) {
       IeeeMode ieee;
       run_for_this_cpu<invert_one_by_one_verified<T, N>>(a, x0, use_guess, x, certified, bound, iterations,
-                                                          fallback, begin, end, n, refine, rules, max_error);
+                                                          fallback, begin, end, n, refine, rules, max_error,
+                                                          positive_definite);
     });
   }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cpu(
     const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
-    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error) {
+    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
+    bool positive_definite) {
   check_invert_arguments(A_in, X0_in, use_guess_in, refine, tol, accept, max_iter, guard, max_error, at::kCPU);
   const at::Tensor A = A_in.contiguous();
   const at::Tensor X0 = X0_in.has_value() ? X0_in->contiguous() : at::Tensor();
@@ -1115,7 +1276,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cp
     NEUINV_DISPATCH_SIZE(n, [&] {
       invert_batch<scalar_t, N>(A.data_ptr<scalar_t>(), x0, use, X.data_ptr<scalar_t>(), certified.data_ptr<bool>(),
                                 bound.data_ptr<double>(), iterations.data_ptr<int32_t>(), fallback.data_ptr<bool>(), b,
-                                n, refine, rules, max_error);
+                                n, refine, rules, max_error, positive_definite);
     });
   });
   return {X, certified, bound, iterations, fallback};

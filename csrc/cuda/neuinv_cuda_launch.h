@@ -17,6 +17,12 @@ template <typename T>
 cudaError_t launch_exact_inverse(const T* A, T* X, int32_t* info, const bool* needed, int64_t batch, int n,
                                  cudaStream_t stream);
 
+// Cholesky inverse of the matrices where `needed` (nullptr: all), from A's lower triangle; info: 0 or the first
+// pivot rules::cholesky_pivot_accepted refuses (X is then NaN).
+template <typename T>
+cudaError_t launch_cholesky_inverse(const T* A, T* X, int32_t* info, const bool* needed, int64_t batch, int n,
+                                    cudaStream_t stream);
+
 template <typename T>
 cudaError_t launch_residual_norm(const T* A, const T* X, T* residual, int64_t batch, int n, cudaStream_t stream);
 

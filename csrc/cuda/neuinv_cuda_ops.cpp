@@ -22,12 +22,15 @@ const T* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-void exact_inverse_into(const at::Tensor& A, at::Tensor& X, at::Tensor& info, const at::Tensor& needed) {
+// The exact path where `needed` (undefined: everywhere): Gauss-Jordan, or Cholesky when positive_definite.
+void exact_inverse_into(const at::Tensor& A, at::Tensor& X, at::Tensor& info, const at::Tensor& needed,
+                        bool positive_definite = false) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_exact_inverse_cuda", [&] {
-    C10_CUDA_CHECK(cuda_kernels::launch_exact_inverse<scalar_t>(
-        A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), info.data_ptr<int32_t>(), data_or_null<bool>(needed),
-        A.size(0), static_cast<int>(A.size(1)), stream));
+    const auto launch = positive_definite ? cuda_kernels::launch_cholesky_inverse<scalar_t>
+                                          : cuda_kernels::launch_exact_inverse<scalar_t>;
+    C10_CUDA_CHECK(launch(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(), info.data_ptr<int32_t>(),
+                          data_or_null<bool>(needed), A.size(0), static_cast<int>(A.size(1)), stream));
   });
 }
 
@@ -123,11 +126,12 @@ at::Tensor scaled_transpose(const at::Tensor& A) {
 }
 
 // neuinv::invert (reference.invert, on A of shape (*, n, n)) as a sequence of launches on the current stream: Newton-Schulz where a guess
-// is used, the certificate of the matrices that stopped done, Gauss-Jordan and its certificate where that one is
+// is used, the certificate of the matrices that stopped done, Gauss-Jordan (Cholesky when positive_definite) and its certificate where that one is
 // missing or above max_error, the verdict. Per-matrix choices are device masks; nothing waits for the host.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cuda(
     const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
-    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error) {
+    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
+    bool positive_definite) {
   check_invert_arguments(A_in, X0_in, use_guess_in, refine, tol, accept, max_iter, guard, max_error, at::kCUDA);
   const c10::cuda::CUDAGuard device_guard(A_in.device());
   const auto batch = A_in.sizes().slice(0, A_in.dim() - 2);
@@ -148,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cu
     needed = bound.le(max_error).logical_not_();
   }
   at::Tensor info = at::empty({b}, A.options().dtype(at::kInt));
-  exact_inverse_into(A, X, info, needed);
+  exact_inverse_into(A, X, info, needed, positive_definite);
   error_bound_into(A, X, needed, bound);
   at::Tensor fallback = needed.defined() ? needed : at::ones({b}, A.options().dtype(at::kBool));
   at::Tensor certified = bound.le(max_error);

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from ..inverse import batched_inverse_ex
+from ..inverse import INFO_DTYPES, batched_inverse_ex
 from .solvers import _complex_of
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
@@ -109,7 +109,10 @@ class BlockJacobi:
         A_new: any input ``BlockJacobi`` accepts, of shape ``self.shape``; its entries are taken in
         ``self.dtype``'s precision. A complex A_new for a real preconditioner promotes it to the
         complex dtype of that precision (float32 -> complex64, float64 -> complex128): ``self.dtype``
-        and ``self.inverse`` become complex. Raises ``ValueError`` for another shape."""
+        and ``self.inverse`` become complex. Raises ``ValueError`` for another shape.
+
+        The new inverses are written (``out=``) into the tensor that held them before the previous update, so
+        that repeated updates allocate no new inverse: copy ``self.inverse`` to keep it across two updates."""
         rows, cols, values, shape, _ = _coordinates(A_new, device=self.device)
         if shape != self.shape:
             raise ValueError(f"update needs a matrix of shape {self.shape}, got {shape}")
@@ -117,11 +120,24 @@ class BlockJacobi:
             self.dtype = _complex_of(self.dtype)
             self.inverse = self.inverse.to(self.dtype)
         blocks_dense = self._extract(rows, cols, values.to(self.dtype))
-        X, info = batched_inverse_ex(blocks_dense, init=self.inverse, backend=self.backend)
+        X, info = batched_inverse_ex(blocks_dense, init=self.inverse, backend=self.backend, out=self._buffers())
+        self._spare = self.inverse
         self.inverse = self._handle_singular(X, info)
         return UpdateReport(int(info.iterations.max()) if self.num_blocks else 0,
                             float(info.iterations.float().mean()) if self.num_blocks else 0.0,
                             int(info.fallback.sum()))
+
+    def _buffers(self):
+        """(X, info) for ``batched_inverse_ex``'s out=: the spare inverse of the previous update (or a new one where
+        it has another dtype) and the per-block fields, kept between updates."""
+        spare = getattr(self, "_spare", None)
+        if spare is None or spare.dtype != self.inverse.dtype:
+            spare = torch.empty_like(self.inverse)
+        info = getattr(self, "_info", None)
+        if info is None:
+            b = self.num_blocks
+            info = self._info = tuple(torch.empty(b, dtype=dtype, device=self.device) for dtype in INFO_DTYPES)
+        return spare, info
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:
         """M^-1 r for a tensor r of shape (N,) or (N, k) (k right-hand sides at once); same shape.

@@ -1,0 +1,285 @@
+"""``batched_solve``: verified solutions of A X = B, a drop-in for ``torch.linalg.solve``.
+
+How each system is solved
+-------------------------
+1. R = the certified inverse of A (:func:`neuinv.batched_inverse_ex`: same rules, backends, warm start ``init``
+   and ``assume_a``), once per matrix of A's own batch, whatever B broadcasts it to.
+2. X = R B, then one step of iterative refinement X <- X + R (B - A X), all in float64 (complex128) (Higham,
+   *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §12.1: with a fixed approximate inverse each step
+   multiplies the error by about ||I - R A||, so one step takes X to working precision wherever R's error is
+   small), rounded to A's dtype.
+3. The certificate of the X returned (:func:`neuinv.certificate.solve_error_bound`): with r = B - A X and
+   eps = R's certified bound, ||X - A^-1 B||_F <= ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F, evaluated with its
+   own rounding accounted for; relative to ||A^-1 B||_F as e / (||X||_F - e). X is NaN wherever the bound is
+   above ``max_error`` (default: 1 or more, i.e. not one digit certified) or R is not certified.
+
+float16 / bfloat16 input is solved in float32 and rounded; the certificate is of the rounded X (so it includes
+that rounding, and an X that overflows is not certified).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from . import certificate
+from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_out, _invert,
+                      _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified)
+from .rules import certified
+
+
+class SolveInfo(NamedTuple):
+    """Per-system report of :func:`batched_solve_ex`.
+
+    certified: use this X: its error_bound is at most ``max_error`` (default: below 1). X is NaN where False.
+        Shape: the broadcast batch shape of A and B.
+    error_bound: float64 upper bound on ||X - A^-1 B||_F / ||A^-1 B||_F (the columns of a system together),
+        rigorous (:func:`neuinv.certificate.solve_error_bound`); +inf where nothing is certified. Broadcast shape.
+    iterations: Newton–Schulz steps of A's inverse; A's batch shape.
+    fallback: A's inverse came from the exact path; A's batch shape.
+    inverse: R, the certified inverse of A used (A's shape and dtype; NaN where not certified): pass it as
+        ``init`` of the next call for a warm start.
+    """
+
+    certified: torch.Tensor
+    error_bound: torch.Tensor
+    iterations: torch.Tensor
+    fallback: torch.Tensor
+    inverse: torch.Tensor
+
+
+def batched_solve(A: torch.Tensor, B: torch.Tensor, *, init=None, tol=None, max_iter=None, max_error=None,
+                  method: str = "auto", assume_a: str = "gen", backend: str = "auto",
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+    """X with A X = B for each system; a drop-in for ``torch.linalg.solve(A, B)``.
+
+    Raises ``ValueError`` naming the first system whose A or B holds NaN or Inf if any system that failed does,
+    else ``torch.linalg.LinAlgError`` naming the first system whose A is not positive definite
+    (``assume_a="pos"``), singular or numerically singular, or whose solution is not certified to ``max_error``.
+    ``out``: a tensor of X's shape and A's dtype and device that receives X. See :func:`batched_solve_ex`.
+    """
+    B_matrix, vector = _right_hand_sides(A, B)
+    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a)
+    X_shape = _solution_shape(A, B_matrix, vector)
+    if out is not None:
+        _check_out(out, "out", X_shape, A.dtype, A.device, A, B, init)
+    options = dict(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
+                   backend=backend)
+    X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out)
+    return X
+
+
+def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, init=None, tol=None, max_iter=None, max_error=None,
+                     method: str = "auto", assume_a: str = "gen", backend: str = "auto",
+                     out: tuple | None = None) -> tuple[torch.Tensor, SolveInfo]:
+    """Solutions X of A X = B and a :class:`SolveInfo`; never raises for singular input.
+
+    Args:
+        A: (*, n, n) float32, float64, complex64, complex128, float16 or bfloat16; never modified.
+        B: (*, n) or (*, n, k) of A's dtype and device, never modified. As ``torch.linalg.solve``: B is a batch of
+            vectors when it is 1-D or has shape A.shape[:-1]; otherwise of n x k matrices. The batch dimensions
+            of A and B broadcast; A's inverse is computed once per matrix of A.
+        init: (*, n, n) approximate inverses of A (a warm start, e.g. the previous call's ``info.inverse``).
+        tol, max_iter, method, assume_a, backend: as :func:`neuinv.batched_inverse_ex` (for A's inverse).
+        max_error: largest ``error_bound`` of a solution that counts as certified; default None: below 1.
+        out: (X, info): X of the solution's shape and A's dtype and device; info a :class:`SolveInfo` of tensors
+            of its fields' shapes and dtypes (bool, float64, int32, bool, A's). None may share memory with A, B or
+            init; not with gradients.
+
+    Returns:
+        X of shape (broadcast batch, n) or (broadcast batch, n, k), A's dtype, NaN where not certified, and the
+        :class:`SolveInfo`.
+
+    Gradients (and torch.func transforms): dX = A^-1 (dB - dA X), so grad_B = A^-H G and grad_A = -grad_B X^H
+    (summed over broadcast dimensions); ``info.inverse`` is differentiable too (d(A^-1) = -A^-1 dA A^-1).
+    """
+    B_matrix, vector = _right_hand_sides(A, B)
+    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a)
+    if out is not None:
+        _check_out_pair(out, A, B, B_matrix, vector, init)
+    options = dict(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
+                   backend=backend)
+    return _solve(A, B_matrix, vector, init, options, raise_failures=False, out=out)
+
+
+def _solve(A, B, vector, init, options, raise_failures, out):
+    """The solve on B (*, n, k), through :class:`_BatchedSolve` where autograd or a transform needs it; the
+    vector case squeezed back; the copy into out."""
+    if _transformed(A, B, init):
+        _refuse_out_with_transforms(out)
+        X, *info = _solve_function().apply(A, B, init, options, raise_failures)
+    else:
+        X, *info = _solve_detached(A.detach(), B.detach(), None if init is None else init.detach(), options,
+                                   raise_failures)
+    if vector:
+        X = X.squeeze(-1)
+    return _written(out, X, SolveInfo(*info), SolveInfo)
+
+
+def _solve_detached(A, B, init, options, raise_failures):
+    """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
+    docstring)."""
+    options = dict(options)
+    max_error = options.pop("max_error")
+    compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
+    R, inverse_info = _invert(A.to(compute), None if init is None else init.to(compute), model=None,
+                              max_error=None, **options)
+    batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    n, k = A.shape[-1], B.shape[-1]
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    b = batch.numel()
+    A_b = A.expand(*batch, n, n).reshape(b, n, n)
+    B_b = B.expand(*batch, n, k).reshape(b, n, k)
+    R_b = R.expand(*batch, n, n).reshape(b, n, n)
+    eps = inverse_info.error_bound.expand(batch).reshape(b)
+    A_w, B_w, R_w = A_b.to(wide), B_b.to(wide), R_b.to(wide)
+    X_w = torch.bmm(R_w, B_w)
+    X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X_w, alpha=-1))).to(A.dtype)
+    bound = certificate.solve_error_bound(A_b, B_b, X, R_b, eps) if X.numel() else torch.zeros_like(eps)
+    verdict = certified(bound, max_error)
+    X = torch.where(verdict[:, None, None], X, torch.full_like(X, math.nan))
+    X, verdict, bound = X.reshape(*batch, n, k), verdict.reshape(batch), bound.reshape(batch)
+    if raise_failures:
+        raise_if_not_certified("batched_solve", A.expand(*batch, n, n), verdict, bound, max_error,
+                               options["assume_a"], operands=(B.expand(*batch, n, k),))
+    return X, verdict, bound, inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
+
+
+class _BatchedSolve(torch.autograd.Function):
+    """The verified solve as a differentiable function of A and B: dX = R (dB - dA X) with R = A^-1, so
+    grad_B = R^H G and grad_A = -grad_B X^H; the inverse output R adds -R^H G_R R^H. Gradients are summed over
+    the dimensions A and B were broadcast along. A vmapped call is one call with the vmapped dimension first.
+    (torch.compile traces this class, which has no jvp: dynamo refuses a custom jvp.)"""
+
+    @staticmethod
+    def forward(A, B, init, options, raise_failures):
+        return _solve_detached(A, B, init, options, raise_failures)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        A, B = inputs[0], inputs[1]
+        X, certified_mask, bound, iterations, fallback, R = output
+        ctx.mark_non_differentiable(certified_mask, bound, iterations, fallback)
+        ctx.save_for_backward(X, R)
+        ctx.save_for_forward(X, R)
+        ctx.shapes = A.shape, B.shape
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, grad_X, unused_certified, unused_bound, unused_iterations, unused_fallback, grad_R):
+        X, R = ctx.saved_tensors
+        A_shape, B_shape = ctx.shapes
+        R_h = R.mH
+        grad_A = grad_B = None
+        if grad_X is not None:
+            grad_B = R_h @ grad_X
+            grad_A = (-(grad_B @ X.mH)).sum_to_size(A_shape)
+            grad_B = grad_B.sum_to_size(B_shape)
+        if grad_R is not None:
+            from_R = -(R_h @ grad_R @ R_h)
+            grad_A = from_R if grad_A is None else grad_A + from_R
+        return grad_A, grad_B, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, A, B, init, options, raise_failures):
+        A_dim, B_dim, init_dim = in_dims[:3]
+        A_logical = A.shape if A_dim is None else A.shape[:A_dim] + A.shape[A_dim + 1:]
+        B_logical = B.shape if B_dim is None else B.shape[:B_dim] + B.shape[B_dim + 1:]
+        batch_dims = max(len(A_logical), len(B_logical)) - 2
+        A_vmapped = A_dim is not None or (init is not None and init_dim is not None)
+        A = _vmapped_first(A, A_dim, A_vmapped, info.batch_size, batch_dims)
+        init = None if init is None else _vmapped_first(init, init_dim, A_vmapped, info.batch_size, batch_dims)
+        B = _vmapped_first(B, B_dim, B_dim is not None, info.batch_size, batch_dims)
+        X, certified_mask, bound, iterations, fallback, R = _solve_function().apply(A, B, init, options,
+                                                                                    raise_failures)
+        X_vmapped = A_vmapped or B_dim is not None
+        front = A.shape[0]
+        per_A = [iterations.reshape(front, *A_logical[:-2]), fallback.reshape(front, *A_logical[:-2]),
+                 R.reshape(front, *A_logical)]
+        if not A_vmapped:
+            per_A = [field[0] for field in per_A]
+        per_system = [X, certified_mask, bound] if X_vmapped else [X[0], certified_mask[0], bound[0]]
+        out_dims = (0 if X_vmapped else None,) * 3 + (0 if A_vmapped else None,) * 3
+        return (*per_system, *per_A), out_dims
+
+
+class _BatchedSolveWithJvp(_BatchedSolve):
+    """:class:`_BatchedSolve` with forward-mode derivatives: dX = R (dB - dA X), dR = -R dA R."""
+
+    @staticmethod
+    def jvp(ctx, tangent_A, tangent_B, tangent_init, *unused):
+        X, R = ctx.saved_tensors
+        change = None if tangent_B is None else tangent_B
+        if tangent_A is not None:
+            change = -(tangent_A @ X) if change is None else change - tangent_A @ X
+        tangent_X = None if change is None else R @ change
+        tangent_R = torch.zeros_like(R) if tangent_A is None else -(R @ tangent_A @ R)  # forward AD wants a tensor
+        return tangent_X, None, None, None, None, tangent_R
+
+
+def _solve_function():
+    return _BatchedSolve if torch.compiler.is_compiling() else _BatchedSolveWithJvp
+
+
+def _vmapped_first(tensor, dim, vmapped, size, batch_dims):
+    """A (*, r, c) operand of a vmapped call as (V or 1, 1.., *, r, c) with `batch_dims` batch dimensions after the
+    first: the vmapped dimension first (V = size where the operand, or for A its init, is vmapped, else 1), so
+    that the logical batch dimensions of A and B broadcast as they would without vmap."""
+    if dim is not None:
+        tensor = tensor.movedim(dim, 0)
+    elif vmapped:
+        tensor = tensor.expand(size, *tensor.shape)
+    else:
+        tensor = tensor.unsqueeze(0)
+    missing = batch_dims - (tensor.dim() - 3)
+    return tensor.reshape(tensor.shape[0], *([1] * missing), *tensor.shape[1:])
+
+
+def _right_hand_sides(A, B):
+    """(B as (*, n, k), whether B was a batch of vectors) by torch.linalg.solve's rule: vectors when B is 1-D or
+    B.shape == A.shape[:-1]."""
+    if not isinstance(B, torch.Tensor):
+        raise TypeError(f"B must be a torch.Tensor, got {type(B).__name__}")
+    if not isinstance(A, torch.Tensor):
+        raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
+    vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and B.shape == A.shape[:-1])
+    return (B.unsqueeze(-1) if vector else B), vector
+
+
+def _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a) -> None:
+    _check_arguments(A, None, init, tol, max_iter, max_error, method, assume_a)
+    n = A.shape[-1]
+    B_matrix, vector = _right_hand_sides(A, B)
+    if B_matrix.dim() < 2 or B_matrix.shape[-2] != n:
+        raise ValueError(f"B must have shape (*, {n}) or (*, {n}, k) for A of shape {tuple(A.shape)}; "
+                         f"got {tuple(B.shape)}")
+    if B.dtype != A.dtype:
+        raise TypeError(f"B must have A's dtype {A.dtype}, got {B.dtype}")
+    if B.device != A.device:
+        raise ValueError(f"B must be on A's device {A.device}, got {B.device}")
+    try:
+        torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
+    except RuntimeError:
+        raise ValueError(f"the batch dimensions of A {tuple(A.shape[:-2])} and B {tuple(B_matrix.shape[:-2])} "
+                         f"do not broadcast") from None
+
+
+def _solution_shape(A, B_matrix, vector) -> torch.Size:
+    batch = torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
+    return torch.Size((*batch, A.shape[-1]) if vector else (*batch, A.shape[-1], B_matrix.shape[-1]))
+
+
+def _check_out_pair(out, A, B, B_matrix, vector, init) -> None:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("out must be a pair (X, info) with info a SolveInfo of five tensors")
+    X_out, info_out = out
+    X_shape = _solution_shape(A, B_matrix, vector)
+    _check_out(X_out, "out[0] (X)", X_shape, A.dtype, A.device, A, B, init)
+    if not (isinstance(info_out, (tuple, list)) and len(info_out) == len(SolveInfo._fields)):
+        raise TypeError("out[1] must be a SolveInfo (certified, error_bound, iterations, fallback, inverse)")
+    batch = torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
+    shapes = (batch, batch, A.shape[:-2], A.shape[:-2], A.shape)
+    for i, (field, tensor, dtype, shape) in enumerate(zip(SolveInfo._fields, info_out, INFO_DTYPES + (A.dtype,),
+                                                          shapes)):
+        _check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out, *info_out[:i])
