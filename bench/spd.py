@@ -2,7 +2,8 @@
 
 For each n and dtype, on one batch of symmetric positive definite matrices (cond 100), the methods run in turn
 (round-robin, so that another process sharing the cores slows them alike) and the table gives each one's median
-wall time per matrix and its ratio to the general path:
+wall time and median CPU time (of this process, all its threads: what other processes on the cores change
+least) per matrix, and the ratio of CPU times to the general path's:
 
 - ``neuinv pos``: the compiled operator ``neuinv::invert(..., positive_definite=True)`` (Cholesky in double,
   the certificate of every matrix);
@@ -15,7 +16,7 @@ The largest relative error ||X - A^-1||_F / ||A^-1||_F over the first 1,000 matr
 given beside each. The load average before and after the run is printed: other processes sharing the cores
 change the times.
 
-    python bench/spd.py --sizes 3 4 6 8 16 32 --dtypes float32 float64 --json bench/results/spd-cpu.json
+    python bench/spd.py --sizes 3 4 6 8 16 32 --dtypes float32 float64 --threads 1 --json bench/results/spd-cpu.json
 """
 from __future__ import annotations
 
@@ -63,17 +64,21 @@ def run(n: int, dtype: torch.dtype, batch: int, repeats: int) -> list[dict]:
     A = spd_matrices(batch, n, dtype)
     chosen = methods(A)
     times = {name: [] for name in chosen}
+    cpu_times = {name: [] for name in chosen}
     errors = {name: max_relative_error(f(), A) for name, f in chosen.items()}  # also the warm-up
     for _ in range(repeats):
         for name, f in chosen.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             f()
             times[name].append(time.perf_counter() - start)
-    general = statistics.median(times["neuinv general"])
+            cpu_times[name].append(time.process_time() - cpu_start)
+    general = statistics.median(cpu_times["neuinv general"])
     return [dict(n=n, dtype=str(dtype).removeprefix("torch."), batch=batch, method=name,
-                 median_s=statistics.median(t), us_per_matrix=statistics.median(t) / batch * 1e6,
-                 speedup_over_general=general / statistics.median(t), max_relative_error=errors[name])
-            for name, t in times.items()]
+                 median_s=statistics.median(times[name]), us_per_matrix=statistics.median(times[name]) / batch * 1e6,
+                 cpu_us_per_matrix=statistics.median(cpu_times[name]) / batch * 1e6,
+                 cpu_speedup_over_general=general / statistics.median(cpu_times[name]),
+                 max_relative_error=errors[name])
+            for name in chosen]
 
 
 def main(argv=None) -> None:
@@ -83,8 +88,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=1_000_000, help="matrices per batch for n <= 8")
     parser.add_argument("--large-batch", type=int, default=100_000, help="matrices per batch for n > 8")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not extension.load():
         raise SystemExit(f"the compiled operator is needed: {extension.status()[1]}")
     load_before = os.getloadavg()
@@ -98,11 +106,12 @@ def main(argv=None) -> None:
               f"({torch.get_num_threads()} threads), neuinv {neuinv.__version__}, cond {COND:g}, median of "
               f"{args.repeats}; load average (1, 5, 15 min) before {load_before}, after {load_after}")
     print(header + "\n")
-    print("| n | dtype | batch | method | µs per matrix | vs general | max rel. error |")
-    print("|---:|---|---:|---|---:|---:|---:|")
+    print("| n | dtype | batch | method | wall µs per matrix | CPU µs per matrix | vs general (CPU) | max rel. error |")
+    print("|---:|---|---:|---|---:|---:|---:|---:|")
     for row in rows:
         print(f"| {row['n']} | {row['dtype']} | {row['batch']:,} | {row['method']} | {row['us_per_matrix']:.3f} | "
-              f"{row['speedup_over_general']:.2f}× | {row['max_relative_error']:.1e} |")
+              f"{row['cpu_us_per_matrix']:.3f} | {row['cpu_speedup_over_general']:.2f}× | "
+              f"{row['max_relative_error']:.1e} |")
     if args.json:
         with open(args.json, "w") as out:
             json.dump(dict(header=header, rows=rows), out, indent=1)

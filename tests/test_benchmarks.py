@@ -112,3 +112,23 @@ def test_solve_benchmark_runs_every_method(tmp_path, capsys, monkeypatch):
     assert len(rows) == 14
     assert all(row["seconds"] > 0 and row["max_relative_error"] < 1e-12 for row in rows)
     assert capsys.readouterr().out.count("| 3 | float64 | 20 |") == 14
+
+
+@pytest.mark.skipif(not neuinv.available_backends()["cpp"].available, reason="the compiled operator is not built")
+def test_spd_bench_runs_every_method(tmp_path, capsys):
+    """bench/spd.py on a tiny batch: one row per method, with its times and an accurate inverse."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "spd.py"
+    spec = importlib.util.spec_from_file_location("spd", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    try:
+        module.main(["--sizes", "3", "--dtypes", "float64", "--batch", "50", "--repeats", "1", "--threads", "1",
+                     "--json", str(tmp_path / "spd.json")])
+    finally:
+        torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "spd.json").read_text())["rows"]
+    assert [row["method"] for row in rows] == ["neuinv pos", "neuinv general", "torch cholesky_inverse",
+                                                "torch.linalg.inv"]
+    assert all(row["max_relative_error"] < 1e-12 and row["cpu_us_per_matrix"] >= 0 for row in rows)
+    assert "| 3 | float64 | 50 | neuinv pos |" in capsys.readouterr().out

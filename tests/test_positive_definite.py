@@ -154,3 +154,21 @@ def test_input_is_not_modified(backend):
     kept = A.clone()
     _invert(backend, A)
     assert torch.equal(A.nan_to_num(), kept.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+def test_hermitian_on_the_reference(dtype):
+    """Complex input (the torch backend): Hermitian positive definite members certified with bounds that hold; a
+    negative definite one and one changed above the diagonal (not Hermitian) refused."""
+    g = torch.Generator().manual_seed(5)
+    B = torch.randn(4, 6, 6, generator=g, dtype=torch.complex128)
+    A = B @ B.mH + 6 * torch.eye(6, dtype=torch.complex128)
+    A[1] = -A[1]
+    A[2, 0, 5] += 2 * torch.linalg.matrix_norm(A[2], ord=2)
+    A = A.to(dtype)
+    X, certified, bound, _, fallback = _invert("torch", A)
+    assert certified.tolist() == [True, False, False, True] and fallback.all()
+    assert torch.isnan(X[1:3]).all() and torch.isinf(bound[1:3]).all()
+    truth = torch.linalg.inv(A[[0, 3]].to(torch.complex128))
+    error = torch.linalg.matrix_norm(X[[0, 3]].to(torch.complex128) - truth) / torch.linalg.matrix_norm(truth)
+    assert (error <= bound[[0, 3]]).all()

@@ -683,7 +683,7 @@ NEUINV_INLINE int64_t cholesky_inverse(const T* a, double* x, int64_t n_runtime)
 // is refused records it and goes on with pivot 1 (its result is discarded). Writes X (rounded to T, NaN where
 // not certified) and its error bound, as invert_compact does.
 template <typename T, int N>
-void cholesky_compact(const T* a, T* x, double* error_bound, int count) {
+NEUINV_INLINE void cholesky_compact(const T* a, T* x, double* error_bound, int count) {
   constexpr int L = kLanes;
   alignas(64) double original[N][N][L], u[N][N][L], inverse[N][N][L], x_w[N][N][L];
   for (int l = 0; l < L; ++l) {
