@@ -60,8 +60,11 @@ def batched_inverse_ex(A, *, init=None, **options):
 
     Returns ``(X, info)``: X a Dask array like A (NaN where not certified), ``info`` an ``InverseInfo`` of Dask
     arrays of A's batch shape and chunks. Nothing is computed, and nothing raises for singular matrices.
-    Raises at once ``TypeError`` for an A that is not a Dask array or has another dtype, ``ValueError`` for a
-    chunk that splits a matrix, unknown chunk sizes, a non-square A and bad options.
+    Raises at once ``TypeError`` for an A that is not a Dask array or has another dtype, an init that is not a
+    Dask array, and an unknown option; ``ValueError`` for a chunk that splits a matrix, unknown chunk sizes, a
+    non-square A, and an init of another shape or dtype; for a bad option value, what
+    :func:`neuinv.batched_inverse_ex` raises (``ValueError`` for ``tol``, ``max_iter``, ``max_error`` out of
+    range or an unknown ``method``; ``TypeError`` for a ``model`` without ``in_domain``).
     """
     dtype, init_arg = _check(A, init, options)
     ndim = A.ndim

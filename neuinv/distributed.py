@@ -4,7 +4,9 @@ Each rank inverts its own shard with :func:`neuinv.batched_inverse_ex` (the loca
 matrix moves between ranks. One all-gather of 10 int64 per rank per call combines the verdicts, so every rank
 learns the global outcome: :func:`batched_inverse` raises the same exception on every rank, naming the global
 index of the first failing matrix, or raises on none. (A rank that raised alone would leave the others blocked
-in their next collective.) Bad input on any rank is handled the same way: every rank raises.
+in their next collective.) Bad input on any rank is handled the same way: every rank raises; so do ranks that
+pass A in different ways (a DTensor on one, a local tensor on another), or different options (``tol``,
+``max_iter``, ``max_error``, ``method``, ``backend``, ``dim``), which the all-gather compares.
 
 The batch is given in one of two ways:
 
@@ -13,12 +15,17 @@ The batch is given in one of two ways:
   empty; they must agree in every other dimension and in dtype.
 - a ``DTensor`` whose placements are all ``Shard(d)``, d a batch dimension: the result is a DTensor with the
   same mesh and placements. A ``Replicate`` or ``Partial`` placement, or a shard of the matrix dimensions,
-  is refused: each matrix must live whole on exactly one rank.
+  is refused: each matrix must live whole on exactly one rank. The collective runs on the default group when
+  the mesh spans all ranks (the group a local-tensor call uses by default), else on the 1-D mesh's group.
+
+Every rank of the group must call with the same group (for a DTensor: the same mesh); ranks that call on
+different groups cannot meet in one collective, and block until the group's timeout.
 
 The collective runs on the CPU for gloo (and mpi) groups, on the current CUDA device for NCCL groups.
 """
 from __future__ import annotations
 
+import numbers
 import struct
 import zlib
 from typing import Callable, NamedTuple
@@ -63,7 +70,7 @@ class DistributedInverseInfo(NamedTuple):
     max_error_bound: float
 
 
-def batched_inverse(A, group=None, *, dim: int = 0, **options):
+def batched_inverse(A, group=None, *, dim: int | None = None, **options):
     """Inverse of each matrix of a batch sharded over a process group; every rank raises or none does.
 
     Args: as :func:`batched_inverse_ex`.
@@ -79,7 +86,7 @@ def batched_inverse(A, group=None, *, dim: int = 0, **options):
     return X
 
 
-def batched_inverse_ex(A, group=None, *, dim: int = 0, **options):
+def batched_inverse_ex(A, group=None, *, dim: int | None = None, **options):
     """Inverse of each matrix of a batch sharded over a process group, and a :class:`DistributedInverseInfo`.
 
     Args:
@@ -87,14 +94,19 @@ def batched_inverse_ex(A, group=None, *, dim: int = 0, **options):
             complex64 or complex128, any device), or a DTensor sharded on batch dimensions only.
         group: the process group the batch is sharded over (default: the default group); None for a DTensor,
             whose mesh gives it.
-        dim: for a local tensor, the batch dimension along which the shards are concatenated (default 0).
-        options: ``model``, ``init`` (this rank's shard of the guesses, or a DTensor like A), ``tol``,
-            ``max_iter``, ``max_error``, ``method``, ``backend``: as for :func:`neuinv.batched_inverse_ex`, the
-            same on every rank.
+        dim: for a local tensor, the batch dimension along which the shards are concatenated (default 0); not
+            for a DTensor, whose placements say where it is sharded.
+        options: ``model``, ``init`` (this rank's shard of the guesses, or, for a DTensor A, a DTensor with A's
+            shape, mesh and placements), ``tol``, ``max_iter``, ``max_error``, ``method``, ``backend``: as for
+            :func:`neuinv.batched_inverse_ex`; ``tol``, ``max_iter``, ``max_error``, ``method``, ``backend``
+            and ``dim`` must be the same on every rank (the all-gather compares them; ``model`` and ``init`` it
+            does not compare).
 
     Returns ``(X, info)``; X has A's local shape, dtype and device (a DTensor like A), NaN where not certified.
     Never raises for singular matrices; raises on every rank for bad input on any rank (see
-    :func:`batched_inverse`), and ``RuntimeError`` when torch.distributed is not initialized.
+    :func:`batched_inverse`), ``ValueError`` on every rank when the ranks disagree in how A is given (DTensor
+    or local tensor), its dtype, its shape but along the sharded dimension, or the options above (naming what
+    differs and each rank's value), and ``RuntimeError`` when torch.distributed is not initialized.
     """
     X, info, _ = _sharded(_local_batched_inverse_ex, A, group, dim, options)
     return X, info
@@ -114,23 +126,22 @@ def _sharded(local_call: Callable, A, group, dim: int, options: dict):
         raise RuntimeError("torch.distributed is not initialized: call torch.distributed.init_process_group first "
                            "(or use neuinv.batched_inverse for a batch held by one process)")
     is_dtensor = isinstance(A, DTensor)
-    if is_dtensor:
-        if group is not None:
-            raise ValueError("a DTensor A brings its process group in its device mesh: pass group=None")
-        group = _mesh_group(A.device_mesh)
-    row, error, local = [0] * _ROW, None, None
+    given_group, group = group, _mesh_group(A.device_mesh) if is_dtensor else group
+    row, error, local, agreed = [0] * _ROW, None, None, None
     try:
-        layout = _DTensorLayout(A) if is_dtensor else _ShardLayout(A, dim)
-        local_options = {key: value.to_local() if isinstance(value, DTensor) else value  # init, ...
-                         for key, value in options.items()}
+        if is_dtensor and given_group is not None:
+            raise ValueError("a DTensor A brings its process group in its device mesh: pass group=None")
+        layout = _DTensorLayout(A, dim) if is_dtensor else _ShardLayout(A, dim)
+        agreed = {**layout.agreed, **_agreed_options(options)}
+        local_options = {key: layout.local_option(key, value) for key, value in options.items()}
         X, info = local_call(layout.local, **local_options)
-        row = layout.summary(info)
+        row = layout.summary(info, _signature(agreed))
         local = (layout, X, info)
     except Exception as caught:  # raised on every rank below, after the collective
         row[_STATUS], error = 1, caught
     rows = _all_gather_ints(row, group)
     if any(r[_STATUS] for r in rows) or len({r[_SIGNATURE] for r in rows}) > 1:
-        _raise_on_every_rank(error, None if local is None else local[0].local, group)
+        _raise_on_every_rank(error, agreed, group)
     layout, X, info = local
     layout.resolve(rows, dist.get_rank(group))
     verdict = _Verdict(rows, layout)
@@ -212,7 +223,9 @@ def _diagonal_part(A_rows, row_start: int):
 class _ShardLayout:
     """A local tensor shard: the global batch is the shards concatenated along batch dimension ``dim``."""
 
-    def __init__(self, A, dim: int):
+    def __init__(self, A, dim: int | None):
+        if dim is None:
+            dim = 0
         if not isinstance(A, torch.Tensor):
             raise TypeError(f"A must be a torch.Tensor or a DTensor, got {type(A).__name__}")
         if A.dim() < 3:
@@ -223,11 +236,17 @@ class _ShardLayout:
                              f"{-A.dim()}..-3; got {dim!r}")
         self.local, self.dim = A, dim % A.dim()
         self.local_batch_shape = tuple(A.shape[:-2])
-        rest = self.local_batch_shape[:self.dim] + self.local_batch_shape[self.dim + 1:]
-        self.signature = _signature(A.dtype, rest, A.shape[-1], self.dim)
+        shape = ", ".join("*" if d == self.dim else str(size) for d, size in enumerate(A.shape))
+        self.agreed = {"A": "a local tensor shard", "dtype": str(A.dtype), "dim": self.dim, "shape": f"({shape})"}
 
-    def summary(self, info: InverseInfo) -> list[int]:
-        return _summary_row(self.local, info, self.signature, self.local_batch_shape[self.dim],
+    def local_option(self, name: str, value):
+        if isinstance(value, DTensor):
+            raise ValueError(f"{name} is a DTensor but A is this rank's local shard: pass {name} as this rank's "
+                             f"shard too ({name}.to_local() if it is sharded like A), or A as a DTensor")
+        return value
+
+    def summary(self, info: InverseInfo, signature: int) -> list[int]:
+        return _summary_row(self.local, info, signature, self.local_batch_shape[self.dim],
                             lambda index: _ravel(index, self.local_batch_shape))
 
     def resolve(self, rows, rank: int):
@@ -251,7 +270,10 @@ class _ShardLayout:
 class _DTensorLayout:
     """A DTensor sharded on batch dimensions: the local shard's global offset comes from its placements."""
 
-    def __init__(self, A: DTensor):
+    def __init__(self, A: DTensor, dim: int | None):
+        if dim is not None:
+            raise ValueError(f"dim applies to a local shard; a DTensor A is sharded as its placements say "
+                             f"({_layout(A)}): drop dim={dim!r}")
         batch_dims = A.dim() - 2
         if batch_dims < 1 or A.shape[-1] != A.shape[-2]:
             raise ValueError(f"A must have shape (*, n, n) with at least one batch dimension; got {tuple(A.shape)}")
@@ -270,10 +292,23 @@ class _DTensorLayout:
         self.batch_shape = torch.Size(A.shape[:-2])
         _, offset = compute_local_shape_and_global_offset(A.shape, A.device_mesh, A.placements)
         self.offset = tuple(offset[:-2])
-        self.signature = _signature(A.dtype, tuple(self.batch_shape), A.shape[-1], -1)
+        self.agreed = {"A": "a DTensor", "dtype": str(A.dtype), "dim": None, "shape": str(tuple(A.shape)),
+                       "layout": _layout(A)}
 
-    def summary(self, info: InverseInfo) -> list[int]:
-        return _summary_row(self.local, info, self.signature, 0,
+    def local_option(self, name: str, value):
+        """This rank's part of an option: the local shard of a DTensor laid out like A, else the value itself."""
+        if not isinstance(value, DTensor):
+            return value
+        A = self.dtensor
+        if (value.shape, value.device_mesh, tuple(value.placements)) != (A.shape, A.device_mesh, tuple(A.placements)):
+            hint = (f"{name}.redistribute(placements=A.placements)" if value.device_mesh == A.device_mesh else
+                    f"distribute {name} on A's mesh")
+            raise ValueError(f"{name} must be laid out like A, shard for shard: A has shape {tuple(A.shape)}, "
+                             f"{_layout(A)}; {name} has shape {tuple(value.shape)}, {_layout(value)} ({hint})")
+        return value.to_local()
+
+    def summary(self, info: InverseInfo, signature: int) -> list[int]:
+        return _summary_row(self.local, info, signature, 0,
                             lambda index: _ravel(tuple(i + o for i, o in zip(index, self.offset)), self.batch_shape))
 
     def resolve(self, rows, rank: int):
@@ -346,21 +381,27 @@ def _summary_row(A_local: torch.Tensor, info: InverseInfo, signature: int, size:
     return row
 
 
-def _raise_on_every_rank(error, shard, group):
-    """Some rank failed before the verdict (``error`` on this one, or None), or the shards disagree: every rank
-    raises the same exception, from what each rank tells of its error and its ``shard`` (a tensor, or None)."""
-    description = (None if error is None else (type(error).__name__, str(error)),
-                   None if shard is None else (str(shard.dtype), tuple(shard.shape)))
+def _raise_on_every_rank(error, agreed, group):
+    """Some rank failed before the verdict (``error`` on this one, or None), or the ranks' calls disagree: every
+    rank raises the same exception, from what each rank tells of its error and of its call (``agreed``: what
+    must be the same on every rank, or None)."""
     described = [None] * dist.get_world_size(group)
-    dist.all_gather_object(described, description, group=group)
+    dist.all_gather_object(described, (None if error is None else (type(error).__name__, str(error)), agreed),
+                           group=group)
     failing = [(rank, d[0]) for rank, d in enumerate(described) if d[0] is not None]
     if failing:
         rank, (type_name, message) = failing[0]
         exception_type = {"TypeError": TypeError, "ValueError": ValueError}.get(type_name, RuntimeError)
         raise exception_type(f"neuinv.distributed: rank {rank}: {type_name}: {message}") from error
-    shards = ", ".join(f"rank {rank}: {d[1][0]} {d[1][1]}" for rank, d in enumerate(described))
-    raise ValueError(f"neuinv.distributed: the shards must agree in dtype and in every dimension but the sharded "
-                     f"one; got {shards}")
+    calls = [d[1] for d in described]
+    names = [name for name in dict.fromkeys(name for call in calls for name in call)
+             if len({repr(call.get(name)) for call in calls}) > 1]
+    got = "; ".join(f"rank {rank}: " + ", ".join(f"{name}={call.get(name)!r}" if name in _AGREED_OPTIONS else
+                                                 f"{name}={call.get(name)}" for name in names)
+                    for rank, call in enumerate(calls))
+    raise ValueError(f"neuinv.distributed: the ranks must agree in {', '.join(names)}: {got} (every rank passes A "
+                     f"the same way, a DTensor or a local shard along the same dim, of the same dtype and shape "
+                     f"but along dim, with the same options)")
 
 
 def _all_gather_ints(row: list[int], group) -> list[list[int]]:
@@ -379,16 +420,43 @@ def _collective_device(group) -> torch.device:
 
 
 def _mesh_group(mesh):
-    if mesh.ndim == 1:
-        return mesh.get_group()
+    """The group a DTensor's call gathers on: the default group, as a local-tensor call's by default, when the
+    mesh spans all ranks (so that a DTensor on one rank and a local tensor on another meet in the same
+    collective and raise), else the 1-D mesh's own group."""
     if mesh.size() == dist.get_world_size():
         return None
+    if mesh.ndim == 1:
+        return mesh.get_group()
     raise ValueError(f"a DTensor on a {mesh.ndim}-D mesh must span the default group ({dist.get_world_size()} "
                      f"ranks); this mesh has {mesh.size()}")
 
 
-def _signature(dtype, shape, n, dim) -> int:
-    return zlib.crc32(repr((str(dtype), tuple(shape), n, dim)).encode())
+_AGREED_OPTIONS = {"tol": None, "max_iter": None, "max_error": None, "method": "auto", "backend": "auto"}
+"""The options every rank must give alike, and their defaults."""
+
+
+def _agreed_options(options: dict) -> dict:
+    """The options that must agree over the ranks, as plain Python values: tol and max_error as floats, other
+    integers as ints, strings as str (so 1e-3 and numpy.float64(1e-3), or 0 and 0.0, agree)."""
+    agreed = {}
+    for name, default in _AGREED_OPTIONS.items():
+        value = options.get(name, default)
+        if isinstance(value, str):
+            value = str(value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value) if name in ("tol", "max_error") or not isinstance(value, numbers.Integral) \
+                else int(value)
+        agreed[name] = value
+    return agreed
+
+
+def _layout(A: DTensor) -> str:
+    return f"placements {tuple(A.placements)} on the mesh of ranks {A.device_mesh.mesh.tolist()}"
+
+
+def _signature(agreed: dict) -> int:
+    """What must be the same on every rank, as one int (CRC-32 of its repr)."""
+    return zlib.crc32(repr(sorted(agreed.items())).encode())
 
 
 def _ravel(index, shape) -> int:

@@ -127,6 +127,25 @@ def test_bad_input_refused_before_any_graph_is_built():
     assert "init must have A's shape" in raised(lambda: neuinv_dask.batched_inverse(good, init=good[:10]))[1]
 
 
+def test_docstring_names_the_exception_each_bad_input_raises():
+    """batched_inverse_ex's "Raises" sentence lists each case under the exception the code raises (an unknown
+    option is a TypeError, not a ValueError)."""
+    good = da.from_array(batch(), chunks=(250, 4, 4))
+    cases = {"TypeError": {"an unknown option": dict(nonsense=1), "an init that is not a Dask array": dict(
+                 init=batch()), "a ``model`` without ``in_domain``": dict(model=lambda A: A)},
+             "ValueError": {"an init of another shape or dtype": dict(init=good[:10]),
+                            "``tol``, ``max_iter``, ``max_error`` out of range": dict(tol=-1.0),
+                            "an unknown ``method``": dict(method="nonsense")}}
+    doc = " ".join(neuinv_dask.batched_inverse_ex.__doc__.split())
+    raises = doc[doc.index("Raises at once"):]
+    type_part, value_part = raises.split("``ValueError`` for a chunk")
+    sections = {"TypeError": type_part + raises.split("; ``TypeError`` for")[-1],
+                "ValueError": value_part.split("; ``TypeError`` for")[0]}
+    for name, documented in cases.items():
+        for case, options in documented.items():
+            assert raised(lambda: neuinv_dask.batched_inverse_ex(good, **options))[0] == name, case
+            assert case in sections[name], (name, case)
+
 def test_out_of_core_from_and_to_numpy_memmaps(tmp_path):
     """The README's example: a read-only memmap in, a memmap out, chunk by chunk."""
     A = batch((2000,))

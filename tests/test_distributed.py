@@ -23,7 +23,7 @@ from neuinv.testing import conditioned_matrices
 
 distributed = pytest.importorskip("neuinv.distributed", reason="torch without torch.distributed")
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor  # noqa: E402
-from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh  # noqa: E402
 
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)
 SPAWN_TIMEOUT = 120.0
@@ -67,6 +67,12 @@ def _attempt(call):
     except Exception as error:
         name = "LinAlgError" if isinstance(error, torch.linalg.LinAlgError) else type(error).__name__
         return Raised((name, str(error)))
+
+
+def _refusal(call):
+    """The Raised of a call that should raise, or None when it returned (its result, a DTensor or a tensor shard,
+    is not compared)."""
+    return _attempt(lambda: (call(), None)[1])
 
 
 def _summary(info):
@@ -173,6 +179,57 @@ def scenario_dtensor_2d_mesh(rank, world_size):
     return dict(X=X.full_tensor(), summary=_summary(info), placements=X.placements,
                 raised=_attempt(lambda: distributed.batched_inverse(A_d)))
 
+
+def scenario_dtensor_init_laid_out_otherwise(rank, world_size):
+    """init a DTensor with A's local shapes but other placements or mesh: each rank would get another
+    matrix's guess."""
+    A = good_batch()[:4].reshape(2, 2, 5, 5)
+    guesses = neuinv.testing.warm_start(A, 1e-2)
+    mesh = init_device_mesh("cpu", (world_size,))
+    reversed_mesh = DeviceMesh("cpu", list(reversed(range(world_size))))
+    A_d = distribute_tensor(A, mesh, [Shard(0)])
+    results = dict(
+        other_mesh=_refusal(lambda: distributed.batched_inverse(
+            A_d, init=distribute_tensor(guesses, reversed_mesh, [Shard(0)]))),
+        local_A=_refusal(lambda: distributed.batched_inverse(
+            A_d.to_local(), init=distribute_tensor(guesses, mesh, [Shard(0)]))))
+    if world_size == 4:  # the tester's repro: equal local shapes (1, 1, 5, 5), swapped shards
+        mesh_2d = init_device_mesh("cpu", (2, 2))
+        results["swapped"] = _refusal(lambda: distributed.batched_inverse(
+            distribute_tensor(A, mesh_2d, [Shard(0), Shard(1)]),
+            init=distribute_tensor(guesses, mesh_2d, [Shard(1), Shard(0)])))
+    return results
+
+
+def scenario_dtensor_with_dim(rank, world_size):
+    mesh = init_device_mesh("cpu", (world_size,))
+    A_d = distribute_tensor(good_batch()[:4], mesh, [Shard(0)])
+    return dict(batch_dim=_refusal(lambda: distributed.batched_inverse(A_d, dim=0)),
+                matrix_dim=_refusal(lambda: distributed.batched_inverse(A_d, dim=1)))
+
+
+def scenario_dtensor_on_one_rank_only(rank, world_size):
+    """Rank 0 passes a DTensor, the others their local shards: a neuinv error on every rank, not a hang."""
+    mesh = init_device_mesh("cpu", (world_size,))
+    A_d = distribute_tensor(good_batch(), mesh, [Shard(0)])
+    return _refusal(lambda: distributed.batched_inverse(A_d if rank == 0 else A_d.to_local()))
+
+
+OPTIONS_ON_THE_LAST_RANK = {"max_error": dict(max_error=1e-3), "tol": dict(tol=1e-10), "max_iter": dict(max_iter=3),
+                            "method": dict(method="exact"), "backend": dict(backend="torch")}
+"""Options the last rank gives and the others leave at their defaults."""
+
+
+def scenario_options_disagree(rank, world_size):
+    A_local = shard(good_batch(), rank, world_size)
+    last = rank == world_size - 1
+    results = {name: _refusal(lambda: distributed.batched_inverse(A_local, **(options if last else {})))
+               for name, options in OPTIONS_ON_THE_LAST_RANK.items()}
+    results["dim"] = _refusal(lambda: distributed.batched_inverse(A_local.unsqueeze(0), dim=1 if last else 0))
+    # Equal values of other Python types agree: max_error 1/1000 as float and as numpy float64, dim 0 and -3.
+    X = distributed.batched_inverse(A_local, max_error=np.float64(1e-3) if last else 1e-3, dim=-3 if last else 0)
+    results["equal_values_agree"] = X
+    return results
 
 # Block-Jacobi on a row-partitioned SPD matrix, inside a torch.distributed CG.
 
@@ -374,8 +431,9 @@ def test_bad_input_on_one_rank_raises_on_every_rank(ranks):
 def test_disagreeing_shards_raise_on_every_rank(ranks):
     outcomes = [r["shards_disagree"] for r in ranks]
     assert outcomes == [outcomes[0]] * len(ranks)
-    assert outcomes[0][0] == "ValueError" and "must agree in dtype" in outcomes[0][1]
-    assert f"rank {len(ranks) - 1}: torch.float32" in outcomes[0][1]
+    assert outcomes[0][0] == "ValueError" and "the ranks must agree in dtype:" in outcomes[0][1]
+    assert "rank 0: dtype=torch.float64; rank 1: " in outcomes[0][1]
+    assert f"rank {len(ranks) - 1}: dtype=torch.float32 (" in outcomes[0][1]
 
 
 def test_a_single_matrix_has_no_batch_dimension_to_shard(ranks):
@@ -426,6 +484,49 @@ def test_replicated_or_matrix_dim_placements_refused(ranks):
         assert refused["matrix_dim"][0] == "ValueError" and "a matrix dimension" in refused["matrix_dim"][1]
         assert refused["group"][0] == "ValueError" and "group=None" in refused["group"][1]
 
+
+def test_dtensor_init_laid_out_otherwise_than_A_refused(ranks):
+    world_size = len(ranks)
+    outcomes = [r["dtensor_init_laid_out_otherwise"] for r in ranks]
+    assert outcomes == [outcomes[0]] * world_size
+    mesh, reversed_mesh = list(range(world_size)), list(reversed(range(world_size)))
+    other_mesh = outcomes[0]["other_mesh"]
+    assert other_mesh and other_mesh[0] == "ValueError" and "init must be laid out like A" in other_mesh[1]
+    assert f"ranks {mesh}" in other_mesh[1] and f"ranks {reversed_mesh}" in other_mesh[1]
+    local_A = outcomes[0]["local_A"]
+    assert local_A and local_A[0] == "ValueError" and "init is a DTensor but A is this rank's local shard" in local_A[1]
+    if world_size == 4:
+        swapped = outcomes[0]["swapped"]
+        assert swapped and swapped[0] == "ValueError" and "init must be laid out like A" in swapped[1]
+        assert "placements (Shard(dim=0), Shard(dim=1))" in swapped[1]
+        assert "placements (Shard(dim=1), Shard(dim=0))" in swapped[1]
+
+
+def test_dim_with_a_dtensor_refused(ranks):
+    for r in ranks:
+        for outcome in r["dtensor_with_dim"].values():
+            assert outcome and outcome[0] == "ValueError" and "dim applies to a local shard" in outcome[1]
+
+
+def test_dtensor_on_one_rank_local_tensor_on_the_others_raises_on_every_rank(ranks):
+    outcomes = [r["dtensor_on_one_rank_only"] for r in ranks]
+    assert outcomes == [outcomes[0]] * len(ranks)
+    assert outcomes[0] and outcomes[0][0] == "ValueError" and "the ranks must agree in A" in outcomes[0][1]
+    assert "rank 0: A=a DTensor" in outcomes[0][1] and "rank 1: A=a local tensor shard" in outcomes[0][1]
+
+
+def test_options_that_disagree_across_ranks_raise_on_every_rank(ranks):
+    world_size = len(ranks)
+    for name, options in list(OPTIONS_ON_THE_LAST_RANK.items()) + [("dim", dict(dim=1))]:
+        outcomes = [r["options_disagree"][name] for r in ranks]
+        assert outcomes == [outcomes[0]] * world_size, name
+        differing = "dim, shape" if name == "dim" else name  # the shard's shape, (*, b, 5, 5) or (1, *, 5, 5)
+        assert outcomes[0] and outcomes[0][0] == "ValueError", name
+        assert f"the ranks must agree in {differing}:" in outcomes[0][1], name
+        value = options[name]
+        assert f"rank {world_size - 1}: {name}={value!r}" in outcomes[0][1], name
+    X = torch.cat([r["options_disagree"]["equal_values_agree"] for r in ranks])
+    assert bitwise_equal(X, neuinv.batched_inverse(good_batch(), max_error=1e-3))
 
 def test_block_jacobi_inside_a_distributed_cg(ranks):
     """Each rank inverts only its own blocks, and CG over the row partition converges as single-process CG with
