@@ -6,7 +6,7 @@ learns the global outcome: :func:`batched_inverse` raises the same exception on 
 index of the first failing matrix, or raises on none. (A rank that raised alone would leave the others blocked
 in their next collective.) Bad input on any rank is handled the same way: every rank raises; so do ranks that
 pass A in different ways (a DTensor on one, a local tensor on another), or different options (``tol``,
-``max_iter``, ``max_error``, ``method``, ``backend``, ``dim``), which the all-gather compares.
+``max_iter``, ``max_error``, ``method``, ``backend``, ``assume_a``, ``dim``), which the all-gather compares.
 
 The batch is given in one of two ways:
 
@@ -97,9 +97,9 @@ def batched_inverse_ex(A, group=None, *, dim: int | None = None, **options):
         dim: for a local tensor, the batch dimension along which the shards are concatenated (default 0); not
             for a DTensor, whose placements say where it is sharded.
         options: ``model``, ``init`` (this rank's shard of the guesses, or, for a DTensor A, a DTensor with A's
-            shape, mesh and placements), ``tol``, ``max_iter``, ``max_error``, ``method``, ``backend``: as for
-            :func:`neuinv.batched_inverse_ex`; ``tol``, ``max_iter``, ``max_error``, ``method``, ``backend``
-            and ``dim`` must be the same on every rank (the all-gather compares them; ``model`` and ``init`` it
+            shape, mesh and placements), ``tol``, ``max_iter``, ``max_error``, ``method``, ``backend``,
+            ``assume_a``: as for :func:`neuinv.batched_inverse_ex`; all of these but ``model`` and ``init``, and
+            ``dim``, must be the same on every rank (the all-gather compares them; ``model`` and ``init`` it
             does not compare).
 
     Returns ``(X, info)``; X has A's local shape, dtype and device (a DTensor like A), NaN where not certified.
@@ -431,7 +431,8 @@ def _mesh_group(mesh):
                      f"ranks); this mesh has {mesh.size()}")
 
 
-_AGREED_OPTIONS = {"tol": None, "max_iter": None, "max_error": None, "method": "auto", "backend": "auto"}
+_AGREED_OPTIONS = {"tol": None, "max_iter": None, "max_error": None, "method": "auto", "backend": "auto",
+                   "assume_a": "gen"}
 """The options every rank must give alike, and their defaults."""
 
 
