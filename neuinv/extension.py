@@ -60,9 +60,9 @@ BUILD_MINUTES = {"cpu": 1.5, "cuda": 3}
 """About how long each part takes to compile with two free cores (measured on a 2-core x86_64 VM, bench/RESULTS.md
 "Installing"; one source file dominates each part, so more cores shorten it little); the build's announcement
 quotes it."""
-PURE_TORCH_COST = ("the compiled kernels run 5-90x faster than it (neuinv's bench/compiled_vs_torch.py), and it is "
-                   "slower than torch.linalg.inv itself")
-"""What running on the pure-torch reference path costs, as measured on the 2-core x86_64 VM (bench/RESULTS.md,
+PURE_TORCH_COST = ("the compiled kernels run 2.4-17x faster than it (n = 2-64), and it runs 2-4x slower than "
+                   "torch.linalg.inv itself, certifying every matrix in float64")
+"""What running on the pure-torch reference path costs, as measured on a quiet 2-core x86_64 VM (bench/RESULTS.md,
 "Installing"); quoted where the compiled CPU kernels cannot be had."""
 
 _loaded: dict[str, Path] = {}

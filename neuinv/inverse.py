@@ -485,7 +485,9 @@ def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error
         reason = (f"is singular or numerically singular in {COMPUTE_DTYPE.get(dtype, dtype)}{overflow}: no digit "
                   f"of its {_what(function)} can be certified")
     else:
-        reason = (f"has its {_what(function)} certified only to a relative error of {error_bound:.3g}, "
+        what = _what(function)
+        article = "an" if what[0] in "aeiou" else "a"
+        reason = (f"has {article} {what} certified only to a relative error of {error_bound:.3g}, "
                   f"above max_error = {max_error:g}")
     return torch.linalg.LinAlgError(f"neuinv.{function}: {name} {reason}{others}")
 
