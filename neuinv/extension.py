@@ -9,10 +9,10 @@ Each part comes from one of two builds:
 
 - ahead of time, into the package: ``NEUINV_BUILD_EXT=1 pip wheel --no-build-isolation .`` (setup.py) makes the
   modules ``neuinv._C`` and ``neuinv._C_cuda``;
-- just in time, into a cache folder per torch version and machine (:func:`build_directory`): by :func:`ensure`
-  on the first call that needs the part, unless ``NEUINV_AUTO_BUILD=0`` (the DeepSpeed way: one line says what
-  is built, where and for about how long; a file lock makes concurrent processes build once), or by
-  ``neuinv build-ext``.
+- just in time, into a cache folder per torch version and machine (:func:`build_directory`), one subfolder per
+  part and digest of its sources (:func:`jit_library`): by :func:`ensure` on the first call that needs the part,
+  unless ``NEUINV_AUTO_BUILD=0`` (the DeepSpeed way: one line says what is built, where and for about how long;
+  a file lock makes concurrent processes build once), or by ``neuinv build-ext``.
 
 Every build writes a record beside its library (``<library>.json``, :func:`build_record`): the torch it was
 built against, the digest of the sources, the compiler, the CUDA architectures. A library is loaded only when its
