@@ -461,22 +461,23 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
         order = _not_positive_definite(A.expand(*batch, *A.shape[-2:])[index])
     global_index = tuple(i + o for i, o in zip(index, offset)) if offset else index
     raise failure_error(function, global_index, has_non_finite, bound, int(failed_mask.sum()), A.dtype, max_error,
-                        scope=scope, not_positive_definite_at=order)
+                        scope=scope, not_positive_definite_at=order,
+                        holder=" or its right-hand side" if operands else "")
 
 
 def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int,
                   dtype: torch.dtype, max_error, *, scope: str = "the batch",
-                  not_positive_definite_at: int | None = None) -> Exception:
+                  not_positive_definite_at: int | None = None, holder: str = "") -> Exception:
     """The exception neuinv.<function> raises when A[index] is the first matrix it names (one wording for every
     entry point: the single-process functions, :mod:`neuinv.distributed` and :mod:`neuinv.dask`, which name a
     global index): ``ValueError`` if it holds NaN or Inf, else ``torch.linalg.LinAlgError``: not positive
     definite (its Cholesky factorisation fails at the leading minor of order ``not_positive_definite_at``),
     singular or numerically singular (error_bound +inf), or certified above ``max_error``; ``failed`` matrices of
-    ``scope`` failed in all."""
+    ``scope`` failed in all; ``holder`` names what else may hold the NaN (" or its right-hand side")."""
     name = "A" if not index else "A[" + ", ".join(map(str, index)) + "]"
     others = (f" ({failed} matrices of {scope} failed; {function}_ex returns the others)" if failed > 1 else "")
     if non_finite:
-        return ValueError(f"neuinv.{function}: {name} contains NaN or Inf{others}")
+        return ValueError(f"neuinv.{function}: {name}{holder} contains NaN or Inf{others}")
     if not_positive_definite_at is not None:
         reason = (f"is not positive definite (assume_a='pos'): its Cholesky factorisation fails at the leading "
                   f"minor of order {not_positive_definite_at}")

@@ -122,10 +122,10 @@ def test_singular_and_non_finite_members_inside_a_good_batch(backend):
     assert (info.error_bound[bad] == float("inf")).all()
     assert info.certified[good].all()
     assert torch.allclose(X[good], torch.linalg.solve(A[good], B[good]), rtol=1e-12, atol=1e-12)
-    with pytest.raises(ValueError, match=r"A\[7\] contains NaN or Inf \(4 matrices"):
+    with pytest.raises(ValueError, match=r"A\[7\] or its right-hand side contains NaN or Inf \(4 matrices"):
         neuinv.batched_solve(A, B, backend=backend)
     A[7] = torch.eye(n)
-    with pytest.raises(ValueError, match=r"A\[9\] contains NaN or Inf"):
+    with pytest.raises(ValueError, match=r"A\[9\] or its right-hand side contains NaN or Inf"):
         neuinv.batched_solve(A, B, backend=backend)
     B[9] = 1.0
     with pytest.raises(torch.linalg.LinAlgError, match=r"A\[3\] is singular .* solution"):
