@@ -25,18 +25,21 @@ print("backend", resolve_backend("auto", A).name, "error", error)
 """
 
 
-def run_python(code: str, env_changes: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def child_environment(env_changes: dict) -> dict:
+    """This process's environment with env_changes, and without NEUINV_BACKEND (the child chooses by itself)."""
     env = {**os.environ, **env_changes}
     env.pop("NEUINV_BACKEND", None)
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    return env
+
+
+def run_python(code: str, env_changes: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=child_environment(env_changes), timeout=timeout)
 
 
 def start_python(code: str, env_changes: dict, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **env_changes}
-    env.pop("NEUINV_BACKEND", None)
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=child_environment(env_changes))
 
 
 CPU_FOLDER = extension.jit_library("cpu").parent.name
