@@ -162,9 +162,21 @@ _SMALLEST_NORMAL64 = torch.finfo(torch.float64).smallest_normal
 
 def _scaled(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(2^-e A, 2^e X), e the exponent of each matrix's largest |entry|: exact, and R is unchanged."""
-    _, exponent = torch.frexp(A.abs().amax(dim=(-2, -1)))
-    exponent = exponent[:, None, None].to(A.real.dtype)
+    exponent = frexp_exponent(A.abs().amax(dim=(-2, -1)))[:, None, None].to(A.real.dtype)
     return power_of_two_scaled(A, -exponent), power_of_two_scaled(X, exponent)
+
+
+def frexp_exponent(x: torch.Tensor) -> torch.Tensor:
+    """The exponent e of ``torch.frexp`` (x = f 2^e, 0.5 <= |f| < 1; 0 for x = 0) of a real float32/float64 tensor,
+    read from the bit pattern in float64 (subnormals first scaled by 2^64, exactly), as a float64 tensor of
+    integers: torch.compile's CPU code generator fails on torch.frexp for some shapes. Meaningless for Inf and NaN
+    (callers test those)."""
+    x = x.to(torch.float64).abs()
+    small = (x < _SMALLEST_NORMAL64) & (x != 0)
+    bits = torch.where(small, x * 2.0 ** 64, x).view(torch.int64)
+    biased = torch.bitwise_right_shift(bits, 52) & 0x7FF
+    exponent = (biased - 1022).to(torch.float64) - torch.where(small, 64.0, 0.0)
+    return torch.where(x == 0, torch.zeros_like(exponent), exponent)
 
 
 def power_of_two_scaled(A: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
@@ -292,8 +304,7 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     eta = 4 * n * (entries + 2) * tiny + 2 * lost_squares + n * 2.0 ** -511
 
     def exponent_of_largest(M):
-        _, exponent = torch.frexp(M.abs().amax(dim=(-2, -1)).to(torch.float64))
-        return exponent.to(torch.float64)[:, None, None]
+        return frexp_exponent(M.abs().amax(dim=(-2, -1)))[:, None, None]
 
     e, f = exponent_of_largest(A), exponent_of_largest(B)
     A_s = power_of_two_scaled(A.to(wide), -e)
@@ -350,3 +361,226 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     bound = torch.where((X_norm > error) & (eps < 1) & ~read_as_zero, bound, torch.full_like(bound, math.inf))
     zero = ~is_nonzero(B).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1) & (eps < 1)
     return torch.where(zero, torch.zeros_like(bound), certified_or_inf(bound))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scale-aware certificate: exact power-of-two equilibration and a componentwise bound.
+#
+# Theorem (componentwise; Rump, Acta Numerica 19 (2010) §10; Higham, *Accuracy and Stability*, 2nd ed., §14.1 and
+# Thm. 7.2's Neumann-series argument). Let D_r = diag(2^p), D_c = diag(2^q) (p, q integers; LAPACK xGEEQUB's
+# power-of-two row and column scaling), A' = D_r A D_c and X' = D_c^-1 X D_r^-1, both exact where every scaled
+# entry is normal. With R' = I - A' X' and any entrywise bound |R'| <= R^ whose largest column sum is
+# theta = ||R^||_1 < 1, A' (so A) is non-singular, A'^-1 = X' (I - R')^-1, and
+#
+#     |X' - A'^-1| = |X' R' (I - R')^-1| <= |X'| sum_{k>=1} |R'|^k =: Z,
+#
+# Z = G + Z |R'| with G = |X'| R^, so that z_ij <= g_ij + c_j max_l z_il and max_l z_il <= m_i / (1 - theta)
+# (c_j the column sums of R^, m_i = max_l g_il): |X' - A'^-1| <= F' := G + m c^T / (1 - theta). As
+# X - A^-1 = D_c (X' - A'^-1) D_r, |X - A^-1| <= D_c F' D_r =: F entrywise, exactly: the bound does not depend on
+# the row and column scaling of A at all (graded matrices D C D are certified as C is), and
+#
+#     ||X - A^-1||_F / ||A^-1||_F <= ||F||_F / (||X||_F - ||F||_F)      (where ||X||_F > ||F||_F).
+#
+# R^ is the computed R' plus its evaluation error: by Dot2 for float64 and complex128 (Ogita, Rump & Oishi 2005:
+# |dot2 - exact| <= u |exact| + gamma_k^2 (|A'||X'|)_ij), by a plain float64 product for float32 and complex64
+# (gamma_{n+1} (I + |A'||X'|)_ij; sqrt(2) gamma_{n+3} complex), with (|A'||X'|)_ij <= ||A'_i,:||_2 ||X'_:,j||_2
+# (Cauchy-Schwarz, an O(n^2) bound: it only multiplies terms of order u^2 or u_64). Sums and products of
+# non-negative terms are rounded up by (1 + 2 (n + 1) u) >= 1 / (1 - gamma_n); every product's underflow by at most
+# 4 (n + 2) tiny per entry. Matrices holding subnormal entries (which a denormals-are-zero thread may read as 0),
+# or whose scaling is not exact, are not certified by this bound (the normwise one above covers them).
+#
+# Solutions: with R' any approximate inverse of A' certified as above (|A'^-1 - R'| <= F'), B' = D_r B 2^-f and
+# X' = D_c^-1 X 2^-f (f per system), r' = B' - A' X': X'* - X' = A'^-1 r' = R' r' + (A'^-1 - R') r', so
+#
+#     |X'* - X'| <= |fl(R' fl(r'))| + |R'| (|fl(r') - r'| + g_n |fl(r')|) + F' |r'|  (entrywise, rounding up),
+#
+# and X* - X = D_c (X'* - X') 2^f: the relative Frobenius error of X follows as for the inverse. The second term
+# is of second order (F' |r'|), unlike eps ||R|| ||r|| in the normwise bound, and R' = A'^-1 of an equilibrated
+# A' does not overflow where A^-1 would.
+
+_U64 = 2.0 ** -53
+
+
+def equilibration_exponents(A: torch.Tensor, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, q), (b, n) float64 tensors of integers, such that A' = 2^p_i a_ij 2^q_j has |a'_ij| < 1 with a
+    largest entry in [1/2, 1) in every non-zero row and column (LAPACK xGEEQUB's power-of-two scaling: rows first,
+    then columns). ``symmetric``: p = q = -floor(e_i / 2), e_i the exponent of a_ii (xPOEQUB), which keeps a
+    Hermitian A Hermitian (its diagonal then lies in [1/4, 1)). (b, n, n) input of any floating or complex dtype."""
+    M = A.abs().to(torch.float64)
+    if symmetric:
+        d = -torch.floor(frexp_exponent(torch.diagonal(M, dim1=-2, dim2=-1)) / 2)
+        return d, d
+    p = -frexp_exponent(M.amax(dim=-1))
+    q = -frexp_exponent(power_of_two_scaled(M, p[:, :, None]).amax(dim=-2))
+    return p, q
+
+
+def exactly_scaled(M: torch.Tensor, exponent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M 2^exponent in float64 / complex128, exact): exact (b,) is True where every non-zero entry of that matrix,
+    and the intermediate of :func:`power_of_two_scaled`, is normal and finite, so that the scaling was exact.
+    M: (b, r, c); exponent: float tensor of integers broadcasting against it."""
+    wide = torch.complex128 if M.is_complex() else torch.float64
+    M = M.to(wide)
+    half = torch.floor(exponent / 2)
+    step = M * torch.exp2(half).to(wide)
+    scaled = step * torch.exp2(exponent - half).to(wide)
+
+    def normal_or_zero(T):
+        parts = torch.view_as_real(T) if T.is_complex() else T
+        magnitude = parts.abs()
+        return (magnitude >= _SMALLEST_NORMAL64) & torch.isfinite(magnitude)
+
+    source = torch.view_as_real(M) if M.is_complex() else M
+    fine = normal_or_zero(step) & normal_or_zero(scaled) | (source == 0)
+    return scaled, fine.flatten(1).all(dim=1)
+
+
+def _residual_upper(S_hat: torch.Tensor, start: torch.Tensor, A_s: torch.Tensor, X_s: torch.Tensor,
+                    compensated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fl(start - A_s X_s), an entrywise upper bound on |fl(...) - (start - A_s X_s)|): Dot2 where ``compensated``,
+    else a plain product in float64 (complex128). S_hat (b, n, k) is an upper bound on |start| + |A_s||X_s|."""
+    n = A_s.shape[-1]
+    complex_input = A_s.is_complex()
+    tiny = _SMALLEST_NORMAL64
+    if compensated:
+        residual = _dot2_residual_matrix(A_s, X_s, start)
+        k = gamma(2 * n + 1 if complex_input else n + 1, _U64)
+        error = (_U64 * residual.abs() * (1 + 4 * _U64) + math.sqrt(2) * k * k * S_hat) / (1 - _U64)
+    else:
+        residual = torch.baddbmm(start.to(A_s.dtype), A_s, X_s, alpha=-1)
+        error = (math.sqrt(2) * gamma(n + 3, _U64) if complex_input else gamma(n + 1, _U64)) * S_hat
+    return residual, (error + 4 * (n + 2) * tiny) * (1 + 4 * _U64)
+
+
+def _magnitude_bound(A_s: torch.Tensor, X_s: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """An entrywise upper bound on |start| + |A_s| |X_s| (b, n, k) by Cauchy-Schwarz, (|A||X|)_ij <= ||a_i|| ||x_j||,
+    the norms rounded up (and 2^-500 added for squares lost to underflow)."""
+    n = A_s.shape[-1]
+    rows = torch.linalg.vector_norm(A_s, dim=-1) * (1 + 4 * (n + 2) * _U64) + 2.0 ** -500
+    cols = torch.linalg.vector_norm(X_s, dim=-2) * (1 + 4 * (n + 2) * _U64) + 2.0 ** -500
+    return (start.abs().to(torch.float64) + rows[:, :, None] * cols[:, None, :]) * (1 + 4 * _U64)
+
+
+def _nonnegative_product_upper(L: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """An upper bound on L M for non-negative float64 L (b, n, m), M (b, m, k): fl(L M) (1 + 2 (m + 1) u) plus the
+    products' underflow."""
+    m = L.shape[-1]
+    return torch.bmm(L, M) * (1 + 2 * (m + 1) * _U64) + 4 * (m + 2) * _SMALLEST_NORMAL64
+
+
+def scaled_inverse_error(A_s: torch.Tensor, X_s: torch.Tensor, compensated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F', proven): F' (b, n, n) float64 with |X_s - A_s^-1| <= F' entrywise wherever proven (b,) holds (theta < 1,
+    which also proves A_s non-singular); see the theorem above. A_s, X_s: (b, n, n) float64 or complex128, exactly
+    the equilibrated matrices; ``compensated``: evaluate the residual by Dot2 (float64 and complex128 X)."""
+    b, n = A_s.shape[0], A_s.shape[-1]
+    eye = torch.eye(n, dtype=torch.float64, device=A_s.device).expand(b, n, n)
+    residual, error = _residual_upper(_magnitude_bound(A_s, X_s, eye), eye, A_s, X_s, compensated)
+    R_up = residual.abs() * (1 + 4 * _U64) + error
+    column_sums = R_up.sum(dim=-2) * (1 + 2 * (n + 1) * _U64)
+    theta = column_sums.amax(dim=-1)
+    G = _nonnegative_product_upper(X_s.abs() * (1 + 4 * _U64), R_up)
+    row_max = G.amax(dim=-1)
+    one_minus_theta = (1 - theta) * (1 - 2 * _U64)
+    F = (G + column_sums[:, None, :] * (row_max / one_minus_theta[:, None])[:, :, None]) * (1 + 8 * _U64)
+    return F, (theta < 1) & torch.isfinite(F).flatten(1).all(dim=1)
+
+
+def _relative_frobenius(E: torch.Tensor, X: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """An upper bound on ||2^exponent E||_F / (||2^exponent X||_F - ||2^exponent E||_F) (entrywise exponents) for
+    non-negative E bounding the error of X, evaluated after a common power-of-two shift that brings X's largest
+    scaled entry near 1; +inf where the denominator is not positive. (b,) float64."""
+    entries = E.shape[-2] * E.shape[-1]
+    X_abs = X.abs().to(torch.float64)
+    shift = frexp_exponent(power_of_two_scaled(X_abs, exponent).amax(dim=(-2, -1)))[:, None, None]
+    c = 4 * (entries + 4) * _U64
+    E_norm = torch.linalg.matrix_norm(power_of_two_scaled(E, exponent - shift)) * (1 + c) + \
+        entries * _SMALLEST_NORMAL64 + math.sqrt(entries) * 2.0 ** -511
+    X_norm = torch.linalg.matrix_norm(power_of_two_scaled(X_abs, exponent - shift)) * (1 - c)
+    bound = E_norm / (X_norm - E_norm) * (1 + 4 * _U64)
+    return torch.where(X_norm > E_norm, bound, torch.full_like(bound, math.inf))
+
+
+PERRON_STEPS = 12
+"""Power-iteration steps for the row scaling of the certificate (:func:`certificate_scaling`)."""
+
+
+def certificate_scaling(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(p, q), (b, n) float64 integer exponents for the componentwise certificate of X ~ A^-1 (A, X: (b, n, n)).
+
+    R' = D_r R D_r^-1 depends on the row scaling only, and |R| <~ u |A||X| for an X accurate to working precision,
+    so theta = ||D_r |R| D_r^-1||_1 is smallest (about u rho(|A||X|), Bauer-Skeel) when 2^p is the left Perron
+    vector of |A||X|: p comes from :data:`PERRON_STEPS` power iterations on |A'||X'| of the xGEEQUB-scaled pair
+    (:func:`equilibration_exponents`), rounded to powers of two; q then scales the columns of 2^p A into [1/2, 1).
+    Any integers give a sound bound; these give a tight one."""
+    p0, q0 = equilibration_exponents(A)
+    A_0 = power_of_two_scaled(A.abs().to(torch.float64), p0[:, :, None] + q0[:, None, :])
+    X_0 = power_of_two_scaled(X.abs().to(torch.float64), -(q0[:, :, None] + p0[:, None, :]))
+    M = torch.bmm(A_0, X_0)
+    M = torch.where(torch.isfinite(M), M, torch.zeros_like(M))
+    v = torch.ones_like(p0)[:, None, :]
+    for _ in range(PERRON_STEPS):
+        v = torch.bmm(v, M) + v * 2.0 ** -60
+        v = v / v.amax(dim=-1, keepdim=True).clamp_min(_SMALLEST_NORMAL64)
+    v = v[:, 0, :].clamp_min(2.0 ** -200)
+    p = p0 + frexp_exponent(v)
+    q = -frexp_exponent(power_of_two_scaled(A.abs().to(torch.float64), p[:, :, None]).amax(dim=-2))
+    return p, q
+
+
+def scaled_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """Upper bound on ||X - A^-1||_F / ||A^-1||_F through exact power-of-two scaling and the componentwise theorem
+    above; +inf where it certifies nothing. Unchanged by any row and column scaling of A by powers of two.
+
+    Args:
+        A: (b, n, n) matrices as stored; X: (b, n, n) approximate inverses as stored (any floating or complex dtypes;
+        the residual is evaluated by Dot2 when X is float64 or complex128).
+    Returns:
+        (b,) float64.
+    """
+    p, q = certificate_scaling(A, X)
+    A_s, exact_A = exactly_scaled(A, p[:, :, None] + q[:, None, :])
+    X_s, exact_X = exactly_scaled(X, -(q[:, :, None] + p[:, None, :]))
+    if A_s.is_complex() != X_s.is_complex():
+        A_s, X_s = A_s.to(torch.complex128), X_s.to(torch.complex128)
+    F, proven = scaled_inverse_error(A_s, X_s, compensated=X.dtype in (torch.float64, torch.complex128))
+    bound = _relative_frobenius(F, X_s, q[:, :, None] + p[:, None, :])
+    usable = proven & exact_A & exact_X & ~has_subnormal(A) & ~has_subnormal(X)
+    return certified_or_inf(torch.where(usable, bound, torch.full_like(bound, math.inf)))
+
+
+def scaled_solve_error_bound(A_s: torch.Tensor, B_s: torch.Tensor, X: torch.Tensor, R_s: torch.Tensor,
+                             q: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """Upper bound on ||X - A^-1 B||_F / ||A^-1 B||_F by the componentwise theorem for solutions above, +inf where
+    it certifies nothing.
+
+    Args:
+        A_s: (b, n, n) scaled matrices 2^p A 2^q, exactly (float64 or complex128); B_s: (b, n, k) the right-hand
+            sides 2^p B 2^-f, exactly; X: (b, n, k) the solutions as stored (their residual is evaluated by Dot2
+            when they are float64 or complex128); R_s: (b, n, n) any approximate inverse of A_s (float64 or
+            complex128); q: (b, n) and f: (b,) the exponents (p is not needed).
+    Returns:
+        (b,) float64; 0 where B and X are zero and R_s is certified.
+    """
+    compensated = X.dtype in (torch.float64, torch.complex128)
+    p1, q1 = certificate_scaling(A_s, R_s)  # the tight scaling for R_s's certificate, on top of (p, q)
+    A_ss, exact_A = exactly_scaled(A_s, p1[:, :, None] + q1[:, None, :])
+    R_ss, exact_R = exactly_scaled(R_s, -(q1[:, :, None] + p1[:, None, :]))
+    B_ss, exact_B = exactly_scaled(B_s, p1[:, :, None])
+    q = q + q1
+    F_R, proven = scaled_inverse_error(A_ss, R_ss, compensated)
+    X_s, exact_X = exactly_scaled(X, -(q[:, :, None] + f[:, None, None]))
+    X_s = X_s.to(A_ss.dtype)
+    residual, error = _residual_upper(_magnitude_bound(A_ss, X_s, B_ss), B_ss, A_ss, X_s, compensated)
+    n = A_ss.shape[-1]
+    residual_abs = residual.abs() * (1 + 4 * _U64)
+    r_up = residual_abs + error
+    g = math.sqrt(2) * gamma(n + 2, _U64) if A_ss.is_complex() else gamma(n, _U64)
+    y = torch.bmm(R_ss, residual).abs() * (1 + 4 * _U64)
+    R_abs = R_ss.abs() * (1 + 4 * _U64)
+    E = (y + _nonnegative_product_upper(R_abs, error + g * residual_abs)
+         + _nonnegative_product_upper(F_R, r_up)) * (1 + 4 * _U64)
+    bound = certified_or_inf(_relative_frobenius(E, X_s, q[:, :, None].expand_as(E)))
+    usable = proven & exact_A & exact_R & exact_B & exact_X & ~has_subnormal(X)
+    zero = ~is_nonzero(B_s).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1)
+    bound = torch.where(usable, bound, torch.full_like(bound, math.inf))
+    return torch.where(zero & proven, torch.zeros_like(bound), bound)

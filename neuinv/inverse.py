@@ -39,10 +39,11 @@ from typing import NamedTuple
 import torch
 from torch._library.effects import EffectType
 
-from . import certificate
+from . import certificate, reference
 from .backends import resolve_backend
 from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
-                    MAX_ITERATIONS, NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, certified, default_tol)
+                    MAX_ITERATIONS, NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, certified, default_tol,
+                    second_stage_mask)
 
 METHODS = ("auto", "exact", "newton_schulz")
 ASSUME_A = ("gen", "pos")
@@ -290,7 +291,8 @@ def _invert_in_dtype(A, init, *, model, tol, max_iter, max_error, method, assume
     if b <= chunk and model is None:  # the common case: one call on A as it is, (*, n, n)
         X, certified, error_bound, iterations, fallback = chosen.invert(A, X0, None, refine, rules, limit,
                                                                               positive_definite)
-        return X, InverseInfo(certified, error_bound, iterations, fallback)
+        return _second_stage(A, X, InverseInfo(certified, error_bound, iterations, fallback), limit,
+                             positive_definite)
 
     A_flat = A.reshape(-1, n, n)
     X0_flat = None if X0 is None else X0.reshape(-1, n, n)
@@ -303,8 +305,44 @@ def _invert_in_dtype(A, init, *, model, tol, max_iter, max_error, method, assume
         parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, limit, positive_definite))
     X, certified, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
-    return X.reshape(A.shape), InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
-                                           iterations.reshape(batch_shape), fallback.reshape(batch_shape))
+    info = InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
+                       iterations.reshape(batch_shape), fallback.reshape(batch_shape))
+    return _second_stage(A, X.reshape(A.shape), info, limit, positive_definite)
+
+
+def _second_stage(A, X, info, limit, positive_definite):
+    """The scale-aware second stage (:func:`neuinv.rules.second_stage_mask`) on the matrices whose first certificate
+    is refused or above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X
+    they have, and the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the
+    result with the smallest bound. Under torch.compile every matrix takes it (no data-dependent subset)."""
+    n = A.shape[-1]
+    A_flat, X_flat = A.reshape(-1, n, n), X.reshape(-1, n, n)
+    bound = info.error_bound.reshape(-1)
+    finite = torch.isfinite(A_flat).flatten(1).all(dim=1)
+    mask = second_stage_mask(bound, finite, A.dtype)
+    if torch.compiler.is_compiling():
+        index = torch.arange(bound.shape[0], device=A.device)
+    elif bool(mask.any()):
+        index = mask.nonzero().squeeze(1)
+    else:
+        return X, info
+    A_i, X_i, bound_i = A_flat[index], X_flat[index], bound[index]
+    kept = torch.isfinite(X_i).flatten(1).all(dim=1)
+    bound_kept = torch.where(kept, torch.minimum(bound_i, certificate.scaled_error_bound(A_i, X_i)), bound_i)
+    X_new, bound_new = reference.scaled_exact_inverse(A_i, positive_definite)
+    better = bound_new < bound_kept
+    bound_i = torch.where(better, bound_new, bound_kept)
+    verdict_i = certified(bound_i, limit)
+    X_i = torch.where(better[:, None, None], X_new, X_i)
+    X_i = torch.where(verdict_i[:, None, None], X_i, torch.full_like(X_i, math.nan))
+    X_flat = X_flat.index_put((index,), X_i)
+    fields = [field.reshape(-1) for field in info]
+    certified_mask = fields[0].index_put((index,), verdict_i)
+    error_bound = fields[1].index_put((index,), bound_i)
+    fallback = fields[3].index_put((index,), fields[3][index] | better)
+    batch_shape = info.certified.shape
+    return X_flat.reshape(A.shape), InverseInfo(certified_mask.reshape(batch_shape), error_bound.reshape(batch_shape),
+                                                info.iterations, fallback.reshape(batch_shape))
 
 
 _rules_cache: dict = {}
@@ -456,22 +494,53 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
     has_non_finite = bool(non_finite.any())
     index = _first_index(non_finite if has_non_finite else failed_mask)
     bound = float(error_bound[index])
-    order = None
-    if not has_non_finite and math.isinf(bound) and assume_a == "pos":
-        order = _not_positive_definite(A.expand(*batch, *A.shape[-2:])[index])
+    order = overflow = None
+    if not has_non_finite and math.isinf(bound):
+        matrix = A.expand(*batch, *A.shape[-2:])[index]
+        if assume_a == "pos":
+            order = _not_positive_definite(matrix)
+        if order is None:
+            rhs = operands[0].expand(*batch, *operands[0].shape[-2:])[index] if operands else None
+            overflow = _overflow(matrix, rhs, assume_a == "pos")
     global_index = tuple(i + o for i, o in zip(index, offset)) if offset else index
     raise failure_error(function, global_index, has_non_finite, bound, int(failed_mask.sum()), A.dtype, max_error,
-                        scope=scope, not_positive_definite_at=order,
+                        scope=scope, not_positive_definite_at=order, overflow=overflow,
                         holder=" or its right-hand side" if operands else "")
+
+
+def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None, positive_definite: bool) -> float | None:
+    """log10 of the largest |entry| of the inverse of one (n, n) matrix (of the solution, given the right-hand side
+    (n, k)) where that overflows the matrix's dtype although the matrix is certified non-singular (its equilibrated
+    inverse in float64 / complex128 certified by :func:`neuinv.certificate.scaled_error_bound`); else None."""
+    A = matrix[None]
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    p, q = certificate.equilibration_exponents(A, symmetric=positive_definite)
+    A_s, exact = certificate.exactly_scaled(A, p[:, :, None] + q[:, None, :])
+    X_s, info = torch.linalg.inv_ex(A_s.to(wide))
+    if not bool(exact.all()) or int(info.max()) != 0 or not bool(
+            torch.isfinite(certificate.scaled_error_bound(A_s, X_s)).all()):
+        return None
+    exponent = q[:, :, None] + p[:, None, :]
+    if rhs is not None:
+        f = certificate.frexp_exponent(certificate.power_of_two_scaled(rhs.abs().to(torch.float64)[None],
+                                                                       p[:, :, None]).amax(dim=(-2, -1)))
+        B_s = certificate.power_of_two_scaled(rhs.to(wide)[None], p[:, :, None] - f[:, None, None])
+        X_s, exponent = torch.bmm(X_s, B_s), q[:, :, None] + f[:, None, None]
+    magnitude = X_s.abs().clamp_min(1e-300).log2() + exponent
+    largest = float(magnitude.amax())
+    limit = math.log2(torch.finfo(matrix.dtype).max)
+    return largest * math.log10(2) if largest > limit else None
 
 
 def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int,
                   dtype: torch.dtype, max_error, *, scope: str = "the batch",
-                  not_positive_definite_at: int | None = None, holder: str = "") -> Exception:
+                  not_positive_definite_at: int | None = None, overflow: float | None = None,
+                  holder: str = "") -> Exception:
     """The exception neuinv.<function> raises when A[index] is the first matrix it names (one wording for every
     entry point: the single-process functions, :mod:`neuinv.distributed` and :mod:`neuinv.dask`, which name a
     global index): ``ValueError`` if it holds NaN or Inf, else ``torch.linalg.LinAlgError``: not positive
     definite (its Cholesky factorisation fails at the leading minor of order ``not_positive_definite_at``),
+    non-singular with an inverse or solution that overflows ``dtype`` (``overflow``: log10 of its largest entry),
     singular or numerically singular (error_bound +inf), or certified above ``max_error``; ``failed`` matrices of
     ``scope`` failed in all; ``holder`` names what else may hold the NaN (" or its right-hand side")."""
     name = "A" if not index else "A[" + ", ".join(map(str, index)) + "]"
@@ -481,9 +550,11 @@ def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error
     if not_positive_definite_at is not None:
         reason = (f"is not positive definite (assume_a='pos'): its Cholesky factorisation fails at the leading "
                   f"minor of order {not_positive_definite_at}")
+    elif overflow is not None:
+        reason = (f"is not singular, but its {_what(function)} overflows {dtype} (largest |entry| about "
+                  f"1e{overflow:.0f}, above {torch.finfo(dtype).max:.3g}); scale {'A or B' if 'solve' in function else 'A'}")
     elif math.isinf(error_bound):
-        overflow = f", or its {_what(function)} overflows {dtype}" if dtype in HALF_DTYPES else ""
-        reason = (f"is singular or numerically singular in {COMPUTE_DTYPE.get(dtype, dtype)}{overflow}: no digit "
+        reason = (f"is singular or numerically singular in {COMPUTE_DTYPE.get(dtype, dtype)}: no digit "
                   f"of its {_what(function)} can be certified")
     else:
         what = _what(function)

@@ -195,3 +195,47 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
     verdict = certified(bound, max_error)
     X[~verdict] = float("nan")
     return X, verdict, bound, iterations, fallback
+
+
+def scaled_exact_inverse(A: torch.Tensor, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second stage's exact path: (X, error_bound) for (b, n, n) A, X the inverse in A's dtype computed in
+    float64 (complex128) from the power-of-two equilibrated A' = 2^p A 2^q (LU with partial pivoting, or Cholesky
+    with the symmetric scaling where ``positive_definite``) and scaled back exactly, X = 2^q A'^-1 2^p, certified by
+    :func:`neuinv.certificate.scaled_error_bound` (+inf where a factorisation fails or X overflows A's dtype)."""
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    p, q = certificate.equilibration_exponents(A, symmetric=positive_definite)
+    A_s, _ = certificate.exactly_scaled(A, p[:, :, None] + q[:, None, :])
+    if positive_definite:
+        X_s, accepted = cholesky_inverse(A_s.to(wide))
+    else:
+        X_s, pivot_info = torch.linalg.inv_ex(A_s.to(wide))
+        accepted = pivot_info == 0
+    X = certificate.power_of_two_scaled(X_s, q[:, :, None] + p[:, None, :]).to(A.dtype)
+    bound = certificate.scaled_error_bound(A, X)
+    return X, torch.where(accepted, bound, torch.full_like(bound, float("inf")))
+
+
+def scaled_solve(A: torch.Tensor, B: torch.Tensor, positive_definite: bool = False):
+    """The second stage of a solve: (X, error_bound) for A (b, n, n) and B (b, n, k): with A' = 2^p A 2^q and
+    B' = 2^p B 2^-f (exact powers of two), R' = A'^-1 in float64 (complex128) as in :func:`scaled_exact_inverse`,
+    X' = R' B' refined once, X' <- X' + R' (B' - A' X'), and X = 2^q X' 2^f in A's dtype, certified by
+    :func:`neuinv.certificate.scaled_solve_error_bound`. R' never overflows where only A^-1 would."""
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    p, q = certificate.equilibration_exponents(A, symmetric=positive_definite)
+    A_s, _ = certificate.exactly_scaled(A, p[:, :, None] + q[:, None, :])
+    A_s = A_s.to(wide)
+    f = certificate.frexp_exponent(certificate.power_of_two_scaled(B.abs().to(torch.float64), p[:, :, None])
+                                   .amax(dim=(-2, -1)))
+    B_s, _ = certificate.exactly_scaled(B, p[:, :, None] - f[:, None, None])
+    B_s = B_s.to(wide)
+    if positive_definite:
+        R_s, accepted = cholesky_inverse(A_s)
+    else:
+        R_s, pivot_info = torch.linalg.inv_ex(A_s)
+        accepted = pivot_info == 0
+    X_s = torch.bmm(R_s, B_s)
+    X_s = X_s + torch.bmm(R_s, torch.baddbmm(B_s, A_s, X_s, alpha=-1))
+    X = certificate.power_of_two_scaled(X_s, q[:, :, None] + f[:, None, None]).to(A.dtype)
+    bound = certificate.scaled_solve_error_bound(A_s, B_s, X, R_s, q, f)
+    read_exactly = ~certificate.has_subnormal(A) & ~certificate.has_subnormal(B)  # a DAZ thread may read them as 0
+    return X, torch.where(accepted & read_exactly, bound, torch.full_like(bound, float("inf")))

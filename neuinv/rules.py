@@ -113,3 +113,17 @@ def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
     non-symmetric A passed as positive definite (whose upper triangle the factorisation never reads) is
     certified only where X truly inverts it."""
     return (pivot > 0) & torch.isfinite(pivot)
+
+
+SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -12, torch.complex64: 2.0 ** -12,
+                             torch.float64: 2.0 ** -30, torch.complex128: 2.0 ** -30}
+"""A matrix (or system) whose first certificate is above this, or refused, while its input is finite, takes the
+second stage (:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix, certified
+componentwise (:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and keeps
+whichever result has the smaller bound. Badly scaled and graded matrices, which the normwise certificate refuses
+or bounds loosely, are certified there close to their true error; well-conditioned ones never pay for it."""
+
+
+def second_stage_mask(error_bound: torch.Tensor, finite: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Which matrices take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype] and finite input."""
+    return (error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]) & finite

@@ -23,10 +23,10 @@ from typing import NamedTuple
 
 import torch
 
-from . import certificate
+from . import certificate, reference
 from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_out, _invert,
                       _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified)
-from .rules import certified
+from .rules import certified, second_stage_mask
 
 
 class SolveInfo(NamedTuple):
@@ -137,6 +137,8 @@ def _solve_detached(A, B, init, options, raise_failures):
     X_w = torch.bmm(R_w, B_w)
     X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X_w, alpha=-1))).to(A.dtype)
     bound = certificate.solve_error_bound(A_b, B_b, X, R_b, eps) if X.numel() else torch.zeros_like(eps)
+    if X.numel():
+        X, bound = _second_stage(A_b, B_b, X, bound, options["assume_a"] == "pos")
     verdict = certified(bound, max_error)
     X = torch.where(verdict[:, None, None], X, torch.full_like(X, math.nan))
     X, verdict, bound = X.reshape(*batch, n, k), verdict.reshape(batch), bound.reshape(batch)
@@ -144,6 +146,25 @@ def _solve_detached(A, B, init, options, raise_failures):
         raise_if_not_certified("batched_solve", A.expand(*batch, n, n), verdict, bound, max_error,
                                options["assume_a"], operands=(B.expand(*batch, n, k),))
     return X, verdict, bound, inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
+
+
+def _second_stage(A, B, X, bound, positive_definite):
+    """The scale-aware second stage (:func:`neuinv.rules.second_stage_mask`) for the systems (flat A (b, n, n),
+    B, X (b, n, k)) whose first certificate is refused or above the threshold: the equilibrated solve
+    (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller. Every system under torch.compile."""
+    finite = torch.isfinite(A).flatten(1).all(dim=1) & torch.isfinite(B).flatten(1).all(dim=1)
+    compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
+    mask = second_stage_mask(bound, finite, compute)
+    if torch.compiler.is_compiling():
+        index = torch.arange(bound.shape[0], device=A.device)
+    elif bool(mask.any()):
+        index = mask.nonzero().squeeze(1)
+    else:
+        return X, bound
+    X_new, bound_new = reference.scaled_solve(A[index], B[index], positive_definite)
+    better = bound_new < bound[index]
+    X_i = torch.where(better[:, None, None], X_new.to(X.dtype), X[index])
+    return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_new, bound[index]))
 
 
 class _BatchedSolve(torch.autograd.Function):
