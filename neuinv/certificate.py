@@ -527,6 +527,25 @@ def certificate_scaling(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
     return p, q
 
 
+PADDED_ORDER_MULTIPLE = 8
+"""The second stage works on diag(A, I) of an order divisible by this: every matrix (and every per-row vector) of
+a float64 or complex128 batch then starts on a 64-byte boundary, so that the batched products and reductions round
+each matrix alike wherever it sits in the batch (identical matrices get identical results)."""
+
+
+def padded_with_identity(M: torch.Tensor) -> torch.Tensor:
+    """diag(M, I) of the next order divisible by :data:`PADDED_ORDER_MULTIPLE` (M itself where n already is).
+    diag(A, I)^-1 = diag(A^-1, I), and LU or Cholesky of diag(A, I) never mixes the blocks."""
+    b, n = M.shape[0], M.shape[-1]
+    n_p = -(-n // PADDED_ORDER_MULTIPLE) * PADDED_ORDER_MULTIPLE
+    if n_p == n:
+        return M
+    out = torch.zeros(b, n_p, n_p, dtype=M.dtype, device=M.device)
+    out[:, :n, :n] = M
+    out[:, n:, n:] = torch.eye(n_p - n, dtype=M.dtype, device=M.device)
+    return out
+
+
 def scaled_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """Upper bound on ||X - A^-1||_F / ||A^-1||_F through exact power-of-two scaling and the componentwise theorem
     above; +inf where it certifies nothing. Unchanged by any row and column scaling of A by powers of two.
@@ -537,13 +556,18 @@ def scaled_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     Returns:
         (b,) float64.
     """
-    p, q = certificate_scaling(A, X)
-    A_s, exact_A = exactly_scaled(A, p[:, :, None] + q[:, None, :])
-    X_s, exact_X = exactly_scaled(X, -(q[:, :, None] + p[:, None, :]))
+    n = A.shape[-1]
+    A_p, X_p = padded_with_identity(A), padded_with_identity(X)
+    p, q = certificate_scaling(A_p, X_p)
+    A_s, exact_A = exactly_scaled(A_p, p[:, :, None] + q[:, None, :])
+    X_s, exact_X = exactly_scaled(X_p, -(q[:, :, None] + p[:, None, :]))
     if A_s.is_complex() != X_s.is_complex():
         A_s, X_s = A_s.to(torch.complex128), X_s.to(torch.complex128)
     F, proven = scaled_inverse_error(A_s, X_s, compensated=X.dtype in (torch.float64, torch.complex128))
-    bound = _relative_frobenius(F, X_s, q[:, :, None] + p[:, None, :])
+    block = torch.zeros_like(F, dtype=torch.bool)
+    block[:, :n, :n] = True  # the error of X alone: the padding's entries set to zero in F and X
+    bound = _relative_frobenius(torch.where(block, F, 0.0), torch.where(block, X_s, 0.0),
+                                q[:, :, None] + p[:, None, :])
     usable = proven & exact_A & exact_X & ~has_subnormal(A) & ~has_subnormal(X)
     return certified_or_inf(torch.where(usable, bound, torch.full_like(bound, math.inf)))
 

@@ -203,14 +203,16 @@ def scaled_exact_inverse(A: torch.Tensor, positive_definite: bool = False) -> tu
     with the symmetric scaling where ``positive_definite``) and scaled back exactly, X = 2^q A'^-1 2^p, certified by
     :func:`neuinv.certificate.scaled_error_bound` (+inf where a factorisation fails or X overflows A's dtype)."""
     wide = torch.complex128 if A.is_complex() else torch.float64
-    p, q = certificate.equilibration_exponents(A, symmetric=positive_definite)
-    A_s, _ = certificate.exactly_scaled(A, p[:, :, None] + q[:, None, :])
+    n = A.shape[-1]
+    A_p = certificate.padded_with_identity(A)  # (certificate.PADDED_ORDER_MULTIPLE: the same rounding everywhere)
+    p, q = certificate.equilibration_exponents(A_p, symmetric=positive_definite)
+    A_s, _ = certificate.exactly_scaled(A_p, p[:, :, None] + q[:, None, :])
     if positive_definite:
         X_s, accepted = cholesky_inverse(A_s.to(wide))
     else:
         X_s, pivot_info = torch.linalg.inv_ex(A_s.to(wide))
         accepted = pivot_info == 0
-    X = certificate.power_of_two_scaled(X_s, q[:, :, None] + p[:, None, :]).to(A.dtype)
+    X = certificate.power_of_two_scaled(X_s, q[:, :, None] + p[:, None, :])[:, :n, :n].to(A.dtype)
     bound = certificate.scaled_error_bound(A, X)
     return X, torch.where(accepted, bound, torch.full_like(bound, float("inf")))
 
