@@ -323,3 +323,87 @@ def test_update_writes_into_kept_buffers():
     M.update(A * (1 + 3e-6))
     assert M.inverse.data_ptr() == second
     assert torch.allclose(M.inverse, BlockJacobi(A * (1 + 3e-6), block_size=6).inverse, rtol=1e-12, atol=1e-13)
+
+
+def diagonally_dominant(N, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(N, N, generator=g, dtype=torch.float64) * 0.1 + 4 * torch.eye(N, dtype=torch.float64)
+
+
+def with_zero_block(A, start, stop):
+    """A with its diagonal block [start, stop) set to zero: that block of a BlockJacobi is singular."""
+    A = A.clone()
+    A[start:stop, start:stop] = 0
+    return A
+
+
+def same_bits(X, Y):
+    return X.dtype == Y.dtype and X.shape == Y.shape and torch.equal(X.view(torch.uint8), Y.view(torch.uint8))
+
+
+@pytest.mark.parametrize("updates_before", [0, 1, 2])
+@pytest.mark.parametrize("failing", ["real", "complex-promoting"])
+def test_failed_update_leaves_the_preconditioner_as_it_was(updates_before, failing):
+    """An update that raises (a singular block, on_singular="raise") changes nothing: the same inverse tensor with
+    the same bits, dtype, singular_blocks, and the buffers the next updates write into; later updates work."""
+    A = diagonally_dominant(60, seed=5)
+    M = BlockJacobi(A, block_size=6)
+    for i in range(updates_before):
+        M.update(A * (1 + 1e-6 * (i + 1)))
+    inverse, saved, singular = M.inverse, M.inverse.clone(), M.singular_blocks.clone()
+    pointers = [M.inverse.data_ptr()]
+    bad = with_zero_block(A, 18, 24)
+    if failing == "complex-promoting":
+        bad = bad * (1 + 0.5j)
+    with pytest.raises(torch.linalg.LinAlgError, match=r"block 3 \(rows 18\.\.23\)"):
+        M.update(bad)
+    assert M.inverse is inverse and same_bits(M.inverse, saved)
+    assert M.dtype == torch.float64 and torch.equal(M.singular_blocks, singular)
+    for step in range(3):
+        good = A * (1 - 1e-6 * (step + 1))
+        M.update(good)
+        assert torch.allclose(M.inverse, BlockJacobi(good, block_size=6).inverse, rtol=1e-12, atol=1e-13)
+        pointers.append(M.inverse.data_ptr())
+    assert M.dtype == torch.float64 and M.singular_blocks.numel() == 0
+    # As without the failure: after the first update the inverses alternate between two buffers.
+    assert pointers[2] == pointers[0] and pointers[3] == pointers[1] != pointers[0]
+    promoted = A * (1 + 0.5j)
+    M.update(promoted)
+    assert M.dtype == M.inverse.dtype == torch.complex128
+    assert torch.allclose(M.inverse, BlockJacobi(promoted, block_size=6).inverse, rtol=1e-12, atol=1e-13)
+
+
+def test_failed_update_of_a_complex_preconditioner_changes_nothing():
+    A = diagonally_dominant(40, seed=6) * (1 - 0.3j)
+    M = BlockJacobi(A, block_size=4)
+    M.update(A * 1.001)
+    inverse, saved = M.inverse, M.inverse.clone()
+    with pytest.raises(torch.linalg.LinAlgError, match=r"block 0 \(rows 0\.\.3\) is singular .* in torch\.complex128"):
+        M.update(with_zero_block(A, 0, 4))
+    assert M.inverse is inverse and same_bits(M.inverse, saved) and M.dtype == torch.complex128
+    M.update(A * 1.002)
+    assert torch.allclose(M.inverse, BlockJacobi(A * 1.002, block_size=4).inverse, rtol=1e-12, atol=1e-13)
+
+
+def test_singular_blocks_describe_the_inverses_in_use():
+    """on_singular="identity": singular_blocks lists exactly the blocks of the current inverse that are the identity
+    in place of a failed one, after construction and after every update (a repaired block leaves the list)."""
+    A = diagonally_dominant(30, seed=7)
+    M = BlockJacobi(with_zero_block(A, 6, 9), block_size=3, on_singular="identity")
+    assert M.singular_blocks.tolist() == [2]
+    M.update(A)
+    assert M.singular_blocks.tolist() == []
+    assert torch.allclose(M.inverse, BlockJacobi(A, block_size=3).inverse, rtol=1e-12, atol=1e-13)
+    twice = with_zero_block(with_zero_block(A, 0, 3), 24, 27)
+    M.update(twice)
+    assert M.singular_blocks.tolist() == [0, 8]
+    r = torch.randn(30, dtype=torch.float64)
+    y = M(r)
+    assert torch.equal(y[0:3], r[0:3]) and torch.equal(y[24:27], r[24:27])
+    fresh = BlockJacobi(twice, block_size=3, on_singular="identity")
+    assert torch.allclose(M.inverse, fresh.inverse, rtol=1e-12, atol=1e-13)
+    M.update(with_zero_block(A, 12, 15) * (1 + 1j))
+    assert M.singular_blocks.tolist() == [4] and M.dtype == torch.complex128
+    M.update(A)
+    assert M.singular_blocks.tolist() == []
+    assert torch.allclose(M.inverse, BlockJacobi(A, block_size=3).inverse.to(torch.complex128), rtol=1e-12, atol=1e-13)
