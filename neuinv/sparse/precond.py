@@ -44,7 +44,8 @@ class BlockJacobi:
             left unpreconditioned (its part of M^-1 is the identity), counted in ``singular_blocks``.
 
     Attributes: ``inverse``, the inverted blocks (num_blocks, width, width) of ``dtype``;
-    ``boundaries``, ``sizes``, ``singular_blocks``.
+    ``boundaries``, ``sizes``; ``singular_blocks``, the blocks of ``inverse`` that are the identity
+    in place of a failed inverse (always those of the current inverses).
     Raises ``TypeError`` for an A of another type, ``ValueError`` for bad shapes or blocks.
     """
 
@@ -64,42 +65,43 @@ class BlockJacobi:
         offset = np.arange(N) - self.boundaries[block_of_row]
         self._block_of_row = torch.as_tensor(block_of_row, device=self.device)
         self._offset = torch.as_tensor(offset, device=self.device)
-        self.singular_blocks = torch.zeros(0, dtype=torch.long)
-        blocks_dense = self._extract(rows, cols, values)
+        blocks_dense = self._extract(rows, cols, values, self.dtype)
         X, info = batched_inverse_ex(blocks_dense, model=model, backend=backend)
-        self.inverse = self._handle_singular(X, info)
+        self.inverse, self.singular_blocks = self._handle_singular(X, info, self.dtype)
 
     @property
     def num_blocks(self) -> int:
         return len(self.sizes)
 
-    def _extract(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """The diagonal blocks as a (blocks, width, width) tensor, padded with the identity."""
+    def _extract(self, rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor:
+        """The diagonal blocks as a (blocks, width, width) tensor of `dtype`, padded with the identity."""
         same_block = self._block_of_row[rows] == self._block_of_row[cols]
         rows, cols, values = rows[same_block], cols[same_block], values[same_block]
-        dense = torch.zeros(self.num_blocks, self.block_width, self.block_width, dtype=self.dtype, device=self.device)
+        dense = torch.zeros(self.num_blocks, self.block_width, self.block_width, dtype=dtype, device=self.device)
         dense.index_put_((self._block_of_row[rows], self._offset[rows], self._offset[cols]), values, accumulate=True)
         padding = torch.arange(self.block_width, device=self.device)[None, :] >= torch.as_tensor(
             self.sizes, device=self.device)[:, None]
         dense.diagonal(dim1=-2, dim2=-1)[padding] = 1.0
         return dense
 
-    def _handle_singular(self, X: torch.Tensor, info) -> torch.Tensor:
+    def _handle_singular(self, X: torch.Tensor, info, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inverses, singular blocks): X, or a copy of it with the identity in its failed blocks; for
+        on_singular="raise", ``LinAlgError`` if a block failed. Changes no attribute."""
         bad = (~info.certified).nonzero().squeeze(1)
         if bad.numel() == 0:
-            return X
+            return X, bad.cpu()
         if self.on_singular == "raise":
             k = int(bad[0])
             raise torch.linalg.LinAlgError(
                 f"block {k} (rows {self.boundaries[k]}..{self.boundaries[k + 1] - 1}) is singular or too "
-                f"ill-conditioned to invert in {self.dtype} (error bound ||X - B^-1||_F / ||B^-1||_F = "
+                f"ill-conditioned to invert in {dtype} (error bound ||X - B^-1||_F / ||B^-1||_F = "
                 f"{float(info.error_bound[k]):.3g}); "
                 f"{bad.numel()} of {self.num_blocks} blocks failed. Use on_singular='identity' to leave them "
                 f"unpreconditioned.")
-        self.singular_blocks = bad.cpu()
         X = X.clone()
         X[bad] = torch.eye(self.block_width, dtype=X.dtype, device=X.device)
-        return X
+        return X, bad.cpu()
 
     def update(self, A_new) -> UpdateReport:
         """Refresh the block inverses for a matrix with the same pattern of blocks whose entries
@@ -109,34 +111,40 @@ class BlockJacobi:
         A_new: any input ``BlockJacobi`` accepts, of shape ``self.shape``; its entries are taken in
         ``self.dtype``'s precision. A complex A_new for a real preconditioner promotes it to the
         complex dtype of that precision (float32 -> complex64, float64 -> complex128): ``self.dtype``
-        and ``self.inverse`` become complex. Raises ``ValueError`` for another shape.
+        and ``self.inverse`` become complex. Raises ``ValueError`` for another shape, and, as the
+        constructor, ``LinAlgError`` for a failed block with on_singular="raise".
 
-        The new inverses are written (``out=``) into the tensor that held them before the previous update, so
-        that repeated updates allocate no new inverse: copy ``self.inverse`` to keep it across two updates."""
+        The update is all or nothing: one that raises leaves ``inverse`` (the same tensor, the same values),
+        ``dtype``, ``singular_blocks`` and the buffers as they were; a successful one sets all of them,
+        ``singular_blocks`` to the blocks that failed in this update.
+
+        The new inverses are written (``out=``) into the tensor that held them before the previous update (a
+        failed update writes there too), so that repeated updates allocate no new inverse: copy ``self.inverse``
+        to keep it across two updates."""
         rows, cols, values, shape, _ = _coordinates(A_new, device=self.device)
         if shape != self.shape:
             raise ValueError(f"update needs a matrix of shape {self.shape}, got {shape}")
-        if values.is_complex() and not self.dtype.is_complex:
-            self.dtype = _complex_of(self.dtype)
-            self.inverse = self.inverse.to(self.dtype)
-        blocks_dense = self._extract(rows, cols, values.to(self.dtype))
-        X, info = batched_inverse_ex(blocks_dense, init=self.inverse, backend=self.backend, out=self._buffers())
-        self._spare = self.inverse
-        self.inverse = self._handle_singular(X, info)
+        dtype = _complex_of(self.dtype) if values.is_complex() else self.dtype
+        blocks_dense = self._extract(rows, cols, values.to(dtype), dtype)
+        init = self.inverse.to(dtype)
+        spare, info_buffers = self._buffers(dtype)
+        X, info = batched_inverse_ex(blocks_dense, init=init, backend=self.backend, out=(spare, info_buffers))
+        inverse, singular = self._handle_singular(X, info, dtype)
+        self.dtype, self.inverse, self.singular_blocks = dtype, inverse, singular
+        self._spare, self._info = init, info_buffers
         return UpdateReport(int(info.iterations.max()) if self.num_blocks else 0,
                             float(info.iterations.float().mean()) if self.num_blocks else 0.0,
                             int(info.fallback.sum()))
 
-    def _buffers(self):
+    def _buffers(self, dtype: torch.dtype):
         """(X, info) for ``batched_inverse_ex``'s out=: the spare inverse of the previous update (or a new one where
-        it has another dtype) and the per-block fields, kept between updates."""
+        there is none of `dtype`) and the per-block fields, kept between updates (by ``update``, once it succeeds)."""
         spare = getattr(self, "_spare", None)
-        if spare is None or spare.dtype != self.inverse.dtype:
-            spare = torch.empty_like(self.inverse)
+        if spare is None or spare.dtype != dtype:
+            spare = torch.empty_like(self.inverse, dtype=dtype)
         info = getattr(self, "_info", None)
         if info is None:
-            b = self.num_blocks
-            info = self._info = tuple(torch.empty(b, dtype=dtype, device=self.device) for dtype in INFO_DTYPES)
+            info = tuple(torch.empty(self.num_blocks, dtype=field, device=self.device) for field in INFO_DTYPES)
         return spare, info
 
     def __call__(self, r: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,18 @@
 gradients (Hestenes & Stiefel 1952) and restarted, right-preconditioned GMRES (Saad & Schultz 1986).
 
 Each column of B is an independent system sharing A and the preconditioner; a column stops being
-updated once its relative residual ||b - A x|| / ||b|| is at most ``rtol``.
+updated once its true relative residual ||b - A x|| / ||b||, recomputed from x, is at most ``rtol``.
+The residual the iteration updates drifts from b - A x in floating point (the residual gap: Greenbaum,
+SIAM J. Matrix Anal. Appl. 18, 1997; van der Vorst & Ye, SIAM J. Sci. Comput. 22, 2000) and can fall far
+below what x attains, so it only proposes a stop: where it reaches rtol, b - A x is computed, and where
+that misses rtol the solver restarts from it (CG: r = b - A x, p = M^-1 r; GMRES: a new cycle) while
+``max_iter`` allows. ``converged`` and the message come from true residuals only.
+
+True residuals are computed in float64 (complex128 for complex systems): b and x are converted to it, and
+a tensor or scipy.sparse A is applied with its own values in that precision (a float64 copy of a float32
+A is kept for this). A callable A is applied to x in the working dtype, as in the iteration, and its
+result is taken in float64 (complex128) without rounding to the working dtype: the product is as exact as
+the callable makes it.
 
 Dtypes: the solvers work in b's dtype (integer b: float64), made complex of the same precision
 (float32 -> complex64, float64 -> complex128) when A, x0 or M (by its ``dtype`` attribute, as a
@@ -22,9 +33,14 @@ import torch
 
 
 class SolveResult(NamedTuple):
-    """x: the solution, b's shape, in the working dtype (see the module docstring). converged,
-    iterations: per right-hand side, (k,). history: relative residuals, real, (steps + 1, k).
-    message: a one-line report, naming the columns that did not converge."""
+    """x: the solution, b's shape, in the working dtype (see the module docstring). converged: per
+    right-hand side, (k,), whether the true ||b - A x|| / ||b|| of the returned x is at most rtol.
+    iterations: per right-hand side, (k,). history: relative residuals, float64, (steps + 1, k), row i
+    after step i: the iteration's own residual (CG: ||r_i|| / ||b|| of the updated r; GMRES: the
+    least-squares residual |g_i| / ||b||), except the true ||b - A x_i|| / ||b|| in row 0, where a column
+    was checked (CG) or a cycle ended (GMRES), and in the last row; a column that stopped keeps its
+    last value. message: a one-line report naming the columns that did not converge and their true
+    relative residuals."""
 
     x: torch.Tensor
     converged: torch.Tensor
@@ -57,26 +73,36 @@ def _is_complex(obj) -> bool:
     return isinstance(dtype, np.dtype) and dtype.kind == "c"
 
 
-def _in_dtype(operator, name: str, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
-    """operator with its result converted to `dtype`; a complex result for a real `dtype` raises TypeError."""
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """The dtype true residuals are computed in: complex128 for complex dtypes, float64 for real ones."""
+    return torch.complex128 if dtype.is_complex else torch.float64
+
+
+def _in_dtype(operator, name: str, dtype: torch.dtype, result_dtype: torch.dtype | None = None
+              ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """operator, applied to `dtype` input, with its result converted to `result_dtype` (default `dtype`); a
+    complex result for a real `dtype` raises TypeError."""
     def apply(V):
         W = operator(V)
         if W.is_complex() and not dtype.is_complex:
             raise TypeError(f"{name} returned {W.dtype} for {dtype} input; its imaginary part would be lost. "
                             f"Pass a complex b (or give {name} a complex `dtype` attribute).")
-        return W.to(dtype)
+        return W.to(result_dtype or dtype)
     return apply
 
 
-def _as_operator(A, like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def _as_operators(A, like: torch.Tensor):
+    """(matvec, exact): A applied in like's dtype, and A applied for true residuals (module docstring)."""
+    wide = _wide(like.dtype)
     if callable(A) and not isinstance(A, torch.Tensor):
-        return _in_dtype(A, "A", like.dtype)
+        return _in_dtype(A, "A", like.dtype), _in_dtype(A, "A", like.dtype, wide)
     if scipy.sparse.issparse(A):
         A = scipy_to_torch_csr(A)
     if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise TypeError("A must be a square torch tensor (dense or sparse), a scipy.sparse matrix or a callable")
-    A = A.to(device=like.device, dtype=like.dtype)  # like is complex whenever A is (see _prepare)
-    return lambda V: A @ V
+    A = A.to(device=like.device)
+    A_work, A_wide = A.to(like.dtype), A.to(wide)  # like is complex whenever A is (see _prepare)
+    return (lambda V: A_work @ V), (lambda V: A_wide @ V.to(wide))
 
 
 def _dot(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
@@ -92,20 +118,29 @@ def _prepare(A, b, M, x0):
     if any(_is_complex(operand) for operand in (A, x0, M)):
         dtype = _complex_of(dtype)
     B = B.to(dtype)
-    matvec = _as_operator(A, B)
+    matvec, exact = _as_operators(A, B)
     precondition = _in_dtype(M, "M", dtype) if M is not None else (lambda R: R)
     X = torch.zeros_like(B) if x0 is None else x0.reshape(B.shape).to(B).clone()
-    b_norm = torch.linalg.vector_norm(B, dim=0)
+    B_wide = B.to(_wide(dtype))
+    b_norm = torch.linalg.vector_norm(B_wide, dim=0)
     b_norm = torch.where(b_norm > 0, b_norm, torch.ones_like(b_norm))
-    return B, matvec, precondition, X, b_norm
+
+    def true_residual(X):
+        """(b - A x in float64 or complex128, its relative norms ||b - A x|| / ||b||)."""
+        R = B_wide - exact(X)
+        return R, torch.linalg.vector_norm(R, dim=0) / b_norm
+
+    return B, matvec, precondition, X, true_residual, b_norm
 
 
 def _report(name, converged, relres, rtol, steps):
+    """The message; relres: the true relative residuals converged was decided on."""
     if bool(converged.all()):
-        return f"{name}: all {converged.numel()} right-hand sides reached rtol {rtol:g}"
+        return f"{name}: all {converged.numel()} right-hand sides reached rtol {rtol:g} (true residual b - A x)"
     failed = (~converged).nonzero().squeeze(1).tolist()
-    return (f"{name}: right-hand side(s) {failed} did not reach rtol {rtol:g} in {steps} iterations "
-            f"(worst relative residual {relres.max().item():.3g})")
+    residuals = ", ".join(f"{relres[j].item():.3g}" for j in failed)
+    return (f"{name}: right-hand side(s) {failed} did not reach rtol {rtol:g} in {steps} iterations; their true "
+            f"relative residuals ||b - A x|| / ||b||: [{residuals}]")
 
 
 def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None = None, x0=None) -> SolveResult:
@@ -118,19 +153,23 @@ def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None =
         rtol: target relative residual ||b - A x|| / ||b|| per column. max_iter: default 10 N.
         x0: initial guess of b's shape.
     Dtypes follow the module docstring. Raises ``ValueError`` for a bad b, ``TypeError`` for a bad A or
-    for a callable A or M that returns complex values for a real system."""
-    B, matvec, precondition, X, b_norm = _prepare(A, b, M, x0)
+    for a callable A or M that returns complex values for a real system.
+
+    A column whose updated residual reaches rtol is checked on b - A x; where that misses rtol, CG
+    restarts from it (r = b - A x, p = M^-1 r), as residual replacement does (van der Vorst & Ye 2000)."""
+    B, matvec, precondition, X, true_residual, b_norm = _prepare(A, b, M, x0)
     max_iter = max_iter or 10 * B.shape[0]
-    R = B - matvec(X)
+    R_true, relres = true_residual(X)
+    done = relres <= rtol
+    R = R_true.to(B.dtype)
     Z = precondition(R)
     P = Z.clone()
     rz = _dot(R, Z)
-    relres = torch.linalg.vector_norm(R, dim=0) / b_norm
     history = [relres]
     iterations = torch.zeros(B.shape[1], dtype=torch.int64, device=B.device)
     step = 0
     for step in range(1, max_iter + 1):
-        active = relres > rtol
+        active = ~done
         if not bool(active.any()):
             step -= 1
             break
@@ -139,14 +178,25 @@ def cg(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, max_iter: int | None =
         alpha = torch.where(active, rz / torch.where(curvature != 0, curvature, torch.ones_like(curvature)), 0.0)
         X += alpha * P
         R -= alpha * AP
-        relres = torch.linalg.vector_norm(R, dim=0) / b_norm
-        history.append(relres)
+        relres = torch.where(active, torch.linalg.vector_norm(R, dim=0) / b_norm, relres)
         iterations += active.to(iterations.dtype)
+        claimed = active & (relres <= rtol)
+        restart = torch.zeros_like(claimed)
+        if bool(claimed.any()):
+            R_true, true_relres = true_residual(X)
+            relres = torch.where(claimed, true_relres, relres)
+            done = done | (claimed & (true_relres <= rtol))
+            restart = claimed & ~done
+            R = torch.where(restart, R_true.to(R.dtype), R)
+        history.append(relres)
         Z = precondition(R)
         rz_new = _dot(R, Z)
-        beta = torch.where(active, rz_new / torch.where(rz != 0, rz, torch.ones_like(rz)), 0.0)
+        beta = torch.where(active & ~restart, rz_new / torch.where(rz != 0, rz, torch.ones_like(rz)), 0.0)
         P = Z + beta * P
         rz = torch.where(active, rz_new, rz)
+    if not bool(done.all()):
+        relres = torch.where(done, relres, true_residual(X)[1])
+        history[-1] = relres
     converged = relres <= rtol
     return SolveResult(X.reshape(b.shape), converged, iterations, torch.stack(history),
                        _report("cg", converged, relres, rtol, step))
@@ -157,23 +207,26 @@ def gmres(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, restart: int = 30, 
     """Restarted GMRES(restart) with right preconditioning: solves A M^-1 u = b, x = M^-1 u, so the
     residual it minimises is the true residual b - A x. ``max_iter`` counts inner (Arnoldi) steps
     (default 10 N). A may be any nonsingular matrix, real or complex; the other arguments and the
-    dtypes are as for :func:`cg`. The residual reported after each restart is recomputed as b - A x."""
-    B, matvec, precondition, X, b_norm = _prepare(A, b, M, x0)
+    dtypes are as for :func:`cg`. Each cycle starts from the true residual b - A x of the last one and
+    ends with it; a cycle ends after ``restart`` steps or once every column's least-squares residual
+    reaches rtol. Columns that reached rtol on b - A x keep their x in later cycles."""
+    B, matvec, precondition, X, true_residual, b_norm = _prepare(A, b, M, x0)
     N, k = B.shape
     max_iter = max_iter or 10 * N
     m = max(1, min(restart, N))
-    relres = torch.linalg.vector_norm(B - matvec(X), dim=0) / b_norm
+    R_true, relres = true_residual(X)
+    done = relres <= rtol
     history = [relres]
     iterations = torch.zeros(k, dtype=torch.int64, device=B.device)
     total = 0
     tiny = torch.finfo(B.dtype).tiny
-    while total < max_iter and bool((relres > rtol).any()):
-        R = B - matvec(X)
+    while total < max_iter and not bool(done.all()):
+        R = R_true.to(B.dtype)
         beta = torch.linalg.vector_norm(R, dim=0)
         V = torch.zeros(m + 1, N, k, dtype=B.dtype, device=B.device)
         V[0] = R / torch.clamp(beta, min=tiny)
         H = torch.zeros(k, m + 1, m, dtype=B.dtype, device=B.device)
-        cs = torch.zeros(k, m, dtype=b_norm.dtype, device=B.device)
+        cs = torch.zeros(k, m, dtype=beta.dtype, device=B.device)
         sn = torch.zeros(k, m, dtype=B.dtype, device=B.device)
         g = torch.zeros(k, m + 1, dtype=B.dtype, device=B.device)
         g[:, 0] = beta
@@ -207,8 +260,11 @@ def gmres(A, b: torch.Tensor, M=None, *, rtol: float = 1e-8, restart: int = 30, 
                 break
         y = torch.linalg.solve_triangular(H[:, :steps, :steps], g[:, :steps, None], upper=True)[..., 0]
         update = torch.einsum("jnk,kj->nk", V[:steps], y)
-        X += precondition(update)
-        relres = torch.linalg.vector_norm(B - matvec(X), dim=0) / b_norm
+        X += torch.where(done, 0.0, precondition(update))
+        R_true, true_relres = true_residual(X)
+        relres = torch.where(done, relres, true_relres)
+        history[-1] = relres
+        done = relres <= rtol
     converged = relres <= rtol
     return SolveResult(X.reshape(b.shape), converged, iterations, torch.stack(history),
                        _report("gmres", converged, relres, rtol, total))
