@@ -14,13 +14,22 @@ Each part comes from one of two builds:
   unless ``NEUINV_AUTO_BUILD=0`` (the DeepSpeed way: one line says what is built, where and for about how long;
   a file lock makes concurrent processes build once), or by ``neuinv build-ext``.
 
-Every build writes a record beside its library (``<library>.json``, :func:`build_record`): the torch it was
-built against, the digest of the sources, the compiler, the CUDA architectures. A library is loaded only when its
-record matches this torch and these sources (a library built against another torch crashes or misbehaves once
-loaded); otherwise it is refused with the reason, and built anew just in time where that is allowed.
+Every build writes a record beside its library (``<library>.json``, :func:`write_record`): the torch it was
+built against, the digest of the sources, the compiler, the CUDA architectures, the SHA-256 of the library. A
+library is loaded only when its record matches this torch and these sources (a library built against another torch
+crashes or misbehaves once loaded); otherwise it is refused with the reason, and built anew just in time where that
+is allowed.
+
+The cache is trusted only when it is the user's own, as ssh treats ``~/.ssh`` (:func:`cache_problem`): a library
+there is loaded only when it, its record and every folder above them are owned by this user or root and writable
+by no one else (above the cache root, a sticky folder such as /tmp may be writable), and its bytes match its
+record's SHA-256; otherwise it is refused, and nothing is built there (the pure-torch path runs, with one warning
+naming the path and the fix). The build makes its folders with mode 0o700. The ahead-of-time module is trusted as
+installed Python code is: its record is checked, not its owner nor its bytes (packagers may strip or re-link it).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import hashlib
@@ -29,6 +38,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -135,12 +145,12 @@ def compiler() -> str | None:
 
 
 def build_problem(part: str) -> str | None:
-    """Why `part` cannot be compiled here, or None when it can."""
+    """Why `part` cannot be compiled here, or None when it can: no compiler, or a build cache that is not private."""
     if compiler() is None:
         return f"no C++ compiler found ({os.environ.get('CXX', 'c++')} is not on PATH)"
     if _ninja_directory() is None:
         return "ninja is not installed (pip install ninja)"
-    return cuda_build_problem() if part == "cuda" else None
+    return (cuda_build_problem() if part == "cuda" else None) or cache_problem(jit_library(part).parent, entries=True)
 
 
 def _ninja_directory() -> Path | None:
@@ -192,10 +202,18 @@ def build_record(part: str) -> dict:
 
 
 def write_record(library: Path, part: str) -> Path:
-    """Write build_record(part) beside `library` (as ``<library without suffixes>.json``)."""
+    """Write build_record(part) and the SHA-256 of `library` beside it (as ``<library without suffixes>.json``)."""
     path = _record_path(library)
-    path.write_text(json.dumps(build_record(part), indent=1) + "\n")
+    path.write_text(json.dumps({**build_record(part), "library_sha256": _file_sha256(library)}, indent=1) + "\n")
     return path
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _record_path(library: Path) -> Path:
@@ -211,8 +229,8 @@ def read_record(library: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def _mismatch(library: Path, part: str) -> str | None:
-    """Why `library` must not be loaded here (by its build record), or None."""
+def _mismatch(library: Path, part: str, check_bytes: bool = True) -> str | None:
+    """Why `library` must not be loaded here (by its build record and, with check_bytes, its SHA-256), or None."""
     record = read_record(library)
     if record is None:
         if _record_path(library).exists():
@@ -224,6 +242,56 @@ def _mismatch(library: Path, part: str) -> str | None:
         return f"it was built for {record.get('machine')}, and this machine is {platform.machine()}"
     if record.get("sources_sha256") != source_digest(part):
         return "it was built from other neuinv sources"
+    if check_bytes and "library_sha256" not in record:
+        return f"its build record {_record_path(library)} holds no SHA-256 of it (built by an older neuinv)"
+    if check_bytes and record["library_sha256"] != _file_sha256(library):
+        return f"its bytes do not match the SHA-256 in its build record {_record_path(library)}"
+    return None
+
+
+def _owner_or_mode_problem(path: Path, info: os.stat_result, sticky_allowed: bool) -> str | None:
+    """Why `path` (as `info` describes it) could be changed by another user, and how to fix it; or None. Its owner
+    must be this user or root, and neither group nor others may write to it, unless sticky_allowed and it is sticky
+    (then no one else can rename or remove what is ours in it)."""
+    elsewhere = "point NEUINV_EXT_DIR at a folder of your own"
+    if info.st_uid not in (os.geteuid(), 0):
+        return (f"{path} is owned by uid {info.st_uid}, not by this user (uid {os.geteuid()}) or root, so another "
+                f"user could plant code there that neuinv would run; remove it or chown it to this user, "
+                f"or {elsewhere}")
+    if stat.S_ISLNK(info.st_mode):  # only the entries of a build folder are not resolved
+        return f"{path} is a symbolic link, which a build never makes; remove it, or {elsewhere}"
+    writers = [who for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH)) if info.st_mode & bit]
+    if writers and not (sticky_allowed and info.st_mode & stat.S_ISVTX):
+        return (f"{path} is writable by {' and '.join(writers)} (mode {stat.S_IMODE(info.st_mode):04o}), so another "
+                f"user could plant code there that neuinv would run; "
+                + (elsewhere if info.st_mode & stat.S_ISVTX else f"chmod go-w {path}, or {elsewhere}"))
+    return None
+
+
+def cache_problem(path: Path, entries: bool = False) -> str | None:
+    """Why `path` in the build cache (a library, its record, or the folder a build writes to; with entries, also what
+    that folder holds, which the build could link in) could have been changed by another user, who could then plant
+    code that neuinv runs; or None. As ssh's StrictModes: the path, resolved, and each existing folder above it must
+    be owned by this user or root and writable by no one else; above the cache root, a folder others may write to is
+    allowed when it is sticky, as /tmp is. Loading by path after this check is safe from other users: none of them
+    can change the checked files or folders (only their owner, this user or root, can); the SHA-256 in the record
+    ties the library to its record, and is not what keeps others out."""
+    if not hasattr(os, "geteuid"):  # no POSIX owners (Windows)
+        return None
+    root = Path(os.path.realpath(build_directory()))
+    path = Path(os.path.realpath(path))
+    items = [(item, item != path and item != root and root not in item.parents) for item in (path, *path.parents)]
+    if entries:
+        with contextlib.suppress(OSError):  # a folder not made yet, or that this user cannot list
+            items += [(item, False) for item in sorted(path.iterdir())]
+    for item, sticky_allowed in items:
+        try:
+            info = os.lstat(item)
+        except OSError:  # missing (to be made by the build) or not a folder: nothing to trust or distrust
+            continue
+        problem = _owner_or_mode_problem(item, info, sticky_allowed)
+        if problem is not None:
+            return f"the build cache is not private: {problem}"
     return None
 
 
@@ -252,8 +320,9 @@ def _candidates(part: str) -> list[Path]:
 
 
 def load(part: str = "cpu") -> bool:
-    """Load a finished build of `part` whose record matches this torch and these sources; never compiles.
-    False, with the reason kept for :func:`status`, where there is none."""
+    """Load a finished build of `part` whose record matches this torch and these sources (and, in the cache, whose
+    files and folders no one else can change and whose bytes match its record); never compiles. False, with the
+    reason kept for :func:`status`, where there is none."""
     if part in _loaded:
         return True
     if part == "cuda" and not load("cpu"):
@@ -265,7 +334,11 @@ def load(part: str = "cpu") -> bool:
         return False
     refused = []
     for library in candidates:
-        mismatch = _mismatch(library, part)
+        if library != jit_library(part):  # the ahead-of-time module: trusted as installed Python code is
+            mismatch = _mismatch(library, part, check_bytes=False)
+        else:  # checked and loaded as resolved, so that no link is followed after the check
+            library = Path(os.path.realpath(library))
+            mismatch = cache_problem(library) or cache_problem(_record_path(library)) or _mismatch(library, part)
         if mismatch is not None:
             refused.append(f"{library} is not loaded: {mismatch}")
             continue
@@ -312,9 +385,9 @@ def ensure(part: str = "cpu") -> bool:
         return False
     if problem is not None:
         _warn_once(part, f"neuinv: the compiled {part.upper()} kernels are not loaded ({_problems[part]}) and "
-                         f"cannot be built here: {problem}. {cost}. "
-                         + ("Install a C++ compiler (e.g. g++) and the next run builds them."
-                            if part == "cpu" else ""))
+                         f"{_not_built(part, problem)}. {cost}."
+                         + (" Install a C++ compiler (e.g. g++) and the next run builds them."
+                            if part == "cpu" and compiler() is None else ""))
         return False
     if "is not loaded:" in _problems[part]:
         print(f"neuinv: {_problems[part]}", file=sys.stderr, flush=True)
@@ -332,6 +405,18 @@ def ensure(part: str = "cpu") -> bool:
     return False
 
 
+def _not_built(part: str, problem: str) -> str:
+    """That `part` cannot be built, for `problem`, unless its load's refusal named that already."""
+    return "cannot be built there either" if problem in _problems[part] else f"cannot be built here: {problem}"
+
+
+def _make_private_folders(folder: Path) -> None:
+    """Make `folder` and its missing parents with mode 0o700 (Path.mkdir(parents=True) gives parents the default)."""
+    for missing in reversed([folder, *folder.parents]):
+        if not missing.is_dir():
+            missing.mkdir(mode=0o700, exist_ok=True)
+
+
 def _warn_once(part: str, message: str) -> None:
     """A RuntimeWarning, once per part and process, pointing at the first line outside neuinv (the user's call)."""
     if part in _warned:
@@ -347,8 +432,9 @@ def _warn_once(part: str, message: str) -> None:
 def build(part: str = "cpu", verbose: bool = False) -> Path:
     """Compile `part` just in time into :func:`jit_library` under a file lock (a second process waits, then
     finds the finished build), write its record, and load it; a build that loads already (installed with the
-    package, or in the cache) is kept. Raises RuntimeError where it cannot be built, or where another build of it
-    is already loaded in this process (then the new one loads in the next)."""
+    package, or in the cache) is kept. Folders are made with mode 0o700, and nothing the build writes is writable
+    by group or others. Raises RuntimeError where it cannot be built (a build cache that is not private included),
+    or where another build of it is already loaded in this process (then the new one loads in the next)."""
     if load(part):
         return _loaded[part]
     problem = build_problem(part)
@@ -356,11 +442,29 @@ def build(part: str = "cpu", verbose: bool = False) -> Path:
         raise RuntimeError(f"cannot build the {part.upper()} kernels: {problem}")
     if part == "cuda" and not ensure("cpu"):
         raise RuntimeError(f"the CUDA kernels need the CPU part, which is not loaded: {_problems['cpu']}")
+    umask = os.umask(0o077)  # read by setting it: the build runs under this user's umask, and go-w
+    try:
+        os.umask(umask | 0o022)
+        library = _build_locked(part, verbose)
+    finally:
+        os.umask(umask)
+    from . import backends
+
+    backends.forget_availability()
+    return library
+
+
+def _build_locked(part: str, verbose: bool) -> Path:
+    """build(part)'s work in its private folder, under the file lock; a library refused there is linked anew, so
+    that its record holds the SHA-256 of the fresh link (which cpp_extension.load loads from that checked folder)."""
     from filelock import FileLock, Timeout
     from torch.utils import cpp_extension
 
     library = jit_library(part)
-    library.parent.mkdir(parents=True, exist_ok=True)
+    _make_private_folders(library.parent)
+    problem = cache_problem(library.parent, entries=True)  # a folder made meanwhile by someone else
+    if problem is not None:
+        raise RuntimeError(f"cannot build the {part.upper()} kernels: {problem}")
     lock = FileLock(str(library.parent / "build.lock"))
     try:
         lock.acquire(blocking=False)
@@ -369,8 +473,7 @@ def build(part: str = "cpu", verbose: bool = False) -> Path:
               f"{library.parent}", file=sys.stderr, flush=True)
         lock.acquire()
     try:
-        if library.exists() and _mismatch(library, part) is None:  # built meanwhile by another process
-            load(part)
+        if library.exists() and load(part):  # built meanwhile by another process
             return library
         if part in _loaded:
             raise RuntimeError(f"another build of the {part.upper()} kernels ({_loaded[part]}) is loaded in this "
@@ -385,6 +488,7 @@ def build(part: str = "cpu", verbose: bool = False) -> Path:
         if shutil.which("ninja") is None:  # cpp_extension runs `ninja` from PATH
             os.environ["PATH"] = f"{_ninja_directory()}{os.pathsep}{os.environ.get('PATH', '')}"
         (library.parent / "lock").unlink(missing_ok=True)  # cpp_extension's own lock, left by a killed build
+        library.unlink(missing_ok=True)  # refused: ninja must link it anew
         started = time.perf_counter()
         cpp_extension.load(name=PARTS[part].library, sources=settings["sources"], build_directory=str(library.parent),
                            extra_cflags=settings["extra_cflags"], extra_cuda_cflags=settings["extra_cuda_cflags"],
@@ -398,9 +502,6 @@ def build(part: str = "cpu", verbose: bool = False) -> Path:
             _register_fakes()
     finally:
         lock.release()
-    from . import backends
-
-    backends.forget_availability()
     return library
 
 
@@ -428,7 +529,7 @@ def status(part: str = "cpu") -> tuple[bool, str]:
         return False, f"{_problems[part]}; built just in time on the first call that needs it"
     if problem is None:
         return False, f"{_problems[part]}; {AUTO_BUILD_ENV}=0: build with `neuinv build-ext`"
-    return False, f"{_problems[part]}; cannot be built here: {problem}"
+    return False, f"{_problems[part]}; {_not_built(part, problem)}"
 
 
 def describe() -> list[str]:

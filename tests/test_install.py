@@ -1,6 +1,8 @@
 """The compiled kernels on a fresh machine (neuinv/extension.py): the just-in-time build on first use, once under a
 file lock; the warning where they cannot be built; the refusal of a library built for another torch or from
-other sources. Each case runs in a fresh process with its own cache folder (NEUINV_EXT_DIR)."""
+other sources, and of a build cache that another user could have planted a library in. Each case runs in a fresh
+process with its own cache folder (NEUINV_EXT_DIR)."""
+import hashlib
 import json
 import os
 import shutil
@@ -66,9 +68,11 @@ def test_first_call_builds_the_kernels_once_under_a_lock_then_loads_them(tmp_pat
     stderr = "".join(err for _, err in outputs)
     assert stderr.count("neuinv: compiling the CPU kernels") == 1, stderr
     assert "neuinv: waiting for another process" in stderr, stderr
-    assert (tmp_path / CPU_FOLDER / "neuinv_cpu.so").exists()
+    library = tmp_path / CPU_FOLDER / "neuinv_cpu.so"
     record = json.loads((tmp_path / CPU_FOLDER / "neuinv_cpu.json").read_text())
     assert record["torch"] == torch.__version__ and record["sources_sha256"] == extension.source_digest("cpu")
+    assert record["library_sha256"] == hashlib.sha256(library.read_bytes()).hexdigest()
+    assert library.parent.stat().st_mode & 0o777 == 0o700
 
     third = run_python(INVERT_AND_REPORT, env, "3")
     assert third.returncode == 0, third.stderr
@@ -201,3 +205,214 @@ def test_the_record_digest_covers_every_source_and_header():
     assert {"neuinv_ops.cpp", "neuinv_checks.cpp", "neuinv_rules.h", "neuinv_checks.h", "cpu/neuinv_cpu.cpp"} <= names
     assert len(digest) == 64 and digest != extension.source_digest("cuda")
     assert Path(extension.source_directory() / "cuda" / "neuinv_cuda_common.cuh") in extension._headers("cuda")
+
+
+PLANTED_SOURCE = """
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *mark = fopen(getenv("NEUINV_TEST_PLANTED"), "w");
+    if (mark) fclose(mark);
+}
+"""
+OTHER_UID = 4242
+"""Another user's uid, for files chown'ed away (the tests that need it run as root)."""
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+
+
+@pytest.fixture(scope="module")
+def planted_library(tmp_path_factory):
+    """A shared library whose constructor creates the file $NEUINV_TEST_PLANTED: what another user would plant."""
+    if extension.compiler() is None:
+        pytest.skip("no C++ compiler to make the planted library")
+    folder = tmp_path_factory.mktemp("planted")
+    (folder / "planted.c").write_text(PLANTED_SOURCE)
+    subprocess.run([extension.compiler(), "-x", "c", "-shared", "-fPIC", "-o", str(folder / "planted.so"),
+                    str(folder / "planted.c")], check=True)
+    return folder / "planted.so"
+
+
+def plant(planted_library, cache):
+    """The planted library in `cache`, with the record a build would write (matching torch, sources and bytes)."""
+    target = cache / CPU_FOLDER / "neuinv_cpu.so"
+    target.parent.mkdir(mode=0o700, parents=True)
+    shutil.copy(planted_library, target)
+    extension.write_record(target, "cpu")
+    return target
+
+
+def cache_env(tmp_path, cache):
+    return {"NEUINV_EXT_DIR": str(cache), "NEUINV_AUTO_BUILD": "1", "NEUINV_TEST_PLANTED": str(tmp_path / "ran")}
+
+
+def planted_cache(tmp_path, planted_library, how):
+    """The planted library in tmp_path/shared/cache, loosened `how`: a mode for a path, or another user as its owner.
+    Returns (the cache, the path loosened)."""
+    cache = tmp_path / "shared" / "cache"
+    folder = cache / CPU_FOLDER
+    plant(planted_library, cache)
+    path, change = {"group-writable folder": (folder, 0o770), "others-writable cache root": (cache, 0o757),
+                    "sticky world-writable cache root": (cache, 0o1777),
+                    "group-writable library": (folder / "neuinv_cpu.so", 0o775),
+                    "shared world-writable parent": (cache.parent, 0o777),
+                    "shared sticky parent": (cache.parent, 0o1777),
+                    "folder owned by another user": (folder, OTHER_UID),
+                    "library owned by another user": (folder / "neuinv_cpu.so", OTHER_UID),
+                    "record owned by another user": (folder / "neuinv_cpu.json", OTHER_UID),
+                    "private": (cache, None)}[how]
+    if change == OTHER_UID:
+        os.chown(path, OTHER_UID, -1)
+    elif change is not None:
+        path.chmod(change)
+    return cache, path
+
+
+@pytest.mark.parametrize("how, reason", [
+    ("group-writable folder", "is writable by group (mode 0770), so another user could plant code there that neuinv "
+                              "would run; chmod go-w {path}, or point NEUINV_EXT_DIR at a folder of your own"),
+    ("others-writable cache root", "is writable by others (mode 0757)"),
+    ("sticky world-writable cache root", "is writable by group and others (mode 1777), so another user could plant "
+                                         "code there that neuinv would run; point NEUINV_EXT_DIR"),
+    ("group-writable library", "is writable by group (mode 0775)"),
+    ("shared world-writable parent", "is writable by group and others (mode 0777)"),
+    pytest.param("folder owned by another user", f"is owned by uid {OTHER_UID}, not by this user", marks=needs_root),
+    pytest.param("library owned by another user", f"is owned by uid {OTHER_UID}", marks=needs_root),
+    pytest.param("record owned by another user", f"is owned by uid {OTHER_UID}", marks=needs_root),
+])
+def test_a_library_planted_in_a_cache_others_can_write_is_refused_and_nothing_is_built_there(
+        tmp_path, planted_library, how, reason):
+    """The library and its record match this torch, these sources and the library's bytes, as another user who can
+    write to the cache would make them: its code never runs, the status names the path and the fix, and the
+    just-in-time build does not build into that cache either."""
+    cache, path = planted_cache(tmp_path, planted_library, how)
+    result = run_python(REFUSAL, cache_env(tmp_path, cache))
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert not (tmp_path / "ran").exists(), "the planted library ran"
+    assert outcome["loaded"] is False and outcome["ensured"] is False and outcome["build_calls"] == []
+    assert f"is not loaded: the build cache is not private: {path} {reason.format(path=path)}" in outcome["status"]
+    assert "cannot be built there either" in outcome["status"]
+    assert f"{path} {reason.format(path=path)}" in result.stderr and "RuntimeWarning" in result.stderr
+
+
+@pytest.mark.parametrize("how", ["private", "shared sticky parent"])
+def test_a_library_in_a_private_cache_is_loaded(tmp_path, planted_library, how):
+    """The control for the test above: the same planted library in a cache of this user's own, or in one inside a
+    sticky folder such as /tmp (no one else can rename or remove what is ours there), is loaded: its code runs."""
+    cache, _ = planted_cache(tmp_path, planted_library, how)
+    result = run_python(REFUSAL, cache_env(tmp_path, cache))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "ran").exists(), result.stdout
+    assert "lacks neuinv::invert" in json.loads(result.stdout)["status"]
+
+
+@needs_root
+def test_a_file_another_user_left_in_the_build_folder_stops_the_build(tmp_path):
+    """An object file another user left in the folder would be linked into the library: nothing is built there."""
+    folder = tmp_path / "cache" / CPU_FOLDER
+    folder.mkdir(mode=0o700, parents=True)
+    (folder / "neuinv_ops.o").write_bytes(b"")
+    os.chown(folder / "neuinv_ops.o", OTHER_UID, -1)
+    result = run_python(REFUSAL, cache_env(tmp_path, tmp_path / "cache"))
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["ensured"] is False and outcome["build_calls"] == []
+    assert f"cannot be built here: the build cache is not private: {folder / 'neuinv_ops.o'} is owned by uid " \
+           f"{OTHER_UID}" in outcome["status"]
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("append", "its bytes do not match the SHA-256 in its build record {record}"),
+    ("old record", "its build record {record} holds no SHA-256 of it (built by an older neuinv)"),
+])
+def test_a_library_whose_bytes_differ_from_its_record_is_refused_and_rebuilt(tmp_path, planted_library, tamper,
+                                                                             reason):
+    """A library changed after its record was written (bytes appended keep it loadable), or one with a record that
+    holds no SHA-256, is never loaded; in a private cache the just-in-time build is asked for."""
+    cache = tmp_path / "cache"
+    target = plant(planted_library, cache)
+    record = target.with_suffix(".json")
+    if tamper == "append":
+        with open(target, "ab") as library:
+            library.write(b"\0")
+    else:
+        record.write_text(json.dumps({key: value for key, value in json.loads(record.read_text()).items()
+                                      if key != "library_sha256"}))
+    result = run_python(REFUSAL, cache_env(tmp_path, cache))
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert not (tmp_path / "ran").exists(), "the tampered library ran"
+    assert f"{target} is not loaded: {reason.format(record=record)}" in outcome["status"]
+    assert outcome["build_calls"] == ["cpu"]
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_a_cache_others_can_write_falls_back_to_the_torch_path_and_info_and_build_ext_say_why(
+        tmp_path, planted_library, planted):
+    """With a library planted in a group-writable folder, or with an empty cache under a folder anyone may write to:
+    one warning names the folder and the fix, the pure-torch path runs; `neuinv info` shows the refusal;
+    `neuinv build-ext` refuses to build there and writes nothing."""
+    cache = tmp_path / "cache" if planted else tmp_path / "shared" / "cache"
+    loosened = cache / CPU_FOLDER if planted else cache.parent
+    if planted:
+        plant(planted_library, cache)
+    loosened.mkdir(parents=True, exist_ok=True)
+    loosened.chmod(0o777)
+    before = sorted(tmp_path.rglob("*"))
+    expected = f"{loosened} is writable by group and others (mode 0777)"
+    env = cache_env(tmp_path, cache)
+
+    result = run_python(INVERT_AND_REPORT, env, "1")
+    assert result.returncode == 0, result.stderr
+    assert reported(result.stdout)[0] == "torch"
+    assert result.stderr.count("RuntimeWarning") == 1 and expected in result.stderr, result.stderr
+    assert f"chmod go-w {loosened}, or point NEUINV_EXT_DIR at a folder of your own" in result.stderr
+    assert extension.PURE_TORCH_COST in result.stderr and "compiling" not in result.stderr
+
+    info = run_python("from neuinv.cli import main; main(['info'])", env)
+    assert "cpu kernels: " in info.stdout and expected in info.stdout, info.stdout
+    build_ext = run_python("import sys; from neuinv.cli import main; sys.exit(main(['build-ext', '--cpu-only']))", env)
+    assert build_ext.returncode == 1, build_ext.stderr
+    assert f"the CPU kernels cannot be built here: the build cache is not private: {expected}" in build_ext.stdout
+    assert sorted(tmp_path.rglob("*")) == before and not (tmp_path / "ran").exists()
+
+
+BUILD_WITH_A_STAND_IN_LINKER = """
+import os
+from pathlib import Path
+from torch.utils import cpp_extension
+from neuinv import extension
+os.umask(0o002)  # a group-writable default, as on systems with a group per user
+def load(name, sources, build_directory, **kwargs):
+    library = Path(build_directory) / f"{name}.so"
+    assert not library.exists(), "a refused library must be linked anew"
+    library.write_bytes(b"linked by the stand-in")
+    (Path(build_directory) / "neuinv_ops.o").write_bytes(b"")
+cpp_extension.load = load
+extension._register_fakes = lambda: None
+print(extension.ensure("cpu"))
+"""
+
+
+def test_the_build_makes_private_folders_writes_nothing_others_can_change_and_records_the_library_hash(tmp_path):
+    """Under a umask of 002, the build makes every missing folder with mode 0700 and writes nothing writable by group
+    or others; the record holds the library's SHA-256; a library refused for its bytes is linked anew (a stand-in for
+    cpp_extension.load writes the library)."""
+    cache = tmp_path / "home" / "cache"
+    env = {"NEUINV_EXT_DIR": str(cache), "CXX": sys.executable}  # the stand-in links; CXX only has to exist
+    for run in range(2):
+        result = run_python(BUILD_WITH_A_STAND_IN_LINKER, env)
+        assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr
+        library = cache / CPU_FOLDER / "neuinv_cpu.so"
+        record = json.loads(library.with_suffix(".json").read_text())
+        assert record["library_sha256"] == hashlib.sha256(b"linked by the stand-in").hexdigest()
+        if run == 0:
+            assert "is not loaded" not in result.stderr
+            with open(library, "ab") as appended:
+                appended.write(b"changed")
+        else:
+            assert "its bytes do not match the SHA-256" in result.stderr
+    for folder in (tmp_path / "home", cache, cache / CPU_FOLDER):
+        assert oct(folder.stat().st_mode & 0o777) == oct(0o700), folder
+    for written in (cache / CPU_FOLDER).iterdir():
+        assert not written.stat().st_mode & 0o022, written
