@@ -7,13 +7,15 @@ Ji, Wu & Xi, "Rethinking Neural-based Matrix Inversion: Why can't, and Where can
 __version__ = "0.1.0"
 
 from .backends import available_backends  # noqa: E402
-from .inverse import InverseInfo, batched_inverse, batched_inverse_ex  # noqa: E402
-from .solve import SolveInfo, batched_solve, batched_solve_ex  # noqa: E402
+from .errors import ArgumentDtypeError, ArgumentError, ArgumentValueError  # noqa: E402
+from .inverse import InverseInfo, InverseResult, batched_inverse, batched_inverse_ex  # noqa: E402
+from .solve import SolveInfo, SolveResult, batched_solve, batched_solve_ex  # noqa: E402
 from .rules import GUARD_RESIDUAL, NEWTON_SCHULZ_ACCEPT, default_tol  # noqa: E402
 
-__all__ = ["NEWTON_SCHULZ_ACCEPT", "GUARD_RESIDUAL", "InverseInfo", "available_backends", "batched_inverse",
-           "batched_inverse_ex", "batched_solve", "batched_solve_ex", "SolveInfo", "default_tol", "fit",
-           "load_pretrained", "__version__"]
+__all__ = ["NEWTON_SCHULZ_ACCEPT", "GUARD_RESIDUAL", "ArgumentDtypeError", "ArgumentError", "ArgumentValueError",
+           "InverseInfo", "InverseResult", "available_backends", "batched_inverse", "batched_inverse_ex",
+           "batched_solve", "batched_solve_ex", "SolveInfo", "SolveResult", "default_tol", "fit", "load_pretrained",
+           "__version__"]
 
 _LAZY = {"fit": "neuinv.learned.training", "load_pretrained": "neuinv.learned.training"}
 """Names imported on first use (PEP 562), so that ``import neuinv`` does not load the learned code."""

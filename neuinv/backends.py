@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 
 from . import reference
+from .errors import ArgumentValueError
 
 BACKEND_ENV = "NEUINV_BACKEND"
 """Environment variable that makes ``backend="auto"`` mean the backend it names (read when neuinv is imported,
@@ -245,7 +246,7 @@ def _instance(name: str) -> TorchBackend | None:
 def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
     """The dispatch point: the backend that runs for input A when the user asked for `name`."""
     if name not in BACKEND_NAMES + ("auto",):
-        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
+        raise ArgumentValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
     if name == "auto":
         if _forced is not None:
             if _forced not in BACKEND_NAMES:

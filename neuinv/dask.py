@@ -24,6 +24,7 @@ import dask.array as da
 import numpy as np
 import torch
 
+from .errors import ArgumentDtypeError, ArgumentValueError
 from .inverse import InverseInfo, _check_arguments, raise_first_failure
 from .inverse import batched_inverse_ex as _local_batched_inverse_ex
 
@@ -64,7 +65,9 @@ def batched_inverse_ex(A, *, init=None, **options):
     Dask array, and an unknown option; ``ValueError`` for a chunk that splits a matrix, unknown chunk sizes, a
     non-square A, and an init of another shape or dtype; for a bad option value, what
     :func:`neuinv.batched_inverse_ex` raises (``ValueError`` for ``tol``, ``max_iter``, ``max_error`` out of
-    range or an unknown ``method``; ``TypeError`` for a ``model`` without ``in_domain``).
+    range or an unknown ``method``; ``TypeError`` for a ``model`` without ``in_domain``). Each ``ValueError`` is a
+    :class:`neuinv.errors.ArgumentValueError` and the ``TypeError`` for a dtype a
+    :class:`neuinv.errors.ArgumentDtypeError`: a ``RuntimeError`` too, as torch's argument errors.
     """
     dtype, init_arg = _check(A, init, options)
     ndim = A.ndim
@@ -86,24 +89,26 @@ def _check(A, init, options) -> tuple[np.dtype, tuple]:
     if not isinstance(A, da.Array):
         raise TypeError(f"A must be a dask.array.Array, got {type(A).__name__} (for a tensor: neuinv.batched_inverse)")
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"A must hold square matrices (..., n, n); got shape {A.shape}")
+        raise ArgumentValueError(f"A must hold square matrices (..., n, n); got shape {A.shape}")
     if len(A.chunks[-2]) != 1 or len(A.chunks[-1]) != 1:
-        raise ValueError(f"a chunk of A splits its matrices: the matrix dimensions are chunked as {A.chunks[-2]} x "
-                         f"{A.chunks[-1]}; chunk the batch dimensions only: A.rechunk({{-2: -1, -1: -1}})")
+        raise ArgumentValueError(f"a chunk of A splits its matrices: the matrix dimensions are chunked as "
+                                 f"{A.chunks[-2]} x {A.chunks[-1]}; chunk the batch dimensions only: "
+                                 f"A.rechunk({{-2: -1, -1: -1}})")
     if any(np.isnan(size) for sizes in A.chunks for size in sizes):
-        raise ValueError("A has unknown chunk sizes (the global index of a matrix needs them): call "
-                         "A.compute_chunk_sizes() first")
+        raise ArgumentValueError("A has unknown chunk sizes (the global index of a matrix needs them): call "
+                                 "A.compute_chunk_sizes() first")
     if init is not None:
         if not isinstance(init, da.Array):
             raise TypeError(f"init must be a dask.array.Array like A, got {type(init).__name__}")
         if init.shape != A.shape or init.dtype != A.dtype:
-            raise ValueError(f"init must have A's shape {A.shape} and dtype {A.dtype}; got {init.shape}, {init.dtype}")
+            raise ArgumentValueError(f"init must have A's shape {A.shape} and dtype {A.dtype}; got {init.shape}, "
+                                     f"{init.dtype}")
     unknown = set(options) - {"model", "tol", "max_iter", "max_error", "method", "backend"}
     if unknown:
         raise TypeError(f"unexpected option(s) {sorted(unknown)}")
     dtype = A.dtype.newbyteorder("=")
     if dtype not in _TORCH_DTYPES:
-        raise TypeError(f"A must be float32, float64, complex64 or complex128; got {A.dtype}")
+        raise ArgumentDtypeError(f"A must be float32, float64, complex64 or complex128; got {A.dtype}")
     empty = torch.empty((0, A.shape[-1], A.shape[-1]), dtype=_TORCH_DTYPES[dtype])  # the chunks' checks, no data
     _check_arguments(empty, options.get("model"), None if init is None else empty, options.get("tol"),
                      options.get("max_iter"), options.get("max_error"), options.get("method", "auto"),

@@ -33,6 +33,8 @@ from typing import Callable, NamedTuple
 import torch
 import torch.distributed as dist
 
+from . import errors
+from .errors import ArgumentValueError
 from .inverse import InverseInfo, batched_inverse_ex as _local_batched_inverse_ex, failure_error
 
 if not dist.is_available():
@@ -78,7 +80,8 @@ def batched_inverse(A, group=None, *, dim: int | None = None, **options):
     Raises, on every rank alike: ``ValueError`` naming the global index of the first failed matrix that holds
     NaN or Inf if any failed matrix does, else ``torch.linalg.LinAlgError`` naming the first failed matrix
     (the messages of :func:`neuinv.batched_inverse` on the concatenated batch); for bad input on any rank,
-    that rank's error (``TypeError``, ``ValueError``, else ``RuntimeError``) prefixed by its rank.
+    that rank's error (of its class where that is ``TypeError``, ``ValueError`` or one of
+    :mod:`neuinv.errors`, else ``RuntimeError``) prefixed by its rank.
     """
     X, info, verdict = _sharded(_local_batched_inverse_ex, A, group, dim, options)
     if info.failed:
@@ -104,9 +107,10 @@ def batched_inverse_ex(A, group=None, *, dim: int | None = None, **options):
 
     Returns ``(X, info)``; X has A's local shape, dtype and device (a DTensor like A), NaN where not certified.
     Never raises for singular matrices; raises on every rank for bad input on any rank (see
-    :func:`batched_inverse`), ``ValueError`` on every rank when the ranks disagree in how A is given (DTensor
-    or local tensor), its dtype, its shape but along the sharded dimension, or the options above (naming what
-    differs and each rank's value), and ``RuntimeError`` when torch.distributed is not initialized.
+    :func:`batched_inverse`), :class:`neuinv.errors.ArgumentValueError` (a ``ValueError``) on every rank when the
+    ranks disagree in how A is given (DTensor or local tensor), its dtype, its shape but along the sharded
+    dimension, or the options above (naming what differs and each rank's value), and ``RuntimeError`` when
+    torch.distributed is not initialized.
     """
     X, info, _ = _sharded(_local_batched_inverse_ex, A, group, dim, options)
     return X, info
@@ -130,7 +134,7 @@ def _sharded(local_call: Callable, A, group, dim: int, options: dict):
     row, error, local, agreed = [0] * _ROW, None, None, None
     try:
         if is_dtensor and given_group is not None:
-            raise ValueError("a DTensor A brings its process group in its device mesh: pass group=None")
+            raise ArgumentValueError("a DTensor A brings its process group in its device mesh: pass group=None")
         layout = _DTensorLayout(A, dim) if is_dtensor else _ShardLayout(A, dim)
         agreed = {**layout.agreed, **_agreed_options(options)}
         local_options = {key: layout.local_option(key, value) for key, value in options.items()}
@@ -176,7 +180,7 @@ def block_jacobi(A_rows, row_start: int, block_size: int | None = None, blocks=N
     row, error, preconditioner = [0, 0, 0, _NONE, 0, 0], None, None
     try:
         if on_singular not in ("raise", "identity"):
-            raise ValueError(f"on_singular must be 'raise' or 'identity', got {on_singular!r}")
+            raise ArgumentValueError(f"on_singular must be 'raise' or 'identity', got {on_singular!r}")
         preconditioner = BlockJacobi(_diagonal_part(A_rows, row_start), block_size, blocks, model=model,
                                      backend=backend, on_singular="identity")
         singular = preconditioner.singular_blocks
@@ -210,8 +214,8 @@ def _diagonal_part(A_rows, row_start: int):
                         f"this rank's rows of A, got {type(A_rows).__name__}")
     m, N = shape
     if not (isinstance(row_start, int) and not isinstance(row_start, bool) and 0 <= row_start <= N - m):
-        raise ValueError(f"row_start must be an int in [0, {N - m}] for {m} rows of a matrix with {N} columns, "
-                         f"got {row_start!r}")
+        raise ArgumentValueError(f"row_start must be an int in [0, {N - m}] for {m} rows of a matrix with {N} "
+                                 f"columns, got {row_start!r}")
     if scipy.sparse.issparse(A_rows):
         return scipy.sparse.csr_matrix(A_rows)[:, row_start:row_start + m]
     if A_rows.layout == torch.strided:
@@ -229,11 +233,11 @@ class _ShardLayout:
         if not isinstance(A, torch.Tensor):
             raise TypeError(f"A must be a torch.Tensor or a DTensor, got {type(A).__name__}")
         if A.dim() < 3:
-            raise ValueError(f"A must have shape (*, n, n) with at least one batch dimension to shard; "
-                             f"got shape {tuple(A.shape)}")
+            raise ArgumentValueError(f"A must have shape (*, n, n) with at least one batch dimension to shard; "
+                                     f"got shape {tuple(A.shape)}")
         if not (isinstance(dim, int) and -A.dim() <= dim < A.dim() and dim % A.dim() < A.dim() - 2):
-            raise ValueError(f"dim must be a batch dimension of A (shape {tuple(A.shape)}): 0..{A.dim() - 3} or "
-                             f"{-A.dim()}..-3; got {dim!r}")
+            raise ArgumentValueError(f"dim must be a batch dimension of A (shape {tuple(A.shape)}): "
+                                     f"0..{A.dim() - 3} or {-A.dim()}..-3; got {dim!r}")
         self.local, self.dim = A, dim % A.dim()
         self.local_batch_shape = tuple(A.shape[:-2])
         shape = ", ".join("*" if d == self.dim else str(size) for d, size in enumerate(A.shape))
@@ -241,8 +245,9 @@ class _ShardLayout:
 
     def local_option(self, name: str, value):
         if isinstance(value, DTensor):
-            raise ValueError(f"{name} is a DTensor but A is this rank's local shard: pass {name} as this rank's "
-                             f"shard too ({name}.to_local() if it is sharded like A), or A as a DTensor")
+            raise ArgumentValueError(f"{name} is a DTensor but A is this rank's local shard: pass {name} as this "
+                                     f"rank's shard too ({name}.to_local() if it is sharded like A), or A as a "
+                                     f"DTensor")
         return value
 
     def summary(self, info: InverseInfo, signature: int) -> list[int]:
@@ -272,19 +277,20 @@ class _DTensorLayout:
 
     def __init__(self, A: DTensor, dim: int | None):
         if dim is not None:
-            raise ValueError(f"dim applies to a local shard; a DTensor A is sharded as its placements say "
-                             f"({_layout(A)}): drop dim={dim!r}")
+            raise ArgumentValueError(f"dim applies to a local shard; a DTensor A is sharded as its placements say "
+                                     f"({_layout(A)}): drop dim={dim!r}")
         batch_dims = A.dim() - 2
         if batch_dims < 1 or A.shape[-1] != A.shape[-2]:
-            raise ValueError(f"A must have shape (*, n, n) with at least one batch dimension; got {tuple(A.shape)}")
+            raise ArgumentValueError(f"A must have shape (*, n, n) with at least one batch dimension; "
+                                     f"got {tuple(A.shape)}")
         for mesh_dim, placement in enumerate(A.placements):
             if not isinstance(placement, Shard):
-                raise ValueError(
+                raise ArgumentValueError(
                     f"A is {placement!r} on mesh dimension {mesh_dim}: neuinv.distributed needs every matrix on "
                     f"exactly one rank, i.e. A sharded on a batch dimension on every mesh dimension, e.g. "
                     f"A.redistribute(placements=[Shard(0)] * mesh.ndim)")
             if not 0 <= placement.dim % A.dim() < batch_dims:
-                raise ValueError(
+                raise ArgumentValueError(
                     f"A is sharded on dimension {placement.dim} (mesh dimension {mesh_dim}), a matrix dimension "
                     f"of shape {tuple(A.shape)}: each matrix must stay whole; shard a batch dimension "
                     f"(0..{batch_dims - 1}) instead")
@@ -303,8 +309,9 @@ class _DTensorLayout:
         if (value.shape, value.device_mesh, tuple(value.placements)) != (A.shape, A.device_mesh, tuple(A.placements)):
             hint = (f"{name}.redistribute(placements=A.placements)" if value.device_mesh == A.device_mesh else
                     f"distribute {name} on A's mesh")
-            raise ValueError(f"{name} must be laid out like A, shard for shard: A has shape {tuple(A.shape)}, "
-                             f"{_layout(A)}; {name} has shape {tuple(value.shape)}, {_layout(value)} ({hint})")
+            raise ArgumentValueError(f"{name} must be laid out like A, shard for shard: A has shape "
+                                     f"{tuple(A.shape)}, {_layout(A)}; {name} has shape {tuple(value.shape)}, "
+                                     f"{_layout(value)} ({hint})")
         return value.to_local()
 
     def summary(self, info: InverseInfo, signature: int) -> list[int]:
@@ -391,7 +398,7 @@ def _raise_on_every_rank(error, agreed, group):
     failing = [(rank, d[0]) for rank, d in enumerate(described) if d[0] is not None]
     if failing:
         rank, (type_name, message) = failing[0]
-        exception_type = {"TypeError": TypeError, "ValueError": ValueError}.get(type_name, RuntimeError)
+        exception_type = errors.BY_NAME.get(type_name, RuntimeError)
         raise exception_type(f"neuinv.distributed: rank {rank}: {type_name}: {message}") from error
     calls = [d[1] for d in described]
     names = [name for name in dict.fromkeys(name for call in calls for name in call)
@@ -399,9 +406,9 @@ def _raise_on_every_rank(error, agreed, group):
     got = "; ".join(f"rank {rank}: " + ", ".join(f"{name}={call.get(name)!r}" if name in _AGREED_OPTIONS else
                                                  f"{name}={call.get(name)}" for name in names)
                     for rank, call in enumerate(calls))
-    raise ValueError(f"neuinv.distributed: the ranks must agree in {', '.join(names)}: {got} (every rank passes A "
-                     f"the same way, a DTensor or a local shard along the same dim, of the same dtype and shape "
-                     f"but along dim, with the same options)")
+    raise ArgumentValueError(f"neuinv.distributed: the ranks must agree in {', '.join(names)}: {got} (every rank "
+                             f"passes A the same way, a DTensor or a local shard along the same dim, of the same "
+                             f"dtype and shape but along dim, with the same options)")
 
 
 def _all_gather_ints(row: list[int], group) -> list[list[int]]:
@@ -427,8 +434,8 @@ def _mesh_group(mesh):
         return None
     if mesh.ndim == 1:
         return mesh.get_group()
-    raise ValueError(f"a DTensor on a {mesh.ndim}-D mesh must span the default group ({dist.get_world_size()} "
-                     f"ranks); this mesh has {mesh.size()}")
+    raise ArgumentValueError(f"a DTensor on a {mesh.ndim}-D mesh must span the default group "
+                             f"({dist.get_world_size()} ranks); this mesh has {mesh.size()}")
 
 
 _AGREED_OPTIONS = {"tol": None, "max_iter": None, "max_error": None, "method": "auto", "backend": "auto",

@@ -41,6 +41,7 @@ from torch._library.effects import EffectType
 
 from . import certificate, reference
 from .backends import resolve_backend
+from .errors import ArgumentDtypeError, ArgumentValueError
 from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
                     MAX_ITERATIONS, NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, certified, default_tol,
                     second_stage_mask)
@@ -77,6 +78,16 @@ class InverseInfo(NamedTuple):
     fallback: torch.Tensor
 
 
+class InverseResult(NamedTuple):
+    """What :func:`batched_inverse_ex` returns: ``X, info = batched_inverse_ex(A)`` unpacks it, and its fields
+    have the names of ``torch.linalg.inv_ex``'s result, ``.inverse`` (X) and ``.info``. Unlike torch's ``info``
+    (an int32 tensor of A's batch shape, 0 where the inversion succeeded), ``info`` is the
+    :class:`InverseInfo` of the call: torch's ``info == 0`` is ``info.certified``."""
+
+    inverse: torch.Tensor
+    info: InverseInfo
+
+
 def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
                     method: str = "auto", assume_a: str = "gen", backend: str = "auto",
                     out: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,8 +96,8 @@ def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_ite
     Raises ``ValueError`` naming the first matrix holding NaN or Inf if any matrix that failed does, else
     ``torch.linalg.LinAlgError`` naming the first matrix that is not positive definite (``assume_a="pos"``),
     singular, numerically singular (no digit certified: ``error_bound`` >= 1) or whose ``error_bound`` exceeds
-    ``max_error``. ``out``: a tensor of A's shape, dtype and device that receives X (returned). See
-    :func:`batched_inverse_ex` for the other arguments.
+    ``max_error``. ``out``: a tensor of A's shape, dtype and device that receives X (returned). Bad arguments
+    raise as listed in :func:`batched_inverse_ex`; see there for the other arguments.
     """
     _check_arguments(A, model, init, tol, max_iter, max_error, method, assume_a)
     if out is not None:
@@ -99,12 +110,14 @@ def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_ite
 
 def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_iter=None, max_error=None,
                        method: str = "auto", assume_a: str = "gen", backend: str = "auto",
-                       out: tuple | None = None) -> tuple[torch.Tensor, InverseInfo]:
-    """Inverse of each matrix in A and an :class:`InverseInfo`; never raises for singular input.
+                       check_errors: bool = False, out: tuple | None = None) -> InverseResult:
+    """Inverse of each matrix in A and an :class:`InverseInfo`; never raises for singular input (unless
+    ``check_errors``).
 
     Args:
         A: (*, n, n) float32, float64, complex64, complex128, float16 or bfloat16 tensor (the last two computed
-            in float32, returned and certified in their own dtype); never modified.
+            in float32, returned and certified in their own dtype); never modified. Any strides, and views with
+            the conjugate or negative bit set (``A.conj()``, ``torch._neg_view``), which are read as their values.
         model: learned initializer, an ``nn.Module`` mapping (b, n, n) matrices to (b, n, n)
             guesses, with ``in_domain(A) -> bool tensor (b,)``.
         init: (*, n, n) tensor of approximate inverses (a warm start), same dtype and device.
@@ -118,36 +131,64 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
             Cholesky of A's lower triangle, and a matrix whose factorisation fails is not certified.
         backend: "auto", "torch", "triton", "cpp" or "cuda": where (see ``available_backends()``); "auto"
             takes the fastest that can run A, or the one the environment variable ``NEUINV_BACKEND`` names.
+        check_errors: as torch's: raise where a matrix failed (here: is not certified), the error that
+            :func:`batched_inverse` raises, after nothing has been written to ``out``. Default False.
         out: (X, info) to write the results into: X of A's shape, dtype and device, info an
             :class:`InverseInfo` (or 4-tuple) of tensors of A's batch shape with the dtypes of its fields
-            (bool, float64, int32, bool). No output may share memory with A or init; out cannot be combined
-            with gradients (as torch's ``out=``).
+            (bool, float64, int32, bool). No output may share memory (overlapping byte ranges, whatever storage
+            holds them) with A, init or another output; out cannot be combined with gradients (as torch's
+            ``out=``).
 
     Returns:
-        X with A's shape, dtype and device (NaN where it is not certified), and the :class:`InverseInfo`;
-        with ``out``, those tensors.
+        An :class:`InverseResult` ``(inverse, info)``: X with A's shape, dtype and device (NaN where it is not
+        certified), and the :class:`InverseInfo`; with ``out``, those tensors.
+
+    Raises:
+        TypeError: A, init or an output is not a tensor, or ``check_errors`` is not a bool (as torch).
+        neuinv.errors.ArgumentDtypeError (a ``TypeError`` and a ``RuntimeError``, torch's class): A's dtype is
+            not one of the above, or init's or an output's differs from what is expected.
+        neuinv.errors.ArgumentValueError (a ``ValueError`` and a ``RuntimeError``): a shape that is not (*, n, n),
+            init or an output of the wrong shape or device, an output that overlaps an input or another output, an
+            option out of range.
 
     Gradients flow to A by the analytic rule dA = -X^H G X^H, not through the iterations.
     """
     _check_arguments(A, model, init, tol, max_iter, max_error, method, assume_a)
+    _check_flag(check_errors, "check_errors")
     if out is not None:
         _check_out_pair(out, A, init)
     options = dict(model=model, tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
                    backend=backend)
-    return _inverse(A, init, options, raise_failures=False, out=out)
+    return _inverse(A, init, options, raise_failures=check_errors, out=out)
+
+
+def resolved(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A tensor with its conjugate and negative bits resolved (a new tensor holding the values the view reads; the
+    tensor itself where neither bit is set), differentiable: what every entry point computes on, once, so that no
+    kernel or certificate meets a lazy view. The user's tensor is never modified."""
+    if tensor is None:
+        return None
+    return torch.resolve_neg(torch.resolve_conj(tensor))
 
 
 def _inverse(A, init, options, raise_failures, out):
     """The inversion through :class:`_BatchedInverse` where autograd or a torch.func transform needs it, else
     directly; then the raise of :func:`batched_inverse` and the copy into ``out``."""
+    A, init = resolved(A), resolved(init)
     if _transformed(A, init):
         _refuse_out_with_transforms(out)
         X, *info = _inverse_function().apply(A, init, options, raise_failures)
-        return _written(out, X, InverseInfo(*info), InverseInfo)
+        return InverseResult(*_written(out, X, InverseInfo(*info), InverseInfo))
     X, info = _invert(A.detach(), None if init is None else init.detach(), **options)
     if raise_failures:
         _raise_if_failed(A, info, options)
-    return _written(out, X, info, InverseInfo)
+    return InverseResult(*_written(out, X, info, InverseInfo))
+
+
+def _check_flag(value, name: str) -> None:
+    """A bool flag (left=, check_errors=): anything else is a TypeError, as torch's argument parser raises."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
 def _refuse_out_with_transforms(out) -> None:
@@ -260,7 +301,7 @@ def _invert_half(A, init, *, max_error, **options):
     X_w, info = _invert_in_dtype(A.to(wide), None if init is None else init.to(wide), max_error=None, **options)
     X = X_w.to(A.dtype)
     n = A.shape[-1]
-    flat = X_w.reshape(-1, n, n)
+    flat = X_w.reshape(-1, n, n) if n else X_w  # (-1, 0, 0) is ambiguous for 0 elements
     delta = certificate.rounding_bound(flat, A.dtype).reshape(info.error_bound.shape) if n else 0.0
     bound = certificate.certified_or_inf(info.error_bound + delta * (1 + info.error_bound))
     bound = torch.where(torch.isfinite(X).flatten(-2).all(dim=-1), bound, torch.full_like(bound, math.inf))
@@ -368,8 +409,9 @@ def _model_in_domain(model, A) -> torch.Tensor:
     with torch.no_grad():
         inside = model.in_domain(A)
     if not isinstance(inside, torch.Tensor) or inside.shape != A.shape[:1] or inside.dtype != torch.bool:
-        raise ValueError(f"model.in_domain(A) must return a bool tensor of shape {tuple(A.shape[:1])}, "
-                         f"got {getattr(inside, 'dtype', type(inside))} of shape {tuple(getattr(inside, 'shape', ()))}")
+        raise ArgumentValueError(f"model.in_domain(A) must return a bool tensor of shape {tuple(A.shape[:1])}, got "
+                                 f"{getattr(inside, 'dtype', type(inside))} of shape "
+                                 f"{tuple(getattr(inside, 'shape', ()))}")
     return inside.to(A.device)
 
 
@@ -385,8 +427,8 @@ def _model_guess(model, A, backend) -> torch.Tensor:
         else:
             X0 = model(A.to(model_dtype))
     if not isinstance(X0, torch.Tensor) or X0.shape != A.shape:
-        raise ValueError(f"model(A) must return a tensor of shape {tuple(A.shape)}, "
-                         f"got {tuple(getattr(X0, 'shape', ()))}")
+        raise ArgumentValueError(f"model(A) must return a tensor of shape {tuple(A.shape)}, "
+                                 f"got {tuple(getattr(X0, 'shape', ()))}")
     return X0.to(A.dtype)
 
 
@@ -394,43 +436,44 @@ def _check_arguments(A, model, init, tol, max_iter, max_error, method, assume_a)
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
     if A.dim() < 2:
-        raise ValueError(f"A must have shape (*, n, n); got a {A.dim()}-D tensor of shape {tuple(A.shape)}")
+        raise ArgumentValueError(f"A must have shape (*, n, n); got a {A.dim()}-D tensor of shape {tuple(A.shape)}")
     if A.shape[-1] != A.shape[-2]:
-        raise ValueError(f"A must hold square matrices (*, n, n); got shape {tuple(A.shape)}")
+        raise ArgumentValueError(f"A must hold square matrices (*, n, n); got shape {tuple(A.shape)}")
     if A.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"A must be float32, float64, complex64, complex128, float16 or bfloat16; got {A.dtype}")
+        raise ArgumentDtypeError(f"A must be float32, float64, complex64, complex128, float16 or bfloat16; "
+                                 f"got {A.dtype}")
     if assume_a not in ASSUME_A:
-        raise ValueError(f"assume_a must be one of {ASSUME_A} (scipy's names), got {assume_a!r}")
+        raise ArgumentValueError(f"assume_a must be one of {ASSUME_A} (scipy's names), got {assume_a!r}")
     if init is not None and model is not None:
-        raise ValueError("give an initial guess by init or by model, not both")
+        raise ArgumentValueError("give an initial guess by init or by model, not both")
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ArgumentValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "exact" and (init is not None or model is not None):
-        raise ValueError("method='exact' uses no initial guess; drop init/model or use method='newton_schulz'")
+        raise ArgumentValueError("method='exact' uses no initial guess; drop init/model or use method='newton_schulz'")
     if init is not None:
         if not isinstance(init, torch.Tensor):
             raise TypeError(f"init must be a torch.Tensor, got {type(init).__name__}")
         if init.shape != A.shape:
-            raise ValueError(f"init must have A's shape {tuple(A.shape)}, got {tuple(init.shape)}")
+            raise ArgumentValueError(f"init must have A's shape {tuple(A.shape)}, got {tuple(init.shape)}")
         if init.dtype != A.dtype:
-            raise TypeError(f"init must have A's dtype {A.dtype}, got {init.dtype}")
+            raise ArgumentDtypeError(f"init must have A's dtype {A.dtype}, got {init.dtype}")
         if init.device != A.device:
-            raise ValueError(f"init must be on A's device {A.device}, got {init.device}")
+            raise ArgumentValueError(f"init must be on A's device {A.device}, got {init.device}")
     if model is not None:
         if not callable(model) or not callable(getattr(model, "in_domain", None)):
             raise TypeError("model must be callable and have an in_domain(A) method")
         model_n = getattr(model, "n", None)
         if model_n is not None and model_n != A.shape[-1]:
-            raise ValueError(f"model was built for {model_n}x{model_n} matrices, but A holds "
-                             f"{A.shape[-1]}x{A.shape[-1]} matrices")
+            raise ArgumentValueError(f"model was built for {model_n}x{model_n} matrices, but A holds "
+                                     f"{A.shape[-1]}x{A.shape[-1]} matrices")
     if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf")):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
+        raise ArgumentValueError(f"tol must be a positive finite number, got {tol!r}")
     if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool)
                                      and 0 <= max_iter <= MAX_ITERATIONS):
-        raise ValueError(f"max_iter must be an int in [0, {MAX_ITERATIONS}], got {max_iter!r}")
+        raise ArgumentValueError(f"max_iter must be an int in [0, {MAX_ITERATIONS}], got {max_iter!r}")
     if max_error is not None and not (isinstance(max_error, (int, float)) and not isinstance(max_error, bool)
                                       and 0 <= max_error < 1):
-        raise ValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")
+        raise ArgumentValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")
 
 
 def _raise_if_failed(A: torch.Tensor, info, options) -> None:
@@ -581,27 +624,32 @@ def _not_positive_definite(matrix: torch.Tensor) -> int | None:
 
 
 def _check_out(tensor, name: str, shape, dtype, device, *inputs) -> None:
-    """out= tensors: exactly the expected shape, dtype and device (no resizing), sharing no memory with any
-    input."""
+    """out= tensors: exactly the expected shape, dtype and device (no resizing), no element stored twice, sharing
+    no memory (by byte ranges: :func:`_share_memory`) with any of ``inputs`` (the inputs and the outputs checked
+    before it)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.shape != shape:
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
+        raise ArgumentValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
     if tensor.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {tensor.dtype}")
+        raise ArgumentDtypeError(f"{name} must have dtype {dtype}, got {tensor.dtype}")
     if tensor.device != device:
-        raise ValueError(f"{name} must be on device {device}, got {tensor.device}")
+        raise ArgumentValueError(f"{name} must be on device {device}, got {tensor.device}")
+    if any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride())):
+        raise ArgumentValueError(f"{name} must not share memory with itself (an expanded tensor: stride 0 along a "
+                                 f"dimension of size > 1)")
     for other in inputs:
         if other is not None and _share_memory(tensor, other):
-            raise ValueError(f"{name} must not share memory with the input or another output "
-                             f"(out= may not alias A, B, init or itself)")
+            raise ArgumentValueError(f"{name} must not share memory with the input or another output "
+                                     f"(out= may not alias A, B, init or itself)")
 
 
 def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether a and b lie in the same storage with overlapping byte ranges."""
+    """Whether the byte ranges a and b address (from the lowest to the highest byte of their elements) overlap on
+    one device, whatever storages hold them: two tensors over one numpy buffer (``torch.from_numpy`` of two
+    overlapping slices) have storages of their own. Conservative: two strided views that interleave (even and
+    odd elements) count as overlapping."""
     if a.device != b.device or a.numel() == 0 or b.numel() == 0:
-        return False
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
         return False
 
     def span(t):

@@ -15,6 +15,9 @@ How each system is solved
 
 float16 / bfloat16 input is solved in float32 and rounded; the certificate is of the rounded X (so it includes
 that rounding, and an X that overflows is not certified).
+
+``left=False`` solves X A = B as torch does, by the transposed system A^T X^T = B^T (the Frobenius norm, and so
+every certificate, is the same for a matrix and its transpose).
 """
 from __future__ import annotations
 
@@ -24,8 +27,9 @@ from typing import NamedTuple
 import torch
 
 from . import certificate, reference
-from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_out, _invert,
-                      _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified)
+from .errors import ArgumentDtypeError, ArgumentValueError
+from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_flag, _check_out, _invert,
+                      _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified, resolved)
 from .rules import certified, second_stage_mask
 
 
@@ -49,72 +53,108 @@ class SolveInfo(NamedTuple):
     inverse: torch.Tensor
 
 
-def batched_solve(A: torch.Tensor, B: torch.Tensor, *, init=None, tol=None, max_iter=None, max_error=None,
-                  method: str = "auto", assume_a: str = "gen", backend: str = "auto",
+class SolveResult(NamedTuple):
+    """What :func:`batched_solve_ex` returns: ``X, info = batched_solve_ex(A, B)`` unpacks it, and its fields have
+    the names of ``torch.linalg.solve_ex``'s result, ``.result`` (X) and ``.info``. Unlike torch's ``info`` (an
+    int32 tensor of A's batch shape, 0 where A could be factorised), ``info`` is the :class:`SolveInfo` of the
+    call: torch's ``info == 0`` is ``info.certified`` (of the broadcast batch shape)."""
+
+    result: torch.Tensor
+    info: SolveInfo
+
+
+def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=None, tol=None, max_iter=None,
+                  max_error=None, method: str = "auto", assume_a: str = "gen", backend: str = "auto",
                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """X with A X = B for each system; a drop-in for ``torch.linalg.solve(A, B)``.
+    """X with A X = B (X A = B with ``left=False``) for each system; a drop-in for ``torch.linalg.solve``.
 
     Raises ``ValueError`` naming the first system whose A or B holds NaN or Inf if any system that failed does,
     else ``torch.linalg.LinAlgError`` naming the first system whose A is not positive definite
     (``assume_a="pos"``), singular or numerically singular, or whose solution is not certified to ``max_error``.
-    ``out``: a tensor of X's shape and A's dtype and device that receives X. See :func:`batched_solve_ex`.
+    ``out``: a tensor of X's shape and A's dtype and device that receives X. Bad arguments raise as listed in
+    :func:`batched_solve_ex`; see there for the other arguments.
     """
     B_matrix, vector = _right_hand_sides(A, B)
-    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a)
+    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a, left)
     X_shape = _solution_shape(A, B_matrix, vector)
     if out is not None:
         _check_out(out, "out", X_shape, A.dtype, A.device, A, B, init)
     options = dict(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
                    backend=backend)
-    X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out)
+    X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out, left=left)
     return X
 
 
-def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, init=None, tol=None, max_iter=None, max_error=None,
-                     method: str = "auto", assume_a: str = "gen", backend: str = "auto",
-                     out: tuple | None = None) -> tuple[torch.Tensor, SolveInfo]:
-    """Solutions X of A X = B and a :class:`SolveInfo`; never raises for singular input.
+def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=None, tol=None, max_iter=None,
+                     max_error=None, method: str = "auto", assume_a: str = "gen", backend: str = "auto",
+                     check_errors: bool = False, out: tuple | None = None) -> SolveResult:
+    """Solutions X of A X = B (X A = B with ``left=False``) and a :class:`SolveInfo`; never raises for singular
+    input (unless ``check_errors``).
 
     Args:
-        A: (*, n, n) float32, float64, complex64, complex128, float16 or bfloat16; never modified.
-        B: (*, n) or (*, n, k) of A's dtype and device, never modified. As ``torch.linalg.solve``: B is a batch of
-            vectors when it is 1-D or has shape A.shape[:-1]; otherwise of n x k matrices. The batch dimensions
-            of A and B broadcast; A's inverse is computed once per matrix of A.
-        init: (*, n, n) approximate inverses of A (a warm start, e.g. the previous call's ``info.inverse``).
+        A: (*, n, n) float32, float64, complex64, complex128, float16 or bfloat16; never modified. Any strides,
+            and views with the conjugate or negative bit set, read as their values (so also for B and init).
+        B: (*, n) or (*, n, k) of A's dtype and device ((*, k, n) with ``left=False``), never modified. As
+            ``torch.linalg.solve``: B is a batch of vectors when it is 1-D or has shape A.shape[:-1] (refused with
+            ``left=False``, as by torch); otherwise of matrices. The batch dimensions of A and B broadcast; A's
+            inverse is computed once per matrix of A.
+        left: True (default): solve A X = B; False: X A = B.
+        init: (*, n, n) approximate inverses of A (a warm start, e.g. the previous call's ``info.inverse``), for
+            either ``left``.
         tol, max_iter, method, assume_a, backend: as :func:`neuinv.batched_inverse_ex` (for A's inverse).
         max_error: largest ``error_bound`` of a solution that counts as certified; default None: below 1.
+        check_errors: as torch's: raise where a system failed (here: is not certified), the error that
+            :func:`batched_solve` raises, after nothing has been written to ``out``. Default False.
         out: (X, info): X of the solution's shape and A's dtype and device; info a :class:`SolveInfo` of tensors
-            of its fields' shapes and dtypes (bool, float64, int32, bool, A's). None may share memory with A, B or
-            init; not with gradients.
+            of its fields' shapes and dtypes (bool, float64, int32, bool, A's). None may share memory
+            (overlapping byte ranges, whatever storage holds them) with A, B, init or another output; not with
+            gradients.
 
     Returns:
-        X of shape (broadcast batch, n) or (broadcast batch, n, k), A's dtype, NaN where not certified, and the
+        A :class:`SolveResult` ``(result, info)``: X of shape (broadcast batch, n) or (broadcast batch, n, k)
+        ((broadcast batch, k, n) with ``left=False``), A's dtype, NaN where not certified, and the
         :class:`SolveInfo`.
 
+    Raises:
+        TypeError: A, B, init or an output is not a tensor, or ``left`` or ``check_errors`` is not a bool.
+        neuinv.errors.ArgumentDtypeError (a ``TypeError`` and a ``RuntimeError``, torch's class): A's dtype is not
+            one of the above, or B's, init's or an output's differs from what is expected.
+        neuinv.errors.ArgumentValueError (a ``ValueError`` and a ``RuntimeError``): A not (*, n, n), B of a shape
+            incompatible with A or batch dimensions that do not broadcast, B, init or an output on another device,
+            an output of the wrong shape or overlapping an input or another output, an option out of range.
+
     Gradients (and torch.func transforms): dX = A^-1 (dB - dA X), so grad_B = A^-H G and grad_A = -grad_B X^H
-    (summed over broadcast dimensions); ``info.inverse`` is differentiable too (d(A^-1) = -A^-1 dA A^-1).
+    (summed over broadcast dimensions; transposed for ``left=False``); ``info.inverse`` is differentiable too
+    (d(A^-1) = -A^-1 dA A^-1).
     """
     B_matrix, vector = _right_hand_sides(A, B)
-    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a)
+    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a, left)
+    _check_flag(check_errors, "check_errors")
     if out is not None:
         _check_out_pair(out, A, B, B_matrix, vector, init)
     options = dict(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
                    backend=backend)
-    return _solve(A, B_matrix, vector, init, options, raise_failures=False, out=out)
+    return _solve(A, B_matrix, vector, init, options, raise_failures=check_errors, out=out, left=left)
 
 
-def _solve(A, B, vector, init, options, raise_failures, out):
-    """The solve on B (*, n, k), through :class:`_BatchedSolve` where autograd or a transform needs it; the
+def _solve(A, B, vector, init, options, raise_failures, out, left):
+    """The solve on B (*, n, k) ((*, k, n) for left=False: A^T X^T = B^T, with init^T, and info.inverse
+    transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it; the
     vector case squeezed back; the copy into out."""
+    A, B, init = resolved(A), resolved(B), resolved(init)
+    if not left:
+        A, B, init = A.mT, B.mT, None if init is None else init.mT
     if _transformed(A, B, init):
         _refuse_out_with_transforms(out)
         X, *info = _solve_function().apply(A, B, init, options, raise_failures)
     else:
         X, *info = _solve_detached(A.detach(), B.detach(), None if init is None else init.detach(), options,
                                    raise_failures)
+    if not left:
+        X, info[-1] = X.mT, info[-1].mT
     if vector:
         X = X.squeeze(-1)
-    return _written(out, X, SolveInfo(*info), SolveInfo)
+    return SolveResult(*_written(out, X, SolveInfo(*info), SolveInfo))
 
 
 def _solve_detached(A, B, init, options, raise_failures):
@@ -268,27 +308,31 @@ def _right_hand_sides(A, B):
     return (B.unsqueeze(-1) if vector else B), vector
 
 
-def _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a) -> None:
+def _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a, left) -> None:
     _check_arguments(A, None, init, tol, max_iter, max_error, method, assume_a)
+    _check_flag(left, "left")
     n = A.shape[-1]
     B_matrix, vector = _right_hand_sides(A, B)
-    if B_matrix.dim() < 2 or B_matrix.shape[-2] != n:
-        raise ValueError(f"B must have shape (*, {n}) or (*, {n}, k) for A of shape {tuple(A.shape)}; "
-                         f"got {tuple(B.shape)}")
+    if B_matrix.dim() < 2 or B_matrix.shape[-2 if left else -1] != n or (vector and not left):
+        expected = f"(*, {n}) or (*, {n}, k)" if left else f"(*, k, {n}), not a batch of vectors as in torch,"
+        raise ArgumentValueError(f"B must have shape {expected} for A of shape {tuple(A.shape)}"
+                                 f"{'' if left else ' and left=False (X A = B)'}; got {tuple(B.shape)}")
     if B.dtype != A.dtype:
-        raise TypeError(f"B must have A's dtype {A.dtype}, got {B.dtype}")
+        raise ArgumentDtypeError(f"B must have A's dtype {A.dtype}, got {B.dtype}")
     if B.device != A.device:
-        raise ValueError(f"B must be on A's device {A.device}, got {B.device}")
+        raise ArgumentValueError(f"B must be on A's device {A.device}, got {B.device}")
     try:
         torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
     except RuntimeError:
-        raise ValueError(f"the batch dimensions of A {tuple(A.shape[:-2])} and B {tuple(B_matrix.shape[:-2])} "
-                         f"do not broadcast") from None
+        raise ArgumentValueError(f"the batch dimensions of A {tuple(A.shape[:-2])} and B "
+                                 f"{tuple(B_matrix.shape[:-2])} do not broadcast") from None
 
 
 def _solution_shape(A, B_matrix, vector) -> torch.Size:
+    """X's shape: B's matrices' shape (n x k, or k x n for left=False) on the broadcast batch, the last dimension
+    dropped for vectors."""
     batch = torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
-    return torch.Size((*batch, A.shape[-1]) if vector else (*batch, A.shape[-1], B_matrix.shape[-1]))
+    return torch.Size((*batch, *B_matrix.shape[-2:-1 if vector else None]))
 
 
 def _check_out_pair(out, A, B, B_matrix, vector, init) -> None:

@@ -424,21 +424,21 @@ def test_shards_along_another_batch_dimension(ranks):
 
 def test_bad_input_on_one_rank_raises_on_every_rank(ranks):
     single = single_process_error(good_batch().to(torch.int64))
-    expected = Raised(("TypeError", f"neuinv.distributed: rank 1: TypeError: {single[1]}"))
+    expected = Raised(("ArgumentDtypeError", f"neuinv.distributed: rank 1: ArgumentDtypeError: {single[1]}"))
     assert [r["bad_input_on_one_rank"] for r in ranks] == [expected] * len(ranks)
 
 
 def test_disagreeing_shards_raise_on_every_rank(ranks):
     outcomes = [r["shards_disagree"] for r in ranks]
     assert outcomes == [outcomes[0]] * len(ranks)
-    assert outcomes[0][0] == "ValueError" and "the ranks must agree in dtype:" in outcomes[0][1]
+    assert outcomes[0][0] == "ArgumentValueError" and "the ranks must agree in dtype:" in outcomes[0][1]
     assert "rank 0: dtype=torch.float64; rank 1: " in outcomes[0][1]
     assert f"rank {len(ranks) - 1}: dtype=torch.float32 (" in outcomes[0][1]
 
 
 def test_a_single_matrix_has_no_batch_dimension_to_shard(ranks):
     for r in ranks:
-        assert r["no_batch_dimension"][0] == "ValueError"
+        assert r["no_batch_dimension"][0] == "ArgumentValueError"
         assert "at least one batch dimension" in r["no_batch_dimension"][1]
 
 
@@ -479,10 +479,10 @@ def test_dtensor_on_a_2d_mesh(ranks):
 def test_replicated_or_matrix_dim_placements_refused(ranks):
     for r in ranks:
         refused = r["dtensor_refused"]
-        assert refused["replicated"][0] == "ValueError"
+        assert refused["replicated"][0] == "ArgumentValueError"
         assert "Replicate() on mesh dimension 0" in refused["replicated"][1]
-        assert refused["matrix_dim"][0] == "ValueError" and "a matrix dimension" in refused["matrix_dim"][1]
-        assert refused["group"][0] == "ValueError" and "group=None" in refused["group"][1]
+        assert refused["matrix_dim"][0] == "ArgumentValueError" and "a matrix dimension" in refused["matrix_dim"][1]
+        assert refused["group"][0] == "ArgumentValueError" and "group=None" in refused["group"][1]
 
 
 def test_dtensor_init_laid_out_otherwise_than_A_refused(ranks):
@@ -491,13 +491,14 @@ def test_dtensor_init_laid_out_otherwise_than_A_refused(ranks):
     assert outcomes == [outcomes[0]] * world_size
     mesh, reversed_mesh = list(range(world_size)), list(reversed(range(world_size)))
     other_mesh = outcomes[0]["other_mesh"]
-    assert other_mesh and other_mesh[0] == "ValueError" and "init must be laid out like A" in other_mesh[1]
+    assert other_mesh and other_mesh[0] == "ArgumentValueError" and "init must be laid out like A" in other_mesh[1]
     assert f"ranks {mesh}" in other_mesh[1] and f"ranks {reversed_mesh}" in other_mesh[1]
     local_A = outcomes[0]["local_A"]
-    assert local_A and local_A[0] == "ValueError" and "init is a DTensor but A is this rank's local shard" in local_A[1]
+    assert local_A and local_A[0] == "ArgumentValueError"
+    assert "init is a DTensor but A is this rank's local shard" in local_A[1]
     if world_size == 4:
         swapped = outcomes[0]["swapped"]
-        assert swapped and swapped[0] == "ValueError" and "init must be laid out like A" in swapped[1]
+        assert swapped and swapped[0] == "ArgumentValueError" and "init must be laid out like A" in swapped[1]
         assert "placements (Shard(dim=0), Shard(dim=1))" in swapped[1]
         assert "placements (Shard(dim=1), Shard(dim=0))" in swapped[1]
 
@@ -505,13 +506,13 @@ def test_dtensor_init_laid_out_otherwise_than_A_refused(ranks):
 def test_dim_with_a_dtensor_refused(ranks):
     for r in ranks:
         for outcome in r["dtensor_with_dim"].values():
-            assert outcome and outcome[0] == "ValueError" and "dim applies to a local shard" in outcome[1]
+            assert outcome and outcome[0] == "ArgumentValueError" and "dim applies to a local shard" in outcome[1]
 
 
 def test_dtensor_on_one_rank_local_tensor_on_the_others_raises_on_every_rank(ranks):
     outcomes = [r["dtensor_on_one_rank_only"] for r in ranks]
     assert outcomes == [outcomes[0]] * len(ranks)
-    assert outcomes[0] and outcomes[0][0] == "ValueError" and "the ranks must agree in A" in outcomes[0][1]
+    assert outcomes[0] and outcomes[0][0] == "ArgumentValueError" and "the ranks must agree in A" in outcomes[0][1]
     assert "rank 0: A=a DTensor" in outcomes[0][1] and "rank 1: A=a local tensor shard" in outcomes[0][1]
 
 
@@ -521,7 +522,7 @@ def test_options_that_disagree_across_ranks_raise_on_every_rank(ranks):
         outcomes = [r["options_disagree"][name] for r in ranks]
         assert outcomes == [outcomes[0]] * world_size, name
         differing = "dim, shape" if name == "dim" else name  # the shard's shape, (*, b, 5, 5) or (1, *, 5, 5)
-        assert outcomes[0] and outcomes[0][0] == "ValueError", name
+        assert outcomes[0] and outcomes[0][0] == "ArgumentValueError", name
         assert f"the ranks must agree in {differing}:" in outcomes[0][1], name
         value = options[name]
         assert f"rank {world_size - 1}: {name}={value!r}" in outcomes[0][1], name
@@ -559,7 +560,7 @@ def test_block_jacobi_singular_block_raises_on_every_rank(ranks):
                                       f"on_singular='identity' to leave them unpreconditioned."))
     assert [r["block_jacobi_singular"]["raised"] for r in ranks] == [expected] * world_size
     for rank, r in enumerate(ranks):
-        assert r["block_jacobi_singular"]["bad_start"][0] == "ValueError"
+        assert r["block_jacobi_singular"]["bad_start"][0] == "ArgumentValueError"
         assert r["block_jacobi_singular"]["singular_blocks"].tolist() == ([local_block] if rank == owner else [])
 
 
