@@ -132,3 +132,21 @@ def test_spd_bench_runs_every_method(tmp_path, capsys):
                                                 "torch.linalg.inv"]
     assert all(row["max_relative_error"] < 1e-12 and row["cpu_us_per_matrix"] >= 0 for row in rows)
     assert "| 3 | float64 | 50 | neuinv pos |" in capsys.readouterr().out
+
+
+def test_tightness_bench_finds_no_violation(tmp_path, capsys):
+    """bench/tightness.py on a tiny set: one row per dtype, family, operation and backend, no bound below the
+    exact error, and each family's matrices in the dtype asked for."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "tightness.py"
+    spec = importlib.util.spec_from_file_location("tightness", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for family in module.FAMILIES:
+        A = module.family_matrices(family, 3, 4, torch.complex64, seed=1)
+        assert A.dtype == torch.complex64 and A.shape == (3, 4, 4) and bool(torch.isfinite(A).all())
+    assert module.main(["--count", "2", "--sizes", "2", "3", "--dtypes", "float64", "complex64",
+                        "--json", str(tmp_path / "tightness.json")]) == 0
+    result = json.loads((tmp_path / "tightness.json").read_text())
+    assert len(result["rows"]) == 2 * 4 * 3 * 2 and result["violations"] == []
+    assert all(row["count"] == 4 and row["violations"] == 0 for row in result["rows"])
+    assert "| float64 | graded | solve k=8 | torch | 4 |" in capsys.readouterr().out
