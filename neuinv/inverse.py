@@ -359,14 +359,13 @@ def _second_stage(A, X, info, limit, positive_definite):
     n = A.shape[-1]
     A_flat, X_flat = A.reshape(-1, n, n), X.reshape(-1, n, n)
     bound = info.error_bound.reshape(-1)
-    finite = torch.isfinite(A_flat).flatten(1).all(dim=1)
-    mask = second_stage_mask(bound, finite, A.dtype)
     if torch.compiler.is_compiling():
         index = torch.arange(bound.shape[0], device=A.device)
-    elif bool(mask.any()):
-        index = mask.nonzero().squeeze(1)
     else:
-        return X, info
+        index = second_stage_mask(bound, torch.ones_like(info.certified.reshape(-1)), A.dtype).nonzero().squeeze(1)
+        index = index[torch.isfinite(A_flat[index]).flatten(1).all(dim=1)]  # finiteness read for the few only
+        if index.numel() == 0:
+            return X, info
     A_i, X_i, bound_i = A_flat[index], X_flat[index], bound[index]
     kept = torch.isfinite(X_i).flatten(1).all(dim=1)
     bound_kept = torch.where(kept, torch.minimum(bound_i, certificate.scaled_error_bound(A_i, X_i)), bound_i)

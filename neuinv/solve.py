@@ -192,15 +192,15 @@ def _second_stage(A, B, X, bound, positive_definite):
     """The scale-aware second stage (:func:`neuinv.rules.second_stage_mask`) for the systems (flat A (b, n, n),
     B, X (b, n, k)) whose first certificate is refused or above the threshold: the equilibrated solve
     (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller. Every system under torch.compile."""
-    finite = torch.isfinite(A).flatten(1).all(dim=1) & torch.isfinite(B).flatten(1).all(dim=1)
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
-    mask = second_stage_mask(bound, finite, compute)
     if torch.compiler.is_compiling():
         index = torch.arange(bound.shape[0], device=A.device)
-    elif bool(mask.any()):
-        index = mask.nonzero().squeeze(1)
     else:
-        return X, bound
+        index = second_stage_mask(bound, torch.ones_like(bound, dtype=torch.bool), compute).nonzero().squeeze(1)
+        finite = torch.isfinite(A[index]).flatten(1).all(dim=1) & torch.isfinite(B[index]).flatten(1).all(dim=1)
+        index = index[finite]  # finiteness read for the few only
+        if index.numel() == 0:
+            return X, bound
     X_new, bound_new = reference.scaled_solve(A[index], B[index], positive_definite)
     better = bound_new < bound[index]
     X_i = torch.where(better[:, None, None], X_new.to(X.dtype), X[index])
