@@ -536,14 +536,12 @@ each matrix alike wherever it sits in the batch (identical matrices get identica
 def padded_with_identity(M: torch.Tensor) -> torch.Tensor:
     """diag(M, I) of the next order divisible by :data:`PADDED_ORDER_MULTIPLE` (M itself where n already is).
     diag(A, I)^-1 = diag(A^-1, I), and LU or Cholesky of diag(A, I) never mixes the blocks."""
-    b, n = M.shape[0], M.shape[-1]
+    n = M.shape[-1]
     n_p = -(-n // PADDED_ORDER_MULTIPLE) * PADDED_ORDER_MULTIPLE
     if n_p == n:
         return M
-    out = torch.zeros(b, n_p, n_p, dtype=M.dtype, device=M.device)
-    out[:, :n, :n] = M
-    out[:, n:, n:] = torch.eye(n_p - n, dtype=M.dtype, device=M.device)
-    return out
+    ones = (torch.arange(n_p, device=M.device) >= n).to(M.dtype)
+    return torch.nn.functional.pad(M, (0, n_p - n, 0, n_p - n)) + torch.diag(ones)  # out of place (vmap, compile)
 
 
 def scaled_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -564,8 +562,8 @@ def scaled_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     if A_s.is_complex() != X_s.is_complex():
         A_s, X_s = A_s.to(torch.complex128), X_s.to(torch.complex128)
     F, proven = scaled_inverse_error(A_s, X_s, compensated=X.dtype in (torch.float64, torch.complex128))
-    block = torch.zeros_like(F, dtype=torch.bool)
-    block[:, :n, :n] = True  # the error of X alone: the padding's entries set to zero in F and X
+    inside = torch.arange(F.shape[-1], device=F.device) < n
+    block = inside[:, None] & inside[None, :]  # the error of X alone: the padding's entries set to zero in F and X
     bound = _relative_frobenius(torch.where(block, F, 0.0), torch.where(block, X_s, 0.0),
                                 q[:, :, None] + p[:, None, :])
     usable = proven & exact_A & exact_X & ~has_subnormal(A) & ~has_subnormal(X)
