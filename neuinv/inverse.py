@@ -352,20 +352,16 @@ def _invert_in_dtype(A, init, *, model, tol, max_iter, max_error, method, assume
 
 
 def _second_stage(A, X, info, limit, positive_definite):
-    """The scale-aware second stage (:func:`neuinv.rules.second_stage_mask`) on the matrices whose first certificate
+    """The scale-aware second stage (:func:`second_stage_index`) on the matrices whose first certificate
     is refused or above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X
     they have, and the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the
     result with the smallest bound. Under torch.compile every matrix takes it (no data-dependent subset)."""
     n = A.shape[-1]
     A_flat, X_flat = A.reshape(-1, n, n), X.reshape(-1, n, n)
     bound = info.error_bound.reshape(-1)
-    if torch.compiler.is_compiling():
-        index = torch.arange(bound.shape[0], device=A.device)
-    else:
-        index = second_stage_mask(bound, torch.ones_like(info.certified.reshape(-1)), A.dtype).nonzero().squeeze(1)
-        index = index[torch.isfinite(A_flat[index]).flatten(1).all(dim=1)]  # finiteness read for the few only
-        if index.numel() == 0:
-            return X, info
+    index = second_stage_index(bound, A.dtype, A_flat)
+    if index is None:
+        return X, info
     A_i, X_i, bound_i = A_flat[index], X_flat[index], bound[index]
     kept = torch.isfinite(X_i).flatten(1).all(dim=1)
     bound_kept = torch.where(kept, torch.minimum(bound_i, certificate.scaled_error_bound(A_i, X_i)), bound_i)
@@ -383,6 +379,18 @@ def _second_stage(A, X, info, limit, positive_definite):
     batch_shape = info.certified.shape
     return X_flat.reshape(A.shape), InverseInfo(certified_mask.reshape(batch_shape), error_bound.reshape(batch_shape),
                                                 info.iterations, fallback.reshape(batch_shape))
+
+
+def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor) -> torch.Tensor | None:
+    """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
+    (b,) first bounds, then only those whose operands ((b, r, c) each) are finite, read for those few only; None where
+    there are none. Every index under torch.compile (no data-dependent subset in a graph)."""
+    if torch.compiler.is_compiling():
+        return torch.arange(bound.shape[0], device=bound.device)
+    index = second_stage_mask(bound, dtype).nonzero().squeeze(1)
+    for operand in operands:
+        index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
+    return index if index.numel() else None
 
 
 _rules_cache: dict = {}
@@ -554,19 +562,12 @@ def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None, positive_definite:
     """log10 of the largest |entry| of the inverse of one (n, n) matrix (of the solution, given the right-hand side
     (n, k)) where that overflows the matrix's dtype although the matrix is certified non-singular (its equilibrated
     inverse in float64 / complex128 certified by :func:`neuinv.certificate.scaled_error_bound`); else None."""
-    A = matrix[None]
-    wide = torch.complex128 if A.is_complex() else torch.float64
-    p, q = certificate.equilibration_exponents(A, symmetric=positive_definite)
-    A_s, exact = certificate.exactly_scaled(A, p[:, :, None] + q[:, None, :])
-    X_s, info = torch.linalg.inv_ex(A_s.to(wide))
-    if not bool(exact.all()) or int(info.max()) != 0 or not bool(
-            torch.isfinite(certificate.scaled_error_bound(A_s, X_s)).all()):
+    A_s, X_s, p, q, accepted = reference.equilibrated_inverse(matrix[None], positive_definite)
+    if not bool(accepted.all()) or not bool(torch.isfinite(certificate.scaled_error_bound(A_s, X_s)).all()):
         return None
     exponent = q[:, :, None] + p[:, None, :]
     if rhs is not None:
-        f = certificate.frexp_exponent(certificate.power_of_two_scaled(rhs.abs().to(torch.float64)[None],
-                                                                       p[:, :, None]).amax(dim=(-2, -1)))
-        B_s = certificate.power_of_two_scaled(rhs.to(wide)[None], p[:, :, None] - f[:, None, None])
+        B_s, f = reference.scaled_right_hand_sides(rhs[None], p, A_s.dtype)
         X_s, exponent = torch.bmm(X_s, B_s), q[:, :, None] + f[:, None, None]
     magnitude = X_s.abs().clamp_min(1e-300).log2() + exponent
     largest = float(magnitude.amax())

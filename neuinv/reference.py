@@ -197,44 +197,51 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
     return X, verdict, bound, iterations, fallback
 
 
-def scaled_exact_inverse(A: torch.Tensor, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """The second stage's exact path: (X, error_bound) for (b, n, n) A, X the inverse in A's dtype computed in
-    float64 (complex128) from the power-of-two equilibrated A' = 2^p A 2^q (LU with partial pivoting, or Cholesky
-    with the symmetric scaling where ``positive_definite``) and scaled back exactly, X = 2^q A'^-1 2^p, certified by
-    :func:`neuinv.certificate.scaled_error_bound` (+inf where a factorisation fails or X overflows A's dtype)."""
+def equilibrated_inverse(A: torch.Tensor, positive_definite: bool = False):
+    """(A', R', p, q, accepted) for (b, n, n) A: A' = 2^p A 2^q exactly in float64 (complex128), the power-of-two
+    scaling of :func:`neuinv.certificate.equilibration_exponents` (symmetric where ``positive_definite``), and
+    R' = A'^-1 by LU with partial pivoting (Cholesky where ``positive_definite``); accepted (b,) is False where the
+    factorisation failed. A^-1 = 2^q R' 2^p, which may overflow where R' does not."""
     wide = torch.complex128 if A.is_complex() else torch.float64
-    n = A.shape[-1]
-    A_p = certificate.padded_with_identity(A)  # (certificate.PADDED_ORDER_MULTIPLE: the same rounding everywhere)
-    p, q = certificate.equilibration_exponents(A_p, symmetric=positive_definite)
-    A_s, _ = certificate.exactly_scaled(A_p, p[:, :, None] + q[:, None, :])
+    p, q = certificate.equilibration_exponents(A, symmetric=positive_definite)
+    A_s, _ = certificate.exactly_scaled(A, p[:, :, None] + q[:, None, :])
+    A_s = A_s.to(wide)
     if positive_definite:
-        X_s, accepted = cholesky_inverse(A_s.to(wide))
+        R_s, accepted = cholesky_inverse(A_s)
     else:
-        X_s, pivot_info = torch.linalg.inv_ex(A_s.to(wide))
+        R_s, pivot_info = torch.linalg.inv_ex(A_s)
         accepted = pivot_info == 0
+    return A_s, R_s, p, q, accepted
+
+
+def scaled_right_hand_sides(B: torch.Tensor, p: torch.Tensor, wide: torch.dtype):
+    """(B', f) for (b, n, k) B and the row exponents p of :func:`equilibrated_inverse`: B' = 2^p B 2^-f in ``wide``,
+    f (b,) the exponent of the largest entry of 2^p B, so that B' lies in [1/2, 1) at most."""
+    f = certificate.frexp_exponent(certificate.power_of_two_scaled(B.abs().to(torch.float64), p[:, :, None])
+                                   .amax(dim=(-2, -1)))
+    B_s, _ = certificate.exactly_scaled(B, p[:, :, None] - f[:, None, None])
+    return B_s.to(wide), f
+
+
+def scaled_exact_inverse(A: torch.Tensor, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The second stage's exact path: (X, error_bound) for (b, n, n) A, X = 2^q A'^-1 2^p in A's dtype from
+    :func:`equilibrated_inverse` of diag(A, I) (:func:`neuinv.certificate.padded_with_identity`: the same rounding
+    wherever a matrix sits in the batch), certified by :func:`neuinv.certificate.scaled_error_bound` (+inf where the
+    factorisation fails or X overflows A's dtype)."""
+    n = A.shape[-1]
+    _, X_s, p, q, accepted = equilibrated_inverse(certificate.padded_with_identity(A), positive_definite)
     X = certificate.power_of_two_scaled(X_s, q[:, :, None] + p[:, None, :])[:, :n, :n].to(A.dtype)
     bound = certificate.scaled_error_bound(A, X)
     return X, torch.where(accepted, bound, torch.full_like(bound, float("inf")))
 
 
 def scaled_solve(A: torch.Tensor, B: torch.Tensor, positive_definite: bool = False):
-    """The second stage of a solve: (X, error_bound) for A (b, n, n) and B (b, n, k): with A' = 2^p A 2^q and
-    B' = 2^p B 2^-f (exact powers of two), R' = A'^-1 in float64 (complex128) as in :func:`scaled_exact_inverse`,
-    X' = R' B' refined once, X' <- X' + R' (B' - A' X'), and X = 2^q X' 2^f in A's dtype, certified by
+    """The second stage of a solve: (X, error_bound) for A (b, n, n) and B (b, n, k): A', R' = A'^-1
+    (:func:`equilibrated_inverse`) and B' = 2^p B 2^-f (:func:`scaled_right_hand_sides`), X' = R' B' refined once,
+    X' <- X' + R' (B' - A' X'), and X = 2^q X' 2^f in A's dtype, certified by
     :func:`neuinv.certificate.scaled_solve_error_bound`. R' never overflows where only A^-1 would."""
-    wide = torch.complex128 if A.is_complex() else torch.float64
-    p, q = certificate.equilibration_exponents(A, symmetric=positive_definite)
-    A_s, _ = certificate.exactly_scaled(A, p[:, :, None] + q[:, None, :])
-    A_s = A_s.to(wide)
-    f = certificate.frexp_exponent(certificate.power_of_two_scaled(B.abs().to(torch.float64), p[:, :, None])
-                                   .amax(dim=(-2, -1)))
-    B_s, _ = certificate.exactly_scaled(B, p[:, :, None] - f[:, None, None])
-    B_s = B_s.to(wide)
-    if positive_definite:
-        R_s, accepted = cholesky_inverse(A_s)
-    else:
-        R_s, pivot_info = torch.linalg.inv_ex(A_s)
-        accepted = pivot_info == 0
+    A_s, R_s, p, q, accepted = equilibrated_inverse(A, positive_definite)
+    B_s, f = scaled_right_hand_sides(B, p, A_s.dtype)
     X_s = torch.bmm(R_s, B_s)
     X_s = X_s + torch.bmm(R_s, torch.baddbmm(B_s, A_s, X_s, alpha=-1))
     X = certificate.power_of_two_scaled(X_s, q[:, :, None] + f[:, None, None]).to(A.dtype)

@@ -124,6 +124,7 @@ whichever result has the smaller bound. Badly scaled and graded matrices, which 
 or bounds loosely, are certified there close to their true error; well-conditioned ones never pay for it."""
 
 
-def second_stage_mask(error_bound: torch.Tensor, finite: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Which matrices take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype] and finite input."""
-    return (error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]) & finite
+def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Which matrices take the second stage by their first bound: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype] (the
+    callers then drop those whose input is not finite, :func:`neuinv.inverse.second_stage_index`)."""
+    return error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]

@@ -29,8 +29,9 @@ import torch
 from . import certificate, reference
 from .errors import ArgumentDtypeError, ArgumentValueError
 from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_flag, _check_out, _invert,
-                      _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified, resolved)
-from .rules import certified, second_stage_mask
+                      _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified, resolved,
+                      second_stage_index)
+from .rules import certified
 
 
 class SolveInfo(NamedTuple):
@@ -189,21 +190,15 @@ def _solve_detached(A, B, init, options, raise_failures):
 
 
 def _second_stage(A, B, X, bound, positive_definite):
-    """The scale-aware second stage (:func:`neuinv.rules.second_stage_mask`) for the systems (flat A (b, n, n),
+    """The scale-aware second stage (:func:`neuinv.inverse.second_stage_index`) for the systems (flat A (b, n, n),
     B, X (b, n, k)) whose first certificate is refused or above the threshold: the equilibrated solve
     (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller. Every system under torch.compile."""
-    compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
-    if torch.compiler.is_compiling():
-        index = torch.arange(bound.shape[0], device=A.device)
-    else:
-        index = second_stage_mask(bound, torch.ones_like(bound, dtype=torch.bool), compute).nonzero().squeeze(1)
-        finite = torch.isfinite(A[index]).flatten(1).all(dim=1) & torch.isfinite(B[index]).flatten(1).all(dim=1)
-        index = index[finite]  # finiteness read for the few only
-        if index.numel() == 0:
-            return X, bound
+    index = second_stage_index(bound, COMPUTE_DTYPE.get(A.dtype, A.dtype), A, B)
+    if index is None:
+        return X, bound
     X_new, bound_new = reference.scaled_solve(A[index], B[index], positive_definite)
     better = bound_new < bound[index]
-    X_i = torch.where(better[:, None, None], X_new.to(X.dtype), X[index])
+    X_i = torch.where(better[:, None, None], X_new, X[index])
     return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_new, bound[index]))
 
 
