@@ -352,17 +352,28 @@ def _invert_in_dtype(A, init, *, model, tol, max_iter, max_error, method, assume
 
 
 def _second_stage(A, X, info, limit, positive_definite):
-    """The scale-aware second stage (:func:`second_stage_index`) on the matrices whose first certificate
-    is refused or above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X
-    they have, and the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the
-    result with the smallest bound. Under torch.compile every matrix takes it (no data-dependent subset)."""
+    """The scale-aware second stage (:func:`second_stage_index`) on the matrices whose first certificate is refused or
+    above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X they have, and
+    the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the result with the
+    smallest bound. Under torch.compile it is the operator ``neuinv::second_stage_inverse``, which the graph calls as
+    it is (its subset depends on the data)."""
     n = A.shape[-1]
-    A_flat, X_flat = A.reshape(-1, n, n), X.reshape(-1, n, n)
-    bound = info.error_bound.reshape(-1)
-    index = second_stage_index(bound, A.dtype, A_flat)
+    flat = (A.reshape(-1, n, n), X.reshape(-1, n, n), info.certified.reshape(-1), info.error_bound.reshape(-1),
+            info.fallback.reshape(-1))
+    stage = torch.ops.neuinv.second_stage_inverse if torch.compiler.is_compiling() else _second_stage_inverse
+    X_flat, certified_mask, error_bound, fallback = stage(*flat, limit, positive_definite)
+    batch_shape = info.certified.shape
+    return X_flat.reshape(A.shape), InverseInfo(certified_mask.reshape(batch_shape), error_bound.reshape(batch_shape),
+                                                info.iterations, fallback.reshape(batch_shape))
+
+
+def _second_stage_inverse(A, X, certified_mask, bound, fallback, limit: float, positive_definite: bool):
+    """:func:`_second_stage` on the flat batch: (X, certified, error_bound, fallback), new tensors where any matrix
+    took it, else the inputs themselves."""
+    index = second_stage_index(bound, A.dtype, A)
     if index is None:
-        return X, info
-    A_i, X_i, bound_i = A_flat[index], X_flat[index], bound[index]
+        return X, certified_mask, bound, fallback
+    A_i, X_i, bound_i = A[index], X[index], bound[index]
     kept = torch.isfinite(X_i).flatten(1).all(dim=1)
     bound_kept = torch.where(kept, torch.minimum(bound_i, certificate.scaled_error_bound(A_i, X_i)), bound_i)
     X_new, bound_new = reference.scaled_exact_inverse(A_i, positive_definite)
@@ -371,22 +382,48 @@ def _second_stage(A, X, info, limit, positive_definite):
     verdict_i = certified(bound_i, limit)
     X_i = torch.where(better[:, None, None], X_new, X_i)
     X_i = torch.where(verdict_i[:, None, None], X_i, torch.full_like(X_i, math.nan))
-    X_flat = X_flat.index_put((index,), X_i)
-    fields = [field.reshape(-1) for field in info]
-    certified_mask = fields[0].index_put((index,), verdict_i)
-    error_bound = fields[1].index_put((index,), bound_i)
-    fallback = fields[3].index_put((index,), fields[3][index] | better)
-    batch_shape = info.certified.shape
-    return X_flat.reshape(A.shape), InverseInfo(certified_mask.reshape(batch_shape), error_bound.reshape(batch_shape),
-                                                info.iterations, fallback.reshape(batch_shape))
+    return (X.index_put((index,), X_i), certified_mask.index_put((index,), verdict_i),
+            bound.index_put((index,), bound_i), fallback.index_put((index,), fallback[index] | better))
+
+
+@torch.library.custom_op("neuinv::second_stage_inverse", mutates_args=())
+def _second_stage_inverse_op(A: torch.Tensor, X: torch.Tensor, certified_mask: torch.Tensor, bound: torch.Tensor,
+                             fallback: torch.Tensor, limit: float,
+                             positive_definite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    outputs = _second_stage_inverse(A, X, certified_mask, bound, fallback, limit, positive_definite)
+    return tuple(output.clone() if output is given else output
+                 for output, given in zip(outputs, (X, certified_mask, bound, fallback)))
+
+
+@_second_stage_inverse_op.register_fake
+def _(A, X, certified_mask, bound, fallback, limit, positive_definite):
+    return torch.empty_like(X), torch.empty_like(certified_mask), torch.empty_like(bound), torch.empty_like(fallback)
+
+
+@_second_stage_inverse_op.register_vmap
+def _(info, in_dims, *arguments):
+    return flat_batch_vmap(_second_stage_inverse_op, info, in_dims, arguments)
+
+
+def flat_batch_vmap(operator, info, in_dims, arguments):
+    """The vmap rule of an operator on flat batches whose tensor arguments share their first dimension: the vmapped
+    dimension of each tensor (broadcast where it has none) is merged into that first one, and split off the outputs
+    again."""
+    size = info.batch_size
+    merged = []
+    for argument, dim in zip(arguments, in_dims):
+        if isinstance(argument, torch.Tensor):
+            argument = argument.movedim(dim, 0) if dim is not None else argument.expand(size, *argument.shape)
+            argument = argument.reshape(size * argument.shape[1], *argument.shape[2:])
+        merged.append(argument)
+    outputs = operator(*merged)
+    return tuple(output.reshape(size, -1, *output.shape[1:]) for output in outputs), (0,) * len(outputs)
 
 
 def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor) -> torch.Tensor | None:
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
     (b,) first bounds, then only those whose operands ((b, r, c) each) are finite, read for those few only; None where
-    there are none. Every index under torch.compile (no data-dependent subset in a graph)."""
-    if torch.compiler.is_compiling():
-        return torch.arange(bound.shape[0], device=bound.device)
+    there are none."""
     index = second_stage_mask(bound, dtype).nonzero().squeeze(1)
     for operand in operands:
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]

@@ -29,8 +29,8 @@ import torch
 from . import certificate, reference
 from .errors import ArgumentDtypeError, ArgumentValueError
 from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_flag, _check_out, _invert,
-                      _refuse_out_with_transforms, _transformed, _written, raise_if_not_certified, resolved,
-                      second_stage_index)
+                      _refuse_out_with_transforms, _transformed, _written, flat_batch_vmap, raise_if_not_certified,
+                      resolved, second_stage_index)
 from .rules import certified
 
 
@@ -192,7 +192,10 @@ def _solve_detached(A, B, init, options, raise_failures):
 def _second_stage(A, B, X, bound, positive_definite):
     """The scale-aware second stage (:func:`neuinv.inverse.second_stage_index`) for the systems (flat A (b, n, n),
     B, X (b, n, k)) whose first certificate is refused or above the threshold: the equilibrated solve
-    (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller. Every system under torch.compile."""
+    (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller; (X, bound), the inputs themselves where
+    no system took it. Under torch.compile the operator ``neuinv::second_stage_solve``."""
+    if torch.compiler.is_compiling():
+        return torch.ops.neuinv.second_stage_solve(A, B, X, bound, positive_definite)
     index = second_stage_index(bound, COMPUTE_DTYPE.get(A.dtype, A.dtype), A, B)
     if index is None:
         return X, bound
@@ -200,6 +203,23 @@ def _second_stage(A, B, X, bound, positive_definite):
     better = bound_new < bound[index]
     X_i = torch.where(better[:, None, None], X_new, X[index])
     return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_new, bound[index]))
+
+
+@torch.library.custom_op("neuinv::second_stage_solve", mutates_args=())
+def _second_stage_solve_op(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, bound: torch.Tensor,
+                           positive_definite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    X_out, bound_out = _second_stage(A, B, X, bound, positive_definite)
+    return (X_out.clone() if X_out is X else X_out), (bound_out.clone() if bound_out is bound else bound_out)
+
+
+@_second_stage_solve_op.register_fake
+def _(A, B, X, bound, positive_definite):
+    return torch.empty_like(X), torch.empty_like(bound)
+
+
+@_second_stage_solve_op.register_vmap
+def _(info, in_dims, *arguments):
+    return flat_batch_vmap(_second_stage_solve_op, info, in_dims, arguments)
 
 
 class _BatchedSolve(torch.autograd.Function):

@@ -147,3 +147,17 @@ def test_compiled_solve_with_vector_right_hand_sides(n):
     require("cpp")
     X = compiled(A, b)
     assert torch.allclose(X, torch.linalg.solve(A, b), rtol=1e-12, atol=1e-12 * float(X.abs().max()))
+
+
+def test_second_stage_under_torch_compile():
+    """Under torch.compile(fullgraph=True) the second stage is the operator neuinv::second_stage_inverse (solve:
+    second_stage_solve), which the graph calls as it is: the graded matrix is certified as in eager mode."""
+    require("cpp")
+    A = graded([1e-6, 1, 1e6, 1e12], torch.float64)[None].expand(3, 4, 4).contiguous()
+    b = torch.ones(3, 4, dtype=torch.float64)
+    X_eager, info_eager = neuinv.batched_inverse_ex(A)
+    X, info = torch.compile(lambda A: neuinv.batched_inverse_ex(A), fullgraph=True)(A)
+    assert bool(info.certified.all())
+    assert torch.equal(X, X_eager) and torch.equal(info.error_bound, info_eager.error_bound)
+    x = torch.compile(lambda A, b: neuinv.batched_solve(A, b), fullgraph=True)(A, b)
+    assert torch.equal(x, neuinv.batched_solve(A, b))
