@@ -509,21 +509,21 @@ def certificate_scaling(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
 
     R' = D_r R D_r^-1 depends on the row scaling only, and |R| <~ u |A||X| for an X accurate to working precision,
     so theta = ||D_r |R| D_r^-1||_1 is smallest (about u rho(|A||X|), Bauer-Skeel) when 2^p is the left Perron
-    vector of |A||X|: p comes from :data:`PERRON_STEPS` power iterations on |A'||X'| of the xGEEQUB-scaled pair
-    (:func:`equilibration_exponents`), rounded to powers of two; q then scales the columns of 2^p A into [1/2, 1).
-    Any integers give a sound bound; these give a tight one."""
-    p0, q0 = equilibration_exponents(A)
-    A_0 = power_of_two_scaled(A.abs().to(torch.float64), p0[:, :, None] + q0[:, None, :])
-    X_0 = power_of_two_scaled(X.abs().to(torch.float64), -(q0[:, :, None] + p0[:, None, :]))
-    M = torch.bmm(A_0, X_0)
-    M = torch.where(torch.isfinite(M), M, torch.zeros_like(M))
-    v = torch.ones_like(p0)[:, None, :]
+    vector v of |A||X|. Power iteration in the scaled coordinates, so that nothing over- or underflows however wide
+    the scaling: with M_k = |A_k||X_k| for A_k = 2^p A 2^q, X_k = 2^-q X 2^-p (= D_r |A||X| D_r^-1), the column sums
+    c of M_k are (v^T |A||X|)_j / v_j, so v <- v^T |A||X| is p <- p + log2 c (to a power of two); q then scales the
+    columns of 2^p A into [1/2, 1). Starts from xGEEQUB's scaling (:func:`equilibration_exponents`);
+    :data:`PERRON_STEPS` steps. Any integers give a sound bound; these give a tight one."""
+    p, q = equilibration_exponents(A)
+    A_abs, X_abs = A.abs().to(torch.float64), X.abs().to(torch.float64)
     for _ in range(PERRON_STEPS):
-        v = torch.bmm(v, M) + v * 2.0 ** -60
-        v = v / v.amax(dim=-1, keepdim=True).clamp_min(_SMALLEST_NORMAL64)
-    v = v[:, 0, :].clamp_min(2.0 ** -200)
-    p = p0 + frexp_exponent(v)
-    q = -frexp_exponent(power_of_two_scaled(A.abs().to(torch.float64), p[:, :, None]).amax(dim=-2))
+        M = torch.bmm(power_of_two_scaled(A_abs, p[:, :, None] + q[:, None, :]),
+                      power_of_two_scaled(X_abs, -(q[:, :, None] + p[:, None, :])))
+        column_sums = M.sum(dim=-2)
+        usable = torch.isfinite(column_sums) & (column_sums > 0)
+        p = p + torch.where(usable, frexp_exponent(column_sums), torch.zeros_like(p))
+        p = p - p.amax(dim=-1, keepdim=True)
+        q = -frexp_exponent(power_of_two_scaled(A_abs, p[:, :, None]).amax(dim=-2))
     return p, q
 
 

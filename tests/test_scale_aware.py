@@ -1,7 +1,7 @@
 """The scale-aware second stage (neuinv.rules.SCALED_SECOND_STAGE_ABOVE): graded and badly scaled matrices that LU
 inverts accurately are certified close to their true error (exact truths by mpmath), on every backend; overflow of
 the inverse or the solution is named as such; torch.compile of the solve on the shapes that met torch's frexp bug."""
-import math
+from fractions import Fraction
 
 import mpmath
 import pytest
@@ -32,6 +32,23 @@ def true_relative_error(exact, X):
         return float(mpmath.mnorm(difference, "f") / mpmath.mnorm(exact, "f"))
 
 
+def fraction_inverse(M):
+    """The exact inverse of a real matrix of floats (Gauss-Jordan in fractions), as an mpmath matrix: mpmath's own
+    inverse has a pivot tolerance that calls graded matrices spanning 10^+-150 singular."""
+    n = M.shape[0]
+    rows = [[Fraction(v) for v in row] + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(M.tolist())]
+    for c in range(n):
+        pivot = next(r for r in range(c, n) if rows[r][c] != 0)
+        rows[c], rows[pivot] = rows[pivot], rows[c]
+        rows[c] = [v / rows[c][c] for v in rows[c]]
+        for r in range(n):
+            if r != c and rows[r][c] != 0:
+                factor = rows[r][c]
+                rows[r] = [a - factor * b for a, b in zip(rows[r], rows[c])]
+    with mpmath.workdps(60):
+        return mpmath.matrix([[mpmath.mpf(v.numerator) / v.denominator for v in row[n:]] for row in rows])
+
+
 def graded(d, dtype):
     D = torch.diag(torch.tensor(d, dtype=torch.float64))
     return (D @ TRIDIAGONAL @ D).to(dtype)
@@ -39,16 +56,19 @@ def graded(d, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("d", [[1e-6, 1, 1e6, 1e12], [1e-5, 1, 1e5, 1e10], [1e-12, 1e-6, 1, 1e12]],
-                         ids=["1e-6..1e12", "1e-5..1e10", "1e-12..1e12"])
+@pytest.mark.parametrize("d", [[1e-6, 1, 1e6, 1e12], [1e-5, 1, 1e5, 1e10], [1e-12, 1e-6, 1, 1e12],
+                               [1e-18, 1e-18, 1e18, 1e18], [1e-150, 1e-50, 1e50, 1e150]],
+                         ids=["1e-6..1e12", "1e-5..1e10", "1e-12..1e12", "1e+-18", "1e+-150"])
 def test_graded_matrices_are_certified_near_their_true_error(backend, dtype, d):
     """Issue #23 item 4: A = D C D, cond(C) = 9.5, refused (or bounded at 0.74) by the normwise certificate; LU
-    inverts it to working precision. Certified, within 100x of the exact error (floored at eps)."""
+    inverts it to working precision. Certified, within 100x of the exact error (floored at eps); also where D spans
+    10^+-150 (which a Perron vector clamped at 2^-200 once left refused)."""
     require(backend)
+    if dtype == torch.float32 and max(d) > 1e18:
+        pytest.skip("D C D overflows float32")
     A = graded(d, dtype)
     X, info = neuinv.batched_inverse_ex(A[None], backend=backend)
-    with mpmath.workdps(60):
-        exact = mp_matrix(A.double()) ** -1
+    exact = fraction_inverse(A.double())
     error = true_relative_error(exact, X[0])
     bound = float(info.error_bound[0])
     assert bool(info.certified[0]), f"refused: bound {bound}"
