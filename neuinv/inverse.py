@@ -582,6 +582,7 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
     index = _first_index(non_finite if has_non_finite else failed_mask)
     bound = float(error_bound[index])
     order = overflow = None
+    subnormal = False
     if not has_non_finite and math.isinf(bound):
         matrix = A.expand(*batch, *A.shape[-2:])[index]
         if assume_a == "pos":
@@ -589,9 +590,10 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
         if order is None:
             rhs = operands[0].expand(*batch, *operands[0].shape[-2:])[index] if operands else None
             overflow = _overflow(matrix, rhs, assume_a == "pos")
+            subnormal = any(bool(certificate.has_subnormal(M[None])) for M in (matrix, rhs) if M is not None)
     global_index = tuple(i + o for i, o in zip(index, offset)) if offset else index
     raise failure_error(function, global_index, has_non_finite, bound, int(failed_mask.sum()), A.dtype, max_error,
-                        scope=scope, not_positive_definite_at=order, overflow=overflow,
+                        scope=scope, not_positive_definite_at=order, overflow=overflow, subnormal=subnormal,
                         holder=" or its right-hand side" if operands else "")
 
 
@@ -615,13 +617,14 @@ def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None, positive_definite:
 def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int,
                   dtype: torch.dtype, max_error, *, scope: str = "the batch",
                   not_positive_definite_at: int | None = None, overflow: float | None = None,
-                  holder: str = "") -> Exception:
+                  subnormal: bool = False, holder: str = "") -> Exception:
     """The exception neuinv.<function> raises when A[index] is the first matrix it names (one wording for every
     entry point: the single-process functions, :mod:`neuinv.distributed` and :mod:`neuinv.dask`, which name a
     global index): ``ValueError`` if it holds NaN or Inf, else ``torch.linalg.LinAlgError``: not positive
     definite (its Cholesky factorisation fails at the leading minor of order ``not_positive_definite_at``),
     non-singular with an inverse or solution that overflows ``dtype`` (``overflow``: log10 of its largest entry),
-    singular or numerically singular (error_bound +inf), or certified above ``max_error``; ``failed`` matrices of
+    not certified while it (or its right-hand side) holds subnormal entries (``subnormal``), singular or
+    numerically singular (error_bound +inf), or certified above ``max_error``; ``failed`` matrices of
     ``scope`` failed in all; ``holder`` names what else may hold the NaN (" or its right-hand side")."""
     name = "A" if not index else "A[" + ", ".join(map(str, index)) + "]"
     others = (f" ({failed} matrices of {scope} failed; {function}_ex returns the others)" if failed > 1 else "")
@@ -633,6 +636,11 @@ def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error
     elif overflow is not None:
         reason = (f"is not singular, but its {_what(function)} overflows {dtype} (largest |entry| about "
                   f"1e{overflow:.0f}, above {torch.finfo(dtype).max:.3g}); scale {'A or B' if 'solve' in function else 'A'}")
+    elif subnormal:
+        reason = (f"{holder.strip() + ' ' if holder else ''}holds subnormal entries (below "
+                  f"{torch.finfo(COMPUTE_DTYPE.get(dtype, dtype)).smallest_normal:.3g}), which this path does not "
+                  f"certify: a thread that flushes denormals would read them as zero. It may be singular too; scale "
+                  f"{'A and B' if 'solve' in function else 'A'} by a power of two")
     elif math.isinf(error_bound):
         reason = (f"is singular or numerically singular in {COMPUTE_DTYPE.get(dtype, dtype)}: no digit "
                   f"of its {_what(function)} can be certified")

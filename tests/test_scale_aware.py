@@ -129,7 +129,12 @@ def test_singular_matrices_are_never_certified_by_the_second_stage(dtype):
     (lambda: neuinv.batched_inverse((1e-310 * torch.eye(2, dtype=torch.float64))[None]),
      "not singular, but its inverse overflows torch.float64"),
     (lambda: neuinv.batched_inverse(torch.ones(1, 2, 2)), "singular or numerically singular"),
-], ids=["solve-float32", "inverse-float32", "inverse-float16", "inverse-float64", "singular"])
+    (lambda: neuinv.batched_solve((1e-39 * torch.eye(2))[None], torch.full((1, 2), 1e-39)),
+     r"A\[0\] or its right-hand side holds subnormal entries \(below 1.18e-38\)"),
+    (lambda: neuinv.batched_inverse((2.0 ** -1023 * torch.eye(2, dtype=torch.float64))[None], backend="torch"),
+     r"A\[0\] holds subnormal entries \(below 2.23e-308\)"),
+], ids=["solve-float32", "inverse-float32", "inverse-float16", "inverse-float64", "singular", "solve-subnormal",
+        "inverse-subnormal-torch"])
 def test_failure_names_the_true_cause(call, words):
     """Issue #23 item 6: a matrix of condition 1 whose inverse (or solution) does not fit the dtype is not called
     singular."""
