@@ -3,7 +3,6 @@ matrices of chosen condition (10^1 to past 1/eps), graded D C D, row/column-scal
 exactly singular ones; exact truths by mpmath. Asserted: no certified bound below the exact error, no refusal where
 cond(A) eps <= 1e-2, X NaN wherever not certified, A and B never modified. NEUINV_FUZZ_MATRICES (default 1200 per
 dtype; a release check runs 10^5) sets the size; the Triton interpreter takes a tenth."""
-import math
 import os
 
 import mpmath
