@@ -423,8 +423,11 @@ def flat_batch_vmap(operator, info, in_dims, arguments):
 def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor) -> torch.Tensor | None:
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
     (b,) first bounds, then only those whose operands ((b, r, c) each) are finite, read for those few only; None where
-    there are none."""
+    there are none. The ``nonzero`` that selects them is the one data-dependent operator of ``batched_inverse_ex`` on
+    the compiled backends (a host synchronisation on CUDA)."""
     index = second_stage_mask(bound, dtype).nonzero().squeeze(1)
+    if index.numel() == 0:  # the common case: one nonzero over the mask, nothing else
+        return None
     for operand in operands:
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
     return index if index.numel() else None
