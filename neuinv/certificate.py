@@ -411,8 +411,15 @@ def equilibration_exponents(A: torch.Tensor, symmetric: bool = False) -> tuple[t
         d = -torch.floor(frexp_exponent(torch.diagonal(M, dim1=-2, dim2=-1)) / 2)
         return d, d
     p = -frexp_exponent(M.amax(dim=-1))
-    q = -frexp_exponent(power_of_two_scaled(M, p[:, :, None]).amax(dim=-2))
-    return p, q
+    return p, column_exponents(M, p)
+
+
+def column_exponents(M: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """q (b, n) with the columns of 2^p_i |m_ij| 2^q_j largest in [1/2, 1): q_j = -max_i (e(m_ij) + p_i) over the
+    non-zero m_ij (0 for a zero column), e the frexp exponent. Exponent arithmetic: nothing is scaled, so no
+    intermediate 2^p_i m_ij can underflow or overflow however far apart the exponents lie. M: (b, n, n) magnitudes."""
+    exponent = torch.where(M > 0, frexp_exponent(M) + p[:, :, None], torch.full_like(M, -math.inf)).amax(dim=-2)
+    return torch.where(torch.isfinite(exponent), -exponent, torch.zeros_like(exponent))
 
 
 def exactly_scaled(M: torch.Tensor, exponent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -523,7 +530,7 @@ def certificate_scaling(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
         usable = torch.isfinite(column_sums) & (column_sums > 0)
         p = p + torch.where(usable, frexp_exponent(column_sums), torch.zeros_like(p))
         p = p - p.amax(dim=-1, keepdim=True)
-        q = -frexp_exponent(power_of_two_scaled(A_abs, p[:, :, None]).amax(dim=-2))
+        q = column_exponents(A_abs, p)
     return p, q
 
 
