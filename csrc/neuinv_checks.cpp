@@ -8,14 +8,9 @@
 
 namespace neuinv {
 
-void check_batch(const at::Tensor& A, const char* name, c10::DeviceType device) {
-  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), name, " must have shape (b, n, n), got ", A.sizes());
-  TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble, name,
-              " must be float32 or float64, got ", A.scalar_type());
-  TORCH_CHECK(A.device().type() == device, name, " must be on ", c10::DeviceTypeName(device), ", got ", A.device());
-  TORCH_CHECK(A.size(1) <= 64, name, " holds ", A.size(1), "x", A.size(1), " matrices; the kernels take n <= 64");
-}
+namespace {
 
+// X (named `name`) must have A's shape, dtype and device.
 void check_like(const at::Tensor& A, const at::Tensor& X, const char* name) {
   TORCH_CHECK(A.sizes() == X.sizes() && A.scalar_type() == X.scalar_type(), "A and ", name,
               " must have the same shape and dtype, got ", A.sizes(), " ", A.scalar_type(), " and ", X.sizes(), " ",
@@ -23,6 +18,8 @@ void check_like(const at::Tensor& A, const at::Tensor& X, const char* name) {
   TORCH_CHECK(A.device() == X.device(), "A and ", name, " must be on the same device, got ", A.device(), " and ",
               X.device());
 }
+
+}  // namespace
 
 void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>& X0,
                             const c10::optional<at::Tensor>& use_guess, bool refine, double tol, double accept,

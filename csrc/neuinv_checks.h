@@ -1,14 +1,8 @@
-// Argument checks shared by the CPU and CUDA operators; defined in csrc/neuinv_checks.cpp.
+// The argument checks of neuinv::invert, shared by its CPU and CUDA implementations; defined in csrc/neuinv_checks.cpp.
 #pragma once
 #include <ATen/ATen.h>
 
 namespace neuinv {
-
-// A must be a (b, n, n) float32 or float64 batch with n <= 64 on a `device` device; throws naming `name`.
-void check_batch(const at::Tensor& A, const char* name, c10::DeviceType device);
-
-// X (named `name`) must have A's shape, dtype and device.
-void check_like(const at::Tensor& A, const at::Tensor& X, const char* name);
 
 // Most Newton-Schulz steps neuinv::invert takes (from r0 < 1 the residual is below 2^-(2^k) after k steps; the
 // scaled transpose needs about 2 log2(cond A) + 6).

@@ -1,4 +1,4 @@
-// neuinv's operators: their schemas, one TORCH_LIBRARY for every device, in the CPU library (the CUDA library
+// neuinv's operator: its schema, one TORCH_LIBRARY for every device, in the CPU library (the CUDA library
 // adds its kernels to them). The Python reference of each operator is in neuinv/reference.py.
 #include <torch/library.h>
 
@@ -10,12 +10,6 @@ TORCH_LIBRARY(neuinv, m) {
   m.def("invert(Tensor A, Tensor? X0, Tensor? use_guess, bool refine, float tol, float accept, int max_iter,"
         " float guard, float max_error, bool positive_definite=False) -> (Tensor X, Tensor certified, Tensor error_bound, Tensor iterations,"
         " Tensor fallback)");
-  m.def("exact_inverse(Tensor A) -> (Tensor, Tensor)");
-  m.def("residual_norm(Tensor A, Tensor X) -> Tensor");
-  m.def("inverse_and_error_bound(Tensor A) -> (Tensor, Tensor)");
-  m.def("error_bound(Tensor A, Tensor X) -> Tensor");
-  m.def("newton_schulz(Tensor A, Tensor X0, float tol, float accept, int max_iter, bool guarded, float guard)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 }  // namespace neuinv

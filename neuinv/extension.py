@@ -60,7 +60,7 @@ class Part(NamedTuple):
 
 PARTS = {"cpu": Part("cpu", "neuinv_cpu", "neuinv._C", "CPU"),
          "cuda": Part("cuda", "neuinv_cuda", "neuinv._C_cuda", "CUDA")}
-OPERATORS = ("invert", "exact_inverse", "residual_norm", "newton_schulz", "inverse_and_error_bound", "error_bound")
+OPERATORS = ("invert",)
 """The operators the CPU and the CUDA kernels both implement."""
 AUTO_BUILD_ENV = "NEUINV_AUTO_BUILD"
 """Set to 0 to stop the first call that needs the compiled kernels from building them."""
@@ -98,9 +98,9 @@ def sources(part: str) -> list[Path]:
 
 def _headers(part: str) -> list[Path]:
     root = source_directory()
-    headers = sorted(root.glob("*.h"))
+    headers = sorted(root.glob("*.h")) + sorted((root / "kernels").glob("*.h"))
     return headers + sorted((root / "cuda").glob("*.cuh")) + sorted((root / "cuda").glob("*.h")) \
-        if part == "cuda" else headers
+        if part == "cuda" else headers + sorted((root / "cpu").glob("*.h"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -561,27 +561,5 @@ def _register_fakes() -> None:
         batch = A.shape[:-2]
         return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
                 A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
-
-    @torch.library.register_fake("neuinv::exact_inverse")
-    def _(A):
-        return A.new_empty(A.shape), A.new_empty(A.shape[0], dtype=torch.int32)
-
-    @torch.library.register_fake("neuinv::inverse_and_error_bound")
-    def _(A):
-        return A.new_empty(A.shape), A.new_empty(A.shape[0], dtype=torch.float64)
-
-    @torch.library.register_fake("neuinv::error_bound")
-    def _(A, X):
-        return A.new_empty(A.shape[0], dtype=torch.float64)
-
-    @torch.library.register_fake("neuinv::residual_norm")
-    def _(A, X):
-        return A.new_empty(A.shape[0])
-
-    @torch.library.register_fake("neuinv::newton_schulz")
-    def _(A, X0, tol, accept, max_iter, guarded, guard):
-        b = A.shape[0]
-        return (A.new_empty(A.shape), A.new_empty(b), A.new_empty(b, dtype=torch.bool),
-                A.new_empty(b, dtype=torch.int32))
 
     _register_fakes.done = True

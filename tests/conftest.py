@@ -30,6 +30,26 @@ def residual_bound(A):
     return 4 * max(torch_residual, A.shape[-1] * torch.finfo(A.dtype).eps, measurement)
 
 
+def invert_operator(A, X0=None, use_guess=None, *, refine=None, tol=1e-16, accept=1e-3, max_iter=10, guard=0.5,
+                    max_error=1.0, positive_definite=False):
+    """torch.ops.neuinv.invert with its defaults spelled out: the exact path without X0, Newton-Schulz from X0
+    (guarded) with it. Returns (X, certified, error_bound, iterations, fallback)."""
+    refine = X0 is not None if refine is None else refine
+    return torch.ops.neuinv.invert(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error,
+                                   positive_definite)
+
+
+def compiled_error_bound(A, X):
+    """The compiled certificate of X as given (certificate.error_bound's counterpart in the operator): X as the
+    operator's X0 with a stopping rule that accepts it at step 0; +inf where the operator left X (its bound not
+    below 1, or X not finite)."""
+    X_out, _, bound, iterations, fallback = invert_operator(A, X, tol=1e300, accept=1e300, max_iter=0, guard=1e300)
+    assert (iterations == 0).all()
+    kept = ~fallback
+    assert torch.equal(X_out[kept], X[kept])
+    return torch.where(kept, bound, torch.full_like(bound, float("inf")))
+
+
 def assert_no_host_synchronisation(backend: str) -> None:
     """batched_inverse_ex on a CUDA batch (exact path, warm start, Newton–Schulz from the scaled transpose) under
     torch.cuda.set_sync_debug_mode("error"): any host synchronisation raises."""

@@ -10,7 +10,7 @@ import neuinv
 from neuinv import extension, reference
 from neuinv.rules import NewtonSchulzRules
 from neuinv.backends import available_backends, resolve_backend
-from conftest import conditioned_matrices, residual_bound, true_residual, warm_start
+from conftest import conditioned_matrices, invert_operator, residual_bound, true_residual, warm_start
 
 pytestmark = pytest.mark.skipif(not extension.ensure(), reason="the C++ kernels are not built and cannot be built here")
 SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 31, 32, 33, 64]
@@ -41,26 +41,17 @@ def test_build_holds_the_cuda_kernels_whenever_the_toolchain_can_compile_them():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, dtype", cases())
-def test_exact_kernel_matches_torch(n, dtype, device):
-    A = conditioned_matrices(37, n, 100.0, dtype, seed=n).to(device)
-    X, pivots = torch.ops.neuinv.exact_inverse(A)
-    assert X.device == A.device and (pivots == 0).all()
-    assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
-    # Both compute I - A X in working precision, in different orders; each is within
-    # gamma_n ||A||_F ||X||_F (gamma_n ~ n eps) of the exact residual (Higham, Accuracy and Stability, 3.5).
-    rounding = working_precision_rounding(A, X)
-    assert ((torch.ops.neuinv.residual_norm(A, X) - reference.residual_norm(A, X)).abs() <= 2 * rounding).all()
-
-
-@pytest.mark.parametrize("n, dtype", cases())
-def test_fused_exact_path_kernel_certifies_what_it_returns(n, dtype):
-    """neuinv::inverse_and_error_bound (CPU): Gauss-Jordan in double, certified before the rounding to A's dtype.
-    The bound holds against the float64 truth and, for float32, stays at a few eps32 (cond 100)."""
+def test_exact_path_certifies_what_it_returns(n, dtype, device):
+    """The exact path of neuinv::invert (Gauss-Jordan in double, certified before the rounding to A's dtype, the
+    contract of rules.EXACT_PATH): a singular member gets NaN and +inf alone; the others are as accurate as
+    torch.linalg.inv, their bounds hold against the float64 truth and, for float32, stay at a few eps32 (cond 100)."""
     A = conditioned_matrices(37, n, 100.0, dtype, seed=n)
     A[5] = 0.0  # singular for every n
-    X, bound = torch.ops.neuinv.inverse_and_error_bound(A)
+    X, certified, bound, iterations, fallback = invert_operator(A.to(device))
+    X, certified, bound = X.cpu(), certified.cpu(), bound.cpu()
     good = torch.arange(37) != 5
-    assert torch.isnan(X[5]).all() and torch.isinf(bound[5])
+    assert torch.isnan(X[5]).all() and torch.isinf(bound[5]) and not certified[5]
+    assert certified[good].all() and fallback.all() and (iterations == 0).all()
     assert true_residual(A[good], X[good]).max().item() <= residual_bound(A[good])
     truth = torch.linalg.inv(A[good].double())
     error = torch.linalg.matrix_norm(X[good].double() - truth) / torch.linalg.matrix_norm(truth)
@@ -70,44 +61,41 @@ def test_fused_exact_path_kernel_certifies_what_it_returns(n, dtype):
 
 
 @pytest.mark.parametrize("n", [2, 3, 4])
-def test_closed_forms_are_as_accurate_as_gauss_jordan_when_ill_conditioned(n):
+def test_closed_forms_are_as_accurate_as_lu_when_ill_conditioned(n):
     """float32 n <= 4 take the closed forms (adjugate / determinant in double), whose error grows like
-    eps64 cond^(n-1); up to cond 1e6 their certified results stay at Gauss-Jordan's accuracy (a result that
-    is not certified to float32 accuracy is redone by Gauss-Jordan) and within the bar set by torch.linalg.inv."""
+    eps64 cond^(n-1); up to cond 1e6 their certified results (a result not certified to float32 accuracy is
+    redone by Gauss-Jordan) stay within the bar set by torch.linalg.inv and its LU."""
     for cond in (1e4, 1e6):
         A = conditioned_matrices(203, n, cond, torch.float32, seed=n)
-        X, bound = torch.ops.neuinv.inverse_and_error_bound(A)
-        X_gauss_jordan, _ = torch.ops.neuinv.exact_inverse(A)
-        assert torch.isfinite(bound).all()
+        X, certified, bound, _, _ = invert_operator(A)
+        assert certified.all() and torch.isfinite(bound).all()
         truth = true_residual(A, X)
         assert truth.max().item() <= residual_bound(A)
-        assert truth.max().item() <= 2 * true_residual(A, X_gauss_jordan).max().item()
+        assert truth.max().item() <= 2 * true_residual(A, torch.linalg.inv(A)).max().item()
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, dtype", cases())
-def test_newton_schulz_kernel_matches_reference(n, dtype, device):
-    """Above the rounding floor (tol = 64 eps) the stopping step is set by quadratic convergence, so kernel
-    and reference stop at the same step, or one apart where a residual lands within rounding of the
-    threshold. At tol = eps/4 matrices stop at the floor (r > r_prev / 2), after a number of extra steps
-    decided by rounding noise: there the kernel and reference on the same CPU differ by 2 steps for 5-10% of
-    seeds at n <= 5 (37 matrices each), so only accuracy is compared, and that the floor is not hit early."""
+def test_newton_schulz_matches_reference(n, dtype, device):
+    """Newton-Schulz inside neuinv::invert against reference.newton_schulz_refine. Above the rounding floor
+    (tol = 64 eps) the stopping step is set by quadratic convergence, so kernel and reference stop at the same
+    step, or one apart where a residual lands within rounding of the threshold; the refined X is kept (no
+    fallback) and meets tol. At tol = eps/4 matrices stop at the floor (r > r_prev / 2) after a number of extra
+    steps decided by rounding noise, so only accuracy is compared, and that the floor is not hit early."""
     A = conditioned_matrices(37, n, 100.0, dtype, seed=n).to(device)
     X0 = warm_start(A, 0.05, seed=2)
     eps = torch.finfo(dtype).eps
     stopping_steps = {}
     for tol in (64 * eps, eps / 4):
-        args = (A, X0, tol, 1e-3, 10, True, 0.5)
         rules = NewtonSchulzRules(tol, 1e-3, 10, True, 0.5)
-        X_ref, r_ref, done_ref, steps_ref = reference.newton_schulz_refine(A, X0, rules)
-        X, r, done, steps = torch.ops.neuinv.newton_schulz(*args)
-        assert done.all() and done_ref.all()
+        _, _, done_ref, steps_ref = reference.newton_schulz_refine(A, X0, rules)
+        X, certified, _, steps, fallback = invert_operator(A, X0, tol=tol)
+        assert done_ref.all() and certified.all() and not fallback.any()
         rounding = working_precision_rounding(A, X).cpu().double()
-        assert ((r.cpu().double() - true_residual(A, X)).abs() <= rounding).all()
         if tol > eps:
             norms = (torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)).cpu().double()
             assert (true_residual(A, X) <= tol * norms + rounding).all()
-            assert (steps - steps_ref).abs().max() <= 1
+            assert (steps.cpu() - steps_ref.cpu()).abs().max() <= 1
         else:
             assert true_residual(A, X).max().item() <= residual_bound(A.cpu())
         stopping_steps[tol] = steps
@@ -115,21 +103,44 @@ def test_newton_schulz_kernel_matches_reference(n, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_singular_and_nan_members_are_flagged_alone(device):
-    A = conditioned_matrices(9, 5, 10.0, torch.float64)
+@pytest.mark.parametrize("n", [3, 5, 12])
+def test_singular_and_nan_members_are_flagged_alone(device, n):
+    """Exact path, Newton-Schulz from a guess, and a guess used for some matrices only (use_guess): a rank-one
+    member and one with a NaN entry are refused alone, in packs (n <= 8) and one matrix at a time."""
+    A = conditioned_matrices(19, n, 10.0, torch.float64)
     A[2] = 1.0  # rank one
     A[6, 0, 0] = float("nan")
     A = A.to(device)
-    X, pivots = torch.ops.neuinv.exact_inverse(A)
-    assert pivots[2] > 0 and torch.isnan(X[2]).all()
-    good = torch.tensor([i not in (2, 6) for i in range(9)])
-    assert (pivots[good] == 0).all() and torch.allclose(X[good], torch.linalg.inv(A[good]), atol=1e-10)
+    good = torch.tensor([i not in (2, 6) for i in range(19)], device=device)
     guess = torch.nan_to_num(warm_start(A, 1e-3))
-    X_ns, r, done, _ = torch.ops.neuinv.newton_schulz(A, guess, 1e-16, 1e-6, 10, True, 0.5)
-    assert not done[6] and not done[2] and done[good].all()
+    use_guess = torch.arange(19, device=device) % 3 != 0
+    for X0, use in ((None, None), (guess, None), (guess, use_guess)):
+        X, certified, bound, iterations, fallback = invert_operator(A, X0, use)
+        assert certified.tolist() == good.tolist()
+        assert torch.isnan(X[~good]).all() and torch.isinf(bound[~good]).all()
+        assert torch.allclose(X[good], torch.linalg.inv(A[good]), atol=1e-10)
+        if X0 is not None:
+            refined = good if use is None else good & use
+            assert not fallback[refined].any() and (iterations[refined] > 0).all()
+            assert fallback[~refined].all()
     backend = "cpp" if device == "cpu" else "cuda"
     Xb, info = neuinv.batched_inverse_ex(A, init=guess, backend=backend)
     assert info.certified.tolist() == good.tolist()
+
+
+@pytest.mark.parametrize("n", [3, 8, 16])
+def test_pack_lanes_are_independent(n):
+    """A matrix gets the same bits wherever it sits in the batch: in a full pack, a partial last pack, or next to
+    singular, NaN and badly conditioned neighbours."""
+    A = conditioned_matrices(21, n, 1e6, torch.float64, seed=n)
+    A[3] = 0.0
+    A[4, 1, 1] = float("nan")
+    for X0 in (None, warm_start(A, 1e-3)):
+        whole = invert_operator(A, X0)
+        for m in range(A.shape[0]):
+            alone = invert_operator(A[m:m + 1], None if X0 is None else X0[m:m + 1])
+            for together, single in zip(whole, alone):
+                assert torch.equal(together[m:m + 1].nan_to_num(7.0), single.nan_to_num(7.0)), (n, m)
 
 
 BAD_INPUT_SCRIPT = """
@@ -137,14 +148,15 @@ import sys, torch
 from neuinv import extension
 device, route = sys.argv[1:]
 assert extension.load("cuda" if route == "cuda-implementation" else "cpu")
-call = torch.ops.neuinv.exact_inverse
+arguments = (None, None, False, 1e-16, 1e-3, 10, 0.5, 1.0, False)
+call = lambda A: torch.ops.neuinv.invert(A, *arguments)
 if route == "cuda-implementation":  # the CUDA operator's own checks, reached with CPU tensors
     keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
-    call = lambda A: torch.ops.neuinv.exact_inverse.default.redispatch(keys, A)
-too_large = "must be on CUDA" if route == "cuda-implementation" else "n <= 64"
+    call = lambda A: torch.ops.neuinv.invert.default.redispatch(keys, A, *arguments)
+too_large = "must be on CUDA" if route == "cuda-implementation" else "1 <= n <= 64"
 for bad, expected in ((torch.eye(65, device=device)[None], too_large),
                       (torch.eye(3, dtype=torch.complex64, device=device)[None], "float32 or float64"),
-                      (torch.eye(3, device=device), "shape (b, n, n)")):
+                      (torch.ones(3, device=device), "shape (*, n, n)")):
     try:
         call(bad)
     except RuntimeError as error:
@@ -164,10 +176,10 @@ def raises_in_child(device, route):
 @pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_input_and_bad_shapes(device):
     A = conditioned_matrices(6, 4, 10.0, torch.float64).to(device).mT
-    X, _ = torch.ops.neuinv.exact_inverse(A)
+    X = invert_operator(A)[0]
     assert torch.allclose(X, torch.linalg.inv(A), atol=1e-12)
-    X_empty, info_empty = torch.ops.neuinv.exact_inverse(torch.empty(0, 5, 5, device=device))
-    assert X_empty.shape == (0, 5, 5) and info_empty.shape == (0,)
+    X_empty, certified_empty, *_ = invert_operator(torch.empty(0, 5, 5, device=device))
+    assert X_empty.shape == (0, 5, 5) and certified_empty.shape == (0,)
     # In a child process: on the H100 (torch 2.11) the CUDA operator's argument errors crashed the process
     # (SIGSEGV) instead of raising; isolated, the crash fails this test instead of the whole run.
     raises_in_child(device, "dispatcher")
@@ -182,7 +194,7 @@ def test_cuda_operators_raise_clear_errors_without_a_gpu():
 
 
 def test_cpp_backend_end_to_end_and_auto_dispatch():
-    for n in (2, 6, 16, 40):  # closed form, compact and one-matrix kernels
+    for n in (2, 6, 16, 40):  # closed form, packs and one matrix at a time
         A = conditioned_matrices(50, n, 100.0, torch.float32)
         assert resolve_backend("auto", A).name == "cpp"
         for kwargs in ({}, {"init": warm_start(A, 1e-2)}, {"backend": "cpp"}):
@@ -209,21 +221,20 @@ def test_cuda_backend_end_to_end_over_many_blocks(n):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("op, args", [
-    ("exact_inverse", lambda A: (A,)),
-    ("residual_norm", lambda A: (A, torch.linalg.inv(A))),
-    ("inverse_and_error_bound", lambda A: (A,)),
-    ("error_bound", lambda A: (A, torch.linalg.inv(A))),
-    ("newton_schulz", lambda A: (A, torch.linalg.inv(A), 1e-7, 1e-3, 5, True, 0.5)),
-])
-def test_opcheck(op, args, device):
+@pytest.mark.parametrize("arguments", [
+    lambda A: (A, None, None, False, 1e-16, 1e-3, 10, 0.5, 1.0, False),
+    lambda A: (A, torch.linalg.inv(A), None, True, 1e-7, 1e-3, 5, 0.5, 1.0, False),
+    lambda A: (A, torch.linalg.inv(A), torch.tensor([True, False, True, True], device=A.device), True, 1e-7, 1e-3,
+               5, 0.5, 1e-6, True),
+], ids=["exact", "newton-schulz", "use-guess-positive-definite"])
+def test_opcheck(arguments, device):
     A = conditioned_matrices(4, 3, 10.0, torch.float64).to(device)
-    torch.library.opcheck(getattr(torch.ops.neuinv, op).default, args(A), test_utils=("test_schema", "test_faketensor"))
+    A = A @ A.mT
+    torch.library.opcheck(torch.ops.neuinv.invert.default, arguments(A), test_utils=("test_schema", "test_faketensor"))
 
 
-def test_torch_compile_traces_batched_inverse():
+def test_torch_compile_traces_the_operator():
     A = conditioned_matrices(8, 4, 10.0, torch.float64)
     init = warm_start(A, 1e-2)
-    compiled = torch.compile(lambda M, X0: torch.ops.neuinv.newton_schulz(M, X0, 1e-16, 1e-6, 10, True, 0.5)[0],
-                             backend="eager", fullgraph=True)
+    compiled = torch.compile(lambda M, X0: invert_operator(M, X0)[0], backend="eager", fullgraph=True)
     assert torch.allclose(compiled(A, init), torch.linalg.inv(A), atol=1e-12)

@@ -23,9 +23,6 @@ template <typename T>
 cudaError_t launch_cholesky_inverse(const T* A, T* X, int32_t* info, const bool* needed, int64_t batch, int n,
                                     cudaStream_t stream);
 
-template <typename T>
-cudaError_t launch_residual_norm(const T* A, const T* X, T* residual, int64_t batch, int n, cudaStream_t stream);
-
 // The Newton-Schulz loop from X0 for the matrices where `use_guess` (nullptr: all); the others stop at step 0,
 // not done, with X not written.
 template <typename T>
@@ -37,6 +34,30 @@ cudaError_t launch_newton_schulz(const T* A, const T* X0, T* X, T* residual, boo
 template <typename T>
 cudaError_t launch_error_bound(const T* A, const T* X, const bool* todo, double* bound, int64_t batch, int n,
                                cudaStream_t stream);
+
+// The whole of neuinv::invert for n <= kSmallMaxN, one thread per matrix (csrc/kernels/per_matrix.h): the
+// operator's tensors as contiguous device pointers (X0, use_guess nullable).
+constexpr int kSmallMaxN = 8;
+
+template <typename T>
+struct InvertSmallArguments {
+  const T* A;
+  const T* X0;
+  const bool* use_guess;
+  T* X;
+  bool* certified;
+  double* bound;
+  int32_t* iterations;
+  bool* fallback;
+  int64_t batch;
+  bool refine;
+  rules::NewtonSchulzRules rules;
+  double max_error;
+  bool positive_definite;
+};
+
+template <typename T>
+cudaError_t launch_invert_small(const InvertSmallArguments<T>& args, int n, cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace neuinv

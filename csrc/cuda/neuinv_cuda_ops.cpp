@@ -55,66 +55,6 @@ void newton_schulz_into(const at::Tensor& A, const at::Tensor& X0, const at::Ten
   });
 }
 
-std::tuple<at::Tensor, at::Tensor> exact_inverse_cuda(const at::Tensor& A_in) {
-  check_batch(A_in, "A", at::kCUDA);
-  const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous();
-  at::Tensor X = at::empty_like(A);
-  at::Tensor info = at::zeros({A.size(0)}, A.options().dtype(at::kInt));
-  exact_inverse_into(A, X, info, at::Tensor());
-  return {X, info};
-}
-
-at::Tensor residual_norm_cuda(const at::Tensor& A_in, const at::Tensor& X_in) {
-  check_batch(A_in, "A", at::kCUDA);
-  check_batch(X_in, "X", at::kCUDA);
-  check_like(A_in, X_in, "X");
-  const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
-  at::Tensor r = at::zeros({A.size(0)}, A.options());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_residual_norm_cuda", [&] {
-    C10_CUDA_CHECK(cuda_kernels::launch_residual_norm<scalar_t>(A.data_ptr<scalar_t>(), X.data_ptr<scalar_t>(),
-                                                                r.data_ptr<scalar_t>(), A.size(0),
-                                                                static_cast<int>(A.size(1)), stream));
-  });
-  return r;
-}
-
-at::Tensor error_bound_cuda(const at::Tensor& A_in, const at::Tensor& X_in) {
-  check_batch(A_in, "A", at::kCUDA);
-  check_batch(X_in, "X", at::kCUDA);
-  check_like(A_in, X_in, "X");
-  const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous(), X = X_in.contiguous();
-  at::Tensor bound = at::empty({A.size(0)}, A.options().dtype(at::kDouble));
-  error_bound_into(A, X, at::Tensor(), bound);
-  return bound;
-}
-
-std::tuple<at::Tensor, at::Tensor> inverse_and_error_bound_cuda(const at::Tensor& A_in) {
-  auto [X, info] = exact_inverse_cuda(A_in);
-  at::Tensor bound = error_bound_cuda(A_in, X);
-  return {X, bound};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> newton_schulz_cuda(
-    const at::Tensor& A_in, const at::Tensor& X0_in, double tol, double accept, int64_t max_iter,
-    bool guarded, double guard) {
-  check_batch(A_in, "A", at::kCUDA);
-  check_batch(X0_in, "X0", at::kCUDA);
-  check_like(A_in, X0_in, "X0");
-  const c10::cuda::CUDAGuard device_guard(A_in.device());
-  const at::Tensor A = A_in.contiguous(), X0 = X0_in.contiguous();
-  const int64_t b = A.size(0);
-  at::Tensor X = at::empty_like(A);
-  at::Tensor residual = at::zeros({b}, A.options());
-  at::Tensor done = at::zeros({b}, A.options().dtype(at::kBool));
-  at::Tensor steps = at::zeros({b}, A.options().dtype(at::kInt));
-  newton_schulz_into(A, X0, at::Tensor(), X, residual, done, steps, {tol, accept, max_iter, guarded, guard});
-  return {X, residual, done, steps};
-}
-
 // X0 = A^T / ||A||_1 / ||A||_inf (reference.scaled_transpose_guess), by ATen operations on the device.
 at::Tensor scaled_transpose(const at::Tensor& A) {
   const double tiny = A.scalar_type() == at::kFloat ? std::numeric_limits<float>::min()
@@ -125,7 +65,32 @@ at::Tensor scaled_transpose(const at::Tensor& A) {
   return (A.transpose(1, 2) / norm_1 / norm_inf).contiguous();
 }
 
-// neuinv::invert (reference.invert, on A of shape (*, n, n)) as a sequence of launches on the current stream: Newton-Schulz where a guess
+// neuinv::invert for n <= kSmallMaxN: one launch, one thread per matrix (csrc/cuda/neuinv_cuda_invert_small.cu).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_small(
+    const at::Tensor& A, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
+    at::Tensor& X, bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
+    bool positive_definite, at::IntArrayRef shape) {
+  const int64_t b = A.size(0), n = A.size(1);
+  const auto batch = shape.slice(0, shape.size() - 2);
+  const at::Tensor X0 = X0_in.has_value() ? X0_in->reshape({b, n, n}).contiguous() : at::Tensor();
+  const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->reshape({b}).contiguous() : at::Tensor();
+  at::Tensor certified = at::empty({b}, A.options().dtype(at::kBool));
+  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
+  at::Tensor iterations = at::empty({b}, A.options().dtype(at::kInt));
+  at::Tensor fallback = at::empty({b}, A.options().dtype(at::kBool));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert_small_cuda", [&] {
+    const cuda_kernels::InvertSmallArguments<scalar_t> args{
+        A.data_ptr<scalar_t>(), data_or_null<scalar_t>(X0), data_or_null<bool>(use_guess), X.data_ptr<scalar_t>(),
+        certified.data_ptr<bool>(), bound.data_ptr<double>(), iterations.data_ptr<int32_t>(),
+        fallback.data_ptr<bool>(), b, refine, {tol, accept, max_iter, X0.defined(), guard}, max_error,
+        positive_definite};
+    C10_CUDA_CHECK(cuda_kernels::launch_invert_small<scalar_t>(args, static_cast<int>(n), stream));
+  });
+  return {X.view(shape), certified.view(batch), bound.view(batch), iterations.view(batch), fallback.view(batch)};
+}
+
+// neuinv::invert (reference.invert, on A of shape (*, n, n)) for n > kSmallMaxN as a sequence of launches on the current stream: Newton-Schulz where a guess
 // is used, the certificate of the matrices that stopped done, Gauss-Jordan (Cholesky when positive_definite) and its certificate where that one is
 // missing or above max_error, the verdict. Per-matrix choices are device masks; nothing waits for the host.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cuda(
@@ -138,6 +103,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cu
   const int64_t b = c10::multiply_integers(batch), n = A_in.size(-1);
   const at::Tensor A = A_in.reshape({b, n, n}).contiguous();
   at::Tensor X = at::empty_like(A);
+  if (n <= cuda_kernels::kSmallMaxN) return invert_small(A, X0_in, use_guess_in, X, refine, tol, accept, max_iter,
+                                                          guard, max_error, positive_definite, A_in.sizes());
   at::Tensor bound = at::full({b}, std::numeric_limits<double>::infinity(), A.options().dtype(at::kDouble));
   at::Tensor iterations = at::zeros({b}, A.options().dtype(at::kInt));
   at::Tensor needed;  // undefined: every matrix takes the exact path
@@ -165,11 +132,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cu
 
 TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
   m.impl("invert", &invert_cuda);
-  m.impl("exact_inverse", &exact_inverse_cuda);
-  m.impl("residual_norm", &residual_norm_cuda);
-  m.impl("inverse_and_error_bound", &inverse_and_error_bound_cuda);
-  m.impl("error_bound", &error_bound_cuda);
-  m.impl("newton_schulz", &newton_schulz_cuda);
 }
 
 }  // namespace neuinv

@@ -1,0 +1,62 @@
+// neuinv::invert on CUDA for n <= kSmallMaxN: one thread per matrix running the per-matrix kernel kernels::invert
+// (csrc/kernels/per_matrix.h), the same source the CPU driver runs on SIMD packs (the design of cuSolverDx's
+// one-thread-per-matrix mode). Every decision per matrix is made in its thread; nothing waits for the host.
+#include <cuda_runtime.h>
+
+#include "../kernels/per_matrix.h"
+#include "neuinv_cuda_launch.h"
+
+namespace neuinv {
+namespace cuda_kernels {
+namespace {
+
+constexpr int kThreadsPerBlock = 128;
+
+template <typename T, int N>
+__global__ void invert_small_kernel(const T* __restrict__ A, const T* __restrict__ X0,
+                                    const bool* __restrict__ use_guess, T* __restrict__ X,
+                                    bool* __restrict__ certified, double* __restrict__ bound,
+                                    int32_t* __restrict__ iterations, bool* __restrict__ fallback, int64_t batch,
+                                    bool refine, rules::NewtonSchulzRules rules, double max_error,
+                                    bool positive_definite) {
+  const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (m >= batch) return;
+  constexpr int64_t size = N * N;
+  kernels::invert<T, N, T, double>(A + m * size, X0 == nullptr ? X0 : X0 + m * size,
+                                   use_guess == nullptr ? use_guess : use_guess + m, X + m * size, certified + m,
+                                   bound + m, iterations + m, fallback + m, 1, N, refine, rules, max_error,
+                                   positive_definite);
+}
+
+template <typename T, int N>
+cudaError_t launch_for_size(const InvertSmallArguments<T>& args, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((args.batch + kThreadsPerBlock - 1) / kThreadsPerBlock));
+  invert_small_kernel<T, N><<<grid, kThreadsPerBlock, 0, stream>>>(
+      args.A, args.X0, args.use_guess, args.X, args.certified, args.bound, args.iterations, args.fallback, args.batch,
+      args.refine, args.rules, args.max_error, args.positive_definite);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_invert_small(const InvertSmallArguments<T>& args, int n, cudaStream_t stream) {
+  if (args.batch == 0) return cudaSuccess;
+  switch (n) {
+    case 1: return launch_for_size<T, 1>(args, stream);
+    case 2: return launch_for_size<T, 2>(args, stream);
+    case 3: return launch_for_size<T, 3>(args, stream);
+    case 4: return launch_for_size<T, 4>(args, stream);
+    case 5: return launch_for_size<T, 5>(args, stream);
+    case 6: return launch_for_size<T, 6>(args, stream);
+    case 7: return launch_for_size<T, 7>(args, stream);
+    case 8: return launch_for_size<T, 8>(args, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template cudaError_t launch_invert_small<float>(const InvertSmallArguments<float>&, int, cudaStream_t);
+template cudaError_t launch_invert_small<double>(const InvertSmallArguments<double>&, int, cudaStream_t);
+
+}  // namespace cuda_kernels
+}  // namespace neuinv

@@ -1,0 +1,48 @@
+// The value types the per-matrix kernels (csrc/kernels/per_matrix.h) are written for. A kernel works on "a
+// matrix of V": with V a scalar (float, double) that is one matrix, as one CPU thread or one CUDA thread holds
+// it; with V a pack of kLanes values (csrc/cpu/simd.h) it is kLanes matrices interleaved element by element, the
+// compact layout of Intel MKL's compact batch routines and KokkosBatched's SIMD types, every operation running
+// across the matrices. Arithmetic<V> gives what the kernels need beyond + - * /: lane-wise comparison and
+// selection, absolute value, square root and access to one lane. No ATen and no std:: calls, so that nvcc
+// compiles it for the device.
+#pragma once
+#include <math.h>
+
+#include <cstdint>
+
+#include "../neuinv_rules.h"
+
+namespace neuinv {
+namespace kernels {
+
+template <typename V>
+struct Arithmetic;
+
+// One matrix per thread (CPU or CUDA): the only lane is the value itself.
+template <typename T>
+struct ScalarArithmetic {
+  using scalar = T;
+  using mask = bool;
+  static constexpr int kLanes = 1;
+  static NEUINV_HOST_DEVICE T broadcast(double v) { return static_cast<T>(v); }
+  static NEUINV_HOST_DEVICE T select(bool m, T a, T b) { return m ? a : b; }
+  static NEUINV_HOST_DEVICE T magnitude(T v) { return fabs(v); }
+  static NEUINV_HOST_DEVICE T square_root(T v) { return sqrt(v); }
+  static NEUINV_HOST_DEVICE bool greater(T a, T b) { return a > b; }
+  static NEUINV_HOST_DEVICE bool equal(T a, T b) { return a == b; }
+  static NEUINV_HOST_DEVICE bool either(bool a, bool b) { return a || b; }
+  static NEUINV_HOST_DEVICE bool negate(bool m) { return !m; }
+  static NEUINV_HOST_DEVICE bool any(bool m) { return m; }
+  static NEUINV_HOST_DEVICE T lane(T v, int) { return v; }
+  static NEUINV_HOST_DEVICE void set_lane(T& v, int, T x) { v = x; }
+  static NEUINV_HOST_DEVICE bool mask_lane(bool m, int) { return m; }
+  static NEUINV_HOST_DEVICE void set_mask_lane(bool& m, int, bool x) { m = x; }
+};
+
+template <>
+struct Arithmetic<float> : ScalarArithmetic<float> {};
+template <>
+struct Arithmetic<double> : ScalarArithmetic<double> {};
+
+}  // namespace kernels
+}  // namespace neuinv
