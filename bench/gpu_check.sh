@@ -85,11 +85,9 @@ for n in (1, 3, 5, 8, 13, 32, 33, 64):
         A[5] = 0.0  # a singular member
         X0 = warm_start(A, 1e-2)
         mask = torch.arange(37, device="cuda") % 3 > 0
-        torch.ops.neuinv.exact_inverse(A)
-        torch.ops.neuinv.error_bound(A, X0)
-        torch.ops.neuinv.newton_schulz(A, X0, 1e-7, 1e-3, 10, True, 0.5)
         for args in ((None, None, False), (None, None, True), (X0, None, True), (X0, mask, True)):
-            torch.ops.neuinv.invert(A, *args, 1e-7, 1e-3, 10, 0.5, 1.0)
+            for positive_definite in (False, True):
+                torch.ops.neuinv.invert(A, *args, 1e-7, 1e-3, 10, 0.5, 1.0, positive_definite)
 torch.cuda.synchronize()
 print("memcheck script done")
 PY

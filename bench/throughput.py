@@ -262,14 +262,13 @@ def methods(A: torch.Tensor, init: torch.Tensor, device: str):
                lambda b=backend: neuinv.batched_inverse(A, method="newton_schulz", backend=b), 2)
         yield f"neuinv {backend}, warm start 1e-3", lambda b=backend: neuinv.batched_inverse(A, init=init, backend=b), 3
     if compiled_backends and compiled_backends[0] in ("cuda", "cpp"):
-        # The compiled kernels alone, without dispatch and verification: exact inverse (reads A, writes X)
-        # and the whole warm-started Newton-Schulz loop (reads A and X0, writes X).
+        # The operator alone, without the Python dispatch around it: the exact path (reads A, writes X and the
+        # per-matrix info) and the warm-started Newton-Schulz loop (reads A and X0).
         tol = torch.finfo(A.dtype).eps / 2
         yield "operator neuinv::invert (exact path)", \
             lambda: torch.ops.neuinv.invert(A, None, None, False, tol, 1e-3, 64, 0.5, 1.0), 2
-        yield "kernel neuinv::exact_inverse", lambda: torch.ops.neuinv.exact_inverse(A), 2
-        yield "kernel neuinv::newton_schulz, warm 1e-3", \
-            lambda: torch.ops.neuinv.newton_schulz(A, init, tol, 1e-3, 10, True, 0.5), 3
+        yield "operator neuinv::invert, warm 1e-3", \
+            lambda: torch.ops.neuinv.invert(A, init, None, True, tol, 1e-3, 10, 0.5, 1.0), 3
 
 
 def run(args) -> list[dict]:
