@@ -33,8 +33,6 @@ their compositions work, with the analytic derivatives d(A^-1) = -A^-1 dA A^-1.
 """
 from __future__ import annotations
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import torch

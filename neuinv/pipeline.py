@@ -55,8 +55,8 @@ def invert_or_raise(A, init, options: CallOptions, raise_failures: bool):
 
 
 def invert(A, init, options: CallOptions):
-    """(X, :class:`InverseInfo`) for checked arguments, A and init resolved and detached: float16/bfloat16 through
-    float32 (:func:`_invert_half`), every other dtype by :func:`_invert_in_dtype`."""
+    """(X, :class:`InverseInfo`) for checked arguments (A and init resolved: :func:`neuinv.arguments.resolved`):
+    float16/bfloat16 through float32 (:func:`_invert_half`), every other dtype by :func:`_invert_in_dtype`."""
     if A.dtype in HALF_DTYPES:
         return _invert_half(A, init, options)
     return _invert_in_dtype(A, init, options)

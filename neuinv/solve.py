@@ -141,7 +141,7 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
     return _solve(A, B_matrix, vector, init, options, raise_failures=check_errors, out=out, left=left)
 
 
-def _solve(A, B, vector, init, options, raise_failures, out, left):
+def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, left: bool):
     """The solve on B (*, n, k) ((*, k, n) for left=False: A^T X^T = B^T, with init^T, and info.inverse
     transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it; the
     vector case squeezed back; the copy into out."""
@@ -161,7 +161,7 @@ def _solve(A, B, vector, init, options, raise_failures, out, left):
     return SolveResult(*written(out, X, SolveInfo(*info), SolveInfo))
 
 
-def _solve_detached(A, B, init, options, raise_failures):
+def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool):
     """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
     docstring)."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
