@@ -24,8 +24,10 @@ import dask.array as da
 import numpy as np
 import torch
 
+from .arguments import CallOptions, check_arguments
 from .errors import ArgumentDtypeError, ArgumentValueError
-from .inverse import InverseInfo, _check_arguments, raise_first_failure
+from .failures import raise_first_failure
+from .inverse import InverseInfo
 from .inverse import batched_inverse_ex as _local_batched_inverse_ex
 
 __all__ = ["batched_inverse", "batched_inverse_ex"]
@@ -110,9 +112,7 @@ def _check(A, init, options) -> tuple[np.dtype, tuple]:
     if dtype not in _TORCH_DTYPES:
         raise ArgumentDtypeError(f"A must be float32, float64, complex64 or complex128; got {A.dtype}")
     empty = torch.empty((0, A.shape[-1], A.shape[-1]), dtype=_TORCH_DTYPES[dtype])  # the chunks' checks, no data
-    _check_arguments(empty, options.get("model"), None if init is None else empty, options.get("tol"),
-                     options.get("max_iter"), options.get("max_error"), options.get("method", "auto"),
-                     options.get("assume_a", "gen"))
+    check_arguments(empty, None if init is None else empty, CallOptions(**options))
     return dtype, () if init is None else (init.rechunk(A.chunks),)
 
 

@@ -35,7 +35,8 @@ import torch.distributed as dist
 
 from . import errors
 from .errors import ArgumentValueError
-from .inverse import InverseInfo, batched_inverse_ex as _local_batched_inverse_ex, failure_error
+from .failures import failure_error
+from .inverse import InverseInfo, batched_inverse_ex as _local_batched_inverse_ex
 
 if not dist.is_available():
     raise ImportError("neuinv.distributed needs a torch build with torch.distributed "

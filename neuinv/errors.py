@@ -13,7 +13,7 @@ instance of both, the class neuinv has always raised and torch's ``RuntimeError`
 
 An argument that is not a tensor at all raises a plain ``TypeError``, as in torch. The failure of a matrix (singular,
 not certified) is ``torch.linalg.LinAlgError``, a ``RuntimeError`` too; one holding NaN or Inf is ``ValueError``
-(:func:`neuinv.inverse.failure_error`), where torch returns NaN without raising.
+(:func:`neuinv.failures.failure_error`), where torch returns NaN without raising.
 """
 from __future__ import annotations
 

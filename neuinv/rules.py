@@ -126,5 +126,5 @@ or bounds loosely, are certified there close to their true error; well-condition
 
 def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Which matrices take the second stage by their first bound: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype] (the
-    callers then drop those whose input is not finite, :func:`neuinv.inverse.second_stage_index`)."""
+    callers then drop those whose input is not finite, :func:`neuinv.pipeline.second_stage_index`)."""
     return error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]

@@ -21,17 +21,20 @@ every certificate, is the same for a matrix and its transpose).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
 import torch
 
 from . import certificate, reference
+from .arguments import (COMPUTE_DTYPE, CallOptions, check_arguments, check_flag, check_out, refuse_out_with_transforms,
+                        resolved, written)
 from .errors import ArgumentDtypeError, ArgumentValueError
-from .inverse import (COMPUTE_DTYPE, INFO_DTYPES, _check_arguments, _check_flag, _check_out, _invert,
-                      _refuse_out_with_transforms, _transformed, _written, flat_batch_vmap, raise_if_not_certified,
-                      resolved, second_stage_index)
+from .failures import raise_if_not_certified
+from .pipeline import INFO_DTYPES, flat_batch_vmap, invert, second_stage_index
 from .rules import certified
+from .transforms import transformed
 
 
 class SolveInfo(NamedTuple):
@@ -76,12 +79,12 @@ def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=N
     :func:`batched_solve_ex`; see there for the other arguments.
     """
     B_matrix, vector = _right_hand_sides(A, B)
-    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a, left)
+    options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
+                          backend=backend)
+    _check_solve_arguments(A, B, init, options, left)
     X_shape = _solution_shape(A, B_matrix, vector)
     if out is not None:
-        _check_out(out, "out", X_shape, A.dtype, A.device, A, B, init)
-    options = dict(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
-                   backend=backend)
+        check_out(out, "out", X_shape, A.dtype, A.device, A, B, init)
     X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out, left=left)
     return X
 
@@ -129,24 +132,24 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
     (d(A^-1) = -A^-1 dA A^-1).
     """
     B_matrix, vector = _right_hand_sides(A, B)
-    _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a, left)
-    _check_flag(check_errors, "check_errors")
+    options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
+                          backend=backend)
+    _check_solve_arguments(A, B, init, options, left)
+    check_flag(check_errors, "check_errors")
     if out is not None:
         _check_out_pair(out, A, B, B_matrix, vector, init)
-    options = dict(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
-                   backend=backend)
     return _solve(A, B_matrix, vector, init, options, raise_failures=check_errors, out=out, left=left)
 
 
-def _solve(A, B, vector, init, options, raise_failures, out, left):
+def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, left: bool):
     """The solve on B (*, n, k) ((*, k, n) for left=False: A^T X^T = B^T, with init^T, and info.inverse
     transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it; the
     vector case squeezed back; the copy into out."""
     A, B, init = resolved(A), resolved(B), resolved(init)
     if not left:
         A, B, init = A.mT, B.mT, None if init is None else init.mT
-    if _transformed(A, B, init):
-        _refuse_out_with_transforms(out)
+    if transformed(A, B, init):
+        refuse_out_with_transforms(out)
         X, *info = _solve_function().apply(A, B, init, options, raise_failures)
     else:
         X, *info = _solve_detached(A.detach(), B.detach(), None if init is None else init.detach(), options,
@@ -155,17 +158,15 @@ def _solve(A, B, vector, init, options, raise_failures, out, left):
         X, info[-1] = X.mT, info[-1].mT
     if vector:
         X = X.squeeze(-1)
-    return SolveResult(*_written(out, X, SolveInfo(*info), SolveInfo))
+    return SolveResult(*written(out, X, SolveInfo(*info), SolveInfo))
 
 
-def _solve_detached(A, B, init, options, raise_failures):
+def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool):
     """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
     docstring)."""
-    options = dict(options)
-    max_error = options.pop("max_error")
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
-    R, inverse_info = _invert(A.to(compute), None if init is None else init.to(compute), model=None,
-                              max_error=None, **options)
+    R, inverse_info = invert(A.to(compute), None if init is None else init.to(compute),
+                             dataclasses.replace(options, max_error=None))
     batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     n, k = A.shape[-1], B.shape[-1]
     wide = torch.complex128 if A.is_complex() else torch.float64
@@ -179,18 +180,18 @@ def _solve_detached(A, B, init, options, raise_failures):
     X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X_w, alpha=-1))).to(A.dtype)
     bound = certificate.solve_error_bound(A_b, B_b, X, R_b, eps) if X.numel() else torch.zeros_like(eps)
     if X.numel():
-        X, bound = _second_stage(A_b, B_b, X, bound, options["assume_a"] == "pos")
-    verdict = certified(bound, max_error)
+        X, bound = _second_stage(A_b, B_b, X, bound, options.assume_a == "pos")
+    verdict = certified(bound, options.max_error)
     X = torch.where(verdict[:, None, None], X, torch.full_like(X, math.nan))
     X, verdict, bound = X.reshape(*batch, n, k), verdict.reshape(batch), bound.reshape(batch)
     if raise_failures:
-        raise_if_not_certified("batched_solve", A.expand(*batch, n, n), verdict, bound, max_error,
-                               options["assume_a"], operands=(B.expand(*batch, n, k),))
+        raise_if_not_certified("batched_solve", A.expand(*batch, n, n), verdict, bound, options.max_error,
+                               options.assume_a, operands=(B.expand(*batch, n, k),))
     return X, verdict, bound, inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
 
 
 def _second_stage(A, B, X, bound, positive_definite):
-    """The scale-aware second stage (:func:`neuinv.inverse.second_stage_index`) for the systems (flat A (b, n, n),
+    """The scale-aware second stage (:func:`neuinv.pipeline.second_stage_index`) for the systems (flat A (b, n, n),
     B, X (b, n, k)) whose first certificate is refused or above the threshold: the equilibrated solve
     (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller; (X, bound), the inputs themselves where
     no system took it. Under torch.compile the operator ``neuinv::second_stage_solve``."""
@@ -323,9 +324,9 @@ def _right_hand_sides(A, B):
     return (B.unsqueeze(-1) if vector else B), vector
 
 
-def _check_solve_arguments(A, B, init, tol, max_iter, max_error, method, assume_a, left) -> None:
-    _check_arguments(A, None, init, tol, max_iter, max_error, method, assume_a)
-    _check_flag(left, "left")
+def _check_solve_arguments(A, B, init, options: CallOptions, left) -> None:
+    check_arguments(A, init, options)
+    check_flag(left, "left")
     n = A.shape[-1]
     B_matrix, vector = _right_hand_sides(A, B)
     if B_matrix.dim() < 2 or B_matrix.shape[-2 if left else -1] != n or (vector and not left):
@@ -355,11 +356,11 @@ def _check_out_pair(out, A, B, B_matrix, vector, init) -> None:
         raise TypeError("out must be a pair (X, info) with info a SolveInfo of five tensors")
     X_out, info_out = out
     X_shape = _solution_shape(A, B_matrix, vector)
-    _check_out(X_out, "out[0] (X)", X_shape, A.dtype, A.device, A, B, init)
+    check_out(X_out, "out[0] (X)", X_shape, A.dtype, A.device, A, B, init)
     if not (isinstance(info_out, (tuple, list)) and len(info_out) == len(SolveInfo._fields)):
         raise TypeError("out[1] must be a SolveInfo (certified, error_bound, iterations, fallback, inverse)")
     batch = torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
     shapes = (batch, batch, A.shape[:-2], A.shape[:-2], A.shape)
     for i, (field, tensor, dtype, shape) in enumerate(zip(SolveInfo._fields, info_out, INFO_DTYPES + (A.dtype,),
                                                           shapes)):
-        _check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out, *info_out[:i])
+        check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out, *info_out[:i])

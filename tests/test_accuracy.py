@@ -77,7 +77,7 @@ def test_large_batch_is_chunked(monkeypatch):
         invert_chunk = type(backend).invert
         monkeypatch.setattr(type(backend), "invert", lambda self, *args: calls.append(1) or invert_chunk(self, *args))
         per_matrix = backend.workspace_matrices * 3 * 3 * A.element_size()
-        monkeypatch.setattr(neuinv.inverse, "WORKSPACE_BYTES", per_matrix * 7)  # 7 matrices per chunk
+        monkeypatch.setattr(neuinv.pipeline, "WORKSPACE_BYTES", per_matrix * 7)  # 7 matrices per chunk
         X, info = invert(A, guess)
         monkeypatch.undo()
         assert len(calls) == 8  # ceil(50 / 7)

@@ -129,13 +129,13 @@ def test_positive_definite_scenarios(backend, dtype):
     """The positive-definite exact path through each backend's ``invert(..., positive_definite=True)``: the same
     (iterations, fallback, certified) as the rule says, and as the torch reference gives."""
     from neuinv.backends import resolve_backend
-    from neuinv.inverse import _rules
+    from neuinv.pipeline import newton_schulz_rules
 
     device = _device(backend)
     for name, A, X0, refine, expected in positive_definite_scenarios(dtype):
         A = A.to(device)
         X0 = None if X0 is None else X0.to(device)
-        rule = _rules(dtype, None, None, X0 is not None)
+        rule = newton_schulz_rules(dtype, None, None, X0 is not None)
         X, certified, bound, iterations, fallback = resolve_backend(backend, A).invert(
             A, X0, None, refine, rule, 1.0, positive_definite=True)
         _, certified_ref, _, iterations_ref, fallback_ref = resolve_backend("torch", A.cpu()).invert(

@@ -166,7 +166,7 @@ def _names(calls):
 def test_batched_inverse_ex_is_one_operator_call_without_synchronisation(backend):
     """What batched_inverse_ex dispatches on the compiled backends: one neuinv::invert per chunk, and, of the
     operators that synchronise with the host or have a data-dependent shape, only the one nonzero that selects the
-    matrices for the second stage (neuinv.inverse.second_stage_index; none of these well-conditioned ones takes it,
+    matrices for the second stage (neuinv.pipeline.second_stage_index; none of these well-conditioned ones takes it,
     so nothing is indexed) -- a model's forward pass included."""
     from neuinv.learned.models import TaylorInitializer
 

@@ -13,8 +13,8 @@ import torch
 import neuinv
 from neuinv import reference
 from neuinv.backends import resolve_backend
-from neuinv.inverse import _rules
-from neuinv.testing import conditioned_matrices, warm_start
+from neuinv.pipeline import newton_schulz_rules
+from neuinv.testing import warm_start
 
 BACKENDS = [name for name, status in neuinv.available_backends().items()
             if status.available and name != "cuda"] + (["cuda"] if torch.cuda.is_available() and
@@ -55,7 +55,7 @@ def mixed_batch(n, dtype):
 
 
 def _invert(backend, A, X0=None, refine=False, positive_definite=True):
-    rules = _rules(A.dtype, None, None, X0 is not None)
+    rules = newton_schulz_rules(A.dtype, None, None, X0 is not None)
     return resolve_backend(backend, A).invert(A, X0, None, refine, rules, 1.0, positive_definite)
 
 
@@ -74,7 +74,7 @@ def test_positive_definite_path(backend, n, dtype):
     A = mixed_batch(n, dtype).to(DEVICE.get(backend, "cpu"))
     X, certified, bound, iterations, fallback = _invert(backend, A)
     X_ref, certified_ref, bound_ref, _, fallback_ref = reference.invert(
-        A.cpu(), None, None, False, _rules(dtype, None, None, False), 1.0, positive_definite=True)
+        A.cpu(), None, None, False, newton_schulz_rules(dtype, None, None, False), 1.0, positive_definite=True)
     label = f"{backend} n={n} {dtype}: {certified.tolist()} {bound.tolist()}"
     assert torch.equal(certified.cpu(), certified_ref) and fallback.all() and (iterations == 0).all(), label
     refused = [INDEFINITE, WITH_NAN, ZERO] + ([NON_SYMMETRIC] if n > 1 else [])

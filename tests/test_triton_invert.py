@@ -177,7 +177,7 @@ class _Recorder(TorchDispatchMode):
 def test_batched_inverse_ex_is_one_launch_without_synchronisation():
     """What batched_inverse_ex dispatches on the triton backend: one neuinv_triton::invert per chunk and, of the
     operators that synchronise with the host or have a data-dependent shape, only the one nonzero that selects the
-    matrices for the second stage (neuinv.inverse.second_stage_index; none of these takes it, so nothing is
+    matrices for the second stage (neuinv.pipeline.second_stage_index; none of these takes it, so nothing is
     indexed)."""
     A = conditioned_matrices(40, 6, 10.0, torch.float64).to(DEVICE).view(4, 10, 6, 6)
     init = warm_start(A.cpu(), 1e-3).to(DEVICE)

@@ -1,0 +1,253 @@
+"""The inversion itself, after the checks: argument defaults, the model's guess, the backend's operator on chunks of
+the batch, the half-precision route through float32 and the scale-aware second stage (what is computed:
+:mod:`neuinv.inverse`; the rules: :mod:`neuinv.rules`)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+
+from . import certificate, reference
+from .arguments import COMPUTE_DTYPE, HALF_DTYPES, CallOptions
+from .backends import resolve_backend
+from .errors import ArgumentValueError
+from .failures import raise_if_not_certified
+from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
+                    NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, certified, default_tol, second_stage_mask)
+
+WORKSPACE_BYTES = 2**30
+"""Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
+temporaries per matrix) stays under this many bytes."""
+
+
+class InverseInfo(NamedTuple):
+    """Per-matrix report of :func:`neuinv.batched_inverse_ex`; each field has A's batch shape.
+
+    certified: use this X: its error_bound is at most ``max_error`` (by default: below 1, i.e. at
+        least one correct digit is certified). X is NaN wherever certified is False.
+    error_bound: float64 upper bound on ||X - A^-1||_F / ||A^-1||_F, rigorous (see
+        :mod:`neuinv.certificate`); +inf where nothing is certified (singular or numerically singular
+        A, NaN or Inf): there X is NaN.
+    iterations: Newton–Schulz steps applied (also counted when the matrix then took the exact path).
+    fallback: the returned X came from the exact path.
+    """
+
+    certified: torch.Tensor
+    error_bound: torch.Tensor
+    iterations: torch.Tensor
+    fallback: torch.Tensor
+
+
+INFO_DTYPES = (torch.bool, torch.float64, torch.int32, torch.bool)
+"""The dtypes of the fields of :class:`InverseInfo` (certified, error_bound, iterations, fallback)."""
+
+
+def invert_or_raise(A, init, options: CallOptions, raise_failures: bool):
+    """:func:`invert`, then (``raise_failures``) batched_inverse's raise for the first matrix that is not certified
+    (:func:`neuinv.failures.raise_first_failure`)."""
+    X, info = invert(A, init, options)
+    if raise_failures:
+        raise_if_not_certified("batched_inverse", A, info.certified, info.error_bound, options.max_error,
+                               options.assume_a)
+    return X, info
+
+
+def invert(A, init, options: CallOptions):
+    """(X, :class:`InverseInfo`) for checked arguments (A and init resolved: :func:`neuinv.arguments.resolved`):
+    float16/bfloat16 through float32 (:func:`_invert_half`), every other dtype by :func:`_invert_in_dtype`."""
+    if A.dtype in HALF_DTYPES:
+        return _invert_half(A, init, options)
+    return _invert_in_dtype(A, init, options)
+
+
+def _invert_half(A, init, options):
+    """X_w = the inverse of A (exactly representable in float32) computed and certified in float32 (bound eps_w),
+    rounded to A's dtype: ||X - A^-1||_F / ||A^-1||_F <= eps_w + delta (1 + eps_w), delta the rounding of
+    :func:`neuinv.certificate.rounding_bound` (neuinv/certificate.py, the rounded_to form); an X that
+    overflows A's dtype is not certified."""
+    wide = COMPUTE_DTYPE[A.dtype]
+    X_w, info = _invert_in_dtype(A.to(wide), None if init is None else init.to(wide),
+                                 dataclasses.replace(options, max_error=None))
+    X = X_w.to(A.dtype)
+    n = A.shape[-1]
+    flat = X_w.reshape(-1, n, n) if n else X_w  # (-1, 0, 0) is ambiguous for 0 elements
+    delta = certificate.rounding_bound(flat, A.dtype).reshape(info.error_bound.shape) if n else 0.0
+    bound = certificate.certified_or_inf(info.error_bound + delta * (1 + info.error_bound))
+    bound = torch.where(torch.isfinite(X).flatten(-2).all(dim=-1), bound, torch.full_like(bound, math.inf))
+    verdict = certified(bound, options.max_error)
+    X = torch.where(verdict[..., None, None], X, torch.full_like(X, math.nan))
+    return X, InverseInfo(verdict, bound, info.iterations, info.fallback)
+
+
+def _invert_in_dtype(A, init, options):
+    """Argument defaults, the model's forward pass, and one call of the backend's operator per chunk."""
+    model, method = options.model, options.method
+    chosen = resolve_backend(options.backend, A)
+    positive_definite = options.assume_a == "pos"
+    batch_shape, n = A.shape[:-2], A.shape[-1]
+    if n == 0:
+        info = InverseInfo(torch.ones(batch_shape, dtype=torch.bool, device=A.device),
+                           torch.zeros(batch_shape, dtype=torch.float64, device=A.device),
+                           torch.zeros(batch_shape, dtype=torch.int32, device=A.device),
+                           torch.zeros(batch_shape, dtype=torch.bool, device=A.device))
+        return A.new_empty(A.shape), info
+
+    has_guess = init is not None or model is not None
+    refine = method == "newton_schulz" or (method == "auto" and has_guess)
+    rules = newton_schulz_rules(A.dtype, options.tol, options.max_iter, has_guess)
+    limit = CERTIFIED_BELOW if options.max_error is None else float(options.max_error)
+    b = A.numel() // (n * n)
+    chunk = max(1, WORKSPACE_BYTES // (chosen.workspace_matrices * n * n * A.element_size()))
+    X0 = init
+    if b <= chunk and model is None:  # the common case: one call on A as it is, (*, n, n)
+        X, certified, error_bound, iterations, fallback = chosen.invert(A, X0, None, refine, rules, limit,
+                                                                              positive_definite)
+        return _second_stage(A, X, InverseInfo(certified, error_bound, iterations, fallback), limit,
+                             positive_definite)
+
+    A_flat = A.reshape(-1, n, n)
+    X0_flat = None if X0 is None else X0.reshape(-1, n, n)
+    parts = []
+    for start in range(0, max(b, 1), chunk):
+        A_part = A_flat[start:start + chunk]
+        X0_part, use_guess = None if X0_flat is None else X0_flat[start:start + chunk], None
+        if model is not None:  # (a model always means refine: method="exact" with a model is refused)
+            X0_part, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
+        parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, limit, positive_definite))
+    X, certified, error_bound, iterations, fallback = (
+        parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
+    info = InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
+                       iterations.reshape(batch_shape), fallback.reshape(batch_shape))
+    return _second_stage(A, X.reshape(A.shape), info, limit, positive_definite)
+
+
+def _second_stage(A, X, info, limit, positive_definite):
+    """The scale-aware second stage (:func:`second_stage_index`) on the matrices whose first certificate is refused or
+    above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X they have, and
+    the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the result with the
+    smallest bound. Under torch.compile it is the operator ``neuinv::second_stage_inverse``, which the graph calls as
+    it is (its subset depends on the data)."""
+    n = A.shape[-1]
+    flat = (A.reshape(-1, n, n), X.reshape(-1, n, n), info.certified.reshape(-1), info.error_bound.reshape(-1),
+            info.fallback.reshape(-1))
+    stage = torch.ops.neuinv.second_stage_inverse if torch.compiler.is_compiling() else _second_stage_inverse
+    X_flat, certified_mask, error_bound, fallback = stage(*flat, limit, positive_definite)
+    batch_shape = info.certified.shape
+    return X_flat.reshape(A.shape), InverseInfo(certified_mask.reshape(batch_shape), error_bound.reshape(batch_shape),
+                                                info.iterations, fallback.reshape(batch_shape))
+
+
+def _second_stage_inverse(A, X, certified_mask, bound, fallback, limit: float, positive_definite: bool):
+    """:func:`_second_stage` on the flat batch: (X, certified, error_bound, fallback), new tensors where any matrix
+    took it, else the inputs themselves."""
+    index = second_stage_index(bound, A.dtype, A)
+    if index is None:
+        return X, certified_mask, bound, fallback
+    A_i, X_i, bound_i = A[index], X[index], bound[index]
+    kept = torch.isfinite(X_i).flatten(1).all(dim=1)
+    bound_kept = torch.where(kept, torch.minimum(bound_i, certificate.scaled_error_bound(A_i, X_i)), bound_i)
+    X_new, bound_new = reference.scaled_exact_inverse(A_i, positive_definite)
+    better = bound_new < bound_kept
+    bound_i = torch.where(better, bound_new, bound_kept)
+    verdict_i = certified(bound_i, limit)
+    X_i = torch.where(better[:, None, None], X_new, X_i)
+    X_i = torch.where(verdict_i[:, None, None], X_i, torch.full_like(X_i, math.nan))
+    return (X.index_put((index,), X_i), certified_mask.index_put((index,), verdict_i),
+            bound.index_put((index,), bound_i), fallback.index_put((index,), fallback[index] | better))
+
+
+@torch.library.custom_op("neuinv::second_stage_inverse", mutates_args=())
+def _second_stage_inverse_op(A: torch.Tensor, X: torch.Tensor, certified_mask: torch.Tensor, bound: torch.Tensor,
+                             fallback: torch.Tensor, limit: float,
+                             positive_definite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    outputs = _second_stage_inverse(A, X, certified_mask, bound, fallback, limit, positive_definite)
+    return tuple(output.clone() if output is given else output
+                 for output, given in zip(outputs, (X, certified_mask, bound, fallback)))
+
+
+@_second_stage_inverse_op.register_fake
+def _(A, X, certified_mask, bound, fallback, limit, positive_definite):
+    return torch.empty_like(X), torch.empty_like(certified_mask), torch.empty_like(bound), torch.empty_like(fallback)
+
+
+@_second_stage_inverse_op.register_vmap
+def _(info, in_dims, *arguments):
+    return flat_batch_vmap(_second_stage_inverse_op, info, in_dims, arguments)
+
+
+def flat_batch_vmap(operator, info, in_dims, arguments):
+    """The vmap rule of an operator on flat batches whose tensor arguments share their first dimension: the vmapped
+    dimension of each tensor (broadcast where it has none) is merged into that first one, and split off the outputs
+    again."""
+    size = info.batch_size
+    merged = []
+    for argument, dim in zip(arguments, in_dims):
+        if isinstance(argument, torch.Tensor):
+            argument = argument.movedim(dim, 0) if dim is not None else argument.expand(size, *argument.shape)
+            argument = argument.reshape(size * argument.shape[1], *argument.shape[2:])
+        merged.append(argument)
+    outputs = operator(*merged)
+    return tuple(output.reshape(size, -1, *output.shape[1:]) for output in outputs), (0,) * len(outputs)
+
+
+def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor) -> torch.Tensor | None:
+    """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
+    (b,) first bounds, then only those whose operands ((b, r, c) each) are finite, read for those few only; None where
+    there are none. The ``nonzero`` that selects them is the one data-dependent operator of ``batched_inverse_ex`` on
+    the compiled backends (a host synchronisation on CUDA)."""
+    index = second_stage_mask(bound, dtype).nonzero().squeeze(1)
+    if index.numel() == 0:  # the common case: one nonzero over the mask, nothing else
+        return None
+    for operand in operands:
+        index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
+    return index if index.numel() else None
+
+
+_rules_cache: dict = {}
+
+
+def newton_schulz_rules(dtype: torch.dtype, tol, max_iter, has_guess: bool) -> NewtonSchulzRules:
+    """The Newton–Schulz parameters for a call (defaults filled in), built once per distinct set of arguments."""
+    key = (dtype, tol, max_iter, has_guess)
+    rules = _rules_cache.get(key)
+    if rules is None:
+        rules = _rules_cache[key] = NewtonSchulzRules(
+            tol=default_tol(dtype) if tol is None else float(tol),
+            accept=NEWTON_SCHULZ_ACCEPT[dtype],
+            max_iter=max_iter if max_iter is not None else (
+                MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
+            guarded=has_guess,
+            guard=GUARD_RESIDUAL,
+        )
+    return rules
+
+
+def _model_in_domain(model, A) -> torch.Tensor:
+    with torch.no_grad():
+        inside = model.in_domain(A)
+    if not isinstance(inside, torch.Tensor) or inside.shape != A.shape[:1] or inside.dtype != torch.bool:
+        raise ArgumentValueError(f"model.in_domain(A) must return a bool tensor of shape {tuple(A.shape[:1])}, got "
+                                 f"{getattr(inside, 'dtype', type(inside))} of shape "
+                                 f"{tuple(getattr(inside, 'shape', ()))}")
+    return inside.to(A.device)
+
+
+def _model_guess(model, A, backend) -> torch.Tensor:
+    """The model's guess for A (b, n, n): an MLP initializer through the backend's ``mlp_initializer`` (fused
+    kernels where it has them), any other model by calling it."""
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    model_dtype = A.dtype if parameter is None else parameter.dtype
+    with torch.no_grad():
+        if hasattr(model, "initializer_parameters"):
+            a = A.reshape(A.shape[0], -1).to(model_dtype)
+            X0 = backend.mlp_initializer(a, **model.initializer_parameters()).reshape(A.shape)
+        else:
+            X0 = model(A.to(model_dtype))
+    if not isinstance(X0, torch.Tensor) or X0.shape != A.shape:
+        raise ArgumentValueError(f"model(A) must return a tensor of shape {tuple(A.shape)}, "
+                                 f"got {tuple(getattr(X0, 'shape', ()))}")
+    return X0.to(A.dtype)
+
+
