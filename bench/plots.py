@@ -43,15 +43,16 @@ DEFAULT_FILES = [RESULTS / name for name in (
 )]
 
 BASELINE = "torch.linalg.inv"
-STYLE = {  # method (as bench/throughput.py names it) -> (label, colour, marker, line style)
-    "neuinv auto (exact path)": ("neuinv (default, certified)", "C0", "o", "-"),
-    "neuinv cpp, warm start 1e-3": ("neuinv warm start 1e-3 (certified)", "C0", "s", "--"),
-    "neuinv cuda, warm start 1e-3": ("neuinv cuda, warm start 1e-3 (certified)", "C0", "s", "--"),
-    "neuinv triton, warm start 1e-3": ("neuinv triton, warm start 1e-3 (certified)", "C9", "s", ":"),
-    "neuinv torch, warm start 1e-3": ("neuinv torch, warm start 1e-3 (certified)", "C7", "s", ":"),
+STYLE = {  # method (as bench/throughput.py names it) -> (label, colour, marker, line style); whether a run's neuinv
+    # results carried the certificate depends on its date (bench/RESULTS.md), so the labels do not say
+    "neuinv auto (exact path)": ("neuinv (default)", "C0", "o", "-"),
+    "neuinv cpp, warm start 1e-3": ("neuinv warm start 1e-3", "C0", "s", "--"),
+    "neuinv cuda, warm start 1e-3": ("neuinv cuda, warm start 1e-3", "C0", "s", "--"),
+    "neuinv triton, warm start 1e-3": ("neuinv triton, warm start 1e-3", "C9", "s", ":"),
+    "neuinv torch, warm start 1e-3": ("neuinv torch, warm start 1e-3", "C7", "s", ":"),
     "operator neuinv::invert (exact path)": ("neuinv::invert operator alone", "C0", ".", ":"),
-    "kernel neuinv::exact_inverse": ("kernel neuinv::exact_inverse (no certificate)", "C4", "^", ":"),
-    "kernel neuinv::newton_schulz, warm 1e-3": ("kernel neuinv::newton_schulz (no certificate)", "C4", "v", ":"),
+    "kernel neuinv::exact_inverse": ("kernel neuinv::exact_inverse alone", "C4", "^", ":"),
+    "kernel neuinv::newton_schulz, warm 1e-3": ("kernel neuinv::newton_schulz alone", "C4", "v", ":"),
     "torch.linalg.solve(A, I)": ("torch.linalg.solve(A, I)", "C5", "x", "-"),
     "numpy.linalg.inv": ("numpy.linalg.inv", "C1", "D", "-"),
     "jax.numpy.linalg.inv, jit": ("JAX jit jnp.linalg.inv", "C2", "P", "-"),
@@ -135,7 +136,7 @@ def throughput_figures(data: dict, path: Path, out_dir: Path) -> list[Path]:
         batches[r["dtype"]].add((r["n"], r["batch"]))
     written = []
 
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.2 * len(dtypes), 4.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(max(10.4, 5.2 * len(dtypes)), 4.4), sharey=True, squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
         for method in methods:
             if method in SKIP_IN_SPEED:
@@ -162,7 +163,7 @@ def throughput_figures(data: dict, path: Path, out_dir: Path) -> list[Path]:
     written.append(_finish(fig, f"{caption}\nbatch sizes {sizes}; median time per call, baseline in the same run",
                            out_dir / f"{path.stem}-speed.png"))
 
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.2 * len(dtypes), 4.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(max(10.4, 5.2 * len(dtypes)), 4.4), sharey=True, squeeze=False)
     for ax, dtype in zip(axes[0], dtypes):
         for method in [BASELINE] + methods:
             points = sorted((r["n"], 100 * r["roofline_fraction"]) for r in rows
@@ -190,7 +191,7 @@ def throughput_figures(data: dict, path: Path, out_dir: Path) -> list[Path]:
 def certificate_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
     rows = data["rows"]
     dtypes = sorted({r["dtype"] for r in rows})
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(5.2 * len(dtypes), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(dtypes), figsize=(max(10.4, 5.2 * len(dtypes)), 4.4), squeeze=False)
     colours = {}
     for ax, dtype in zip(axes[0], dtypes):
         groups = dict.fromkeys((r["backend"], r["path"]) for r in rows if r["dtype"] == dtype)
