@@ -70,10 +70,11 @@ BUILD_MINUTES = {"cpu": 1.5, "cuda": 3}
 """About how long each part takes to compile with two free cores (measured on a 2-core x86_64 VM, bench/RESULTS.md
 "Installing"; one source file dominates each part, so more cores shorten it little); the build's announcement
 quotes it."""
-PURE_TORCH_COST = ("the compiled kernels run 2.4-17x faster than it (n = 2-64), and it runs 2-4x slower than "
-                   "torch.linalg.inv itself, certifying every matrix in float64")
-"""What running on the pure-torch reference path costs, as measured on a quiet 2-core x86_64 VM (bench/RESULTS.md,
-"Installing"); quoted where the compiled CPU kernels cannot be had."""
+PURE_TORCH_COST = ("it certifies every matrix in float64 with torch operations, several times slower than the "
+                   "compiled kernels and slower than torch.linalg.inv itself (measurements: docs/benchmarks.md, "
+                   "\"Without the compiled kernels\")")
+"""What running on the pure-torch reference path costs; quoted where the compiled CPU kernels cannot be had. The
+measured ratios live in the documentation's benchmark page, not in the warning."""
 
 _loaded: dict[str, Path] = {}
 _problems: dict[str, str] = {}
