@@ -65,7 +65,7 @@ class TorchBackend:
     name = "torch"
     workspace_matrices = 8
     """n x n temporaries per matrix that `invert` allocates at once (the Newton–Schulz loop's products and
-    gathers); batched_inverse chunks a batch so that they stay under ``inverse.WORKSPACE_BYTES``."""
+    gathers); batched_inverse chunks a batch so that they stay under ``neuinv.pipeline.WORKSPACE_BYTES``."""
 
     mlp_initializer = staticmethod(reference.mlp_initializer)
     """The learned initializer's forward pass (a model with ``initializer_parameters()``)."""

@@ -22,6 +22,14 @@ Per matrix A, with an initial guess X0 (a warm start, a learned guess or the sca
    path (Gauss–Jordan or LU with partial pivoting; with ``positive_definite``, Cholesky A = L L^H and the
    inverse from the factor, :func:`cholesky_pivot_accepted`) and that result's certificate.
 3. ``certified`` = error_bound <= max_error; X is NaN wherever it is not.
+
+The exact path of the compiled per-matrix kernel (``csrc/kernels/per_matrix.h``: the ``cpp`` backend, and
+``cuda`` for n <= 8) computes X_w in double precision for every input dtype (Gauss–Jordan with partial pivoting;
+Cholesky with ``positive_definite``; the adjugate closed form for float32 n = 2–4, redone by Gauss–Jordan where
+it is not certified to float32 accuracy), takes one Newton–Schulz step in double for float64 input whose residual
+lies above eps ||A||_F ||X_w||_F and below 1/2, certifies X_w and rounds it to A's dtype, the rounding added to
+the bound (:func:`neuinv.certificate.error_bound` with ``rounded_to``). The other backends' exact paths are in
+the documentation's backends page; each certifies exactly the X it returns.
 """
 from __future__ import annotations
 
