@@ -57,7 +57,9 @@ NEUINV_HOST_DEVICE double gamma_of(int64_t k) { return k * kUnit / (1 - k * kUni
 
 // certificate.residual_bound's final step: rho >= ||I - A X||_F from r = ||fl(I - A X)||_F and the rounding
 // term g s, (r + g s)(1 + c_n u) + eta_n (the kernels run without flush-to-zero: no subnormal term).
-NEUINV_HOST_DEVICE double rho_from(double r, double rounding, int64_t n) {
+// D: double, or a pack of doubles (csrc/cpu/simd.h) that evaluates this for several matrices at once.
+template <typename D>
+NEUINV_HOST_DEVICE D rho_from(D r, D rounding, int64_t n) {
   const double c = 4.0 * (n * n + n + 4);
   const double eta = 4.0 * n * (n + 2) * kDoubleMin + 2.0 * n * 0x1p-511;
   return (r + rounding) * (1 + c * kUnit) + eta;
@@ -108,12 +110,15 @@ NEUINV_HOST_DEVICE double residual_norm_in_double(const Ta* a, const Tx* x, int6
   return sqrt(sum);
 }
 
+// Whether the certificate re-evaluates r by Dot2: the a-priori term g s dominates r and is not small.
+NEUINV_HOST_DEVICE bool needs_dot2(double r, double g_s) { return g_s > r && r + g_s > kDot2Threshold; }
+
 // rho >= ||I - A X||_F (certificate.residual_bound) from the plain r = ||fl(I - A X)||_F in double and
 // s >= ||I + |A||X|||_F; where the a-priori term dominates and is not small, r is re-evaluated by Dot2.
 template <int N, typename Ta, typename Tx>
 NEUINV_HOST_DEVICE double residual_bound_from(const Ta* a, const Tx* x, double r, double s, int64_t n) {
   const double g = gamma_of(n + 1);
-  if (g * s > r && r + g * s > kDot2Threshold) {
+  if (needs_dot2(r, g * s)) {
     const double r_dot2 = compensated_residual_norm<N>(a, x, n) / (1 - kUnit);
     return rho_from(r_dot2, sqrt(2.0) * g * g * s, n);
   }
@@ -121,17 +126,21 @@ NEUINV_HOST_DEVICE double residual_bound_from(const Ta* a, const Tx* x, double r
 }
 
 // certificate.certified_or_inf: a bound below 1, else +inf (NaN included).
-NEUINV_HOST_DEVICE double certified_or_inf(double bound) { return bound < 1 ? bound : kInfinity; }
+template <typename D>
+NEUINV_HOST_DEVICE D certified_or_inf(D bound) {
+  const D infinity = D{} + kInfinity;
+  return bound < 1.0 ? bound : infinity;
+}
 
 // certificate.error_bound(..., rounded_to=T) for X = round_T(X_w): rho + delta (1 + rho), delta = u_T +
 // n (smallest subnormal of T) / ||X_w||_F; rho alone when T is double.
-template <typename T>
-NEUINV_HOST_DEVICE double rounded_error_bound(double rho, double x_w_norm, int64_t n) {
+template <typename T, typename D>
+NEUINV_HOST_DEVICE D rounded_error_bound(D rho, D x_w_norm, int64_t n) {
   if constexpr (std::is_same_v<T, double>) {
     return certified_or_inf(rho);
   } else {
-    const double delta = 0x1p-24 + n * 0x1p-149 / x_w_norm;
-    return certified_or_inf(rho + delta * (1 + rho));
+    const D delta = 0x1p-24 + n * 0x1p-149 / x_w_norm;
+    return certified_or_inf(rho + delta * (1.0 + rho));
   }
 }
 
@@ -155,18 +164,20 @@ NEUINV_HOST_DEVICE double scaled_sum_of_squares(const T* v, int64_t count, doubl
   return (part[0] + part[2]) + (part[1] + part[3]);
 }
 
+// Whether ||A||_F^2 and ||X||_F^2 summed unscaled give ||A||_F ||X||_F as scaled_norm_product does: nothing can
+// overflow or lose accuracy to underflow, so ||2^-e A|| = 2^-e ||A|| exactly and the product is the same.
+NEUINV_HOST_DEVICE bool plain_norms_suffice(double a_squared, double x_squared) {
+  constexpr double kSafeLow = 0x1p-900, kSafeHigh = 0x1p+900;
+  return a_squared > kSafeLow && a_squared < kSafeHigh && x_squared > kSafeLow && x_squared < kSafeHigh;
+}
+
 // ||A||_F ||X||_F as ||2^-e A||_F ||2^e X||_F in double, 2^e the power of two nearest max |a_ij|
 // (certificate.scaled_norm_product: exact scaling, so no overflow and the same result for A and 2^k A).
 template <typename Ta, typename Tx>
 NEUINV_HOST_DEVICE double scaled_norm_product(const Ta* a, const Tx* x, int64_t count) {
-  // Without scaling where nothing can overflow or lose accuracy to underflow: ||2^-e A|| = 2^-e ||A||
-  // exactly then, so the product is the same either way.
   const double a_plain = scaled_sum_of_squares(a, count, 1.0, 1.0);
   const double x_plain = scaled_sum_of_squares(x, count, 1.0, 1.0);
-  constexpr double kSafeLow = 0x1p-900, kSafeHigh = 0x1p+900;
-  if (a_plain > kSafeLow && a_plain < kSafeHigh && x_plain > kSafeLow && x_plain < kSafeHigh) {
-    return sqrt(a_plain) * sqrt(x_plain);
-  }
+  if (plain_norms_suffice(a_plain, x_plain)) return sqrt(a_plain) * sqrt(x_plain);
   double m = 0.0;
   for (int64_t e = 0; e < count; ++e) m = fmax(m, fabs(static_cast<double>(a[e])));
   int exponent = 0;

@@ -74,8 +74,9 @@ struct Batch {
 };
 
 // Matrices begin..end-1 of the batch, kLanes at a time in packs (fixed N <= kCompactMaxN) or one at a time.
+// Always inlined, like everything it calls, into the instruction-set build that runs it (build_selection.h).
 template <typename T, int N>
-void invert_range(Batch<T> batch, int64_t begin, int64_t end) {
+NEUINV_HOST_DEVICE void invert_range(Batch<T> batch, int64_t begin, int64_t end) {
   constexpr bool packed = N > 0 && N <= kCompactMaxN;
   constexpr int64_t step = packed ? kLanes : 1;
   const int64_t size = batch.n * batch.n;

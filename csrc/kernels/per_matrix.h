@@ -294,12 +294,13 @@ NEUINV_HOST_DEVICE void load_lanes(const S* matrices, int count, V* m, int64_t n
   }
 }
 
-// X = round_T(X_w) and its bound; NaN and +inf where the bound is +inf or an entry overflows T in the rounding.
-template <typename T>
-NEUINV_HOST_DEVICE double store_certified(const double* x_w, T* x, int64_t count, double bound) {
+// X = round_T(X_w) (X_w's entries given by entry(e)) and its bound; NaN and +inf where the bound is +inf or an
+// entry overflows T in the rounding.
+template <typename T, typename Entry>
+NEUINV_HOST_DEVICE double store_certified(Entry entry, T* x, int64_t count, double bound) {
   bool finite = bound < rules::kInfinity;
   for (int64_t e = 0; e < count && finite; ++e) {
-    x[e] = static_cast<T>(x_w[e]);
+    x[e] = static_cast<T>(entry(e));
     finite = isfinite(x[e]);
   }
   if (finite) return bound;
@@ -307,26 +308,77 @@ NEUINV_HOST_DEVICE double store_certified(const double* x_w, T* x, int64_t count
   return rules::kInfinity;
 }
 
+// Whether the exact path polishes X_w by one Newton-Schulz step: float64 input whose residual r lies above
+// eps ||A||_F ||X_w||_F (Gauss-Jordan lands up to ~8x above LU there at cond 1e4; the step brings it to LU's
+// level) and below 1/2 (so that the step converges).
+template <typename T>
+NEUINV_HOST_DEVICE bool polishes(double r, double norms) {
+  return sizeof(T) == sizeof(double) && r > 0x1p-52 * norms && r < 0.5;
+}
+
 // The exact path's certificate of one matrix (the contract at the top of this file), given X_w and r_sq =
-// ||fl(I - A X_w)||_F^2 in double: polishes float64 results by one Newton-Schulz step where r lies above
-// eps ||A||_F ||X_w||_F (and below 1/2), then returns the error bound of X = round_T(X_w) (certificate.error_bound
-// with rounded_to=T). A is given in double (exactly A for float32 and float64 input).
+// ||fl(I - A X_w)||_F^2 in double: polishes X_w where `polishes` says so, then returns the error bound of
+// X = round_T(X_w) (certificate.error_bound with rounded_to=T). A is given in double (exactly A for float32 and
+// float64 input).
 template <typename T, int N>
 NEUINV_HOST_DEVICE double certify_exact(const double* a, double* x_w, double r_sq, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
   double r = sqrt(r_sq);
   double norms = rules::scaled_norm_product(a, x_w, n * n);
-  if constexpr (sizeof(T) == sizeof(double)) {
-    if (r > 0x1p-52 * norms && r < 0.5) {
-      double residual_matrix[kRoom<N>], next[kRoom<N>];
-      residual<N>(a, x_w, residual_matrix, n);
-      newton_schulz_step<N>(residual_matrix, x_w, next, true, n);
-      r = sqrt(residual<N>(a, x_w, residual_matrix, n));
-      norms = rules::scaled_norm_product(a, x_w, n * n);
-    }
+  if (polishes<T>(r, norms)) {
+    double residual_matrix[kRoom<N>], next[kRoom<N>];
+    residual<N>(a, x_w, residual_matrix, n);
+    newton_schulz_step<N>(residual_matrix, x_w, next, true, n);
+    r = sqrt(residual<N>(a, x_w, residual_matrix, n));
+    norms = rules::scaled_norm_product(a, x_w, n * n);
   }
   const double rho = rules::residual_bound_from<N>(a, x_w, r, sqrt(static_cast<double>(n)) + norms, n);
   return rules::rounded_error_bound<T>(rho, sqrt(sum_of_squares(x_w, n * n)), n);
+}
+
+// Certifies X_w (lanes 0..count-1 of a matrix of VD; A in a) and stores X = round_T(X_w) with its bound, lane l
+// at x + l n^2 and bound[l]; +inf and NaN where `refused`. Every lane is certified at once where it takes the
+// certificate's common branch (norms summed unscaled, no Dot2, no polish), by certify_exact's formulas; the other
+// lanes go through certify_exact one by one. With `keep_accurate_only` a lane whose
+// bound is not below eps32 (2^-23) is neither stored nor given a bound (bound[l] = NaN): the closed form's
+// results that Gauss-Jordan redoes.
+template <typename T, int N, typename VD>
+NEUINV_HOST_DEVICE void certify_and_store(const VD* a, VD* x_w, VD* scratch, typename Arithmetic<VD>::mask refused,
+                                          T* x, double* bound, int count, int64_t n_runtime,
+                                          bool keep_accurate_only) {
+  using Ad = Arithmetic<VD>;
+  const int64_t n = N > 0 ? N : n_runtime, size = n * n;
+  const VD r = Ad::square_root(residual<N>(a, x_w, scratch, n));
+  const VD a_squared = sum_of_squares(a, size), x_squared = sum_of_squares(x_w, size);
+  const VD x_norm = Ad::square_root(x_squared), norms = Ad::square_root(a_squared) * x_norm;
+  const VD g_s = rules::gamma_of(n + 1) * (sqrt(static_cast<double>(n)) + norms);
+  const VD common = rules::rounded_error_bound<T>(rules::rho_from(r, g_s, n), x_norm, n);
+  for (int l = 0; l < count; ++l) {
+    double b = rules::kInfinity;
+    const double r_l = Ad::lane(r, l), norms_l = Ad::lane(norms, l);
+    const bool common_branch = rules::plain_norms_suffice(Ad::lane(a_squared, l), Ad::lane(x_squared, l)) &&
+                               !rules::needs_dot2(r_l, Ad::lane(g_s, l)) && !polishes<T>(r_l, norms_l);
+    double a_lane[kRoom<N>], x_lane[kRoom<N>];
+    if (Ad::mask_lane(refused, l)) {
+      b = rules::kInfinity;
+    } else if (common_branch) {
+      b = Ad::lane(common, l);
+    } else {
+      copy_lane<N>(a, l, a_lane, n);
+      copy_lane<N>(x_w, l, x_lane, n);
+      b = certify_exact<T, N>(a_lane, x_lane, r_l * r_l, n);
+    }
+    if (keep_accurate_only && !(b <= 0x1p-23)) {
+      bound[l] = NAN;
+      continue;
+    }
+    if (common_branch || Ad::mask_lane(refused, l)) {
+      bound[l] = store_certified([&](int64_t e) { return static_cast<double>(Ad::lane(x_w[e], l)); }, x + l * size,
+                                 size, b);
+    } else {
+      bound[l] = store_certified([&](int64_t e) { return x_lane[e]; }, x + l * size, size, b);
+    }
+  }
 }
 
 // The exact path (the contract at the top of this file) for lanes 0..count-1 of a matrix of double-precision
@@ -338,44 +390,29 @@ NEUINV_HOST_DEVICE void exact_inverse(const VD* a, T* x, double* bound, int coun
   using Ad = Arithmetic<VD>;
   const int64_t n = N > 0 ? N : n_runtime;
   constexpr bool closed_form = N >= 2 && N <= 4 && sizeof(T) == sizeof(float);
-  VD x_w[kRoom<N>], r[kRoom<N>];
-  typename Ad::mask refused = Ad::negate(Ad::equal(Ad::broadcast(0.0), Ad::broadcast(0.0)));
+  VD x_w[kRoom<N>], scratch[kRoom<N>];
+  const typename Ad::mask none = Ad::negate(Ad::equal(Ad::broadcast(0.0), Ad::broadcast(0.0)));
   if (positive_definite) {
-    refused = cholesky_inverse<N>(a, x_w, n);
-  } else if constexpr (closed_form) {
+    certify_and_store<T, N>(a, x_w, scratch, cholesky_inverse<N>(a, x_w, n), x, bound, count, n, false);
+    return;
+  }
+  if constexpr (closed_form) {
     adjugate_inverse<N>(a, x_w);
+    certify_and_store<T, N>(a, x_w, scratch, none, x, bound, count, n, true);
+    bool redo = false;
+    for (int l = 0; l < count; ++l) redo = redo || isnan(bound[l]);
+    if (!redo) return;
+    // Gauss-Jordan for the lanes the closed form left; the others keep what is stored.
+    T x_redone[Ad::kLanes * kRoom<N>];
+    double bound_redone[Ad::kLanes];
+    certify_and_store<T, N>(a, x_w, scratch, gauss_jordan<N>(a, x_w, n), x_redone, bound_redone, count, n, false);
+    for (int l = 0; l < count; ++l) {
+      if (!isnan(bound[l])) continue;
+      bound[l] = bound_redone[l];
+      for (int64_t e = 0; e < n * n; ++e) x[l * n * n + e] = x_redone[l * n * n + e];
+    }
   } else {
-    refused = gauss_jordan<N>(a, x_w, n);
-  }
-  const VD r_sq = residual<N>(a, x_w, r, n);
-  double a_lane[kRoom<N>], x_lane[kRoom<N>];
-  bool redo = false;
-  for (int l = 0; l < count; ++l) {
-    if (Ad::mask_lane(refused, l)) {
-      bound[l] = rules::kInfinity;
-      continue;
-    }
-    copy_lane<N>(a, l, a_lane, n);
-    copy_lane<N>(x_w, l, x_lane, n);
-    bound[l] = certify_exact<T, N>(a_lane, x_lane, static_cast<double>(Ad::lane(r_sq, l)), n);
-    // The closed form is kept where it is certified to float32 accuracy (rho_w <= eps32 / 2).
-    if (closed_form && !positive_definite && !(bound[l] <= 0x1p-23)) {
-      redo = true;
-      continue;
-    }
-    bound[l] = store_certified<T>(x_lane, x + l * n * n, n * n, bound[l]);
-  }
-  if (!closed_form || positive_definite || !redo) return;
-  refused = gauss_jordan<N>(a, x_w, n);
-  const VD r_sq_redone = residual<N>(a, x_w, r, n);
-  for (int l = 0; l < count; ++l) {
-    if (bound[l] <= 0x1p-23) continue;
-    copy_lane<N>(a, l, a_lane, n);
-    copy_lane<N>(x_w, l, x_lane, n);
-    bound[l] = Ad::mask_lane(refused, l)
-                   ? rules::kInfinity
-                   : certify_exact<T, N>(a_lane, x_lane, static_cast<double>(Ad::lane(r_sq_redone, l)), n);
-    bound[l] = store_certified<T>(x_lane, x + l * n * n, n * n, bound[l]);
+    certify_and_store<T, N>(a, x_w, scratch, gauss_jordan<N>(a, x_w, n), x, bound, count, n, false);
   }
 }
 
