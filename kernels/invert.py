@@ -310,6 +310,13 @@ def _invert_kernel(
             x_w, singular = _cholesky_inverse(a.to(tl.float64), rows, cols, N, USE_DOT)
         else:
             x_w, singular = _gauss_jordan(a.to(tl.float64), rows, cols, N)
+        if IS_F64:  # the exact-path contract's float64 step (neuinv.rules): one Newton-Schulz step where
+            # ||I - A X_w|| > eps ||A|| ||X_w|| and < 1/2
+            eye64 = ((rows[:, None] == cols[None, :]) & (rows[:, None] < N)).to(tl.float64)
+            residual_w = eye64[None, :, :] - _batched_matmul(a, x_w, USE_DOT)
+            r_w = _frobenius(residual_w)
+            polish = (r_w > _f64(2 * UNIT) * (_frobenius(a) * _frobenius(x_w))) & (r_w < 0.5)
+            x_w = tl.where(polish[:, None, None], x_w + _batched_matmul(x_w, residual_w, USE_DOT), x_w)
         x_exact = x_w.to(dtype)
         if IS_F64:
             bound_exact = _error_bound(a, x_exact, rows, cols, N, USE_DOT, IS_F64)

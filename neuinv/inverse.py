@@ -107,14 +107,14 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
             ``out=``).
 
     Returns:
-        An :class:`InverseResult` ``(inverse, info)``: X with A's shape, dtype and device (NaN where it is not
+        InverseResult: ``(inverse, info)``, X with A's shape, dtype and device (NaN where it is not
         certified), and the :class:`InverseInfo`; with ``out``, those tensors.
 
     Raises:
         TypeError: A, init or an output is not a tensor, or ``check_errors`` is not a bool (as torch).
-        neuinv.errors.ArgumentDtypeError (a ``TypeError`` and a ``RuntimeError``, torch's class): A's dtype is
+        neuinv.ArgumentDtypeError: (a ``TypeError`` and a ``RuntimeError``, torch's class) A's dtype is
             not one of the above, or init's or an output's differs from what is expected.
-        neuinv.errors.ArgumentValueError (a ``ValueError`` and a ``RuntimeError``): a shape that is not (*, n, n),
+        neuinv.ArgumentValueError: (a ``ValueError`` and a ``RuntimeError``) a shape that is not (*, n, n),
             init or an output of the wrong shape or device, an output that overlaps an input or another output, an
             option out of range.
 

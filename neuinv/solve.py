@@ -105,7 +105,11 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
         left: True (default): solve A X = B; False: X A = B.
         init: (*, n, n) approximate inverses of A (a warm start, e.g. the previous call's ``info.inverse``), for
             either ``left``.
-        tol, max_iter, method, assume_a, backend: as :func:`neuinv.batched_inverse_ex` (for A's inverse).
+        tol: as in :func:`neuinv.batched_inverse_ex` (for A's inverse).
+        max_iter: as in :func:`neuinv.batched_inverse_ex`.
+        method: as in :func:`neuinv.batched_inverse_ex`.
+        assume_a: as in :func:`neuinv.batched_inverse_ex`.
+        backend: as in :func:`neuinv.batched_inverse_ex`.
         max_error: largest ``error_bound`` of a solution that counts as certified; default None: below 1.
         check_errors: as torch's: raise where a system failed (here: is not certified), the error that
             :func:`batched_solve` raises, after nothing has been written to ``out``. Default False.
@@ -115,15 +119,15 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
             gradients.
 
     Returns:
-        A :class:`SolveResult` ``(result, info)``: X of shape (broadcast batch, n) or (broadcast batch, n, k)
+        SolveResult: ``(result, info)``, X of shape (broadcast batch, n) or (broadcast batch, n, k)
         ((broadcast batch, k, n) with ``left=False``), A's dtype, NaN where not certified, and the
         :class:`SolveInfo`.
 
     Raises:
         TypeError: A, B, init or an output is not a tensor, or ``left`` or ``check_errors`` is not a bool.
-        neuinv.errors.ArgumentDtypeError (a ``TypeError`` and a ``RuntimeError``, torch's class): A's dtype is not
+        neuinv.ArgumentDtypeError: (a ``TypeError`` and a ``RuntimeError``, torch's class) A's dtype is not
             one of the above, or B's, init's or an output's differs from what is expected.
-        neuinv.errors.ArgumentValueError (a ``ValueError`` and a ``RuntimeError``): A not (*, n, n), B of a shape
+        neuinv.ArgumentValueError: (a ``ValueError`` and a ``RuntimeError``) A not (*, n, n), B of a shape
             incompatible with A or batch dimensions that do not broadcast, B, init or an output on another device,
             an output of the wrong shape or overlapping an input or another output, an option out of range.
 
