@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -317,6 +318,18 @@ def run(args) -> list[dict]:
     return rows, bandwidth
 
 
+def commit() -> str:
+    """The checkout's commit (with "+changes" when its tracked files differ from it), or "unknown"."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=root).returncode != 0
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def describe_device(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(device)
@@ -365,7 +378,7 @@ def main(argv=None):
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(dict(device=describe_device(args.device), date=str(datetime.date.today()),
+            json.dump(dict(device=describe_device(args.device), date=str(datetime.date.today()), commit=commit(),
                            neuinv=neuinv.__version__, torch=torch.__version__,
                            copy_bandwidth_bytes_per_second=bandwidth, rows=rows), handle, indent=1)
 
