@@ -122,13 +122,13 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         init: (*, n, n) tensor of approximate inverses (a warm start), same dtype and device.
         tol: Newton–Schulz stopping tolerance on ||I - A X||_F / (||A||_F ||X||_F); default eps(dtype) / 2.
         max_iter: most Newton–Schulz steps per matrix; default 10 with init or model, 64 from the scaled
-            transpose (the documentation's [The rules][the-rules] page).
+            transpose (the documentation's [The rules][neuinv.rules] page).
         max_error: largest ``error_bound`` (relative error of X in the Frobenius norm) a matrix may have
             and be ``certified``; default None: any bound below 1 (at least one correct digit) is accepted.
         method: what is computed. "auto" (default): Newton–Schulz when init or model gives a guess, else the
             exact path. "exact": Gauss–Jordan or LU with partial pivoting (Cholesky with ``assume_a="pos"``);
             refused with init or model. "newton_schulz": Newton–Schulz from init, model or the scaled transpose. Whatever
-            does not converge or certify takes the exact path ([The rules][the-rules]).
+            does not converge or certify takes the exact path ([The rules][neuinv.rules]).
         assume_a: "gen" (default) or "pos": A symmetric (Hermitian) positive definite; the exact path is then
             Cholesky of A's lower triangle, and a matrix whose factorisation fails is not certified.
         backend: "auto", "torch", "triton", "cpp" or "cuda": where (see ``available_backends()``); "auto"

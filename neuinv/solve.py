@@ -144,7 +144,7 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
             either ``left``.
         tol: as in :func:`neuinv.batched_inverse_ex` (for A's inverse).
         max_iter: most Newton–Schulz steps per matrix of A; default 10 with init, 64 otherwise
-            ([The rules][the-rules]).
+            ([The rules][neuinv.rules]).
         method: as in :func:`neuinv.batched_inverse_ex`.
         assume_a: as in :func:`neuinv.batched_inverse_ex`.
         backend: as in :func:`neuinv.batched_inverse_ex`.
