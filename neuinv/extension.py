@@ -71,10 +71,11 @@ BUILD_MINUTES = {"cpu": 1.5, "cuda": 3}
 "Installing"; one source file dominates each part, so more cores shorten it little); the build's announcement
 quotes it."""
 PURE_TORCH_COST = ("it certifies every matrix in float64 with torch operations, several times slower than the "
-                   "compiled kernels and slower than torch.linalg.inv itself (measurements: docs/benchmarks.md, "
-                   "\"Without the compiled kernels\")")
+                   "compiled kernels and slower than torch.linalg.inv itself (measurements: the documentation's "
+                   "Benchmarks page, \"Without the compiled kernels\"; docs/benchmarks.md in the source repository)")
 """What running on the pure-torch reference path costs; quoted where the compiled CPU kernels cannot be had. The
-measured ratios live in the documentation's benchmark page, not in the warning."""
+measured ratios live in the documentation's Benchmarks page (docs/benchmarks.md in the source repository), not in
+the warning."""
 
 _loaded: dict[str, Path] = {}
 _problems: dict[str, str] = {}

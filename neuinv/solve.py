@@ -70,13 +70,46 @@ class SolveResult(NamedTuple):
 def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=None, tol=None, max_iter=None,
                   max_error=None, method: str = "auto", assume_a: str = "gen", backend: str = "auto",
                   out: torch.Tensor | None = None) -> torch.Tensor:
-    """X with A X = B (X A = B with ``left=False``) for each system; a drop-in for ``torch.linalg.solve``.
+    """X with A X = B (X A = B with ``left=False``) for each system, every one certified; a drop-in for
+    ``torch.linalg.solve``.
 
-    Raises ``ValueError`` naming the first system whose A or B holds NaN or Inf if any system that failed does,
-    else ``torch.linalg.LinAlgError`` naming the first system whose A is not positive definite
-    (``assume_a="pos"``), singular or numerically singular, or whose solution is not certified to ``max_error``.
-    ``out``: a tensor of X's shape and A's dtype and device that receives X. Bad arguments raise as listed in
-    :func:`batched_solve_ex`; see there for the other arguments.
+    Without ``max_error`` a solution counts as certified when its ``error_bound`` is below 1, i.e. at least one
+    correct digit; pass ``max_error`` (e.g. 1e-6) to demand more. :func:`batched_solve_ex` returns the bounds.
+
+    Args:
+        A: (*, n, n) float32, float64, complex64, complex128, float16 or bfloat16 tensor, CPU or CUDA; never
+            modified.
+        B: (*, n) or (*, n, k) of A's dtype and device ((*, k, n) with ``left=False``), broadcast as
+            ``torch.linalg.solve`` does; never modified.
+        left: True (default): solve A X = B; False: X A = B.
+        init: (*, n, n) approximate inverses of A (a warm start, e.g. a previous call's ``info.inverse``).
+        tol: Newton–Schulz stopping tolerance for A's inverse; default eps(dtype) / 2.
+        max_iter: most Newton–Schulz steps per matrix; default 10 with init, 64 otherwise.
+        max_error: largest ``error_bound`` (relative error of X, Frobenius norm) accepted; default None: below 1.
+        method: "auto" (default), "exact" or "newton_schulz", as in :func:`neuinv.batched_inverse_ex`.
+        assume_a: "gen" (default) or "pos" (symmetric/Hermitian positive definite: Cholesky).
+        backend: "auto" (default), "torch", "triton", "cpp" or "cuda".
+        out: tensor of X's shape and A's dtype and device that receives X (and is returned).
+
+    Returns:
+        torch.Tensor: X, of the broadcast batch shape with B's trailing dimensions, A's dtype and device.
+
+    Raises:
+        ValueError: a system that is not certified holds NaN or Inf in A or B; the message names the first one.
+        torch.linalg.LinAlgError: otherwise, a system is not certified; the message names the first one and why:
+            A not positive definite (``assume_a="pos"``), singular or numerically singular (``error_bound``
+            +inf), a solution that overflows A's dtype, subnormal entries the path cannot certify, or an
+            ``error_bound`` above ``max_error``.
+        TypeError: an argument that is not a tensor, or ``left`` that is not a bool.
+        neuinv.ArgumentDtypeError: a dtype that is not supported or does not match A's.
+        neuinv.ArgumentValueError: a bad or non-broadcasting shape, a device or option value, an ``out`` that
+            overlaps an input (the full list: :func:`batched_solve_ex`).
+
+    Examples:
+        >>> A = torch.randn(1000, 8, 8, dtype=torch.float64) + 8 * torch.eye(8, dtype=torch.float64)
+        >>> x = neuinv.batched_solve(A, torch.ones(1000, 8, dtype=torch.float64), max_error=1e-10)
+        >>> torch.allclose((A @ x[..., None])[..., 0], torch.ones(1000, 8, dtype=torch.float64))
+        True
     """
     B_matrix, vector = _right_hand_sides(A, B)
     options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
@@ -95,6 +128,10 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
     """Solutions X of A X = B (X A = B with ``left=False``) and a :class:`SolveInfo`; never raises for singular
     input (unless ``check_errors``).
 
+    Gradients (and torch.func transforms): dX = A^-1 (dB - dA X), so grad_B = A^-H G and grad_A = -grad_B X^H
+    (summed over broadcast dimensions; transposed for ``left=False``); ``info.inverse`` is differentiable too
+    (d(A^-1) = -A^-1 dA A^-1).
+
     Args:
         A: (*, n, n) float32, float64, complex64, complex128, float16 or bfloat16; never modified. Any strides,
             and views with the conjugate or negative bit set, read as their values (so also for B and init).
@@ -106,11 +143,13 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
         init: (*, n, n) approximate inverses of A (a warm start, e.g. the previous call's ``info.inverse``), for
             either ``left``.
         tol: as in :func:`neuinv.batched_inverse_ex` (for A's inverse).
-        max_iter: as in :func:`neuinv.batched_inverse_ex`.
+        max_iter: most Newton–Schulz steps per matrix of A; default 10 with init, 64 otherwise
+            ([The rules][neuinv.rules]).
         method: as in :func:`neuinv.batched_inverse_ex`.
         assume_a: as in :func:`neuinv.batched_inverse_ex`.
         backend: as in :func:`neuinv.batched_inverse_ex`.
-        max_error: largest ``error_bound`` of a solution that counts as certified; default None: below 1.
+        max_error: largest ``error_bound`` of a solution that counts as certified; default None: any bound
+            below 1 (at least one correct digit) is accepted.
         check_errors: as torch's: raise where a system failed (here: is not certified), the error that
             :func:`batched_solve` raises, after nothing has been written to ``out``. Default False.
         out: (X, info): X of the solution's shape and A's dtype and device; info a :class:`SolveInfo` of tensors
@@ -131,9 +170,11 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
             incompatible with A or batch dimensions that do not broadcast, B, init or an output on another device,
             an output of the wrong shape or overlapping an input or another output, an option out of range.
 
-    Gradients (and torch.func transforms): dX = A^-1 (dB - dA X), so grad_B = A^-H G and grad_A = -grad_B X^H
-    (summed over broadcast dimensions; transposed for ``left=False``); ``info.inverse`` is differentiable too
-    (d(A^-1) = -A^-1 dA A^-1).
+    Examples:
+        >>> A = torch.randn(1000, 8, 8, dtype=torch.float64) + 8 * torch.eye(8, dtype=torch.float64)
+        >>> X, info = neuinv.batched_solve_ex(A, torch.randn(8, 3, dtype=torch.float64), max_error=1e-10)
+        >>> X.shape, bool(info.certified.all())
+        (torch.Size([1000, 8, 3]), True)
     """
     B_matrix, vector = _right_hand_sides(A, B)
     options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
