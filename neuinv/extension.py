@@ -177,7 +177,7 @@ def compile_settings(part: str) -> dict:
     # `#pragma omp parallel`; compiled without it, the kernels run on one thread. -fno-math-errno: sqrt
     # without the errno branch, so that loops of square roots across the compact lanes are vectorised.
     return dict(sources=[str(path) for path in sources(part)], with_cuda=with_cuda,
-                extra_cflags=["-O3", "-fopenmp", "-fno-math-errno"], extra_ldflags=["-fopenmp"],
+                extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
                 extra_cuda_cflags=["-O3", "-lineinfo"])
 
 

@@ -124,8 +124,8 @@ def _invert_in_dtype(A, init, options):
 
 
 def _second_stage(A, X, info, limit, positive_definite):
-    """The scale-aware second stage (:func:`second_stage_index`) on the matrices whose first certificate is refused or
-    above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X they have, and
+    """The scale-aware second stage (:func:`second_stage_index`) on the exact path's matrices whose certificate is
+    refused or above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X they have, and
     the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the result with the
     smallest bound. Under torch.compile it is the operator ``neuinv::second_stage_inverse``, which the graph calls as
     it is (its subset depends on the data)."""
@@ -142,7 +142,7 @@ def _second_stage(A, X, info, limit, positive_definite):
 def _second_stage_inverse(A, X, certified_mask, bound, fallback, limit: float, positive_definite: bool):
     """:func:`_second_stage` on the flat batch: (X, certified, error_bound, fallback), new tensors where any matrix
     took it, else the inputs themselves."""
-    index = second_stage_index(bound, A.dtype, A)
+    index = second_stage_index(bound, A.dtype, A, exact_path=fallback)
     if index is None:
         return X, certified_mask, bound, fallback
     A_i, X_i, bound_i = A[index], X[index], bound[index]
@@ -192,12 +192,13 @@ def flat_batch_vmap(operator, info, in_dims, arguments):
     return tuple(output.reshape(size, -1, *output.shape[1:]) for output in outputs), (0,) * len(outputs)
 
 
-def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor) -> torch.Tensor | None:
+def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor,
+                       exact_path: torch.Tensor | None = None) -> torch.Tensor | None:
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
-    (b,) first bounds, then only those whose operands ((b, r, c) each) are finite, read for those few only; None where
-    there are none. The ``nonzero`` that selects them is the one data-dependent operator of ``batched_inverse_ex`` on
+    (b,) first bounds (and ``exact_path``), then only those whose operands ((b, r, c) each) are finite, read for those
+    few only; None where there are none. The ``nonzero`` that selects them is the one data-dependent operator of ``batched_inverse_ex`` on
     the compiled backends (a host synchronisation on CUDA)."""
-    index = second_stage_mask(bound, dtype).nonzero().squeeze(1)
+    index = second_stage_mask(bound, dtype, exact_path).nonzero().squeeze(1)
     if index.numel() == 0:  # the common case: one nonzero over the mask, nothing else
         return None
     for operand in operands:

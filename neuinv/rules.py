@@ -134,15 +134,20 @@ def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
 
 
 SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -12, torch.complex64: 2.0 ** -12,
-                             torch.float64: 2.0 ** -30, torch.complex128: 2.0 ** -30}
-"""A matrix (or system) whose first certificate is above this, or refused, while its input is finite, takes the
-second stage (:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix, certified
-componentwise (:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and keeps
-whichever result has the smaller bound. Badly scaled and graded matrices, which the normwise certificate refuses
-or bounds loosely, are certified there close to their true error; well-conditioned ones never pay for it."""
+                             torch.float64: 2.0 ** -20, torch.complex128: 2.0 ** -20}
+"""A matrix whose exact-path certificate (a system whose certificate) is above this, or refused, while its input is
+finite, takes the second stage (:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix,
+certified componentwise (:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and
+keeps whichever result has the smaller bound. Badly scaled and graded matrices, which the normwise certificate
+refuses or bounds loosely, are certified there close to their true error. The stage runs in torch operations, about
+ten times a matrix product's work per matrix: the threshold keeps it to bounds that say little (moderately
+ill-conditioned float64 matrices, bounded near cond · eps, never pay for it), and Newton–Schulz results keep their
+own honest bound (pass ``max_error`` to send them to the exact path)."""
 
 
-def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Which matrices take the second stage by their first bound: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype] (the
-    callers then drop those whose input is not finite, :func:`neuinv.pipeline.second_stage_index`)."""
-    return error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]
+def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype, exact_path: torch.Tensor | None = None) -> torch.Tensor:
+    """Which matrices (systems) take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype], among the
+    results of the exact path where ``exact_path`` (an inverse's ``fallback``) is given (the callers then drop those
+    whose input is not finite, :func:`neuinv.pipeline.second_stage_index`)."""
+    mask = error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]
+    return mask if exact_path is None else mask & exact_path

@@ -59,6 +59,8 @@ struct PackArithmetic {
   static NEUINV_HOST_DEVICE void set_lane(V& v, int l, T x) { v[l] = x; }
   static NEUINV_HOST_DEVICE bool mask_lane(mask m, int l) { return m[l] != 0; }
   static NEUINV_HOST_DEVICE void set_mask_lane(mask& m, int l, bool x) { m[l] = x ? -1 : 0; }
+  template <typename To>
+  static NEUINV_HOST_DEVICE To convert(V v) { return __builtin_convertvector(v, To); }
 };
 
 template <>

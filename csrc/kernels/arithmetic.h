@@ -37,6 +37,8 @@ struct ScalarArithmetic {
   static NEUINV_HOST_DEVICE void set_lane(T& v, int, T x) { v = x; }
   static NEUINV_HOST_DEVICE bool mask_lane(bool m, int) { return m; }
   static NEUINV_HOST_DEVICE void set_mask_lane(bool& m, int, bool x) { m = x; }
+  template <typename To>
+  static NEUINV_HOST_DEVICE To convert(T v) { return static_cast<To>(v); }  // to the value type of other lanes
 };
 
 template <>

@@ -11,7 +11,9 @@
 // ||I - A X_w|| lies above eps ||A|| ||X_w|| (and below 1/2); the certificate of X_w, then X = round_T(X_w) with
 // the rounding added to the bound (certificate.error_bound(..., rounded_to=T)).
 //
-// Matrices are row-major, element (i, j) at [i * n + j]; N is n where it is fixed at compile time, else 0.
+// Matrices are row-major, element (i, j) at [i * n + j]; N is n where it is fixed at compile time, else 0. The CPU
+// build compiles them without floating-point contraction (-ffp-contract=off), so that a pack's lanes and a scalar
+// compute the same bits and the certificate's branches give the same result for A and 2^k A.
 #pragma once
 #include "arithmetic.h"
 
@@ -512,11 +514,12 @@ NEUINV_HOST_DEVICE void invert(const T* a, const T* x0, const bool* use_guess, T
       iterations[l] = 0;
     }
   }
+  VT a_t[kRoom<N>];
   VD a_d[kRoom<N>];
-  load_lanes<N>(a, count, a_d, n);
+  load_lanes<N>(a, count, a_t, n);
+  for (int64_t e = 0; e < size; ++e) a_d[e] = At::template convert<VD>(a_t[e]);
   if (any_refining) {
-    VT a_t[kRoom<N>], x_t[kRoom<N>];
-    load_lanes<N>(a, count, a_t, n);
+    VT x_t[kRoom<N>];
     if (x0 != nullptr) {
       load_lanes<N>(x0, count, x_t, n);
     } else {
@@ -531,19 +534,26 @@ NEUINV_HOST_DEVICE void invert(const T* a, const T* x0, const bool* use_guess, T
     int32_t steps[At::kLanes];
     newton_schulz<N>(a_t, x_t, refining, count, rules, done, steps, n);
     VD x_d[kRoom<N>], r[kRoom<N>];
-    for (int64_t e = 0; e < size; ++e) {
-      for (int l = 0; l < Ad::kLanes; ++l) Ad::set_lane(x_d[e], l, static_cast<double>(At::lane(x_t[e], l)));
-    }
-    const VD r_sq = residual<N>(a_d, x_d, r, n);
-    double a_lane[kRoom<N>], x_lane[kRoom<N>];
+    for (int64_t e = 0; e < size; ++e) x_d[e] = At::template convert<VD>(x_t[e]);
+    // rules::stored_error_bound of X as stored, for every lane at once on its common branch (norms summed
+    // unscaled; for float64 no Dot2), lane by lane otherwise.
+    const VD r_norm = Ad::square_root(residual<N>(a_d, x_d, r, n));
+    const VD a_squared = sum_of_squares(a_d, size), x_squared = sum_of_squares(x_d, size);
+    const VD g_s = rules::gamma_of(n + 1) *
+                   (sqrt(static_cast<double>(n)) + Ad::square_root(a_squared) * Ad::square_root(x_squared));
+    const VD common = rules::certified_or_inf(rules::rho_from(r_norm, g_s, n));
+    double x_lane[kRoom<N>];
     for (int l = 0; l < count; ++l) {
       if (!At::mask_lane(refining, l)) continue;
       iterations[l] = steps[l];
       if (!done[l]) continue;
-      copy_lane<N>(a_d, l, a_lane, n);
-      copy_lane<N>(x_d, l, x_lane, n);
-      const double refined_bound =
-          rules::stored_error_bound<N, T>(a + l * size, x_lane, sqrt(static_cast<double>(Ad::lane(r_sq, l))), n);
+      const double r_l = Ad::lane(r_norm, l);
+      double refined_bound = Ad::lane(common, l);
+      if (!rules::plain_norms_suffice(Ad::lane(a_squared, l), Ad::lane(x_squared, l)) ||
+          (sizeof(T) == sizeof(double) && rules::needs_dot2(r_l, Ad::lane(g_s, l)))) {
+        copy_lane<N>(x_d, l, x_lane, n);
+        refined_bound = rules::stored_error_bound<N, T>(a + l * size, x_lane, r_l, n);
+      }
       if (rules::certified(refined_bound, max_error)) {
         copy_lane<N>(x_t, l, x + l * size, n);
         bound[l] = refined_bound;
