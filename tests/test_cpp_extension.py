@@ -43,7 +43,7 @@ def test_build_holds_the_cuda_kernels_whenever_the_toolchain_can_compile_them():
 @pytest.mark.parametrize("n, dtype", cases())
 def test_exact_path_certifies_what_it_returns(n, dtype, device):
     """The exact path of neuinv::invert (Gauss-Jordan in double, certified before the rounding to A's dtype, the
-    contract of rules.EXACT_PATH): a singular member gets NaN and +inf alone; the others are as accurate as
+    contract in neuinv.rules): a singular member gets NaN and +inf alone; the others are as accurate as
     torch.linalg.inv, their bounds hold against the float64 truth and, for float32, stay at a few eps32 (cond 100)."""
     A = conditioned_matrices(37, n, 100.0, dtype, seed=n)
     A[5] = 0.0  # singular for every n

@@ -202,9 +202,11 @@ def test_the_record_digest_covers_every_source_and_header():
     digest = extension.source_digest("cpu")
     names = {str(path.relative_to(extension.source_directory())) for path in
              extension.sources("cpu") + extension._headers("cpu")}
-    assert {"neuinv_ops.cpp", "neuinv_checks.cpp", "neuinv_rules.h", "neuinv_checks.h", "cpu/neuinv_cpu.cpp"} <= names
+    assert {"neuinv_ops.cpp", "neuinv_checks.cpp", "neuinv_rules.h", "neuinv_checks.h", "cpu/invert_cpu.cpp",
+            "cpu/simd.h", "cpu/build_selection.h", "kernels/per_matrix.h", "kernels/arithmetic.h"} <= names
     assert len(digest) == 64 and digest != extension.source_digest("cuda")
-    assert Path(extension.source_directory() / "cuda" / "neuinv_cuda_common.cuh") in extension._headers("cuda")
+    for header in ("cuda/neuinv_cuda_common.cuh", "kernels/per_matrix.h", "kernels/arithmetic.h"):
+        assert Path(extension.source_directory() / header) in extension._headers("cuda")
 
 
 PLANTED_SOURCE = """

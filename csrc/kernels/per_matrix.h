@@ -4,7 +4,7 @@
 // (csrc/cuda/neuinv_cuda_invert_small.cu) runs it on one thread per matrix. The semantics are those of
 // neuinv/reference.py (invert), the rules those of csrc/neuinv_rules.h (neuinv/rules.py, neuinv/certificate.py).
 //
-// The exact path, the same wherever this file runs (rules.EXACT_PATH): Gauss-Jordan elimination with partial
+// The exact path, the same wherever this file runs (written also in neuinv/rules.py): Gauss-Jordan elimination with partial
 // pivoting on [A | I] (Cholesky of A's lower triangle for positive-definite input; the adjugate closed form for
 // float32 n = 2-4, redone by Gauss-Jordan where it is not certified to float32 accuracy) in double precision
 // for every input dtype, giving X_w; for float64 input one Newton-Schulz step X_w + X_w (I - A X_w) where
