@@ -1,7 +1,7 @@
 // Which instruction set the CPU kernels run with, chosen once at run time: the extension is compiled for
-// baseline x86-64 (portable), and each kernel is compiled twice more, for AVX2+FMA and for AVX-512, whichever
-// this CPU has. A kernel and everything it calls are always inlined (NEUINV_HOST_DEVICE), so each build compiles
-// it whole for its instruction set. Also the floating-point mode every worker thread computes in.
+// baseline x86-64 (portable, for the general size only), and each kernel is compiled twice more, for AVX2+FMA
+// and for AVX-512, whichever this CPU has. A kernel and everything it calls are always inlined
+// (NEUINV_HOST_DEVICE), so each build compiles it whole for its instruction set. Also the floating-point mode every worker thread computes in.
 #pragma once
 #include <string>
 
@@ -35,15 +35,27 @@ __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) void run_avx512(Ar
 }
 #endif
 
-// kernel(args...) in the best build for this CPU.
-template <auto kernel, typename... Args>
+// kernel(args...) in the best build for this CPU; on an x86-64 CPU without AVX2 and FMA, baseline(args...).
+template <auto kernel, auto baseline, typename... Args>
 void run_for_this_cpu(Args... args) {
 #if defined(__x86_64__) && defined(__GNUC__)
   if (cpu_has_avx512()) return run_avx512<kernel>(args...);
   if (cpu_has_avx2_fma()) return run_avx2_fma<kernel>(args...);
-#endif
+  baseline(args...);
+#else
   kernel(args...);
+#endif
 }
+
+// The fixed size the baseline build of an x86-64 kernel for size N is compiled with: 0, the general size, so that
+// the build for the CPUs without AVX2 (rare since 2013) compiles one kernel instead of one per fixed size. Other
+// architectures have one build, with every fixed size.
+template <int N>
+#if defined(__x86_64__) && defined(__GNUC__)
+constexpr int kBaselineN = 0;
+#else
+constexpr int kBaselineN = N;
+#endif
 
 // Which build run_for_this_cpu runs on this CPU (`neuinv info` reports it).
 inline std::string kernel_build() {

@@ -1,13 +1,9 @@
-// The CPU driver of neuinv::invert (schema in csrc/neuinv_ops.cpp): splits the batch across threads
-// (at::parallel_for) and runs the per-matrix kernel kernels::invert (csrc/kernels/per_matrix.h) on packs of
-// kLanes matrices in the compact layout for the sizes compiled with a fixed n up to kCompactMaxN, one matrix at a
-// time otherwise, in the best instruction-set build for this CPU (csrc/cpu/build_selection.h).
+// The CPU operator neuinv::invert (schema in csrc/neuinv_ops.cpp): checks the arguments, allocates the outputs
+// and runs the CPU driver (csrc/cpu/invert_range.h) on the batch.
 #include <torch/library.h>
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/util/accumulate.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -15,17 +11,12 @@
 #include <sys/mman.h>
 #endif
 
-#include "simd.h"  // first: its pragma covers the kernels' vector code
-#include "../kernels/per_matrix.h"
 #include "../neuinv_checks.h"
 #include "build_selection.h"
+#include "invert_batch.h"
 
 namespace neuinv {
 namespace {
-
-using kernels::kLanes;
-
-constexpr int kCompactMaxN = 8;  // above, one matrix at a time (a pack's working set leaves L1)
 
 // A fresh tensor like A for the output X. On Linux one of 2 MB or more is advised to use transparent huge pages
 // before it is first written (numpy does the same for its large arrays): first-touch page faults otherwise cost as
@@ -39,67 +30,6 @@ at::Tensor empty_output_like(const at::Tensor& A) {
   if (end > start && end - start >= kHugePage) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);
 #endif
   return X;
-}
-
-// Sizes compiled with a fixed n (loops fully known to the compiler); other n take the N = 0 path.
-#define NEUINV_DISPATCH_SIZE(n, ...)                         \
-  switch (n) {                                               \
-    case 1: { constexpr int N = 1; __VA_ARGS__(); break; }   \
-    case 2: { constexpr int N = 2; __VA_ARGS__(); break; }   \
-    case 3: { constexpr int N = 3; __VA_ARGS__(); break; }   \
-    case 4: { constexpr int N = 4; __VA_ARGS__(); break; }   \
-    case 5: { constexpr int N = 5; __VA_ARGS__(); break; }   \
-    case 6: { constexpr int N = 6; __VA_ARGS__(); break; }   \
-    case 8: { constexpr int N = 8; __VA_ARGS__(); break; }   \
-    case 16: { constexpr int N = 16; __VA_ARGS__(); break; } \
-    default: { constexpr int N = 0; __VA_ARGS__(); break; }  \
-  }
-
-// The arguments of the per-matrix kernel for the matrices of one task.
-template <typename T>
-struct Batch {
-  const T* a;
-  const T* x0;
-  const bool* use_guess;
-  T* x;
-  bool* certified;
-  double* bound;
-  int32_t* iterations;
-  bool* fallback;
-  int64_t n;
-  bool refine;
-  rules::NewtonSchulzRules rules;
-  double max_error;
-  bool positive_definite;
-};
-
-// Matrices begin..end-1 of the batch, kLanes at a time in packs (fixed N <= kCompactMaxN) or one at a time.
-// Always inlined, like everything it calls, into the instruction-set build that runs it (build_selection.h).
-template <typename T, int N>
-NEUINV_HOST_DEVICE void invert_range(Batch<T> batch, int64_t begin, int64_t end) {
-  constexpr bool packed = N > 0 && N <= kCompactMaxN;
-  constexpr int64_t step = packed ? kLanes : 1;
-  const int64_t size = batch.n * batch.n;
-  for (int64_t m = begin; m < end; m += step) {
-    const int count = static_cast<int>(std::min<int64_t>(step, end - m));
-    auto at = [&](auto* pointer, int64_t stride) { return pointer == nullptr ? pointer : pointer + m * stride; };
-    using VT = std::conditional_t<packed, typename kernels::PackOf<T>::type, T>;
-    using VD = std::conditional_t<packed, kernels::PackDouble, double>;
-    kernels::invert<T, N, VT, VD>(at(batch.a, size), at(batch.x0, size), at(batch.use_guess, 1), at(batch.x, size),
-                                  at(batch.certified, 1), at(batch.bound, 1), at(batch.iterations, 1),
-                                  at(batch.fallback, 1), count, batch.n, batch.refine, batch.rules, batch.max_error,
-                                  batch.positive_definite);
-  }
-}
-
-// The batch of b matrices split across threads in whole packs.
-template <typename T, int N>
-void invert_batch(const Batch<T>& batch, int64_t b) {
-  constexpr int64_t unit = N > 0 && N <= kCompactMaxN ? kLanes : 1;
-  at::parallel_for(0, (b + unit - 1) / unit, 16, [&](int64_t begin, int64_t end) {
-    cpu::IeeeMode ieee;
-    cpu::run_for_this_cpu<invert_range<T, N>>(batch, begin * unit, std::min(end * unit, b));
-  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cpu(
@@ -119,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cp
   at::Tensor fallback = at::empty(batch_shape, A.options().dtype(at::kBool));
   const rules::NewtonSchulzRules rules{tol, accept, max_iter, X0.defined(), guard};
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert", [&] {
-    const Batch<scalar_t> batch{A.data_ptr<scalar_t>(),
+    const cpu::Batch<scalar_t> batch{A.data_ptr<scalar_t>(),
                                 X0.defined() ? X0.data_ptr<scalar_t>() : nullptr,
                                 use_guess.defined() ? use_guess.data_ptr<bool>() : nullptr,
                                 X.data_ptr<scalar_t>(),
@@ -132,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cp
                                 rules,
                                 max_error,
                                 positive_definite};
-    NEUINV_DISPATCH_SIZE(n, [&] { invert_batch<scalar_t, N>(batch, b); });
+    cpu::invert_batch(batch, b);
   });
   return {X, certified, bound, iterations, fallback};
 }

@@ -3,16 +3,16 @@
 // the per-matrix kernels run on kLanes matrices at once in the compact layout. Comparisons give lane masks of
 // all-ones or zeros; `m ? a : b` selects lane by lane.
 #pragma once
+// GCC notes that a vector wider than the baseline's registers changes the calling convention; every function
+// that passes one is inlined into the kernels (always_inline), so no vector crosses a call. Set before the
+// includes, so that it covers their templates instantiated on packs too (csrc/neuinv_rules.h).
+#pragma GCC diagnostic ignored "-Wpsabi"
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
 #include "../kernels/arithmetic.h"
-
-// GCC notes that a vector wider than the baseline's registers changes the calling convention; every function
-// that passes one is inlined into the kernels (always_inline), so no vector crosses a call.
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace neuinv {
 namespace kernels {
