@@ -3,7 +3,9 @@
 For each n and dtype, on the same matrices (cond 100; SPD ones Q diag(sigma) Q^T for the SPD rows):
 
 - solve with k = 1 and k = 8 right-hand sides: ``neuinv.batched_solve`` (certified), ``torch.linalg.solve``,
-  and ``neuinv.batched_inverse(A) @ B`` (the inverse certified, the product not);
+  ``torch.linalg.solve_ex``, ``numpy.linalg.solve``, ``jax.jit(jnp.linalg.solve)`` (where JAX is installed; its
+  input made once, outside the timing) and ``neuinv.batched_inverse(A) @ B`` (the inverse certified, the product
+  not);
 - the SPD route: ``neuinv.batched_inverse(S, assume_a="pos")`` against the general ``neuinv.batched_inverse(S)``,
   ``torch.cholesky_inverse(torch.linalg.cholesky(S))`` and ``torch.linalg.inv(S)``; and the SPD solve with one
   right-hand side, ``neuinv.batched_solve(S, b, assume_a="pos")`` against ``torch.cholesky_solve``.
@@ -12,7 +14,7 @@ Each row: the median wall time (and 20th / 80th percentiles) of ``--repeats`` ca
 the largest relative error ||X - X*||_F / ||X*||_F over the batch against float64 LU.
 
     python bench/solve.py --quick
-    python bench/solve.py --json bench/results/solve-cpu.json > bench/results/solve-cpu.md
+    python bench/solve.py --threads 1 --json bench/results/solve-cpu.json > bench/results/solve-cpu.md
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ import json
 import os
 import sys
 
+import numpy
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from throughput import describe_device, median_seconds, synchronize  # noqa: E402
+from throughput import commit, describe_device, median_seconds, optional_module, synchronize  # noqa: E402
 
 import neuinv  # noqa: E402
 from neuinv.testing import conditioned_matrices  # noqa: E402
@@ -37,11 +40,20 @@ MAX_ELEMENTS_QUICK = 2**18
 
 
 def solve_methods(A, B):
-    return [
+    A_numpy, B_numpy = A.numpy(), B.numpy()
+    methods = [
         ("neuinv.batched_solve", lambda: neuinv.batched_solve(A, B)),
         ("torch.linalg.solve", lambda: torch.linalg.solve(A, B)),
+        ("torch.linalg.solve_ex", lambda: torch.linalg.solve_ex(A, B).result),
+        ("numpy.linalg.solve", lambda: numpy.linalg.solve(A_numpy, B_numpy)),
         ("neuinv.batched_inverse @ B", lambda: neuinv.batched_inverse(A) @ B),
     ]
+    jax = optional_module("jax")
+    if jax is not None:
+        solve = jax.jit(jax.numpy.linalg.solve)
+        A_jax, B_jax = jax.numpy.asarray(A_numpy), jax.numpy.asarray(B_numpy)
+        methods.append(("jax.jit(jnp.linalg.solve)", lambda: solve(A_jax, B_jax).block_until_ready()))
+    return methods
 
 
 def spd_inverse_methods(S):
@@ -86,6 +98,7 @@ def run(args) -> list[dict]:
                 for name, fn in methods:
                     X = fn()
                     synchronize(device)
+                    X = X if isinstance(X, torch.Tensor) else torch.from_numpy(numpy.asarray(X))
                     error = max_relative_error(X, truth)
                     del X
                     median, low, high = median_seconds(fn, device, args.repeats, warm_up=False)
@@ -124,19 +137,24 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     parser.add_argument("--max-batch", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.sizes = args.sizes or ([3, 8] if args.quick else SIZES)
     args.repeats = 3 if args.quick else args.repeats
     args.dtypes = [getattr(torch, d) for d in args.dtypes]
     backend = neuinv.backends.resolve_backend("auto", torch.empty(1, 3, 3)).name
     print(f"# neuinv {neuinv.__version__} solve benchmark on {describe_device('cpu')}, torch {torch.__version__}, "
-          f"{datetime.date.today()}; backend auto: {backend}", file=sys.stderr)
+          f"{datetime.date.today()}, commit {commit()}, {torch.get_num_threads()} torch threads; backend auto: {backend}",
+          file=sys.stderr)
     rows = run(args)
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(dict(device=describe_device("cpu"), date=str(datetime.date.today()), neuinv=neuinv.__version__,
-                           torch=torch.__version__, rows=rows), handle, indent=1)
+            json.dump(dict(device=describe_device("cpu"), date=str(datetime.date.today()), commit=commit(),
+                           neuinv=neuinv.__version__, torch=torch.__version__, threads=torch.get_num_threads(),
+                           rows=rows), handle, indent=1)
 
 
 if __name__ == "__main__":

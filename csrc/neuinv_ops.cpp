@@ -1,4 +1,4 @@
-// neuinv's operator: its schema, one TORCH_LIBRARY for every device, in the CPU library (the CUDA library
+// neuinv's operators: their schemas, one TORCH_LIBRARY for every device, in the CPU library (the CUDA library
 // adds its kernels to them). The Python reference of each operator is in neuinv/reference.py.
 #include <torch/library.h>
 
@@ -10,6 +10,9 @@ TORCH_LIBRARY(neuinv, m) {
   m.def("invert(Tensor A, Tensor? X0, Tensor? use_guess, bool refine, float tol, float accept, int max_iter,"
         " float guard, float max_error, bool positive_definite=False) -> (Tensor X, Tensor certified, Tensor error_bound, Tensor iterations,"
         " Tensor fallback)");
+  // The solution of A X = B (A (b, n, n), B (b, n, k)) from an approximate inverse R certified to inverse_bound,
+  // refined once, and its error bound (b,) float64: reference.solve_from_inverse.
+  m.def("solve_from_inverse(Tensor A, Tensor B, Tensor R, Tensor inverse_bound) -> (Tensor X, Tensor error_bound)");
 }
 
 }  // namespace neuinv

@@ -79,6 +79,11 @@ class TorchBackend:
 
         return _on_flat_batch(run, A, X0, use_guess)
 
+    def solve_from_inverse(self, A, B, R, inverse_bound):
+        """(X, error_bound) for A (b, n, n), B (b, n, k), R like A certified to inverse_bound (b,):
+        :func:`neuinv.reference.solve_from_inverse`."""
+        return reference.solve_from_inverse(A, B, R, inverse_bound)
+
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:
         return None
@@ -99,6 +104,13 @@ class CompiledBackend(TorchBackend):
         return torch.ops.neuinv.invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter,
                                        rules.guard, max_error, positive_definite)
 
+    def solve_from_inverse(self, A, B, R, inverse_bound):
+        """The operator ``neuinv::solve_from_inverse`` where A, B and R share a real dtype of the kernels (float16
+        and bfloat16 systems, solved with a float32 R, and complex ones take the reference)."""
+        if A.dtype in (torch.float32, torch.float64) and A.dtype == B.dtype == R.dtype and A.shape[-1] > 0:
+            return torch.ops.neuinv.solve_from_inverse(A, B, R, inverse_bound)
+        return super().solve_from_inverse(A, B, R, inverse_bound)
+
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:
         if A.dtype not in (torch.float32, torch.float64):
@@ -114,6 +126,7 @@ class CudaBackend(CompiledBackend):
     name = "cuda"
     device_type = "cuda"
     mlp_initializer = staticmethod(_fused_mlp_initializer)
+    solve_from_inverse = TorchBackend.solve_from_inverse  # the CUDA library has no solve kernel yet
 
 
 class TritonBackend(TorchBackend):

@@ -564,4 +564,8 @@ def _register_fakes() -> None:
         return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
                 A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
 
+    @torch.library.register_fake("neuinv::solve_from_inverse")
+    def _(A, B, R, inverse_bound):
+        return B.new_empty(B.shape), A.new_empty(A.shape[:1], dtype=torch.float64)
+
     _register_fakes.done = True

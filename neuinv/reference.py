@@ -197,6 +197,29 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
     return X, verdict, bound, iterations, fallback
 
 
+def solve_from_inverse(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor,
+                       inverse_bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The solution of A X = B from a certified approximate inverse R, and its certificate (the operator
+    ``neuinv::solve_from_inverse``): X_w = R B, then one step of iterative refinement X_w + R (B - A X_w), in
+    float64 (complex128), rounded to B's dtype (Higham, *Accuracy and Stability*, 2nd ed., §12.1); the bound
+    :func:`neuinv.certificate.solve_error_bound` of the X returned.
+
+    Args:
+        A: (b, n, n); B: (b, n, k); R: (b, n, n) with ||R - A^-1||_F <= inverse_bound ||A^-1||_F; any floating or
+        complex dtype (B's is X's). inverse_bound: (b,) float64, +inf where R is not certified.
+    Returns:
+        X (b, n, k) in B's dtype (Inf where the solution overflows it) and its error bound (b,) float64, +inf where
+        nothing is certified.
+    """
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    A_w, B_w, R_w = A.to(wide), B.to(wide), R.to(wide)
+    X_w = torch.bmm(R_w, B_w)
+    X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X_w, alpha=-1))).to(B.dtype)
+    if not X.numel():
+        return X, torch.zeros_like(inverse_bound, dtype=torch.float64)
+    return X, certificate.solve_error_bound(A, B, X, R, inverse_bound)
+
+
 def equilibrated_inverse(A: torch.Tensor, positive_definite: bool = False):
     """(A', R', p, q, accepted) for (b, n, n) A: A' = 2^p A 2^q exactly in float64 (complex128), the power-of-two
     scaling of :func:`neuinv.certificate.equilibration_exponents` (symmetric where ``positive_definite``), and

@@ -27,11 +27,12 @@ from typing import NamedTuple
 
 import torch
 
-from . import certificate, reference
+from . import reference
 from .arguments import (COMPUTE_DTYPE, CallOptions, check_arguments, check_flag, check_out, refuse_out_with_transforms,
                         resolved, written)
 from .errors import ArgumentDtypeError, ArgumentValueError
 from .failures import raise_if_not_certified
+from .backends import resolve_backend
 from .pipeline import INFO_DTYPES, flat_batch_vmap, invert, second_stage_index
 from .rules import certified
 from .transforms import transformed
@@ -210,20 +211,17 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool):
     """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
     docstring)."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
-    R, inverse_info = invert(A.to(compute), None if init is None else init.to(compute),
+    A_compute = A.to(compute)
+    R, inverse_info = invert(A_compute, None if init is None else init.to(compute),
                              dataclasses.replace(options, max_error=None))
     batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     n, k = A.shape[-1], B.shape[-1]
-    wide = torch.complex128 if A.is_complex() else torch.float64
     b = batch.numel()
     A_b = A.expand(*batch, n, n).reshape(b, n, n)
     B_b = B.expand(*batch, n, k).reshape(b, n, k)
     R_b = R.expand(*batch, n, n).reshape(b, n, n)
     eps = inverse_info.error_bound.expand(batch).reshape(b)
-    A_w, B_w, R_w = A_b.to(wide), B_b.to(wide), R_b.to(wide)
-    X_w = torch.bmm(R_w, B_w)
-    X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X_w, alpha=-1))).to(A.dtype)
-    bound = certificate.solve_error_bound(A_b, B_b, X, R_b, eps) if X.numel() else torch.zeros_like(eps)
+    X, bound = resolve_backend(options.backend, A_compute).solve_from_inverse(A_b, B_b, R_b, eps)
     if X.numel():
         X, bound = _second_stage(A_b, B_b, X, bound, options.assume_a == "pos")
     verdict = certified(bound, options.max_error)

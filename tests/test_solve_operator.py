@@ -1,0 +1,174 @@
+"""The compiled operator neuinv::solve_from_inverse (csrc/kernels/solve.h): its registration (opcheck), agreement
+with its specification reference.solve_from_inverse on the same inverses, its bound never below the exact error
+(odd sizes, many right-hand sides, extreme scales, ill-conditioned systems, zero, NaN and uncertified members inside
+good batches), its inputs never modified, bad arguments named; and batched_solve running on it."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import neuinv
+from neuinv import reference
+from neuinv.rules import NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, default_tol
+from neuinv.testing import conditioned_matrices
+from test_solve import exact_relative_error, right_hand_sides
+
+pytestmark = pytest.mark.skipif(not neuinv.available_backends()["cpp"].available,
+                                reason="the compiled CPU operator is not built")
+
+
+def _inverse(A):
+    """R and its certified bound from the reference inversion (the exact path)."""
+    rules = NewtonSchulzRules(default_tol(A.dtype), NEWTON_SCHULZ_ACCEPT[A.dtype], 0, False)
+    R, _, bound, _, _ = reference.invert(A, None, None, False, rules, 1.0)
+    return R, bound
+
+
+def _both(A, B, R=None, bound=None):
+    if R is None:
+        R, bound = _inverse(A)
+    return (torch.ops.neuinv.solve_from_inverse(A, B, R, bound),
+            reference.solve_from_inverse(A, B, R, bound))
+
+
+def within_twice(bound, bound_ref):
+    return bool(((bound <= 2 * bound_ref) & (bound_ref <= 2 * bound)).all())
+
+
+def test_opcheck():
+    A = conditioned_matrices(5, 3, 10.0, torch.float64)
+    B = right_hand_sides(5, 3, 2, torch.float64)
+    for A_, B_ in ((A, B), (A.mT, B), (A, B[..., :1])):
+        R, bound = _inverse(A_.contiguous())
+        torch.library.opcheck(torch.ops.neuinv.solve_from_inverse.default, (A_, B_, R, bound))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 13, 33, 64])
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_operator_matches_its_specification(dtype, n, k):
+    """The same verdict per system as the reference, solutions within the sum of the two bounds of each other
+    (X_w's order of summation differs), bounds within 2x of each other (the bound of a well-conditioned
+    system follows its evaluated residual, which those roundings move); singular, NaN and zero members inside a
+    good batch."""
+    A = conditioned_matrices(11, n, 1e3, dtype, seed=n)
+    B = right_hand_sides(11, n, k, dtype, seed=k)
+    A[2] = 0.0
+    A[5, 0, 0] = math.nan
+    B[7] = 0.0
+    B[8, -1, 0] = math.nan
+    (X, bound), (X_ref, bound_ref) = _both(A, B)
+    assert X.dtype == dtype and X.shape == B.shape and bound.dtype == torch.float64 and bound.shape == (11,)
+    finite = torch.isfinite(bound_ref)
+    assert torch.equal(torch.isfinite(bound), finite)
+    assert not finite[[2, 5, 8]].any() and bound[7] == 0 and (X[7] == 0).all()
+    assert within_twice(bound[finite], bound_ref[finite])
+    # Both certificates hold, so the two solutions lie within the sum of their bounds of the truth.
+    difference = torch.linalg.matrix_norm((X[finite] - X_ref[finite]).double())
+    allowed = (bound[finite] + bound_ref[finite]) * torch.linalg.matrix_norm(X_ref[finite].double()) \
+        / (1 - bound_ref[finite])
+    assert (difference <= 1.01 * allowed).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("exponent", [1, 4, 8, 12, 15, 17])
+def test_bound_holds_against_the_exact_truth(dtype, exponent):
+    """cond 10 .. 1e17: every finite bound lies above the exact error of the X returned (rationals for n <= 8)."""
+    n, k = 6, 2
+    A = conditioned_matrices(6, n, 10.0 ** exponent, dtype, seed=exponent)
+    B = right_hand_sides(6, n, k, dtype, seed=exponent)
+    (X, bound), _ = _both(A, B)
+    for i in range(6):
+        if math.isfinite(bound[i]):
+            assert exact_relative_error(A[i], B[i], X[i]) <= float(bound[i]), (i, float(bound[i]))
+    if exponent <= (4 if dtype == torch.float32 else 12):
+        assert torch.isfinite(bound).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_extreme_scales_give_the_same_bound(dtype):
+    """A 2^s and B 2^t (exact): the bound does not move (the certificate scales A and B by powers of two), and the
+    solution scales exactly where it stays normal."""
+    A = conditioned_matrices(4, 5, 100.0, dtype, seed=2)
+    B = right_hand_sides(4, 5, 3, dtype)
+    (X, bound), _ = _both(A, B)
+    top = 100 if dtype == torch.float32 else 900
+    for s, t in ((top, 0), (-top, 0), (0, top), (0, -top), (top // 2, -top // 2)):
+        A_s, B_t = A * 2.0 ** s, B * 2.0 ** t
+        (X_st, bound_st), _ = _both(A_s, B_t)
+        assert torch.equal(bound_st, bound), (s, t)
+        assert torch.equal(X_st, X * 2.0 ** (t - s)), (s, t)
+
+
+def test_many_right_hand_sides_at_the_largest_n():
+    """n = 64 with k = 200 (the per-thread workspace grows with k): every bound holds against mpmath on one
+    system and matches the reference on all."""
+    A = conditioned_matrices(3, 64, 1e4, torch.float64, seed=64)
+    B = right_hand_sides(3, 64, 200, torch.float64)
+    (X, bound), (X_ref, bound_ref) = _both(A, B)
+    assert torch.isfinite(bound).all() and within_twice(bound, bound_ref)
+    assert exact_relative_error(A[0], B[0, :, :3], X[0, :, :3]) <= float(bound[0])
+
+
+def test_uncertified_inverse_certifies_nothing():
+    """An R whose bound is +inf, NaN or 1 certifies no solution, even a perfect one."""
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    B = right_hand_sides(3, 4, 1, torch.float64)
+    R, _ = _inverse(A)
+    for eps in (math.inf, math.nan, 1.0):
+        X, bound = torch.ops.neuinv.solve_from_inverse(A, B, R, torch.full((3,), eps, dtype=torch.float64))
+        assert torch.isinf(bound).all() and (bound > 0).all(), eps
+
+
+def test_overflowing_solution_is_not_certified():
+    """float32 A = 1e-30 I with B = 1e10: X = 1e40 overflows float32; the operator returns Inf and no bound."""
+    A = (1e-30 * torch.eye(2)).expand(2, 2, 2).contiguous()
+    B = torch.full((2, 2, 1), 1e10)
+    R, bound = _inverse(A)
+    X, solve_bound = torch.ops.neuinv.solve_from_inverse(A, B, R, bound)
+    assert torch.isinf(X).all() and torch.isinf(solve_bound).all()
+
+
+def test_inputs_are_not_modified():
+    A = conditioned_matrices(6, 5, 1e3, torch.float32)
+    B = right_hand_sides(6, 5, 2, torch.float32)
+    R, bound = _inverse(A)
+    copies = [t.clone() for t in (A, B, R, bound)]
+    torch.ops.neuinv.solve_from_inverse(A, B, R, bound)
+    assert all(torch.equal(t, c) for t, c in zip((A, B, R, bound), copies))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda A, B, R, e: (A[0], B, R, e), "A must have shape (b, n, n)"),
+    (lambda A, B, R, e: (A.to(torch.float16), B, R, e), "A must be float32 or float64"),
+    (lambda A, B, R, e: (A, B[:, :2], R, e), "B must have shape (b, n, k)"),
+    (lambda A, B, R, e: (A, B.double(), R, e), "B must have A's dtype"),
+    (lambda A, B, R, e: (A, B, R[:2], e), "A and R must have the same shape"),
+    (lambda A, B, R, e: (A, B, R, e.float()), "inverse_bound must be a float64 tensor"),
+    (lambda A, B, R, e: (A, B, R, e[:2]), "inverse_bound must be a float64 tensor"),
+])
+def test_bad_arguments_are_named(call, message):
+    A = conditioned_matrices(3, 4, 10.0, torch.float32)
+    B = right_hand_sides(3, 4, 1, torch.float32)
+    R, bound = _inverse(A)
+    with pytest.raises(RuntimeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        torch.ops.neuinv.solve_from_inverse(*call(A, B, R, bound))
+
+
+def test_batched_solve_runs_on_the_operator(monkeypatch):
+    """On the compiled backend batched_solve calls the operator once per call (no Python solve certificate)."""
+    calls = []
+    original = torch.ops.neuinv.solve_from_inverse
+
+    class Counting:
+        def __call__(self, *args):
+            calls.append(args[0].shape)
+            return original(*args)
+
+    monkeypatch.setattr(torch.ops.neuinv, "solve_from_inverse", Counting())
+    monkeypatch.setattr(neuinv.certificate, "solve_error_bound", None)  # would fail if called
+    A = conditioned_matrices(7, 4, 10.0, torch.float64)
+    X, info = neuinv.batched_solve_ex(A, right_hand_sides(7, 4, 2, torch.float64), backend="cpp")
+    assert calls == [torch.Size([7, 4, 4])] and info.certified.all()
