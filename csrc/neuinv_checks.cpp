@@ -57,9 +57,10 @@ void check_solve_from_inverse_arguments(const at::Tensor& A, const at::Tensor& B
               "solve_from_inverse: A must be float32 or float64, got ", A.scalar_type());
   TORCH_CHECK(A.device().type() == device, "solve_from_inverse: A must be on ", c10::DeviceTypeName(device),
               ", got ", A.device());
-  TORCH_CHECK(B.dim() == 3 && B.size(0) == A.size(0) && B.size(1) == A.size(1),
-              "solve_from_inverse: B must have shape (b, n, k) with A's b and n, got ", B.sizes(), " for A ",
-              A.sizes());
+  TORCH_CHECK(B.dim() == 3 && B.size(1) == A.size(1) &&
+                  (B.size(0) == A.size(0) || B.size(0) == 1 || A.size(0) == 1),
+              "solve_from_inverse: B must have shape (b, n, k) with A's n, and A and B the same number of systems b "
+              "or one of them 1, got ", B.sizes(), " for A ", A.sizes());
   TORCH_CHECK(B.scalar_type() == A.scalar_type() && B.device() == A.device(),
               "solve_from_inverse: B must have A's dtype and device, got ", B.scalar_type(), " on ", B.device());
   check_like(A, R, "R");

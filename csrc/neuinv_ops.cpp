@@ -10,8 +10,9 @@ TORCH_LIBRARY(neuinv, m) {
   m.def("invert(Tensor A, Tensor? X0, Tensor? use_guess, bool refine, float tol, float accept, int max_iter,"
         " float guard, float max_error, bool positive_definite=False) -> (Tensor X, Tensor certified, Tensor error_bound, Tensor iterations,"
         " Tensor fallback)");
-  // The solution of A X = B (A (b, n, n), B (b, n, k)) from an approximate inverse R certified to inverse_bound,
-  // refined once, and its error bound (b,) float64: reference.solve_from_inverse.
+  // The solution X (b, n, k) of A X = B (A (b, n, n), B (b, n, k); either with 1 in place of b: broadcast) from an
+  // approximate inverse R (like A) certified to inverse_bound (A's b,), refined once, and its error bound (b,)
+  // float64: reference.solve_from_inverse.
   m.def("solve_from_inverse(Tensor A, Tensor B, Tensor R, Tensor inverse_bound) -> (Tensor X, Tensor error_bound)");
 }
 

@@ -566,6 +566,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("neuinv::solve_from_inverse")
     def _(A, B, R, inverse_bound):
-        return B.new_empty(B.shape), A.new_empty(A.shape[:1], dtype=torch.float64)
+        b = B.shape[0] if A.shape[0] == 1 else A.shape[0]
+        return B.new_empty((b, *B.shape[1:])), A.new_empty((b,), dtype=torch.float64)
 
     _register_fakes.done = True

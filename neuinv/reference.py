@@ -205,12 +205,16 @@ def solve_from_inverse(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor,
     :func:`neuinv.certificate.solve_error_bound` of the X returned.
 
     Args:
-        A: (b, n, n); B: (b, n, k); R: (b, n, n) with ||R - A^-1||_F <= inverse_bound ||A^-1||_F; any floating or
-        complex dtype (B's is X's). inverse_bound: (b,) float64, +inf where R is not certified.
+        A: (b, n, n); B: (b, n, k) (either may have 1 in place of b: broadcast to every system); R like A with
+        ||R - A^-1||_F <= inverse_bound ||A^-1||_F; any floating or complex dtype (B's is X's). inverse_bound:
+        (A's b,) float64, +inf where R is not certified.
     Returns:
         X (b, n, k) in B's dtype (Inf where the solution overflows it) and its error bound (b,) float64, +inf where
         nothing is certified.
     """
+    b = B.shape[0] if A.shape[0] == 1 else A.shape[0]
+    A, R, B = A.expand(b, *A.shape[1:]), R.expand(b, *R.shape[1:]), B.expand(b, *B.shape[1:])
+    inverse_bound = inverse_bound.expand(b)
     wide = torch.complex128 if A.is_complex() else torch.float64
     A_w, B_w, R_w = A.to(wide), B.to(wide), R.to(wide)
     X_w = torch.bmm(R_w, B_w)

@@ -7,7 +7,9 @@ How each system is solved
 2. X = R B, then one step of iterative refinement X <- X + R (B - A X), all in float64 (complex128) (Higham,
    *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §12.1: with a fixed approximate inverse each step
    multiplies the error by about ||I - R A||, so one step takes X to working precision wherever R's error is
-   small), rounded to A's dtype.
+   small), rounded to A's dtype. Steps 2 and 3 are :func:`neuinv.reference.solve_from_inverse`; the backend
+   runs them (``cpp``: the compiled operator ``neuinv::solve_from_inverse``, one pass per system, for float32
+   and float64).
 3. The certificate of the X returned (:func:`neuinv.certificate.solve_error_bound`): with r = B - A X and
    eps = R's certified bound, ||X - A^-1 B||_F <= ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F, evaluated with its
    own rounding accounted for; relative to ||A^-1 B||_F as e / (||X||_F - e). X is NaN wherever the bound is
@@ -217,11 +219,17 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool):
     batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     n, k = A.shape[-1], B.shape[-1]
     b = batch.numel()
-    A_b = A.expand(*batch, n, n).reshape(b, n, n)
-    B_b = B.expand(*batch, n, k).reshape(b, n, k)
-    R_b = R.expand(*batch, n, n).reshape(b, n, n)
-    eps = inverse_info.error_bound.expand(batch).reshape(b)
-    X, bound = resolve_backend(options.backend, A_compute).solve_from_inverse(A_b, B_b, R_b, eps)
+
+    def flat(M, rows, columns):
+        """M's systems as a flat batch: (b, rows, columns), or (1, rows, columns) for one system broadcast to all
+        (the backend broadcasts it without a copy)."""
+        return M.reshape(1, rows, columns) if M.shape[:-2].numel() == 1 else M.expand(*batch, rows, columns).reshape(
+            b, rows, columns)
+
+    A_f, B_f, R_f = flat(A, n, n), flat(B, n, k), flat(R, n, n)
+    eps = inverse_info.error_bound.reshape(1) if A_f.shape[0] == 1 else inverse_info.error_bound.expand(batch).reshape(b)
+    X, bound = resolve_backend(options.backend, A_compute).solve_from_inverse(A_f, B_f, R_f, eps)
+    A_b, B_b = A_f.expand(b, n, n), B_f.expand(b, n, k)
     if X.numel():
         X, bound = _second_stage(A_b, B_b, X, bound, options.assume_a == "pos")
     verdict = certified(bound, options.max_error)

@@ -112,6 +112,45 @@ def test_many_right_hand_sides_at_the_largest_n():
     assert exact_relative_error(A[0], B[0, :, :3], X[0, :, :3]) <= float(bound[0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [3, 12])
+def test_one_matrix_or_one_right_hand_side_broadcast(dtype, n):
+    """A (1, n, n) with B (b, n, k), and A (b, n, n) with B (1, n, k): the same X and bounds as on the expanded
+    copies (read without copying); b = 0 with the other side 1 gives an empty result."""
+    A = conditioned_matrices(13, n, 1e3, dtype, seed=n)
+    B = right_hand_sides(13, n, 2, dtype)
+    R, eps = _inverse(A)
+    for A_, B_, R_, eps_ in ((A[:1], B, R[:1], eps[:1]), (A, B[:1], R, eps)):
+        X, bound = torch.ops.neuinv.solve_from_inverse(A_, B_, R_, eps_)
+        X_expanded, bound_expanded = torch.ops.neuinv.solve_from_inverse(
+            A_.expand(13, n, n).contiguous(), B_.expand(13, n, 2).contiguous(), R_.expand(13, n, n).contiguous(),
+            eps_.expand(13).contiguous())
+        assert X.shape == (13, n, 2) and torch.equal(X, X_expanded) and torch.equal(bound, bound_expanded)
+        X_ref, bound_ref = reference.solve_from_inverse(A_, B_, R_, eps_)
+        assert X_ref.shape == X.shape and within_twice(bound, bound_ref)
+    X, bound = torch.ops.neuinv.solve_from_inverse(A[:1], B[:0], R[:1], eps[:1])
+    assert X.shape == (0, n, 2) and bound.shape == (0,)
+    X, bound = torch.ops.neuinv.solve_from_inverse(A[:0], B[:1], R[:0], eps[:0])
+    assert X.shape == (0, n, 2) and bound.shape == (0,)
+
+
+def test_batched_solve_does_not_copy_a_broadcast_matrix(monkeypatch):
+    """batched_solve(A (n, n), B (b, n, k)) hands the operator A as one system, not b copies."""
+    shapes = []
+    original = torch.ops.neuinv.solve_from_inverse
+
+    def recording(A, B, R, eps):
+        shapes.append((tuple(A.shape), tuple(B.shape)))
+        return original(A, B, R, eps)
+
+    monkeypatch.setattr(torch.ops.neuinv, "solve_from_inverse", recording)
+    A = conditioned_matrices(1, 5, 10.0, torch.float64)[0]
+    B = right_hand_sides(40, 5, 2, torch.float64)
+    X, info = neuinv.batched_solve_ex(A, B, backend="cpp")
+    assert shapes == [((1, 5, 5), (40, 5, 2))] and info.certified.shape == (40,) and info.certified.all()
+    assert torch.allclose(X, torch.linalg.solve(A, B), rtol=1e-12, atol=0)
+
+
 def test_uncertified_inverse_certifies_nothing():
     """An R whose bound is +inf, NaN or 1 certifies no solution, even a perfect one."""
     A = conditioned_matrices(3, 4, 10.0, torch.float64)
@@ -144,6 +183,7 @@ def test_inputs_are_not_modified():
     (lambda A, B, R, e: (A[0], B, R, e), "A must have shape (b, n, n)"),
     (lambda A, B, R, e: (A.to(torch.float16), B, R, e), "A must be float32 or float64"),
     (lambda A, B, R, e: (A, B[:, :2], R, e), "B must have shape (b, n, k)"),
+    (lambda A, B, R, e: (A, B[:2], R, e), "B must have shape (b, n, k)"),
     (lambda A, B, R, e: (A, B.double(), R, e), "B must have A's dtype"),
     (lambda A, B, R, e: (A, B, R[:2], e), "A and R must have the same shape"),
     (lambda A, B, R, e: (A, B, R, e.float()), "inverse_bound must be a float64 tensor"),

@@ -1,6 +1,7 @@
 // The CPU operator neuinv::solve_from_inverse (schema in csrc/neuinv_ops.cpp): checks the arguments, allocates
 // the outputs and runs the per-system kernel kernels::solve_from_inverse (csrc/kernels/solve.h) on the batch,
-// split across threads (at::parallel_for), each with its own workspace.
+// split across threads (at::parallel_for), each with its own workspace, in the best instruction-set build for
+// this CPU.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "simd.h"  // first: its pragma covers the kernels' vector code
 #include "../kernels/solve.h"
 #include "../neuinv_checks.h"
 #include "build_selection.h"
@@ -16,13 +18,42 @@
 namespace neuinv {
 namespace {
 
+constexpr int64_t kPackedMaxN = 8;  // above, one system at a time (as the inversion's packs)
+
+// Systems begin..end-1, kLanes at a time in packs (n <= kPackedMaxN) or one at a time (V = double); always
+// inlined into the instruction-set build that runs it (build_selection.h).
+template <typename T, typename V>
+NEUINV_HOST_DEVICE void solve_range(const T* a, const T* rhs, const T* r, const double* eps,
+                                    kernels::SystemStrides strides, T* x, double* bound, V* work, int64_t n,
+                                    int64_t k, int64_t begin, int64_t end) {
+  constexpr int64_t step = kernels::Arithmetic<V>::kLanes;
+  for (int64_t m = begin; m < end; m += step) {
+    const int count = static_cast<int>(std::min<int64_t>(step, end - m));
+    kernels::solve_from_inverse<T, V>(a + m * strides.a, rhs + m * strides.b, r + m * strides.a, eps + m * strides.eps,
+                                      strides, x + m * n * k, bound + m, count, work, n, k);
+  }
+}
+
+// solve_range on a pack or on scalars, with a workspace of this thread's own.
+template <typename T, typename V>
+void solve_range_with_workspace(const T* a, const T* rhs, const T* r, const double* eps,
+                                kernels::SystemStrides strides, T* x, double* bound, int64_t n, int64_t k,
+                                int64_t begin, int64_t end) {
+  constexpr int64_t kAlignment = 64;  // a pack's (aligned loads and stores)
+  std::vector<char> storage(kernels::solve_workspace(n, k) * sizeof(V) + kAlignment);
+  V* work = reinterpret_cast<V*>((reinterpret_cast<uintptr_t>(storage.data()) + kAlignment - 1) & ~(kAlignment - 1));
+  cpu::run_for_this_cpu<solve_range<T, V>, solve_range<T, V>>(a, rhs, r, eps, strides, x, bound, work, n, k, begin,
+                                                               end);
+}
+
 std::tuple<at::Tensor, at::Tensor> solve_from_inverse_cpu(const at::Tensor& A_in, const at::Tensor& B_in,
                                                           const at::Tensor& R_in, const at::Tensor& bound_in) {
   check_solve_from_inverse_arguments(A_in, B_in, R_in, bound_in, at::kCPU);
   const at::Tensor A = A_in.contiguous(), B = B_in.contiguous(), R = R_in.contiguous();
   const at::Tensor inverse_bound = bound_in.contiguous();
-  const int64_t b = A.size(0), n = A.size(1), k = B.size(2);
-  at::Tensor X = at::empty_like(B, at::MemoryFormat::Contiguous);
+  const int64_t b = A.size(0) == 1 ? B.size(0) : A.size(0), n = A.size(1), k = B.size(2);  // broadcast
+  const kernels::SystemStrides strides{A.size(0) == b ? n * n : 0, B.size(0) == b ? n * k : 0, A.size(0) == b ? 1 : 0};
+  at::Tensor X = at::empty({b, n, k}, B.options());
   at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
   if (b == 0) return {X, bound};
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, n * (n + k)));
@@ -35,10 +66,11 @@ std::tuple<at::Tensor, at::Tensor> solve_from_inverse_cpu(const at::Tensor& A_in
     double* out_bound = bound.data_ptr<double>();
     at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
       cpu::IeeeMode ieee;
-      std::vector<double> work(kernels::solve_workspace(n, k));
-      for (int64_t m = begin; m < end; ++m) {
-        out_bound[m] = kernels::solve_from_inverse(a + m * n * n, rhs + m * n * k, r + m * n * n, eps[m],
-                                                   x + m * n * k, work.data(), n, k);
+      if (n <= kPackedMaxN) {
+        solve_range_with_workspace<scalar_t, kernels::PackDouble>(a, rhs, r, eps, strides, x, out_bound, n, k, begin,
+                                                                  end);
+      } else {
+        solve_range_with_workspace<scalar_t, double>(a, rhs, r, eps, strides, x, out_bound, n, k, begin, end);
       }
     });
   });

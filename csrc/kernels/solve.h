@@ -3,148 +3,283 @@
 // and its certificate. The semantics are those of neuinv/reference.py (solve_from_inverse), the bound that of
 // neuinv/certificate.py (solve_error_bound, real input), term by term.
 //
-// Matrices are row-major: A and R n x n, B and X n x k. Everything is evaluated in double; the kernels run without
-// flush-to-zero or denormals-are-zero (csrc/cpu/build_selection.h, IeeeMode), so no stored entry is read as zero
-// and solve_error_bound's test for that is not needed.
+// Matrices are row-major: A and R n x n, B and X n x k. The kernels work on "systems of V" (csrc/kernels/
+// arithmetic.h): V = double is one system (one CPU or CUDA thread), a pack of doubles kLanes systems at once, lane
+// by lane. Everything is evaluated in double; the kernels run without flush-to-zero or denormals-are-zero
+// (csrc/cpu/build_selection.h, IeeeMode), so no stored entry is read as zero and solve_error_bound's test for that
+// is not needed.
 #pragma once
-#include "../neuinv_rules.h"
+#include <string.h>
+
+#include "per_matrix.h"
 
 namespace neuinv {
 namespace kernels {
 
-// The doubles of workspace solve_from_inverse needs for one system.
-NEUINV_HOST_DEVICE int64_t solve_workspace(int64_t n, int64_t k) { return 2 * n * n + 2 * n * k; }
+// Workspace, in values of V, that solve_from_inverse needs for one system of V.
+NEUINV_HOST_DEVICE int64_t solve_workspace(int64_t n, int64_t k) { return 2 * n * n + 3 * n * k; }
 
-// frexp's exponent e of the largest |entry| (largest = f 2^e, 0.5 <= f < 1); 0 for a zero matrix, and where an
-// entry is Inf (the certificate then refuses: the residual is not finite). NaN entries are skipped by fmax and
-// refused the same way.
-template <typename T>
-NEUINV_HOST_DEVICE int exponent_of_largest(const T* m, int64_t count) {
-  double largest = 0.0;
-  for (int64_t e = 0; e < count; ++e) largest = fmax(largest, fabs(static_cast<double>(m[e])));
-  int exponent = 0;
-  if (largest > 0.0 && largest < rules::kInfinity) frexp(largest, &exponent);
-  return exponent;
+// 2^p as a double from its bits: a normal number for -1022 <= p <= 1023, a subnormal one down to 2^-1074, 0
+// below, +inf above.
+NEUINV_HOST_DEVICE double power_of_two(int p) {
+  if (p > 1023) return rules::kInfinity;
+  if (p < -1074) return 0.0;
+  const uint64_t bits = p >= -1022 ? static_cast<uint64_t>(p + 1023) << 52 : uint64_t(1) << (p + 1074);
+  double value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
 }
 
-NEUINV_HOST_DEVICE double sum_of_squares_in_double(const double* v, int64_t count) {
-  double part[4] = {0.0, 0.0, 0.0, 0.0};
-  for (int64_t e = 0; e < count; ++e) part[e % 4] += v[e] * v[e];
-  return (part[0] + part[2]) + (part[1] + part[3]);
+// The exponent e of frexp (x = f 2^e, 0.5 <= |f| < 1) of x >= 0, read from its bits; 0 for 0, and for Inf and
+// NaN (the certificate then refuses: the residual is not finite).
+NEUINV_HOST_DEVICE int frexp_exponent(double x) {
+  if (!(x > 0.0 && x < rules::kInfinity)) return 0;
+  int offset = 0;
+  if (x < rules::kDoubleMin) {  // subnormal: scaled by 2^64 first, exactly
+    x *= 0x1p64;
+    offset = 64;
+  }
+  uint64_t bits;
+  memcpy(&bits, &x, sizeof(bits));
+  return static_cast<int>((bits >> 52) & 0x7FF) - 1022 - offset;
 }
 
-// certificate.solve_error_bound for real A, B, X (as stored) and R with R's certified bound eps: the
-// relative Frobenius error bound of X, +inf where nothing is certified. work: 2 n^2 + 2 n k doubles.
-template <typename T>
-NEUINV_HOST_DEVICE double solve_error_bound(const T* a, const T* b, const T* x, const T* r, double eps,
-                                            double* work, int64_t n, int64_t k) {
+// The two factors of a multiplication by 2^p as certificate.power_of_two_scaled does it: 2^floor(p/2), then
+// 2^(p - floor(p/2)) (neither overflows where the result can be finite); exact wherever the result is normal.
+struct PowerOfTwoScale {
+  double first, second;
+  NEUINV_HOST_DEVICE explicit PowerOfTwoScale(int p) {
+    const int half = p >= 0 ? p / 2 : -((-p + 1) / 2);
+    first = power_of_two(half);
+    second = power_of_two(p - half);
+  }
+};
+
+// Lanes 0..count-1 of V from `count` row-major blocks of `size` entries, block l at blocks + l * stride (stride
+// 0: one block broadcast to every lane), as doubles; the lanes beyond count repeat block 0 (their results are
+// never stored).
+template <typename V, typename T>
+NEUINV_HOST_DEVICE void load_blocks(const T* blocks, int count, int64_t size, int64_t stride, V* out) {
+  using Ar = Arithmetic<V>;
+  for (int64_t e = 0; e < size; ++e) {
+    V value = Ar::broadcast(0.0);
+    for (int l = 0; l < Ar::kLanes; ++l) {
+      Ar::set_lane(value, l, static_cast<double>(blocks[(l < count ? l : 0) * stride + e]));
+    }
+    out[e] = value;
+  }
+}
+
+// Elements between consecutive systems' A (and R), B and inverse bound: n^2, n k and 1, or 0 where one is broadcast
+// to every system.
+struct SystemStrides {
+  int64_t a, b, eps;
+};
+
+// out = start + sign M W for M n x n and W n x k (start and out n x k, and may be the same array; start null: 0):
+// each entry a dot product in four interleaved partial sums (independent chains; the certificate bounds the
+// rounding of a dot product of n + 1 terms in any order, gamma_{n+1}).
+template <typename V>
+NEUINV_HOST_DEVICE void multiply_add(const V* m, const V* w, double sign, const V* start, V* out, int64_t n,
+                                     int64_t k) {
+  using Ar = Arithmetic<V>;
+  const V zero = Ar::broadcast(0.0), s = Ar::broadcast(sign);
+  for (int64_t i = 0; i < n; ++i) {
+    const V* row = m + i * n;
+    for (int64_t j = 0; j < k; ++j) {
+      V part[4] = {zero, zero, zero, zero};
+      int64_t l = 0;
+      for (; l + 4 <= n; l += 4) {
+        for (int p = 0; p < 4; ++p) part[p] = part[p] + row[l + p] * w[(l + p) * k + j];
+      }
+      for (int p = 0; l + p < n; ++p) part[p] = part[p] + row[l + p] * w[(l + p) * k + j];
+      const V dot = (part[0] + part[2]) + (part[1] + part[3]);
+      out[i * k + j] = (start == nullptr ? zero : start[i * k + j]) + s * dot;
+    }
+  }
+}
+
+// fl(B' - A' X') again, each entry by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by FMA, for one
+// system in double (b_s: B', a_s: A', x_s: X').
+NEUINV_HOST_DEVICE void dot2_residual(const double* a_s, const double* x_s, const double* b_s, double* residual,
+                                      int64_t n, int64_t k) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      double total = b_s[i * k + j], correction = 0.0;
+      for (int64_t l = 0; l < n; ++l) {
+        const double left = -a_s[i * n + l], right = x_s[l * k + j];
+        const double product = left * right, product_error = fma(left, right, -product);
+        double sum_error;
+        rules::two_sum(total, product, total, sum_error);
+        correction += sum_error + product_error;
+      }
+      residual[i * k + j] = total + correction;
+    }
+  }
+}
+
+// Lane by lane: the largest |entry| of `count` values of V (NaN skipped: a NaN entry is refused through the
+// residual).
+template <typename V>
+NEUINV_HOST_DEVICE V largest_magnitude(const V* m, int64_t count) {
+  using Ar = Arithmetic<V>;
+  V largest = Ar::broadcast(0.0);
+  for (int64_t e = 0; e < count; ++e) {
+    const V magnitude = Ar::magnitude(m[e]);
+    largest = Ar::select(Ar::greater(magnitude, largest), magnitude, largest);
+  }
+  return largest;
+}
+
+// Lane by lane: whether every one of `count` values of V is zero.
+template <typename V>
+NEUINV_HOST_DEVICE typename Arithmetic<V>::mask all_zero(const V* m, int64_t count) {
+  using Ar = Arithmetic<V>;
+  const V zero = Ar::broadcast(0.0);
+  typename Ar::mask nonzero = Ar::negate(Ar::equal(zero, zero));
+  for (int64_t e = 0; e < count; ++e) nonzero = Ar::either(nonzero, Ar::negate(Ar::equal(m[e], zero)));
+  return Ar::negate(nonzero);
+}
+
+// certificate.solve_error_bound of systems of V given as doubles: A (a_v), B (b_v), X as stored (x_v) and R (r_v),
+// which it scales in place, with R's certified bounds eps[l]: bound[l] for lanes 0..count-1, the relative
+// Frobenius error bound of X, +inf where nothing is certified. `dot2[l]` is set for the float64 lanes whose
+// residual the a-priori term dominates: those are re-evaluated by Dot2 here for one system (V = double), and left
+// to the caller (solve_error_bound_of_one) for a pack. work: n k values of V.
+template <typename T, typename V>
+NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const double* eps, double* bound,
+                                         bool* dot2, int count, V* work, int64_t n, int64_t k) {
+  using Ar = Arithmetic<V>;
+  constexpr int kLanes = Ar::kLanes;
   const double u = rules::kUnit, tiny = rules::kDoubleMin;
   const double g = rules::gamma_of(n + 1);
   const double c = 4.0 * (n * (n > k ? n : k) + n + 4);
   const double entries = sqrt(static_cast<double>(n * k));
   const double lost_squares = entries * 0x1p-511;
   const double eta = 4.0 * n * (entries + 2) * tiny + 2 * lost_squares + n * 0x1p-511;
-  bool zero = eps < 1;
-  for (int64_t e = 0; e < n * k && zero; ++e) zero = b[e] == 0 && x[e] == 0;
-  if (zero) return 0.0;
 
-  // A' = A 2^-e, B' = B 2^-f, X' = X 2^(e-f), R' = R 2^e: exact where normal, so the bound is scale-free.
-  const int e_a = exponent_of_largest(a, n * n), f_b = exponent_of_largest(b, n * k);
-  double* a_s = work;
-  double* r_s = a_s + n * n;
-  double* x_s = r_s + n * n;
-  double* residual = x_s + n * k;
+  // A' = A 2^-e, B' = B 2^-f, X' = X 2^(e-f), R' = R 2^e (e, f per system): exact where normal, so that the bound
+  // does not depend on the scale of A or B. X* = 0 (B = 0) with X = 0 gets the bound 0.
+  const V largest_a = largest_magnitude(a_v, n * n), largest_b = largest_magnitude(b_v, n * k);
+  const auto nonzero_solution = Ar::either(Ar::negate(all_zero(b_v, n * k)), Ar::negate(all_zero(x_v, n * k)));
+  V a_first = Ar::broadcast(0.0), a_second = a_first, r_first = a_first, r_second = a_first, x_first = a_first,
+    x_second = a_first, b_first = a_first, b_second = a_first, eps_v = a_first;
+  for (int l = 0; l < kLanes; ++l) {
+    const int e_a = frexp_exponent(Ar::lane(largest_a, l));
+    const int f_b = frexp_exponent(Ar::lane(largest_b, l));
+    const PowerOfTwoScale to_a(-e_a), to_r(e_a), to_x(e_a - f_b), to_b(-f_b);
+    Ar::set_lane(a_first, l, to_a.first);
+    Ar::set_lane(a_second, l, to_a.second);
+    Ar::set_lane(r_first, l, to_r.first);
+    Ar::set_lane(r_second, l, to_r.second);
+    Ar::set_lane(x_first, l, to_x.first);
+    Ar::set_lane(x_second, l, to_x.second);
+    Ar::set_lane(b_first, l, to_b.first);
+    Ar::set_lane(b_second, l, to_b.second);
+    Ar::set_lane(eps_v, l, eps[l < count ? l : 0]);
+  }
   for (int64_t e = 0; e < n * n; ++e) {
-    a_s[e] = ldexp(static_cast<double>(a[e]), -e_a);
-    r_s[e] = ldexp(static_cast<double>(r[e]), e_a);
+    a_v[e] = a_v[e] * a_first * a_second;
+    r_v[e] = r_v[e] * r_first * r_second;
   }
-  for (int64_t e = 0; e < n * k; ++e) x_s[e] = ldexp(static_cast<double>(x[e]), e_a - f_b);
-  double b_squared = 0.0;
   for (int64_t e = 0; e < n * k; ++e) {
-    const double b_s = ldexp(static_cast<double>(b[e]), -f_b);
-    b_squared += b_s * b_s;
-    residual[e] = b_s;
+    x_v[e] = x_v[e] * x_first * x_second;
+    b_v[e] = b_v[e] * b_first * b_second;
   }
-  for (int64_t i = 0; i < n; ++i) {  // fl(B' - A' X')
-    for (int64_t l = 0; l < n; ++l) {
-      const double a_il = a_s[i * n + l];
-      for (int64_t j = 0; j < k; ++j) residual[i * k + j] -= a_il * x_s[l * k + j];
-    }
+  V* residual = work;
+  multiply_add(a_v, x_v, -1.0, b_v, residual, n, k);  // fl(B' - A' X')
+  V r_hat = Ar::square_root(sum_of_squares(residual, n * k));
+  const V x_hat = Ar::square_root(sum_of_squares(x_v, n * k));
+  const V r_inverse_hat = Ar::square_root(sum_of_squares(r_v, n * n));
+  const V a_up = Ar::square_root(sum_of_squares(a_v, n * n)) + n * 0x1p-511;
+  const V s = Ar::square_root(sum_of_squares(b_v, n * k)) + lost_squares + a_up * (x_hat + lost_squares);
+  V t = g * s;  // >= ||fl(r') - r'||_F
+  for (int l = 0; l < kLanes; ++l) {
+    dot2[l] = sizeof(T) == sizeof(double) && Ar::lane(t, l) > Ar::lane(r_hat, l) &&
+              Ar::lane(t, l) * Ar::lane(r_inverse_hat, l) > rules::kDot2Threshold * Ar::lane(x_hat, l);
   }
-  double r_hat = sqrt(sum_of_squares_in_double(residual, n * k));
-  const double x_hat = sqrt(sum_of_squares_in_double(x_s, n * k));
-  const double r_inverse_hat = sqrt(sum_of_squares_in_double(r_s, n * n));
-  const double a_up = sqrt(sum_of_squares_in_double(a_s, n * n)) + n * 0x1p-511;
-  const double s = sqrt(b_squared) + lost_squares + a_up * (x_hat + lost_squares);
-  double t = g * s;  // >= ||fl(r') - r'||_F
-  if (sizeof(T) == sizeof(double) && t > r_hat && t * r_inverse_hat > rules::kDot2Threshold * x_hat) {
-    // The residual again by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by FMA.
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t j = 0; j < k; ++j) {
-        double total = ldexp(static_cast<double>(b[i * k + j]), -f_b), correction = 0.0;
-        for (int64_t l = 0; l < n; ++l) {
-          const double left = -a_s[i * n + l], right = x_s[l * k + j];
-          const double product = left * right, product_error = fma(left, right, -product);
-          double sum_error;
-          rules::two_sum(total, product, total, sum_error);
-          correction += sum_error + product_error;
-        }
-        residual[i * k + j] = total + correction;
-      }
+  if constexpr (kLanes == 1) {
+    if (dot2[0]) {
+      dot2_residual(a_v, x_v, b_v, residual, n, k);
+      r_hat = sqrt(sum_of_squares(residual, n * k)) / (1 - u);
+      t = sqrt(2.0) * g * g * s + 4.0 * n * (n + 2) * tiny * x_hat;
+      dot2[0] = false;
     }
-    r_hat = sqrt(sum_of_squares_in_double(residual, n * k)) / (1 - u);
-    t = sqrt(2.0) * g * g * s + 4.0 * n * (n + 2) * tiny * x_hat;
   }
   const double sq2 = sqrt(2.0) * entries;
-  t += sq2 * tiny * (n * (2 * x_hat + 2 * lost_squares) + n + 1);
-  const double r_norm = (r_hat + t) * (1 + c * u) + eta;                   // >= ||r'||_F
-  const double r_inverse_norm = r_inverse_hat * (1 + c * u) + n * 0x1p-511;  // >= ||R'||_F
-  double y_squared = 0.0;                                                  // ||fl(R' fl(r'))||_F^2
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < k; ++j) {
-      double y = 0.0;
-      for (int64_t l = 0; l < n; ++l) y += r_s[i * n + l] * residual[l * k + j];
-      y_squared += y * y;
-    }
+  t = t + sq2 * tiny * (static_cast<double>(n) * (2.0 * x_hat + 2.0 * lost_squares) + (n + 1.0));
+  const V r_norm = (r_hat + t) * (1 + c * u) + eta;                     // >= ||r'||_F
+  const V r_inverse_norm = r_inverse_hat * (1 + c * u) + n * 0x1p-511;  // >= ||R'||_F
+  multiply_add<V>(r_v, residual, 1.0, nullptr, x_v, n, k);              // fl(R' fl(r')), over X'
+  const V y_hat = Ar::square_root(sum_of_squares(x_v, n * k));
+  const V y_flush = sq2 * n * tiny * (2.0 * r_hat + 2.0 * lost_squares + 2.0 * r_inverse_norm);
+  const V y_norm = (y_hat + g * r_inverse_norm * (r_hat + lost_squares) + y_flush) * (1 + c * u) + eta;
+  const V error = (y_norm + r_inverse_norm * t + eps_v / (1.0 - eps_v) * r_inverse_norm * r_norm) * (1 + c * u);
+  const V x_norm = x_hat * (1 - c * u) - lost_squares;  // <= ||X'||_F
+  const V value = rules::certified_or_inf(error / (x_norm - error) * (1 + c * u));
+  for (int l = 0; l < count; ++l) {
+    const bool holds = Ar::lane(x_norm, l) > Ar::lane(error, l) && eps[l] < 1;
+    const bool solution_zero = !Ar::mask_lane(nonzero_solution, l) && eps[l] < 1;
+    bound[l] = solution_zero ? 0.0 : holds ? static_cast<double>(Ar::lane(value, l)) : rules::kInfinity;
+    dot2[l] = dot2[l] && !solution_zero;
   }
-  const double y_flush = sq2 * n * tiny * (2 * r_hat + 2 * lost_squares + 2 * r_inverse_norm);
-  const double y_norm =
-      (sqrt(y_squared) + g * r_inverse_norm * (r_hat + lost_squares) + y_flush) * (1 + c * u) + eta;
-  const double error = (y_norm + r_inverse_norm * t + eps / (1 - eps) * r_inverse_norm * r_norm) * (1 + c * u);
-  const double x_norm = x_hat * (1 - c * u) - lost_squares;  // <= ||X'||_F
-  if (!(x_norm > error && eps < 1)) return rules::kInfinity;
-  return rules::certified_or_inf(error / (x_norm - error) * (1 + c * u));
 }
 
-// One system: X = round_T(X_w + R (B - A X_w)), X_w = R B, in double (reference.solve_from_inverse), written to
-// x; returns its error bound (solve_error_bound). work: solve_workspace(n, k) doubles.
+// certificate.solve_error_bound of one system given as stored (A, B, X, R in T): bound of X. work: solve_workspace(n,
+// k) doubles.
 template <typename T>
-NEUINV_HOST_DEVICE double solve_from_inverse(const T* a, const T* b, const T* r, double eps, T* x, double* work,
-                                             int64_t n, int64_t k) {
-  double* x_w = work;
-  double* residual = work + n * k;
-  for (int64_t e = 0; e < n * k; ++e) x_w[e] = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t l = 0; l < n; ++l) {
-      const double r_il = static_cast<double>(r[i * n + l]);
-      for (int64_t j = 0; j < k; ++j) x_w[i * k + j] += r_il * static_cast<double>(b[l * k + j]);
+NEUINV_HOST_DEVICE double solve_error_bound_of_one(const T* a, const T* b, const T* x, const T* r, double eps,
+                                                   double* work, int64_t n, int64_t k) {
+  double* a_v = work;
+  double* r_v = a_v + n * n;
+  double* b_v = r_v + n * n;
+  double* x_v = b_v + n * k;
+  load_blocks(a, 1, n * n, 0, a_v);
+  load_blocks(r, 1, n * n, 0, r_v);
+  load_blocks(b, 1, n * k, 0, b_v);
+  load_blocks(x, 1, n * k, 0, x_v);
+  double bound;
+  bool dot2;
+  certify_solution<T, double>(a_v, b_v, x_v, r_v, &eps, &bound, &dot2, 1, x_v + n * k, n, k);
+  return bound;
+}
+
+// Systems 0..count-1 of V (A, B, R and eps at the strides given; eps R's certified bound): X = round_T(X_w +
+// R (B - A X_w)), X_w = R B, in double (reference.solve_from_inverse), written to x (system l at x + l n k), and
+// its bound (certificate.solve_error_bound, certify_solution) to bound[l]. work: solve_workspace(n, k) values of V.
+template <typename T, typename V>
+NEUINV_HOST_DEVICE void solve_from_inverse(const T* a, const T* b, const T* r, const double* eps,
+                                           SystemStrides strides, T* x, double* bound, int count, V* work, int64_t n,
+                                           int64_t k) {
+  using Ar = Arithmetic<V>;
+  V* a_v = work;
+  V* r_v = a_v + n * n;
+  V* b_v = r_v + n * n;
+  V* x_w = b_v + n * k;
+  V* residual = x_w + n * k;
+  load_blocks(a, count, n * n, strides.a, a_v);
+  load_blocks(r, count, n * n, strides.a, r_v);
+  load_blocks(b, count, n * k, strides.b, b_v);
+  multiply_add<V>(r_v, b_v, 1.0, nullptr, x_w, n, k);    // X_w = R B
+  multiply_add(a_v, x_w, -1.0, b_v, residual, n, k);      // B - A X_w
+  multiply_add(r_v, residual, 1.0, x_w, x_w, n, k);       // X_w + R (B - A X_w)
+  for (int64_t e = 0; e < n * k; ++e) {  // X = round_T(X_w), stored; x_w keeps X's values as doubles
+    for (int l = 0; l < Ar::kLanes; ++l) {
+      const T stored = static_cast<T>(Ar::lane(x_w[e], l));
+      if (l < count) x[l * n * k + e] = stored;
+      Ar::set_lane(x_w[e], l, static_cast<double>(stored));
     }
   }
-  for (int64_t e = 0; e < n * k; ++e) residual[e] = static_cast<double>(b[e]);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t l = 0; l < n; ++l) {
-      const double a_il = static_cast<double>(a[i * n + l]);
-      for (int64_t j = 0; j < k; ++j) residual[i * k + j] -= a_il * x_w[l * k + j];
+  double eps_lanes[Ar::kLanes];
+  bool dot2[Ar::kLanes];
+  for (int l = 0; l < count; ++l) eps_lanes[l] = eps[l * strides.eps];
+  certify_solution<T, V>(a_v, b_v, x_w, r_v, eps_lanes, bound, dot2, count, residual, n, k);
+  for (int l = 0; l < count; ++l) {  // (packs only) the float64 lanes whose residual needs Dot2, one by one
+    if (dot2[l]) {
+      bound[l] = solve_error_bound_of_one(a + l * strides.a, b + l * strides.b, x + l * n * k, r + l * strides.a,
+                                          eps_lanes[l], reinterpret_cast<double*>(work), n, k);
     }
   }
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t l = 0; l < n; ++l) {
-      const double r_il = static_cast<double>(r[i * n + l]);
-      for (int64_t j = 0; j < k; ++j) x_w[i * k + j] += r_il * residual[l * k + j];
-    }
-  }
-  for (int64_t e = 0; e < n * k; ++e) x[e] = static_cast<T>(x_w[e]);
-  return solve_error_bound(a, b, x, r, eps, work, n, k);
 }
 
 }  // namespace kernels
