@@ -216,7 +216,7 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool):
     A_compute = A.to(compute)
     R, inverse_info = invert(A_compute, None if init is None else init.to(compute),
                              dataclasses.replace(options, max_error=None))
-    batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
+    batch = broadcast_batch(A.shape[:-2], B.shape[:-2])
     n, k = A.shape[-1], B.shape[-1]
     b = batch.numel()
 
@@ -364,6 +364,18 @@ def _vmapped_first(tensor, dim, vmapped, size, batch_dims):
     return tensor.reshape(tensor.shape[0], *([1] * missing), *tensor.shape[1:])
 
 
+def broadcast_batch(a: torch.Size, b: torch.Size) -> torch.Size:
+    """torch.broadcast_shapes of two batch shapes (the same rule, without the cost of its general implementation on
+    every call); ValueError where they do not broadcast."""
+    if a == b:
+        return a
+    size = max(len(a), len(b))
+    a, b = (1,) * (size - len(a)) + tuple(a), (1,) * (size - len(b)) + tuple(b)
+    if any(x != y and x != 1 and y != 1 for x, y in zip(a, b)):
+        raise ValueError(f"batch shapes {a} and {b} do not broadcast")
+    return torch.Size(y if x == 1 else x for x, y in zip(a, b))
+
+
 def _right_hand_sides(A, B):
     """(B as (*, n, k), whether B was a batch of vectors) by torch.linalg.solve's rule: vectors when B is 1-D or
     B.shape == A.shape[:-1]."""
@@ -389,8 +401,8 @@ def _check_solve_arguments(A, B, init, options: CallOptions, left) -> None:
     if B.device != A.device:
         raise ArgumentValueError(f"B must be on A's device {A.device}, got {B.device}")
     try:
-        torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
-    except RuntimeError:
+        broadcast_batch(A.shape[:-2], B_matrix.shape[:-2])
+    except ValueError:
         raise ArgumentValueError(f"the batch dimensions of A {tuple(A.shape[:-2])} and B "
                                  f"{tuple(B_matrix.shape[:-2])} do not broadcast") from None
 
@@ -398,7 +410,7 @@ def _check_solve_arguments(A, B, init, options: CallOptions, left) -> None:
 def _solution_shape(A, B_matrix, vector) -> torch.Size:
     """X's shape: B's matrices' shape (n x k, or k x n for left=False) on the broadcast batch, the last dimension
     dropped for vectors."""
-    batch = torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
+    batch = broadcast_batch(A.shape[:-2], B_matrix.shape[:-2])
     return torch.Size((*batch, *B_matrix.shape[-2:-1 if vector else None]))
 
 
@@ -410,7 +422,7 @@ def _check_out_pair(out, A, B, B_matrix, vector, init) -> None:
     check_out(X_out, "out[0] (X)", X_shape, A.dtype, A.device, A, B, init)
     if not (isinstance(info_out, (tuple, list)) and len(info_out) == len(SolveInfo._fields)):
         raise TypeError("out[1] must be a SolveInfo (certified, error_bound, iterations, fallback, inverse)")
-    batch = torch.broadcast_shapes(A.shape[:-2], B_matrix.shape[:-2])
+    batch = broadcast_batch(A.shape[:-2], B_matrix.shape[:-2])
     shapes = (batch, batch, A.shape[:-2], A.shape[:-2], A.shape)
     for i, (field, tensor, dtype, shape) in enumerate(zip(SolveInfo._fields, info_out, INFO_DTYPES + (A.dtype,),
                                                           shapes)):
