@@ -18,32 +18,50 @@
 namespace neuinv {
 namespace {
 
-constexpr int64_t kPackedMaxN = 8;  // above, one system at a time (as the inversion's packs)
-
-// Systems begin..end-1, kLanes at a time in packs (n <= kPackedMaxN) or one at a time (V = double); always
-// inlined into the instruction-set build that runs it (build_selection.h).
-template <typename T, typename V>
+// Systems begin..end-1, kLanes at a time in packs (V a pack) or one at a time (V = double), in the workspace at
+// `work`; always inlined into the instruction-set build that runs it (build_selection.h).
+template <typename T, int N, typename V>
 NEUINV_HOST_DEVICE void solve_range(const T* a, const T* rhs, const T* r, const double* eps,
-                                    kernels::SystemStrides strides, T* x, double* bound, V* work, int64_t n,
+                                    kernels::SystemStrides strides, T* x, double* bound, void* work, int64_t n,
                                     int64_t k, int64_t begin, int64_t end) {
   constexpr int64_t step = kernels::Arithmetic<V>::kLanes;
   for (int64_t m = begin; m < end; m += step) {
     const int count = static_cast<int>(std::min<int64_t>(step, end - m));
-    kernels::solve_from_inverse<T, V>(a + m * strides.a, rhs + m * strides.b, r + m * strides.a, eps + m * strides.eps,
-                                      strides, x + m * n * k, bound + m, count, work, n, k);
+    kernels::solve_from_inverse<T, N, V>(a + m * strides.a, rhs + m * strides.b, r + m * strides.a,
+                                         eps + m * strides.eps, strides, x + m * n * k, bound + m, count,
+                                         static_cast<V*>(work), n, k);
   }
 }
 
-// solve_range on a pack or on scalars, with a workspace of this thread's own.
-template <typename T, typename V>
+// solve_range with a workspace of this thread's own: packs of kLanes systems with n fixed at compile time for
+// N > 0 (n <= 8), one system at a time (general n) for N = 0 and in the baseline x86-64 build.
+template <typename T, int N>
 void solve_range_with_workspace(const T* a, const T* rhs, const T* r, const double* eps,
                                 kernels::SystemStrides strides, T* x, double* bound, int64_t n, int64_t k,
                                 int64_t begin, int64_t end) {
+  using V = std::conditional_t<(N > 0), kernels::PackDouble, double>;
   constexpr int64_t kAlignment = 64;  // a pack's (aligned loads and stores)
-  std::vector<char> storage(kernels::solve_workspace(n, k) * sizeof(V) + kAlignment);
-  V* work = reinterpret_cast<V*>((reinterpret_cast<uintptr_t>(storage.data()) + kAlignment - 1) & ~(kAlignment - 1));
-  cpu::run_for_this_cpu<solve_range<T, V>, solve_range<T, V>>(a, rhs, r, eps, strides, x, bound, work, n, k, begin,
-                                                               end);
+  std::vector<char> storage(kernels::solve_workspace(n, k) * sizeof(kernels::PackDouble) + kAlignment);
+  void* work = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(storage.data()) + kAlignment - 1) &
+                                       ~(kAlignment - 1));
+  cpu::run_for_this_cpu<solve_range<T, N, V>, solve_range<T, 0, double>>(
+      a, rhs, r, eps, strides, x, bound, work, n, k, begin, end);
+}
+
+// solve_range_with_workspace with n fixed at compile time for n <= 8 (packs), general otherwise.
+template <typename T>
+void solve_range_for_size(const T* a, const T* rhs, const T* r, const double* eps, kernels::SystemStrides strides,
+                          T* x, double* bound, int64_t n, int64_t k, int64_t begin, int64_t end) {
+  switch (n) {
+#define NEUINV_SOLVE_SIZE(N)                                                                          \
+  case N:                                                                                             \
+    return solve_range_with_workspace<T, N>(a, rhs, r, eps, strides, x, bound, n, k, begin, end);
+    NEUINV_SOLVE_SIZE(1) NEUINV_SOLVE_SIZE(2) NEUINV_SOLVE_SIZE(3) NEUINV_SOLVE_SIZE(4)
+    NEUINV_SOLVE_SIZE(5) NEUINV_SOLVE_SIZE(6) NEUINV_SOLVE_SIZE(7) NEUINV_SOLVE_SIZE(8)
+#undef NEUINV_SOLVE_SIZE
+    default:
+      return solve_range_with_workspace<T, 0>(a, rhs, r, eps, strides, x, bound, n, k, begin, end);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> solve_from_inverse_cpu(const at::Tensor& A_in, const at::Tensor& B_in,
@@ -66,12 +84,7 @@ std::tuple<at::Tensor, at::Tensor> solve_from_inverse_cpu(const at::Tensor& A_in
     double* out_bound = bound.data_ptr<double>();
     at::parallel_for(0, b, grain, [&](int64_t begin, int64_t end) {
       cpu::IeeeMode ieee;
-      if (n <= kPackedMaxN) {
-        solve_range_with_workspace<scalar_t, kernels::PackDouble>(a, rhs, r, eps, strides, x, out_bound, n, k, begin,
-                                                                  end);
-      } else {
-        solve_range_with_workspace<scalar_t, double>(a, rhs, r, eps, strides, x, out_bound, n, k, begin, end);
-      }
+      solve_range_for_size<scalar_t>(a, rhs, r, eps, strides, x, out_bound, n, k, begin, end);
     });
   });
   return {X, bound};

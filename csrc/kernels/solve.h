@@ -55,18 +55,32 @@ struct PowerOfTwoScale {
   }
 };
 
+// V from kLanes doubles (lane l from values[l]) and back: through memory, one vector load or store (setting lanes
+// one by one costs a round trip each).
+template <typename V>
+NEUINV_HOST_DEVICE V from_lanes(const double* values) {
+  V v;
+  memcpy(&v, values, sizeof(V));
+  return v;
+}
+
+template <typename V>
+NEUINV_HOST_DEVICE void to_lanes(V v, double* values) {
+  memcpy(values, &v, sizeof(V));
+}
+
 // Lanes 0..count-1 of V from `count` row-major blocks of `size` entries, block l at blocks + l * stride (stride
 // 0: one block broadcast to every lane), as doubles; the lanes beyond count repeat block 0 (their results are
-// never stored).
+// never stored). `out` is memory (the workspace): each entry is written lane by lane as a double.
 template <typename V, typename T>
 NEUINV_HOST_DEVICE void load_blocks(const T* blocks, int count, int64_t size, int64_t stride, V* out) {
-  using Ar = Arithmetic<V>;
-  for (int64_t e = 0; e < size; ++e) {
-    V value = Ar::broadcast(0.0);
-    for (int l = 0; l < Ar::kLanes; ++l) {
-      Ar::set_lane(value, l, static_cast<double>(blocks[(l < count ? l : 0) * stride + e]));
+  constexpr int kLanes = Arithmetic<V>::kLanes;
+  for (int l = 0; l < kLanes; ++l) {
+    const T* block = blocks + (l < count ? l : 0) * stride;
+    for (int64_t e = 0; e < size; ++e) {
+      const double value = static_cast<double>(block[e]);
+      memcpy(reinterpret_cast<char*>(out + e) + l * sizeof(double), &value, sizeof(double));
     }
-    out[e] = value;
   }
 }
 
@@ -76,13 +90,14 @@ struct SystemStrides {
   int64_t a, b, eps;
 };
 
-// out = start + sign M W for M n x n and W n x k (start and out n x k, and may be the same array; start null: 0):
+// out = start + sign M W for M n x n (N: n if fixed at compile time, else 0) and W n x k (start and out n x k, and may be the same array; start null: 0):
 // each entry a dot product in four interleaved partial sums (independent chains; the certificate bounds the
 // rounding of a dot product of n + 1 terms in any order, gamma_{n+1}).
-template <typename V>
-NEUINV_HOST_DEVICE void multiply_add(const V* m, const V* w, double sign, const V* start, V* out, int64_t n,
+template <int N, typename V>
+NEUINV_HOST_DEVICE void multiply_add(const V* m, const V* w, double sign, const V* start, V* out, int64_t n_runtime,
                                      int64_t k) {
   using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
   const V zero = Ar::broadcast(0.0), s = Ar::broadcast(sign);
   for (int64_t i = 0; i < n; ++i) {
     const V* row = m + i * n;
@@ -146,10 +161,11 @@ NEUINV_HOST_DEVICE typename Arithmetic<V>::mask all_zero(const V* m, int64_t cou
 // Frobenius error bound of X, +inf where nothing is certified. `dot2[l]` is set for the float64 lanes whose
 // residual the a-priori term dominates: those are re-evaluated by Dot2 here for one system (V = double), and left
 // to the caller (solve_error_bound_of_one) for a pack. work: n k values of V.
-template <typename T, typename V>
+template <typename T, int N, typename V>
 NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const double* eps, double* bound,
-                                         bool* dot2, int count, V* work, int64_t n, int64_t k) {
+                                         bool* dot2, int count, V* work, int64_t n_runtime, int64_t k) {
   using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
   constexpr int kLanes = Ar::kLanes;
   const double u = rules::kUnit, tiny = rules::kDoubleMin;
   const double g = rules::gamma_of(n + 1);
@@ -162,22 +178,26 @@ NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const d
   // does not depend on the scale of A or B. X* = 0 (B = 0) with X = 0 gets the bound 0.
   const V largest_a = largest_magnitude(a_v, n * n), largest_b = largest_magnitude(b_v, n * k);
   const auto nonzero_solution = Ar::either(Ar::negate(all_zero(b_v, n * k)), Ar::negate(all_zero(x_v, n * k)));
-  V a_first = Ar::broadcast(0.0), a_second = a_first, r_first = a_first, r_second = a_first, x_first = a_first,
-    x_second = a_first, b_first = a_first, b_second = a_first, eps_v = a_first;
+  double largest_a_l[kLanes], largest_b_l[kLanes], factors[9][kLanes];
+  to_lanes(largest_a, largest_a_l);
+  to_lanes(largest_b, largest_b_l);
   for (int l = 0; l < kLanes; ++l) {
-    const int e_a = frexp_exponent(Ar::lane(largest_a, l));
-    const int f_b = frexp_exponent(Ar::lane(largest_b, l));
+    const int e_a = frexp_exponent(largest_a_l[l]), f_b = frexp_exponent(largest_b_l[l]);
     const PowerOfTwoScale to_a(-e_a), to_r(e_a), to_x(e_a - f_b), to_b(-f_b);
-    Ar::set_lane(a_first, l, to_a.first);
-    Ar::set_lane(a_second, l, to_a.second);
-    Ar::set_lane(r_first, l, to_r.first);
-    Ar::set_lane(r_second, l, to_r.second);
-    Ar::set_lane(x_first, l, to_x.first);
-    Ar::set_lane(x_second, l, to_x.second);
-    Ar::set_lane(b_first, l, to_b.first);
-    Ar::set_lane(b_second, l, to_b.second);
-    Ar::set_lane(eps_v, l, eps[l < count ? l : 0]);
+    factors[0][l] = to_a.first;
+    factors[1][l] = to_a.second;
+    factors[2][l] = to_r.first;
+    factors[3][l] = to_r.second;
+    factors[4][l] = to_x.first;
+    factors[5][l] = to_x.second;
+    factors[6][l] = to_b.first;
+    factors[7][l] = to_b.second;
+    factors[8][l] = eps[l < count ? l : 0];
   }
+  const V a_first = from_lanes<V>(factors[0]), a_second = from_lanes<V>(factors[1]);
+  const V r_first = from_lanes<V>(factors[2]), r_second = from_lanes<V>(factors[3]);
+  const V x_first = from_lanes<V>(factors[4]), x_second = from_lanes<V>(factors[5]);
+  const V b_first = from_lanes<V>(factors[6]), b_second = from_lanes<V>(factors[7]), eps_v = from_lanes<V>(factors[8]);
   for (int64_t e = 0; e < n * n; ++e) {
     a_v[e] = a_v[e] * a_first * a_second;
     r_v[e] = r_v[e] * r_first * r_second;
@@ -187,17 +207,16 @@ NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const d
     b_v[e] = b_v[e] * b_first * b_second;
   }
   V* residual = work;
-  multiply_add(a_v, x_v, -1.0, b_v, residual, n, k);  // fl(B' - A' X')
+  multiply_add<N>(a_v, x_v, -1.0, b_v, residual, n, k);  // fl(B' - A' X')
   V r_hat = Ar::square_root(sum_of_squares(residual, n * k));
   const V x_hat = Ar::square_root(sum_of_squares(x_v, n * k));
   const V r_inverse_hat = Ar::square_root(sum_of_squares(r_v, n * n));
   const V a_up = Ar::square_root(sum_of_squares(a_v, n * n)) + n * 0x1p-511;
   const V s = Ar::square_root(sum_of_squares(b_v, n * k)) + lost_squares + a_up * (x_hat + lost_squares);
   V t = g * s;  // >= ||fl(r') - r'||_F
-  for (int l = 0; l < kLanes; ++l) {
-    dot2[l] = sizeof(T) == sizeof(double) && Ar::lane(t, l) > Ar::lane(r_hat, l) &&
-              Ar::lane(t, l) * Ar::lane(r_inverse_hat, l) > rules::kDot2Threshold * Ar::lane(x_hat, l);
-  }
+  const auto needs_dot2 = Ar::negate(Ar::either(Ar::negate(Ar::greater(t, r_hat)),
+                                                Ar::negate(Ar::greater(t * r_inverse_hat, rules::kDot2Threshold * x_hat))));
+  for (int l = 0; l < kLanes; ++l) dot2[l] = sizeof(T) == sizeof(double) && Ar::mask_lane(needs_dot2, l);
   if constexpr (kLanes == 1) {
     if (dot2[0]) {
       dot2_residual(a_v, x_v, b_v, residual, n, k);
@@ -210,17 +229,20 @@ NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const d
   t = t + sq2 * tiny * (static_cast<double>(n) * (2.0 * x_hat + 2.0 * lost_squares) + (n + 1.0));
   const V r_norm = (r_hat + t) * (1 + c * u) + eta;                     // >= ||r'||_F
   const V r_inverse_norm = r_inverse_hat * (1 + c * u) + n * 0x1p-511;  // >= ||R'||_F
-  multiply_add<V>(r_v, residual, 1.0, nullptr, x_v, n, k);              // fl(R' fl(r')), over X'
+  multiply_add<N, V>(r_v, residual, 1.0, nullptr, x_v, n, k);           // fl(R' fl(r')), over X'
   const V y_hat = Ar::square_root(sum_of_squares(x_v, n * k));
   const V y_flush = sq2 * n * tiny * (2.0 * r_hat + 2.0 * lost_squares + 2.0 * r_inverse_norm);
   const V y_norm = (y_hat + g * r_inverse_norm * (r_hat + lost_squares) + y_flush) * (1 + c * u) + eta;
   const V error = (y_norm + r_inverse_norm * t + eps_v / (1.0 - eps_v) * r_inverse_norm * r_norm) * (1 + c * u);
   const V x_norm = x_hat * (1 - c * u) - lost_squares;  // <= ||X'||_F
-  const V value = rules::certified_or_inf(error / (x_norm - error) * (1 + c * u));
+  const V infinity = Ar::broadcast(rules::kInfinity);
+  const V value = Ar::select(Ar::greater(x_norm, error), rules::certified_or_inf(error / (x_norm - error) * (1 + c * u)),
+                             infinity);
+  double value_l[kLanes];
+  to_lanes(value, value_l);
   for (int l = 0; l < count; ++l) {
-    const bool holds = Ar::lane(x_norm, l) > Ar::lane(error, l) && eps[l] < 1;
     const bool solution_zero = !Ar::mask_lane(nonzero_solution, l) && eps[l] < 1;
-    bound[l] = solution_zero ? 0.0 : holds ? static_cast<double>(Ar::lane(value, l)) : rules::kInfinity;
+    bound[l] = solution_zero ? 0.0 : eps[l] < 1 ? value_l[l] : rules::kInfinity;
     dot2[l] = dot2[l] && !solution_zero;
   }
 }
@@ -240,18 +262,20 @@ NEUINV_HOST_DEVICE double solve_error_bound_of_one(const T* a, const T* b, const
   load_blocks(x, 1, n * k, 0, x_v);
   double bound;
   bool dot2;
-  certify_solution<T, double>(a_v, b_v, x_v, r_v, &eps, &bound, &dot2, 1, x_v + n * k, n, k);
+  certify_solution<T, 0, double>(a_v, b_v, x_v, r_v, &eps, &bound, &dot2, 1, x_v + n * k, n, k);
   return bound;
 }
 
-// Systems 0..count-1 of V (A, B, R and eps at the strides given; eps R's certified bound): X = round_T(X_w +
+// Systems 0..count-1 of V (A, B, R and eps at the strides given; eps R's certified bound; N: n if fixed at compile
+// time, else 0): X = round_T(X_w +
 // R (B - A X_w)), X_w = R B, in double (reference.solve_from_inverse), written to x (system l at x + l n k), and
 // its bound (certificate.solve_error_bound, certify_solution) to bound[l]. work: solve_workspace(n, k) values of V.
-template <typename T, typename V>
+template <typename T, int N, typename V>
 NEUINV_HOST_DEVICE void solve_from_inverse(const T* a, const T* b, const T* r, const double* eps,
-                                           SystemStrides strides, T* x, double* bound, int count, V* work, int64_t n,
-                                           int64_t k) {
+                                           SystemStrides strides, T* x, double* bound, int count, V* work,
+                                           int64_t n_runtime, int64_t k) {
   using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
   V* a_v = work;
   V* r_v = a_v + n * n;
   V* b_v = r_v + n * n;
@@ -260,20 +284,23 @@ NEUINV_HOST_DEVICE void solve_from_inverse(const T* a, const T* b, const T* r, c
   load_blocks(a, count, n * n, strides.a, a_v);
   load_blocks(r, count, n * n, strides.a, r_v);
   load_blocks(b, count, n * k, strides.b, b_v);
-  multiply_add<V>(r_v, b_v, 1.0, nullptr, x_w, n, k);    // X_w = R B
-  multiply_add(a_v, x_w, -1.0, b_v, residual, n, k);      // B - A X_w
-  multiply_add(r_v, residual, 1.0, x_w, x_w, n, k);       // X_w + R (B - A X_w)
+  multiply_add<N, V>(r_v, b_v, 1.0, nullptr, x_w, n, k);  // X_w = R B
+  multiply_add<N>(a_v, x_w, -1.0, b_v, residual, n, k);    // B - A X_w
+  multiply_add<N>(r_v, residual, 1.0, x_w, x_w, n, k);     // X_w + R (B - A X_w)
   for (int64_t e = 0; e < n * k; ++e) {  // X = round_T(X_w), stored; x_w keeps X's values as doubles
+    double lanes[Ar::kLanes];
+    to_lanes(x_w[e], lanes);
     for (int l = 0; l < Ar::kLanes; ++l) {
-      const T stored = static_cast<T>(Ar::lane(x_w[e], l));
+      const T stored = static_cast<T>(lanes[l]);
       if (l < count) x[l * n * k + e] = stored;
-      Ar::set_lane(x_w[e], l, static_cast<double>(stored));
+      lanes[l] = static_cast<double>(stored);
     }
+    x_w[e] = from_lanes<V>(lanes);
   }
   double eps_lanes[Ar::kLanes];
   bool dot2[Ar::kLanes];
   for (int l = 0; l < count; ++l) eps_lanes[l] = eps[l * strides.eps];
-  certify_solution<T, V>(a_v, b_v, x_w, r_v, eps_lanes, bound, dot2, count, residual, n, k);
+  certify_solution<T, N, V>(a_v, b_v, x_w, r_v, eps_lanes, bound, dot2, count, residual, n, k);
   for (int l = 0; l < count; ++l) {  // (packs only) the float64 lanes whose residual needs Dot2, one by one
     if (dot2[l]) {
       bound[l] = solve_error_bound_of_one(a + l * strides.a, b + l * strides.b, x + l * n * k, r + l * strides.a,
