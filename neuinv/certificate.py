@@ -358,8 +358,9 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     X_norm = X_hat * (1 - c * u) - lost_squares  # <= ||X'||_F
     bound = error / (X_norm - error) * (1 + c * u)
     read_as_zero = flushed(A, A_s) | flushed(B, B_s) | flushed(X, X_s) | flushed(R, R_s)
-    bound = torch.where((X_norm > error) & (eps < 1) & ~read_as_zero, bound, torch.full_like(bound, math.inf))
-    zero = ~is_nonzero(B).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1) & (eps < 1)
+    usable = (eps >= 0) & (eps < 1)  # NaN and negative bounds certify nothing
+    bound = torch.where((X_norm > error) & usable & ~read_as_zero, bound, torch.full_like(bound, math.inf))
+    zero = ~is_nonzero(B).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1) & usable
     return torch.where(zero, torch.zeros_like(bound), certified_or_inf(bound))
 
 
@@ -612,4 +613,4 @@ def scaled_solve_error_bound(A_s: torch.Tensor, B_s: torch.Tensor, X: torch.Tens
     usable = proven & exact_A & exact_R & exact_B & exact_X & ~has_subnormal(X)
     zero = ~is_nonzero(B_s).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1)
     bound = torch.where(usable, bound, torch.full_like(bound, math.inf))
-    return torch.where(zero & proven, torch.zeros_like(bound), bound)
+    return torch.where(zero & proven & exact_B, torch.zeros_like(bound), bound)

@@ -558,14 +558,30 @@ def _register_fakes() -> None:
     if getattr(_register_fakes, "done", False):
         return
 
+    def same_device(operator, named):
+        """The fakes also serve a call that mixes meta and real tensors (the meta kernel wins the dispatch): refuse
+        it as the kernels refuse tensors on different devices."""
+        devices = {name: tensor.device for name, tensor in named.items() if tensor is not None}
+        if len(set(devices.values())) > 1:
+            raise RuntimeError(f"{operator}: the tensors must be on one device, got "
+                               + ", ".join(f"{name} on {device}" for name, device in devices.items()))
+
     @torch.library.register_fake("neuinv::invert")
     def _(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite=False):
+        same_device("invert", dict(A=A, X0=X0, use_guess=use_guess))
         batch = A.shape[:-2]
         return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
                 A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
 
     @torch.library.register_fake("neuinv::solve_from_inverse")
     def _(A, B, R, inverse_bound):
+        same_device("solve_from_inverse", dict(A=A, B=B, R=R, inverse_bound=inverse_bound))
+        if not (A.dim() == 3 and A.shape[1] == A.shape[2] and R.shape == A.shape and B.dim() == 3
+                and B.shape[1] == A.shape[1] and (B.shape[0] == A.shape[0] or 1 in (A.shape[0], B.shape[0]))
+                and inverse_bound.shape == A.shape[:1]):
+            raise RuntimeError(f"solve_from_inverse: A (b, n, n), B (b, n, k), R like A and inverse_bound (b,) "
+                               f"(A or B may have 1 in place of b), got {tuple(A.shape)}, {tuple(B.shape)}, "
+                               f"{tuple(R.shape)}, {tuple(inverse_bound.shape)}")
         b = B.shape[0] if A.shape[0] == 1 else A.shape[0]
         return B.new_empty((b, *B.shape[1:])), A.new_empty((b,), dtype=torch.float64)
 

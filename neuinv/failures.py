@@ -91,7 +91,7 @@ def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None, positive_definite:
         return None
     exponent = q[:, :, None] + p[:, None, :]
     if rhs is not None:
-        B_s, f = reference.scaled_right_hand_sides(rhs[None], p, A_s.dtype)
+        B_s, f, _ = reference.scaled_right_hand_sides(rhs[None], p, A_s.dtype)
         X_s, exponent = torch.bmm(X_s, B_s), q[:, :, None] + f[:, None, None]
     magnitude = X_s.abs().clamp_min(1e-300).log2() + exponent
     largest = float(magnitude.amax())

@@ -10,6 +10,8 @@ own evaluation accounted for, is in :mod:`neuinv.certificate`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import certificate
@@ -219,8 +221,9 @@ def solve_from_inverse(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor,
     A_w, B_w, R_w = A.to(wide), B.to(wide), R.to(wide)
     X_w = torch.bmm(R_w, B_w)
     X = (X_w + torch.bmm(R_w, torch.baddbmm(B_w, A_w, X_w, alpha=-1))).to(B.dtype)
-    if not X.numel():
-        return X, torch.zeros_like(inverse_bound, dtype=torch.float64)
+    if not X.numel():  # nothing to certify but A's non-singularity, which R's bound carries
+        usable = (inverse_bound >= 0) & (inverse_bound < 1)
+        return X, torch.where(usable, 0.0, math.inf).to(torch.float64)
     return X, certificate.solve_error_bound(A, B, X, R, inverse_bound)
 
 
@@ -242,12 +245,13 @@ def equilibrated_inverse(A: torch.Tensor, positive_definite: bool = False):
 
 
 def scaled_right_hand_sides(B: torch.Tensor, p: torch.Tensor, wide: torch.dtype):
-    """(B', f) for (b, n, k) B and the row exponents p of :func:`equilibrated_inverse`: B' = 2^p B 2^-f in ``wide``,
-    f (b,) the exponent of the largest entry of 2^p B, so that B' lies in [1/2, 1) at most."""
+    """(B', f, exact) for (b, n, k) B and the row exponents p of :func:`equilibrated_inverse`: B' = 2^p B 2^-f in
+    ``wide``, f (b,) the exponent of the largest entry of 2^p B, so that B' lies in [1/2, 1) at most; exact (b,)
+    False where the scaling was not exact (an entry of 2^p B underflowed: B' is then not B's image)."""
     f = certificate.frexp_exponent(certificate.power_of_two_scaled(B.abs().to(torch.float64), p[:, :, None])
                                    .amax(dim=(-2, -1)))
-    B_s, _ = certificate.exactly_scaled(B, p[:, :, None] - f[:, None, None])
-    return B_s.to(wide), f
+    B_s, exact = certificate.exactly_scaled(B, p[:, :, None] - f[:, None, None])
+    return B_s.to(wide), f, exact
 
 
 def scaled_exact_inverse(A: torch.Tensor, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -268,10 +272,10 @@ def scaled_solve(A: torch.Tensor, B: torch.Tensor, positive_definite: bool = Fal
     X' <- X' + R' (B' - A' X'), and X = 2^q X' 2^f in A's dtype, certified by
     :func:`neuinv.certificate.scaled_solve_error_bound`. R' never overflows where only A^-1 would."""
     A_s, R_s, p, q, accepted = equilibrated_inverse(A, positive_definite)
-    B_s, f = scaled_right_hand_sides(B, p, A_s.dtype)
+    B_s, f, exact_B = scaled_right_hand_sides(B, p, A_s.dtype)
     X_s = torch.bmm(R_s, B_s)
     X_s = X_s + torch.bmm(R_s, torch.baddbmm(B_s, A_s, X_s, alpha=-1))
     X = certificate.power_of_two_scaled(X_s, q[:, :, None] + f[:, None, None]).to(A.dtype)
     bound = certificate.scaled_solve_error_bound(A_s, B_s, X, R_s, q, f)
     read_exactly = ~certificate.has_subnormal(A) & ~certificate.has_subnormal(B)  # a DAZ thread may read them as 0
-    return X, torch.where(accepted & read_exactly, bound, torch.full_like(bound, float("inf")))
+    return X, torch.where(accepted & read_exactly & exact_B, bound, torch.full_like(bound, float("inf")))

@@ -287,3 +287,26 @@ def test_complex_systems_against_the_exact_truth(dtype):
         stacked = lambda V: torch.cat([V.real, V.imag], -2).double()  # noqa: E731
         error = exact_relative_error(real(A[i]), stacked(B[i].to(torch.complex128)), stacked(X[i].to(torch.complex128)))
         assert error <= float(info.error_bound[i]) < 100 * torch.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_solution_below_the_dtype_range_is_not_certified_as_zero(backend):
+    """A = 1e200 I, B = 1e-300: X* = 1e-500 underflows float64 to 0, whose relative error is 1. Nothing may be
+    certified (the equilibrated second stage once certified X = 0 with bound 0: its scaled B underflowed to 0)."""
+    for scale in (1e200, 1e300, 1e305):
+        A = (scale * torch.eye(2, dtype=torch.float64))[None]
+        B = torch.full((1, 2, 1), 1e-300, dtype=torch.float64)
+        X, info = neuinv.batched_solve_ex(A, B, backend=backend)
+        assert not info.certified.any() and torch.isinf(info.error_bound).all() and torch.isnan(X).all(), scale
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_no_right_hand_sides_with_a_singular_matrix(backend):
+    """B (b, n, 0): the same verdict on every backend, as torch.linalg.solve_ex's info: certified (bound 0) where
+    A is certified non-singular, not where it is singular."""
+    A = conditioned_matrices(3, 3, 10.0, torch.float64)
+    A[1] = 0.0
+    X, info = neuinv.batched_solve_ex(A, torch.ones(3, 3, 0, dtype=torch.float64), backend=backend)
+    assert X.shape == (3, 3, 0)
+    assert info.certified.tolist() == [True, False, True]
+    assert info.error_bound[0] == 0 and torch.isinf(info.error_bound[1])

@@ -161,6 +161,33 @@ def test_uncertified_inverse_certifies_nothing():
         assert torch.isinf(bound).all() and (bound > 0).all(), eps
 
 
+def test_negative_inverse_bound_certifies_nothing():
+    """A negative bound for R is no bound: +inf on the operator and on the reference (it would otherwise shrink
+    the eps / (1 - eps) term); for empty right-hand sides too."""
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    B = right_hand_sides(3, 4, 1, torch.float64)
+    R, _ = _inverse(A)
+    eps = torch.full((3,), -0.5, dtype=torch.float64)
+    for M in (B, B[..., :0]):
+        for X, bound in (torch.ops.neuinv.solve_from_inverse(A, M, R, eps), reference.solve_from_inverse(A, M, R, eps)):
+            assert torch.isinf(bound).all()
+
+
+def test_a_meta_tensor_among_cpu_ones_is_refused():
+    """A call mixing meta and CPU tensors dispatches to the shape-only fake: it refuses the mix, naming the devices,
+    instead of returning uninitialised memory (both operators)."""
+    A = conditioned_matrices(4, 3, 10.0, torch.float64)
+    B = right_hand_sides(4, 3, 2, torch.float64)
+    R, eps = _inverse(A)
+    for args in ((A, B, R, eps.to("meta")), (A, B.to("meta"), R, eps), (A.to("meta"), B, R, eps)):
+        with pytest.raises(RuntimeError, match="must be on one device"):
+            torch.ops.neuinv.solve_from_inverse(*args)
+    with pytest.raises(RuntimeError, match="must be on one device"):
+        torch.ops.neuinv.invert(A, A.to("meta"), None, True, 1e-12, 1e-3, 10, 0.5, 1.0, False)
+    with pytest.raises(RuntimeError, match="solve_from_inverse: A"):
+        torch.ops.neuinv.solve_from_inverse(A.to("meta"), B[:3, :2].to("meta"), R[:1].to("meta"), eps[:1].to("meta"))
+
+
 def test_overflowing_solution_is_not_certified():
     """float32 A = 1e-30 I with B = 1e10: X = 1e40 overflows float32; the operator returns Inf and no bound."""
     A = (1e-30 * torch.eye(2)).expand(2, 2, 2).contiguous()

@@ -241,8 +241,9 @@ NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const d
   double value_l[kLanes];
   to_lanes(value, value_l);
   for (int l = 0; l < count; ++l) {
-    const bool solution_zero = !Ar::mask_lane(nonzero_solution, l) && eps[l] < 1;
-    bound[l] = solution_zero ? 0.0 : eps[l] < 1 ? value_l[l] : rules::kInfinity;
+    const bool usable = eps[l] >= 0 && eps[l] < 1;  // NaN and negative bounds certify nothing
+    const bool solution_zero = !Ar::mask_lane(nonzero_solution, l) && usable;
+    bound[l] = solution_zero ? 0.0 : usable ? value_l[l] : rules::kInfinity;
     dot2[l] = dot2[l] && !solution_zero;
   }
 }
