@@ -11,7 +11,10 @@ Each JSON file is recognised by its rows:
 - certificate (bench/certificate.py: rows with cond, median_bound, median_error): the median certified bound and
   the median true error against the condition number (FILE-bound.png);
 - tightness (bench/tightness.py: rows with family, median_ratio, worst_ratio): bound / true error per matrix
-  family and dtype (FILE-tightness.png).
+  family and dtype (FILE-tightness.png);
+- solve (bench/solve.py: rows with group, method, n, dtype, seconds): speed relative to torch.linalg.solve against
+  n, one panel per dtype and number of right-hand sides, and the SPD solve relative to torch.cholesky_solve
+  (FILE-solve.png).
 
 Every caption names the machine, the date, the torch version and the commit as the JSON records them; where the
 JSON does not record one, the caption says so and names the commit that last changed the file instead. Nothing is
@@ -40,6 +43,7 @@ DEFAULT_FILES = [RESULTS / name for name in (
     "throughput-cuda-h100-float32.json",               # benchmarks: the H100
     "certificate-cpu.json",                            # certificate: bound against true error
     "tightness-cpu-2026-12-06b.json",                  # certificate: how tight, per family
+    "solve-cpu-2026-12-06.json",                       # benchmarks: the solve and the SPD solve
 )]
 
 BASELINE = "torch.linalg.inv"
@@ -100,6 +104,8 @@ def kind(data: dict) -> str | None:
     if not rows or not isinstance(rows[0], dict):
         return None
     keys = set(rows[0])
+    if {"group", "method", "n", "dtype", "seconds"} <= keys:
+        return "solve"
     if {"method", "n", "dtype", "seconds"} <= keys:
         return "throughput"
     if {"cond", "median_bound", "median_error"} <= keys:
@@ -252,6 +258,65 @@ def tightness_figure(data: dict, path: Path, out_dir: Path, backend: str = "auto
     return [_finish(fig, caption, out_dir / f"{path.stem}-tightness.png")]
 
 
+SOLVE_PANELS = (  # (group, baseline, methods drawn) per column of the solve figure
+    ("solve k=1", "torch.linalg.solve", ("neuinv.batched_solve", "numpy.linalg.solve", "jax.jit(jnp.linalg.solve)",
+                                         "neuinv.batched_inverse @ B")),
+    ("solve k=8", "torch.linalg.solve", ("neuinv.batched_solve", "numpy.linalg.solve", "jax.jit(jnp.linalg.solve)",
+                                         "neuinv.batched_inverse @ B")),
+    ("SPD solve k=1", "torch.cholesky_solve(cholesky)", ("neuinv.batched_solve pos", "neuinv.batched_solve gen",
+                                                         "torch.linalg.solve")),
+)
+SOLVE_STYLE = {
+    "neuinv.batched_solve": ("neuinv batched_solve (certified)", "C0", "o", "-"),
+    "neuinv.batched_solve pos": ("neuinv batched_solve, assume_a=\"pos\" (certified)", "C0", "o", "-"),
+    "neuinv.batched_solve gen": ("neuinv batched_solve, general (certified)", "C9", "s", "--"),
+    "neuinv.batched_inverse @ B": ("neuinv batched_inverse(A) @ B (product not certified)", "C7", ".", ":"),
+    "numpy.linalg.solve": ("numpy.linalg.solve", "C1", "D", "-"),
+    "jax.jit(jnp.linalg.solve)": ("JAX jit jnp.linalg.solve", "C2", "P", "-"),
+    "torch.linalg.solve": ("torch.linalg.solve", "C5", "x", "-"),
+}
+
+
+def solve_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
+    rows = data["rows"]
+    seconds = {(r["group"], r["n"], r["dtype"], r["method"]): r["seconds"] for r in rows}
+    dtypes = [d for d in ("float32", "float64") if any(r["dtype"] == d for r in rows)]
+    panels = [panel for panel in SOLVE_PANELS if any(r["group"] == panel[0] for r in rows)]
+    fig, axes = plt.subplots(len(dtypes), len(panels), figsize=(4.6 * len(panels), 3.4 * len(dtypes) + 1.4),
+                             sharey=True, squeeze=False)
+    for row_axes, dtype in zip(axes, dtypes):
+        for ax, (group, baseline, methods) in zip(row_axes, panels):
+            for method in methods:
+                points = sorted((n, seconds[(g, n, d, baseline)] / value) for (g, n, d, m), value in seconds.items()
+                                if g == group and d == dtype and m == method and (g, n, d, baseline) in seconds)
+                if points:
+                    label, colour, marker, line = SOLVE_STYLE.get(method, (method, None, "o", "-"))
+                    ax.plot(*zip(*points), marker=marker, linestyle=line, color=colour, label=label)
+            ax.axhline(1.0, color="k", linewidth=1)
+            ax.annotate(baseline + " = 1", (0.02, 1.0), xycoords=("axes fraction", "data"), fontsize=7,
+                        va="bottom")
+            _n_axis(ax, {r["n"] for r in rows if r["group"] == group})
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}×"))
+            ax.set_title(f"{group}, {dtype}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+        row_axes[0].set_ylabel("speed relative to the baseline")
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="upper center", ncol=3, fontsize=8, frameon=False)
+    batches = sorted({(r["n"], r["batch"]) for r in rows})
+    sizes = ", ".join(f"n={n}: {b:,}" for n, b in batches)
+    threads = f"{data['threads']} torch thread(s); " if data.get("threads") else ""
+    fig.subplots_adjust(top=1 - 1.0 / fig.get_figheight(), bottom=0.9 / fig.get_figheight(), left=0.07, right=0.98,
+                        wspace=0.08, hspace=0.35)
+    caption = (f"{provenance(data, path)}\n{threads}systems per call {sizes}; median time per call, baselines in the "
+               "same run")
+    return [_finish(fig, caption, out_dir / f"{path.stem}-solve.png")]
+
+
 def figures(path: Path, out_dir: Path) -> list[Path]:
     data = json.loads(path.read_text())
     found = kind(data)
@@ -261,6 +326,8 @@ def figures(path: Path, out_dir: Path) -> list[Path]:
         return certificate_figure(data, path, out_dir)
     if found == "tightness":
         return tightness_figure(data, path, out_dir)
+    if found == "solve":
+        return solve_figure(data, path, out_dir)
     return []
 
 
@@ -275,7 +342,7 @@ def main(argv=None) -> int:
         for png in written:
             print(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png)
         if not written:
-            print(f"{path}: no figure (not a throughput, certificate or tightness result)", file=sys.stderr)
+            print(f"{path}: no figure (not a throughput, certificate, tightness or solve result)", file=sys.stderr)
     return 0
 
 
