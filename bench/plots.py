@@ -278,7 +278,10 @@ SOLVE_STYLE = {
 
 
 def solve_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
-    rows = data["rows"]
+    largest = {}
+    for r in data["rows"]:
+        largest[r["n"]] = max(largest.get(r["n"], 0), r["batch"])
+    rows = [r for r in data["rows"] if r["batch"] == largest[r["n"]]]  # a run with --batches: its largest per n
     seconds = {(r["group"], r["n"], r["dtype"], r["method"]): r["seconds"] for r in rows}
     dtypes = [d for d in ("float32", "float64") if any(r["dtype"] == d for r in rows)]
     panels = [panel for panel in SOLVE_PANELS if any(r["group"] == panel[0] for r in rows)]

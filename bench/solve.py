@@ -10,11 +10,14 @@ For each n and dtype, on the same matrices (cond 100; SPD ones Q diag(sigma) Q^T
   ``torch.cholesky_inverse(torch.linalg.cholesky(S))`` and ``torch.linalg.inv(S)``; and the SPD solve with one
   right-hand side, ``neuinv.batched_solve(S, b, assume_a="pos")`` against ``torch.cholesky_solve``.
 
-Each row: the median wall time (and 20th / 80th percentiles) of ``--repeats`` calls after an untimed warm-up, and
-the largest relative error ||X - X*||_F / ||X*||_F over the batch against float64 LU.
+Each row: the median wall time (and 20th / 80th percentiles) of ``--repeats`` calls after an untimed warm-up (at
+least 101 calls for batches under 2^14 elements, where one call takes microseconds), and the largest relative error
+||X - X*||_F / ||X*||_F over the batch against float64 LU. ``--batches`` sets the batch sizes (default: the largest
+under the element limit, at most ``--max-batch``); ``--batches 1 16 256`` measures the cost per call.
 
     python bench/solve.py --quick
     python bench/solve.py --threads 1 --json bench/results/solve-cpu.json > bench/results/solve-cpu.md
+    python bench/solve.py --threads 1 --sizes 4 8 --batches 1 16 256 --groups "solve k=1"
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ SIZES = [3, 4, 6, 8, 16, 32]
 COND = 100.0
 MAX_ELEMENTS = 2**22  # of A per row: 32 MiB in float64
 MAX_ELEMENTS_QUICK = 2**18
+SMALL_CALL_ELEMENTS = 2**14  # of A: below, a call takes microseconds and is timed at least MANY_REPEATS times
+MANY_REPEATS = 101
+GROUPS = ("solve k=1", "solve k=8", "SPD inverse", "SPD solve k=1")
 
 
 def solve_methods(A, B):
@@ -82,8 +88,9 @@ def run(args) -> list[dict]:
     rows = []
     device = "cpu"
     for dtype in args.dtypes:
-        for n in args.sizes:
-            batch = min(args.max_batch, (MAX_ELEMENTS_QUICK if args.quick else MAX_ELEMENTS) // (n * n))
+        for n, batch in ((n, batch) for n in args.sizes for batch in args.batches or [
+                min(args.max_batch, (MAX_ELEMENTS_QUICK if args.quick else MAX_ELEMENTS) // (n * n))]):
+            repeats = args.repeats if batch * n * n >= SMALL_CALL_ELEMENTS else max(args.repeats, MANY_REPEATS)
             g = torch.Generator().manual_seed(n)
             A = conditioned_matrices(batch, n, COND, dtype, seed=n)
             S = conditioned_matrices(batch, n, COND, dtype, seed=n, symmetric=True)
@@ -95,13 +102,15 @@ def run(args) -> list[dict]:
             b = torch.randn(batch, n, 1, generator=g, dtype=torch.float64).to(dtype)
             groups.append(("SPD solve k=1", spd_solve_methods(S, b), torch.linalg.solve(S.double(), b.double())))
             for group, methods, truth in groups:
+                if group not in args.groups:
+                    continue
                 for name, fn in methods:
                     X = fn()
                     synchronize(device)
                     X = X if isinstance(X, torch.Tensor) else torch.from_numpy(numpy.asarray(X))
                     error = max_relative_error(X, truth)
                     del X
-                    median, low, high = median_seconds(fn, device, args.repeats, warm_up=False)
+                    median, low, high = median_seconds(fn, device, repeats, warm_up=False)
                     rows.append(dict(group=group, method=name, n=n, dtype=str(dtype).replace("torch.", ""),
                                      batch=batch, seconds=median, seconds_p20=low, seconds_p80=high,
                                      max_relative_error=error))
@@ -117,9 +126,10 @@ BASELINES = {"solve k=1": "torch.linalg.solve", "solve k=8": "torch.linalg.solve
 def markdown(rows) -> str:
     lines = ["| group | n | dtype | batch | method | median ms (p20-p80) | × baseline | max rel. error |",
              "|---|---:|---|---:|---|---:|---:|---:|"]
-    baseline = {(r["group"], r["n"], r["dtype"]): r["seconds"] for r in rows if r["method"] == BASELINES[r["group"]]}
+    baseline = {(r["group"], r["n"], r["dtype"], r["batch"]): r["seconds"] for r in rows
+                if r["method"] == BASELINES[r["group"]]}
     for r in rows:
-        ratio = baseline[(r["group"], r["n"], r["dtype"])] / r["seconds"]
+        ratio = baseline[(r["group"], r["n"], r["dtype"], r["batch"])] / r["seconds"]
         lines.append(f"| {r['group']} | {r['n']} | {r['dtype']} | {r['batch']} | {r['method']} | "
                      f"{r['seconds'] * 1e3:.3f} ({r['seconds_p20'] * 1e3:.3f}-{r['seconds_p80'] * 1e3:.3f}) | "
                      f"{ratio:.2f} | {r['max_relative_error']:.1e} |")
@@ -136,6 +146,8 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=None)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     parser.add_argument("--max-batch", type=int, default=100_000)
+    parser.add_argument("--batches", type=int, nargs="+", default=None, help="batch sizes (default: one, the largest)")
+    parser.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)

@@ -49,26 +49,27 @@ void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>
   TORCH_CHECK(max_error >= 0 && max_error <= 1, "invert: max_error must be in [0, 1], got ", max_error);
 }
 
-void check_solve_from_inverse_arguments(const at::Tensor& A, const at::Tensor& B, const at::Tensor& R,
-                                        const at::Tensor& inverse_bound, c10::DeviceType device) {
-  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), "solve_from_inverse: A must have shape (b, n, n), got ",
-              A.sizes());
+void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::optional<at::Tensor>& R,
+                           const c10::optional<at::Tensor>& inverse_bound, c10::DeviceType device) {
+  TORCH_CHECK(A.dim() == 3 && A.size(1) == A.size(2), "solve: A must have shape (b, n, n), got ", A.sizes());
   TORCH_CHECK(A.scalar_type() == at::kFloat || A.scalar_type() == at::kDouble,
-              "solve_from_inverse: A must be float32 or float64, got ", A.scalar_type());
-  TORCH_CHECK(A.device().type() == device, "solve_from_inverse: A must be on ", c10::DeviceTypeName(device),
-              ", got ", A.device());
+              "solve: A must be float32 or float64, got ", A.scalar_type());
+  TORCH_CHECK(A.device().type() == device, "solve: A must be on ", c10::DeviceTypeName(device), ", got ",
+              A.device());
   TORCH_CHECK(B.dim() == 3 && B.size(1) == A.size(1) &&
                   (B.size(0) == A.size(0) || B.size(0) == 1 || A.size(0) == 1),
-              "solve_from_inverse: B must have shape (b, n, k) with A's n, and A and B the same number of systems b "
+              "solve: B must have shape (b, n, k) with A's n, and A and B the same number of systems b "
               "or one of them 1, got ", B.sizes(), " for A ", A.sizes());
   TORCH_CHECK(B.scalar_type() == A.scalar_type() && B.device() == A.device(),
-              "solve_from_inverse: B must have A's dtype and device, got ", B.scalar_type(), " on ", B.device());
-  check_like(A, R, "R");
-  TORCH_CHECK(inverse_bound.dim() == 1 && inverse_bound.size(0) == A.size(0) &&
-                  inverse_bound.scalar_type() == at::kDouble && inverse_bound.device() == A.device(),
-              "solve_from_inverse: inverse_bound must be a float64 tensor of shape (", A.size(0), ",) on ",
-              A.device(), ", got ", inverse_bound.scalar_type(), " ", inverse_bound.sizes(), " on ",
-              inverse_bound.device());
+              "solve: B must have A's dtype and device, got ", B.scalar_type(), " on ", B.device());
+  TORCH_CHECK(R.has_value() == inverse_bound.has_value(),
+              "solve: R and inverse_bound must be given together or both be None");
+  if (!R.has_value()) return;
+  check_like(A, *R, "R");
+  TORCH_CHECK(inverse_bound->dim() == 1 && inverse_bound->size(0) == A.size(0) &&
+                  inverse_bound->scalar_type() == at::kDouble && inverse_bound->device() == A.device(),
+              "solve: inverse_bound must be a float64 tensor of shape (", A.size(0), ",) on ", A.device(),
+              ", got ", inverse_bound->scalar_type(), " ", inverse_bound->sizes(), " on ", inverse_bound->device());
 }
 
 }  // namespace neuinv

@@ -1,4 +1,4 @@
-// The argument checks of neuinv::invert and neuinv::solve_from_inverse, shared by its CPU and CUDA implementations; defined in csrc/neuinv_checks.cpp.
+// The argument checks of neuinv::invert and neuinv::solve, shared by its CPU and CUDA implementations; defined in csrc/neuinv_checks.cpp.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -14,9 +14,10 @@ void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>
                             const c10::optional<at::Tensor>& use_guess, bool refine, double tol, double accept,
                             int64_t max_iter, double guard, double max_error, c10::DeviceType device);
 
-// The arguments of neuinv::solve_from_inverse: A (b, n, n), B (b, n, k) and R like A, float32 or float64, and
-// inverse_bound (b,) float64, all on `device`; throws naming the argument.
-void check_solve_from_inverse_arguments(const at::Tensor& A, const at::Tensor& B, const at::Tensor& R,
-                                        const at::Tensor& inverse_bound, c10::DeviceType device);
+// The arguments of neuinv::solve: A (b, n, n) and B (b, n, k), float32 or float64 (either with 1 in place of b),
+// and R like A with inverse_bound (b,) float64, both given or both None, all on `device`; throws naming the
+// argument.
+void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::optional<at::Tensor>& R,
+                           const c10::optional<at::Tensor>& inverse_bound, c10::DeviceType device);
 
 }  // namespace neuinv

@@ -10,10 +10,12 @@ TORCH_LIBRARY(neuinv, m) {
   m.def("invert(Tensor A, Tensor? X0, Tensor? use_guess, bool refine, float tol, float accept, int max_iter,"
         " float guard, float max_error, bool positive_definite=False) -> (Tensor X, Tensor certified, Tensor error_bound, Tensor iterations,"
         " Tensor fallback)");
-  // The solution X (b, n, k) of A X = B (A (b, n, n), B (b, n, k); either with 1 in place of b: broadcast) from an
-  // approximate inverse R (like A) certified to inverse_bound (A's b,), refined once, and its error bound (b,)
-  // float64: reference.solve_from_inverse.
-  m.def("solve_from_inverse(Tensor A, Tensor B, Tensor R, Tensor inverse_bound) -> (Tensor X, Tensor error_bound)");
+  // The solution X (b, n, k) of A X = B (A (b, n, n), B (b, n, k); either with 1 in place of b: broadcast) and its
+  // error bound (b,) float64: reference.solve. From R (like A) certified to inverse_bound (A's b,) where given,
+  // else from the exact path's inverse of each A (positive_definite: Cholesky), computed in the same pass; refined
+  // once, certified.
+  m.def("solve(Tensor A, Tensor B, Tensor? R=None, Tensor? inverse_bound=None, bool positive_definite=False)"
+        " -> (Tensor X, Tensor error_bound)");
 }
 
 }  // namespace neuinv

@@ -23,6 +23,7 @@ constexpr double kUnit = 0x1p-53;         // u of double
 constexpr double kDot2Threshold = 0x1p-26;  // certificate.DOT2_THRESHOLD
 constexpr double kDoubleMin = 0x1p-1022;  // smallest normal double
 constexpr double kInfinity = __builtin_huge_val();
+constexpr double kCertifiedBelow = 1.0;  // rules.CERTIFIED_BELOW
 
 // The parameters of the Newton-Schulz loop: rules.NewtonSchulzRules, same fields.
 struct NewtonSchulzRules {

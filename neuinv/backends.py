@@ -25,6 +25,8 @@ import torch
 
 from . import reference
 from .errors import ArgumentValueError
+from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_SCALED_TRANSPOSE, NEWTON_SCHULZ_ACCEPT,
+                    NewtonSchulzRules, default_tol)
 
 BACKEND_ENV = "NEUINV_BACKEND"
 """Environment variable that makes ``backend="auto"`` mean the backend it names (read when neuinv is imported,
@@ -46,6 +48,12 @@ def _fused_mlp_initializer(a, center, inv_radius, weights, biases, skip=None):
         if len(weights) == 2 or weights[0].shape[0] <= mlp.MAX_HIDDEN_3FC:
             return mlp.fused_mlp_initializer(a, center, inv_radius, weights, biases, skip)
     return reference.mlp_initializer(a, center, inv_radius, weights, biases, skip)
+
+
+def _exact_path_rules(dtype: torch.dtype) -> NewtonSchulzRules:
+    """Valid Newton–Schulz parameters for a call of ``invert`` without refinement, which uses none of them."""
+    return NewtonSchulzRules(tol=default_tol(dtype), accept=NEWTON_SCHULZ_ACCEPT[dtype],
+                             max_iter=MAX_ITER_FROM_SCALED_TRANSPOSE, guarded=False, guard=GUARD_RESIDUAL)
 
 
 def _on_flat_batch(invert, A, X0, use_guess):
@@ -79,10 +87,14 @@ class TorchBackend:
 
         return _on_flat_batch(run, A, X0, use_guess)
 
-    def solve_from_inverse(self, A, B, R, inverse_bound):
-        """(X, error_bound) for A (b, n, n), B (b, n, k), R like A certified to inverse_bound (b,):
-        :func:`neuinv.reference.solve_from_inverse`."""
-        return reference.solve_from_inverse(A, B, R, inverse_bound)
+    def solve(self, A, B, R=None, inverse_bound=None, positive_definite=False):
+        """(X, error_bound) for A (b, n, n) and B (b, n, k) (either may have 1 in place of b), from R like A
+        certified to inverse_bound (b,), or without them from this backend's exact-path inverse of A
+        (:meth:`invert` without refinement): :func:`neuinv.reference.solve`."""
+        if R is None and A.shape[-1] > 0:
+            R, _, inverse_bound, _, _ = self.invert(A, None, None, False, _exact_path_rules(A.dtype), CERTIFIED_BELOW,
+                                                    positive_definite)
+        return reference.solve(A, B, R, inverse_bound)
 
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:
@@ -104,12 +116,13 @@ class CompiledBackend(TorchBackend):
         return torch.ops.neuinv.invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter,
                                        rules.guard, max_error, positive_definite)
 
-    def solve_from_inverse(self, A, B, R, inverse_bound):
-        """The operator ``neuinv::solve_from_inverse`` where A, B and R share a real dtype of the kernels (float16
-        and bfloat16 systems, solved with a float32 R, and complex ones take the reference)."""
-        if A.dtype in (torch.float32, torch.float64) and A.dtype == B.dtype == R.dtype and A.shape[-1] > 0:
-            return torch.ops.neuinv.solve_from_inverse(A, B, R, inverse_bound)
-        return super().solve_from_inverse(A, B, R, inverse_bound)
+    def solve(self, A, B, R=None, inverse_bound=None, positive_definite=False):
+        """The operator ``neuinv::solve`` where A, B (and R) share a real dtype of the kernels (float16 and
+        bfloat16 systems, solved with a float32 R, and complex ones take the reference); without R each system's
+        inverse is computed in the same pass."""
+        if A.dtype in (torch.float32, torch.float64) and A.dtype == B.dtype and (R is None or R.dtype == A.dtype):
+            return torch.ops.neuinv.solve(A, B, R, inverse_bound, positive_definite)
+        return super().solve(A, B, R, inverse_bound, positive_definite)
 
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:
@@ -126,7 +139,7 @@ class CudaBackend(CompiledBackend):
     name = "cuda"
     device_type = "cuda"
     mlp_initializer = staticmethod(_fused_mlp_initializer)
-    solve_from_inverse = TorchBackend.solve_from_inverse  # the CUDA library has no solve kernel yet
+    solve = TorchBackend.solve  # the CUDA library has no solve kernel yet: its invert, then the reference
 
 
 class TritonBackend(TorchBackend):

@@ -66,7 +66,7 @@ AUTO_BUILD_ENV = "NEUINV_AUTO_BUILD"
 """Set to 0 to stop the first call that needs the compiled kernels from building them."""
 DEFAULT_CUDA_ARCH_LIST = "9.0+PTX"
 """Compiled-for GPU architectures when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (sm_90: H100, H200)."""
-BUILD_MINUTES = {"cpu": 2.5, "cuda": 3}
+BUILD_MINUTES = {"cpu": 5, "cuda": 3}
 """About how long each part takes to compile with two free cores (measured on a 2-core x86_64 VM, bench/RESULTS.md
 "Installing"; one source file dominates each part, so more cores shorten it little); the build's announcement
 quotes it."""
@@ -573,15 +573,18 @@ def _register_fakes() -> None:
         return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
                 A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
 
-    @torch.library.register_fake("neuinv::solve_from_inverse")
-    def _(A, B, R, inverse_bound):
-        same_device("solve_from_inverse", dict(A=A, B=B, R=R, inverse_bound=inverse_bound))
-        if not (A.dim() == 3 and A.shape[1] == A.shape[2] and R.shape == A.shape and B.dim() == 3
-                and B.shape[1] == A.shape[1] and (B.shape[0] == A.shape[0] or 1 in (A.shape[0], B.shape[0]))
-                and inverse_bound.shape == A.shape[:1]):
-            raise RuntimeError(f"solve_from_inverse: A (b, n, n), B (b, n, k), R like A and inverse_bound (b,) "
+    @torch.library.register_fake("neuinv::solve")
+    def _(A, B, R=None, inverse_bound=None, positive_definite=False):
+        same_device("solve", dict(A=A, B=B, R=R, inverse_bound=inverse_bound))
+        if (R is None) != (inverse_bound is None):
+            raise RuntimeError("solve: R and inverse_bound must be given together or both be None")
+        if not (A.dim() == 3 and A.shape[1] == A.shape[2] and B.dim() == 3 and B.shape[1] == A.shape[1]
+                and (B.shape[0] == A.shape[0] or 1 in (A.shape[0], B.shape[0]))
+                and (R is None or (R.shape == A.shape and inverse_bound.shape == A.shape[:1]))):
+            raise RuntimeError(f"solve: A (b, n, n), B (b, n, k), R like A and inverse_bound (b,) "
                                f"(A or B may have 1 in place of b), got {tuple(A.shape)}, {tuple(B.shape)}, "
-                               f"{tuple(R.shape)}, {tuple(inverse_bound.shape)}")
+                               f"{None if R is None else tuple(R.shape)}, "
+                               f"{None if inverse_bound is None else tuple(inverse_bound.shape)}")
         b = B.shape[0] if A.shape[0] == 1 else A.shape[0]
         return B.new_empty((b, *B.shape[1:])), A.new_empty((b,), dtype=torch.float64)
 

@@ -15,7 +15,8 @@ from .backends import resolve_backend
 from .errors import ArgumentValueError
 from .failures import raise_if_not_certified
 from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
-                    NEWTON_SCHULZ_ACCEPT, NewtonSchulzRules, certified, default_tol, second_stage_mask)
+                    NEWTON_SCHULZ_ACCEPT, SCALED_SECOND_STAGE_ABOVE, NewtonSchulzRules, certified, default_tol,
+                    second_stage_mask)
 
 WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
@@ -129,6 +130,8 @@ def _second_stage(A, X, info, limit, positive_definite):
     the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the result with the
     smallest bound. Under torch.compile it is the operator ``neuinv::second_stage_inverse``, which the graph calls as
     it is (its subset depends on the data)."""
+    if all_below_second_stage(info.error_bound, A.dtype):
+        return X, info
     n = A.shape[-1]
     flat = (A.reshape(-1, n, n), X.reshape(-1, n, n), info.certified.reshape(-1), info.error_bound.reshape(-1),
             info.fallback.reshape(-1))
@@ -192,14 +195,25 @@ def flat_batch_vmap(operator, info, in_dims, arguments):
     return tuple(output.reshape(size, -1, *output.shape[1:]) for output in outputs), (0,) * len(outputs)
 
 
+def all_below_second_stage(bound: torch.Tensor, dtype: torch.dtype, limit: float = math.inf) -> bool:
+    """Whether every first bound is at most both the second stage's threshold (:func:`neuinv.rules.second_stage_mask`)
+    and ``limit``, so that no matrix (system) takes the second stage: one reduction and one host read decide the
+    common case without building :func:`second_stage_index`. False for an empty batch, and under torch.compile, whose
+    graph calls the stage's operator."""
+    if torch.compiler.is_compiling() or not bound.numel():
+        return False
+    return float(bound.max()) <= min(SCALED_SECOND_STAGE_ABOVE[dtype], limit)
+
+
 def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor,
                        exact_path: torch.Tensor | None = None) -> torch.Tensor | None:
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
     (b,) first bounds (and ``exact_path``), then only those whose operands ((b, r, c) each) are finite, read for those
-    few only; None where there are none. The ``nonzero`` that selects them is the one data-dependent operator of ``batched_inverse_ex`` on
-    the compiled backends (a host synchronisation on CUDA)."""
+    few only; None where there are none. Called where :func:`all_below_second_stage` could not rule the stage out:
+    that read of the largest bound is the one host synchronisation of ``batched_inverse_ex`` on the compiled
+    backends in the common case, the ``nonzero`` here a second one where some bound is above the threshold."""
     index = second_stage_mask(bound, dtype, exact_path).nonzero().squeeze(1)
-    if index.numel() == 0:  # the common case: one nonzero over the mask, nothing else
+    if index.numel() == 0:
         return None
     for operand in operands:
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]

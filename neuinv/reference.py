@@ -199,21 +199,28 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
     return X, verdict, bound, iterations, fallback
 
 
-def solve_from_inverse(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor,
-                       inverse_bound: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def solve(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor | None = None, inverse_bound: torch.Tensor | None = None,
+          positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The solution of A X = B from a certified approximate inverse R, and its certificate (the operator
-    ``neuinv::solve_from_inverse``): X_w = R B, then one step of iterative refinement X_w + R (B - A X_w), in
-    float64 (complex128), rounded to B's dtype (Higham, *Accuracy and Stability*, 2nd ed., §12.1); the bound
-    :func:`neuinv.certificate.solve_error_bound` of the X returned.
+    ``neuinv::solve``): X_w = R B, then one step of iterative refinement X_w + R (B - A X_w), in float64
+    (complex128), rounded to B's dtype (Higham, *Accuracy and Stability*, 2nd ed., §12.1); the bound
+    :func:`neuinv.certificate.solve_error_bound` of the X returned. Without R: R and its bound are the exact path's
+    (:func:`inverse_and_error_bound`, LU or, with ``positive_definite``, Cholesky), NaN where not certified, as
+    :func:`invert` without refinement gives them.
 
     Args:
         A: (b, n, n); B: (b, n, k) (either may have 1 in place of b: broadcast to every system); R like A with
         ||R - A^-1||_F <= inverse_bound ||A^-1||_F; any floating or complex dtype (B's is X's). inverse_bound:
-        (A's b,) float64, +inf where R is not certified.
+        (A's b,) float64, +inf where R is not certified. R and inverse_bound are given together or not at all.
     Returns:
         X (b, n, k) in B's dtype (Inf where the solution overflows it) and its error bound (b,) float64, +inf where
         nothing is certified.
     """
+    if R is None and A.shape[-1] == 0:  # the empty matrix: its inverse is exact
+        R, inverse_bound = A, torch.zeros(A.shape[0], dtype=torch.float64, device=A.device)
+    elif R is None:
+        R, inverse_bound = inverse_and_error_bound(A, positive_definite)
+        R = torch.where(certified(inverse_bound, None)[:, None, None], R, torch.full_like(R, math.nan))
     b = B.shape[0] if A.shape[0] == 1 else A.shape[0]
     A, R, B = A.expand(b, *A.shape[1:]), R.expand(b, *R.shape[1:]), B.expand(b, *B.shape[1:])
     inverse_bound = inverse_bound.expand(b)

@@ -7,13 +7,16 @@ How each system is solved
 2. X = R B, then one step of iterative refinement X <- X + R (B - A X), all in float64 (complex128) (Higham,
    *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §12.1: with a fixed approximate inverse each step
    multiplies the error by about ||I - R A||, so one step takes X to working precision wherever R's error is
-   small), rounded to A's dtype. Steps 2 and 3 are :func:`neuinv.reference.solve_from_inverse`; the backend
-   runs them (``cpp``: the compiled operator ``neuinv::solve_from_inverse``, one pass per system, for float32
-   and float64).
+   small), rounded to A's dtype. Steps 2 and 3 are :func:`neuinv.reference.solve`; the backend runs them
+   (``cpp``: the compiled operator ``neuinv::solve``, one pass per system, for float32 and float64). Where R is
+   not returned (:func:`batched_solve`) and every matrix takes the exact path, step 1 runs in the same pass:
+   each system's R is the exact path's inverse, without the inverse's own second stage.
 3. The certificate of the X returned (:func:`neuinv.certificate.solve_error_bound`): with r = B - A X and
    eps = R's certified bound, ||X - A^-1 B||_F <= ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F, evaluated with its
    own rounding accounted for; relative to ||A^-1 B||_F as e / (||X||_F - e). X is NaN wherever the bound is
    above ``max_error`` (default: 1 or more, i.e. not one digit certified) or R is not certified.
+4. Systems whose bound is refused or loose take the scale-aware second stage (:func:`_second_stage`) and keep
+   whichever solution has the smaller bound.
 
 float16 / bfloat16 input is solved in float32 and rounded; the certificate is of the rounded X (so it includes
 that rounding, and an X that overflows is not certified).
@@ -35,8 +38,8 @@ from .arguments import (COMPUTE_DTYPE, CallOptions, check_arguments, check_flag,
 from .errors import ArgumentDtypeError, ArgumentValueError
 from .failures import raise_if_not_certified
 from .backends import resolve_backend
-from .pipeline import INFO_DTYPES, flat_batch_vmap, invert, second_stage_index
-from .rules import certified
+from .pipeline import INFO_DTYPES, all_below_second_stage, flat_batch_vmap, invert, second_stage_index
+from .rules import CERTIFIED_BELOW, certified
 from .transforms import transformed
 
 
@@ -118,10 +121,10 @@ def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=N
     options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
                           backend=backend)
     _check_solve_arguments(A, B, init, options, left)
-    X_shape = _solution_shape(A, B_matrix, vector)
     if out is not None:
-        check_out(out, "out", X_shape, A.dtype, A.device, A, B, init)
-    X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out, left=left)
+        check_out(out, "out", _solution_shape(A, B_matrix, vector), A.dtype, A.device, A, B, init)
+    X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out, left=left,
+                  keep_inverse=False)
     return X
 
 
@@ -189,10 +192,12 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
     return _solve(A, B_matrix, vector, init, options, raise_failures=check_errors, out=out, left=left)
 
 
-def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, left: bool):
+def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, left: bool,
+           keep_inverse: bool = True):
     """The solve on B (*, n, k) ((*, k, n) for left=False: A^T X^T = B^T, with init^T, and info.inverse
     transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it; the
-    vector case squeezed back; the copy into out."""
+    vector case squeezed back; the copy into out. ``keep_inverse`` False (batched_solve, which returns X only): the
+    info's iterations, fallback and inverse may be None."""
     A, B, init = resolved(A), resolved(B), resolved(init)
     if not left:
         A, B, init = A.mT, B.mT, None if init is None else init.mT
@@ -201,21 +206,22 @@ def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, 
         X, *info = _solve_function().apply(A, B, init, options, raise_failures)
     else:
         X, *info = _solve_detached(A.detach(), B.detach(), None if init is None else init.detach(), options,
-                                   raise_failures)
+                                   raise_failures, keep_inverse)
     if not left:
-        X, info[-1] = X.mT, info[-1].mT
+        X = X.mT
+        info[-1] = None if info[-1] is None else info[-1].mT
     if vector:
         X = X.squeeze(-1)
     return SolveResult(*written(out, X, SolveInfo(*info), SolveInfo))
 
 
-def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool):
+def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, keep_inverse: bool = True):
     """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
-    docstring)."""
+    docstring). Where R is not kept and every matrix takes the exact path (no init, method not "newton_schulz"),
+    the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve` without R), without the
+    inverse's own second stage, and iterations, fallback and R are None."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
-    A_compute = A.to(compute)
-    R, inverse_info = invert(A_compute, None if init is None else init.to(compute),
-                             dataclasses.replace(options, max_error=None))
+    A_compute = A if A.dtype == compute else A.to(compute)
     batch = broadcast_batch(A.shape[:-2], B.shape[:-2])
     n, k = A.shape[-1], B.shape[-1]
     b = batch.numel()
@@ -223,22 +229,38 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool):
     def flat(M, rows, columns):
         """M's systems as a flat batch: (b, rows, columns), or (1, rows, columns) for one system broadcast to all
         (the backend broadcasts it without a copy)."""
+        if M.dim() == 3 and M.shape[0] == b:
+            return M
         return M.reshape(1, rows, columns) if M.shape[:-2].numel() == 1 else M.expand(*batch, rows, columns).reshape(
             b, rows, columns)
 
-    A_f, B_f, R_f = flat(A, n, n), flat(B, n, k), flat(R, n, n)
-    eps = inverse_info.error_bound.reshape(1) if A_f.shape[0] == 1 else inverse_info.error_bound.expand(batch).reshape(b)
-    X, bound = resolve_backend(options.backend, A_compute).solve_from_inverse(A_f, B_f, R_f, eps)
+    backend = resolve_backend(options.backend, A_compute)
+    positive_definite = options.assume_a == "pos"
+    A_f, B_f = flat(A, n, n), flat(B, n, k)
+    if not keep_inverse and init is None and options.method != "newton_schulz":
+        X, bound = backend.solve(A_f if A_compute is A else flat(A_compute, n, n), B_f,
+                                 positive_definite=positive_definite)
+        iterations = fallback = R = None
+    else:
+        R, inverse_info = invert(A_compute, None if init is None else init.to(compute),
+                                 dataclasses.replace(options, max_error=None))
+        eps = (inverse_info.error_bound.reshape(1) if A_f.shape[0] == 1
+               else inverse_info.error_bound.expand(batch).reshape(b))
+        X, bound = backend.solve(A_f, B_f, flat(R, n, n), eps)
+        iterations, fallback, R = inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
+    if all_below_second_stage(bound, compute, CERTIFIED_BELOW if options.max_error is None else options.max_error):
+        return X.reshape(*batch, n, k), bound.new_ones(batch, dtype=torch.bool), bound.reshape(batch), iterations, \
+            fallback, R
     A_b, B_b = A_f.expand(b, n, n), B_f.expand(b, n, k)
     if X.numel():
-        X, bound = _second_stage(A_b, B_b, X, bound, options.assume_a == "pos")
+        X, bound = _second_stage(A_b, B_b, X, bound, positive_definite)
     verdict = certified(bound, options.max_error)
     X = torch.where(verdict[:, None, None], X, torch.full_like(X, math.nan))
     X, verdict, bound = X.reshape(*batch, n, k), verdict.reshape(batch), bound.reshape(batch)
     if raise_failures:
         raise_if_not_certified("batched_solve", A.expand(*batch, n, n), verdict, bound, options.max_error,
                                options.assume_a, operands=(B.expand(*batch, n, k),))
-    return X, verdict, bound, inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
+    return X, verdict, bound, iterations, fallback, R
 
 
 def _second_stage(A, B, X, bound, positive_definite):

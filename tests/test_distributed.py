@@ -22,7 +22,7 @@ import neuinv
 from neuinv.testing import conditioned_matrices
 
 distributed = pytest.importorskip("neuinv.distributed", reason="torch without torch.distributed")
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor  # noqa: E402
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor  # noqa: E402
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh  # noqa: E402
 
 COLLECTIVE_TIMEOUT = timedelta(seconds=30)

@@ -73,7 +73,6 @@ def test_jax_zero_copy_round_trip():
 
 
 def test_jax_float32():
-    jax = pytest.importorskip("jax")
     jnp = pytest.importorskip("jax.numpy")
     a = jnp.asarray(_matrices(dtype=np.float32))
     X = neuinv.batched_inverse(torch.from_dlpack(a), backend="torch")

@@ -165,9 +165,10 @@ def _names(calls):
 @pytest.mark.parametrize("backend", COMPILED)
 def test_batched_inverse_ex_is_one_operator_call_without_synchronisation(backend):
     """What batched_inverse_ex dispatches on the compiled backends: one neuinv::invert per chunk, and, of the
-    operators that synchronise with the host or have a data-dependent shape, only the one nonzero that selects the
-    matrices for the second stage (neuinv.pipeline.second_stage_index; none of these well-conditioned ones takes it,
-    so nothing is indexed) -- a model's forward pass included."""
+    operators that synchronise with the host or have a data-dependent shape, only the one read of the largest bound
+    that decides whether any matrix takes the second stage (neuinv.pipeline.all_below_second_stage; none of these
+    well-conditioned ones does, so no nonzero selects them and nothing is indexed) -- a model's forward pass
+    included."""
     from neuinv.learned.models import TaylorInitializer
 
     A = conditioned_matrices(40, 6, 10.0, torch.float64).to(DEVICE[backend]).view(4, 10, 6, 6)
@@ -178,7 +179,7 @@ def test_batched_inverse_ex_is_one_operator_call_without_synchronisation(backend
             neuinv.batched_inverse_ex(A, backend=backend, **options)
         names = _names(recorder.calls)
         assert names.count("invert") == 1, (options, names)
-        assert [name for name in names if name in SYNCING_OPERATORS] == ["nonzero"], (options, names)
+        assert [name for name in names if name in SYNCING_OPERATORS] == ["_local_scalar_dense"], (options, names)
         assert not any(name == "index" or name.startswith("index_put") for name in names), (options, names)
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import neuinv
-from neuinv.testing import conditioned_matrices, warm_start
+from neuinv.testing import conditioned_matrices
 
 AVAILABLE = [name for name, status in neuinv.available_backends().items() if status.available and name != "cuda"]
 pytestmark = [pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning"),

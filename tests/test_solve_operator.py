@@ -1,5 +1,6 @@
-"""The compiled operator neuinv::solve_from_inverse (csrc/kernels/solve.h): its registration (opcheck), agreement
-with its specification reference.solve_from_inverse on the same inverses, its bound never below the exact error
+"""The compiled operator neuinv::solve (csrc/kernels/solve.h): its registration (opcheck), agreement
+with its specification reference.solve on the same inverses, and without R with the compiled inversion followed by
+the solve from its inverse, bit for bit; its bound never below the exact error
 (odd sizes, many right-hand sides, extreme scales, ill-conditioned systems, zero, NaN and uncertified members inside
 good batches), its inputs never modified, bad arguments named; and batched_solve running on it."""
 from __future__ import annotations
@@ -29,8 +30,8 @@ def _inverse(A):
 def _both(A, B, R=None, bound=None):
     if R is None:
         R, bound = _inverse(A)
-    return (torch.ops.neuinv.solve_from_inverse(A, B, R, bound),
-            reference.solve_from_inverse(A, B, R, bound))
+    return (torch.ops.neuinv.solve(A, B, R, bound),
+            reference.solve(A, B, R, bound))
 
 
 def within_twice(bound, bound_ref):
@@ -42,7 +43,7 @@ def test_opcheck():
     B = right_hand_sides(5, 3, 2, torch.float64)
     for A_, B_ in ((A, B), (A.mT, B), (A, B[..., :1])):
         R, bound = _inverse(A_.contiguous())
-        torch.library.opcheck(torch.ops.neuinv.solve_from_inverse.default, (A_, B_, R, bound))
+        torch.library.opcheck(torch.ops.neuinv.solve.default, (A_, B_, R, bound))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
@@ -121,29 +122,29 @@ def test_one_matrix_or_one_right_hand_side_broadcast(dtype, n):
     B = right_hand_sides(13, n, 2, dtype)
     R, eps = _inverse(A)
     for A_, B_, R_, eps_ in ((A[:1], B, R[:1], eps[:1]), (A, B[:1], R, eps)):
-        X, bound = torch.ops.neuinv.solve_from_inverse(A_, B_, R_, eps_)
-        X_expanded, bound_expanded = torch.ops.neuinv.solve_from_inverse(
+        X, bound = torch.ops.neuinv.solve(A_, B_, R_, eps_)
+        X_expanded, bound_expanded = torch.ops.neuinv.solve(
             A_.expand(13, n, n).contiguous(), B_.expand(13, n, 2).contiguous(), R_.expand(13, n, n).contiguous(),
             eps_.expand(13).contiguous())
         assert X.shape == (13, n, 2) and torch.equal(X, X_expanded) and torch.equal(bound, bound_expanded)
-        X_ref, bound_ref = reference.solve_from_inverse(A_, B_, R_, eps_)
+        X_ref, bound_ref = reference.solve(A_, B_, R_, eps_)
         assert X_ref.shape == X.shape and within_twice(bound, bound_ref)
-    X, bound = torch.ops.neuinv.solve_from_inverse(A[:1], B[:0], R[:1], eps[:1])
+    X, bound = torch.ops.neuinv.solve(A[:1], B[:0], R[:1], eps[:1])
     assert X.shape == (0, n, 2) and bound.shape == (0,)
-    X, bound = torch.ops.neuinv.solve_from_inverse(A[:0], B[:1], R[:0], eps[:0])
+    X, bound = torch.ops.neuinv.solve(A[:0], B[:1], R[:0], eps[:0])
     assert X.shape == (0, n, 2) and bound.shape == (0,)
 
 
 def test_batched_solve_does_not_copy_a_broadcast_matrix(monkeypatch):
     """batched_solve(A (n, n), B (b, n, k)) hands the operator A as one system, not b copies."""
     shapes = []
-    original = torch.ops.neuinv.solve_from_inverse
+    original = torch.ops.neuinv.solve
 
-    def recording(A, B, R, eps):
+    def recording(A, B, *rest):
         shapes.append((tuple(A.shape), tuple(B.shape)))
-        return original(A, B, R, eps)
+        return original(A, B, *rest)
 
-    monkeypatch.setattr(torch.ops.neuinv, "solve_from_inverse", recording)
+    monkeypatch.setattr(torch.ops.neuinv, "solve", recording)
     A = conditioned_matrices(1, 5, 10.0, torch.float64)[0]
     B = right_hand_sides(40, 5, 2, torch.float64)
     X, info = neuinv.batched_solve_ex(A, B, backend="cpp")
@@ -157,7 +158,7 @@ def test_uncertified_inverse_certifies_nothing():
     B = right_hand_sides(3, 4, 1, torch.float64)
     R, _ = _inverse(A)
     for eps in (math.inf, math.nan, 1.0):
-        X, bound = torch.ops.neuinv.solve_from_inverse(A, B, R, torch.full((3,), eps, dtype=torch.float64))
+        X, bound = torch.ops.neuinv.solve(A, B, R, torch.full((3,), eps, dtype=torch.float64))
         assert torch.isinf(bound).all() and (bound > 0).all(), eps
 
 
@@ -169,7 +170,7 @@ def test_negative_inverse_bound_certifies_nothing():
     R, _ = _inverse(A)
     eps = torch.full((3,), -0.5, dtype=torch.float64)
     for M in (B, B[..., :0]):
-        for X, bound in (torch.ops.neuinv.solve_from_inverse(A, M, R, eps), reference.solve_from_inverse(A, M, R, eps)):
+        for X, bound in (torch.ops.neuinv.solve(A, M, R, eps), reference.solve(A, M, R, eps)):
             assert torch.isinf(bound).all()
 
 
@@ -181,11 +182,11 @@ def test_a_meta_tensor_among_cpu_ones_is_refused():
     R, eps = _inverse(A)
     for args in ((A, B, R, eps.to("meta")), (A, B.to("meta"), R, eps), (A.to("meta"), B, R, eps)):
         with pytest.raises(RuntimeError, match="must be on one device"):
-            torch.ops.neuinv.solve_from_inverse(*args)
+            torch.ops.neuinv.solve(*args)
     with pytest.raises(RuntimeError, match="must be on one device"):
         torch.ops.neuinv.invert(A, A.to("meta"), None, True, 1e-12, 1e-3, 10, 0.5, 1.0, False)
-    with pytest.raises(RuntimeError, match="solve_from_inverse: A"):
-        torch.ops.neuinv.solve_from_inverse(A.to("meta"), B[:3, :2].to("meta"), R[:1].to("meta"), eps[:1].to("meta"))
+    with pytest.raises(RuntimeError, match="solve: A"):
+        torch.ops.neuinv.solve(A.to("meta"), B[:3, :2].to("meta"), R[:1].to("meta"), eps[:1].to("meta"))
 
 
 def test_overflowing_solution_is_not_certified():
@@ -193,7 +194,7 @@ def test_overflowing_solution_is_not_certified():
     A = (1e-30 * torch.eye(2)).expand(2, 2, 2).contiguous()
     B = torch.full((2, 2, 1), 1e10)
     R, bound = _inverse(A)
-    X, solve_bound = torch.ops.neuinv.solve_from_inverse(A, B, R, bound)
+    X, solve_bound = torch.ops.neuinv.solve(A, B, R, bound)
     assert torch.isinf(X).all() and torch.isinf(solve_bound).all()
 
 
@@ -202,7 +203,7 @@ def test_inputs_are_not_modified():
     B = right_hand_sides(6, 5, 2, torch.float32)
     R, bound = _inverse(A)
     copies = [t.clone() for t in (A, B, R, bound)]
-    torch.ops.neuinv.solve_from_inverse(A, B, R, bound)
+    torch.ops.neuinv.solve(A, B, R, bound)
     assert all(torch.equal(t, c) for t, c in zip((A, B, R, bound), copies))
 
 
@@ -221,21 +222,128 @@ def test_bad_arguments_are_named(call, message):
     B = right_hand_sides(3, 4, 1, torch.float32)
     R, bound = _inverse(A)
     with pytest.raises(RuntimeError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        torch.ops.neuinv.solve_from_inverse(*call(A, B, R, bound))
+        torch.ops.neuinv.solve(*call(A, B, R, bound))
 
 
 def test_batched_solve_runs_on_the_operator(monkeypatch):
     """On the compiled backend batched_solve calls the operator once per call (no Python solve certificate)."""
     calls = []
-    original = torch.ops.neuinv.solve_from_inverse
+    original = torch.ops.neuinv.solve
 
     class Counting:
         def __call__(self, *args):
             calls.append(args[0].shape)
             return original(*args)
 
-    monkeypatch.setattr(torch.ops.neuinv, "solve_from_inverse", Counting())
+    monkeypatch.setattr(torch.ops.neuinv, "solve", Counting())
     monkeypatch.setattr(neuinv.certificate, "solve_error_bound", None)  # would fail if called
     A = conditioned_matrices(7, 4, 10.0, torch.float64)
     X, info = neuinv.batched_solve_ex(A, right_hand_sides(7, 4, 2, torch.float64), backend="cpp")
     assert calls == [torch.Size([7, 4, 4])] and info.certified.all()
+
+
+def _compiled_exact_inverse(A, positive_definite=False):
+    """R and its bound from the compiled inversion's exact path, as neuinv::solve computes them without R."""
+    rules = NewtonSchulzRules(default_tol(A.dtype), NEWTON_SCHULZ_ACCEPT[A.dtype], 64, False)
+    R, _, bound, _, _ = torch.ops.neuinv.invert(A, None, None, False, rules.tol, rules.accept, rules.max_iter,
+                                                rules.guard, 1.0, positive_definite)
+    return R, bound
+
+
+def _spd(b, n, dtype, seed):
+    M = conditioned_matrices(b, n, 1e2, torch.float64, seed=seed)
+    return (M @ M.mT + n * torch.eye(n, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 13, 16, 33, 64])
+@pytest.mark.parametrize("positive_definite", [False, True], ids=["gen", "pos"])
+def test_without_R_is_the_compiled_inverse_then_the_solve(dtype, n, positive_definite):
+    """Without R the operator computes each system's exact-path inverse in the same pass: the same bits as the
+    compiled inversion followed by the operator given that inverse, for packs and their tails (19 systems), with
+    singular, NaN, zero and (for "pos") indefinite members inside the batch; the bound never below the error."""
+    A = _spd(19, n, dtype, seed=n) if positive_definite else conditioned_matrices(19, n, 1e4, dtype, seed=n)
+    B = right_hand_sides(19, n, 2, dtype, seed=n)
+    A[2] = 0.0
+    A[5, 0, 0] = math.nan
+    A[11] = -torch.eye(n, dtype=dtype) if positive_definite else A[11].index_fill(0, torch.tensor([0]), 0.0)
+    B[7] = 0.0
+    X, bound = torch.ops.neuinv.solve(A, B, None, None, positive_definite)
+    X_two, bound_two = torch.ops.neuinv.solve(A, B, *_compiled_exact_inverse(A, positive_definite))
+    assert torch.equal(bound, bound_two)
+    finite = torch.isfinite(bound)
+    assert torch.equal(X[finite], X_two[finite])
+    assert not finite[[2, 5, 11]].any() and finite[[0, 1, 7]].all()
+    for i in (0, 1, 18) if n <= 16 else (0,):
+        assert exact_relative_error(A[i], B[i], X[i]) <= bound[i]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [3, 8, 20])
+def test_without_R_matches_its_specification(dtype, n):
+    """Against reference.solve without R (torch's LU inverse): the same verdicts, bounds within 2x."""
+    A = conditioned_matrices(10, n, 1e3, dtype, seed=n)
+    B = right_hand_sides(10, n, 3, dtype, seed=n)
+    A[4] = 0.0
+    X, bound = torch.ops.neuinv.solve(A, B)
+    X_ref, bound_ref = reference.solve(A, B)
+    assert torch.equal(torch.isfinite(bound), torch.isfinite(bound_ref))
+    keep = torch.isfinite(bound)
+    assert within_twice(bound[keep], bound_ref[keep])
+    assert (X[keep] - X_ref[keep]).abs().max() <= 2 * (bound[keep].max() + bound_ref[keep].max()) * X_ref[keep].abs().max()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_without_R_one_matrix_broadcast_is_inverted_once(dtype):
+    """One A for 20 systems: the same bits as A repeated, and as its inverse given."""
+    A = conditioned_matrices(1, 6, 1e2, dtype)
+    B = right_hand_sides(20, 6, 2, dtype)
+    X, bound = torch.ops.neuinv.solve(A, B)
+    X_expanded, bound_expanded = torch.ops.neuinv.solve(A.expand(20, 6, 6).contiguous(), B)
+    X_given, bound_given = torch.ops.neuinv.solve(A, B, *_compiled_exact_inverse(A))
+    assert torch.equal(X, X_expanded) and torch.equal(bound, bound_expanded)
+    assert torch.equal(X, X_given) and torch.equal(bound, bound_given)
+
+
+def test_without_R_opcheck_and_empty_shapes():
+    A = conditioned_matrices(9, 3, 10.0, torch.float64)
+    B = right_hand_sides(9, 3, 2, torch.float64)
+    for args in ((A, B), (A[:1], B), (A, B[:1]), (_spd(9, 3, torch.float64, seed=1), B, None, None, True)):
+        torch.library.opcheck(torch.ops.neuinv.solve.default, args)
+    for A_, B_ in ((A[:0], B[:0]), (A[:, :0, :0], B[:, :0]), (A, B[..., :0])):
+        X, bound = torch.ops.neuinv.solve(A_, B_)
+        X_ref, bound_ref = reference.solve(A_, B_)
+        assert X.shape == X_ref.shape and torch.equal(bound, bound_ref)
+
+
+def test_without_R_arguments_are_named():
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    B = right_hand_sides(3, 4, 1, torch.float64)
+    R, bound = _inverse(A)
+    for args in ((A, B, R, None), (A, B, None, bound)):
+        with pytest.raises(RuntimeError, match="R and inverse_bound must be given together"):
+            torch.ops.neuinv.solve(*args)
+
+
+def test_batched_solve_inverts_in_the_solve(monkeypatch):
+    """batched_solve (which returns X only) makes one call of neuinv::solve without R and no call of
+    neuinv::invert; batched_solve_ex, which returns the inverse, still inverts first."""
+    calls = []
+    solve, invert = torch.ops.neuinv.solve, torch.ops.neuinv.invert
+
+    def recording(name, operator):
+        def call(*args):
+            calls.append((name, args[2] is None) if name == "solve" else (name,))
+            return operator(*args)
+        return call
+
+    monkeypatch.setattr(torch.ops.neuinv, "solve", recording("solve", solve))
+    monkeypatch.setattr(torch.ops.neuinv, "invert", recording("invert", invert))
+    A = conditioned_matrices(7, 4, 10.0, torch.float64)
+    B = right_hand_sides(7, 4, 2, torch.float64)
+    X = neuinv.batched_solve(A, B, backend="cpp")
+    assert calls == [("solve", True)]
+    assert torch.allclose(X, torch.linalg.solve(A, B), rtol=1e-12, atol=0)
+    calls.clear()
+    neuinv.batched_solve_ex(A, B, backend="cpp")
+    assert calls == [("invert",), ("solve", False)]

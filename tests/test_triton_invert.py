@@ -176,16 +176,16 @@ class _Recorder(TorchDispatchMode):
 
 def test_batched_inverse_ex_is_one_launch_without_synchronisation():
     """What batched_inverse_ex dispatches on the triton backend: one neuinv_triton::invert per chunk and, of the
-    operators that synchronise with the host or have a data-dependent shape, only the one nonzero that selects the
-    matrices for the second stage (neuinv.pipeline.second_stage_index; none of these takes it, so nothing is
-    indexed)."""
+    operators that synchronise with the host or have a data-dependent shape, only the one read of the largest bound
+    that decides whether any matrix takes the second stage (neuinv.pipeline.all_below_second_stage; none of these
+    does, so no nonzero selects them and nothing is indexed)."""
     A = conditioned_matrices(40, 6, 10.0, torch.float64).to(DEVICE).view(4, 10, 6, 6)
     init = warm_start(A.cpu(), 1e-3).to(DEVICE)
     for options in (dict(), dict(init=init), dict(method="newton_schulz"), dict(max_error=1e-12)):
         with _Recorder() as recorder:
             neuinv.batched_inverse_ex(A, backend="triton", **options)
         assert recorder.names.count("invert") == 1, (options, recorder.names)
-        assert [name for name in recorder.names if name in SYNCING_OPERATORS] == ["nonzero"], (options,
+        assert [name for name in recorder.names if name in SYNCING_OPERATORS] == ["_local_scalar_dense"], (options,
                                                                                                recorder.names)
         assert not any(name == "index" or name.startswith("index_put") for name in recorder.names), options
 

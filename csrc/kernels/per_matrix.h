@@ -496,6 +496,21 @@ NEUINV_HOST_DEVICE void newton_schulz(const V* a, V* x, typename Arithmetic<V>::
 // without x0), certified as stored; the exact path for every matrix it leaves uncertified; the verdict
 // (rules::certified against max_error), X = NaN where not certified. VT: the pack (or scalar) of T, VD of double,
 // with the same lanes.
+// kernels::invert without refinement for lanes 0..count-1 of VT (A row-major, lane l at a + l n^2): the exact path
+// of A read in T and converted to double, X and its bound as exact_inverse writes them; certified wherever the
+// bound is finite (the bounds are below 1 or +inf, rules::certified_or_inf).
+template <typename T, int N, typename VT, typename VD>
+NEUINV_HOST_DEVICE void invert_exactly(const T* a, T* x, double* bound, int count, int64_t n_runtime,
+                                       bool positive_definite) {
+  using At = Arithmetic<VT>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  VT a_t[kRoom<N>];
+  VD a_d[kRoom<N>];
+  load_lanes<N>(a, count, a_t, n);
+  for (int64_t e = 0; e < n * n; ++e) a_d[e] = At::template convert<VD>(a_t[e]);
+  exact_inverse<T, N>(a_d, x, bound, count, n, positive_definite);
+}
+
 template <typename T, int N, typename VT, typename VD>
 NEUINV_HOST_DEVICE void invert(const T* a, const T* x0, const bool* use_guess, T* x, bool* certified, double* bound,
                                int32_t* iterations, bool* fallback, int count, int64_t n_runtime, bool refine,

@@ -1,7 +1,8 @@
-// The per-system kernel of neuinv::solve_from_inverse (schema in csrc/neuinv_ops.cpp), written once for the CPU
-// driver (csrc/cpu/solve_cpu.cpp) and any device: the solution of A X = B from a certified approximate inverse R
-// and its certificate. The semantics are those of neuinv/reference.py (solve_from_inverse), the bound that of
-// neuinv/certificate.py (solve_error_bound, real input), term by term.
+// The per-system kernels of neuinv::solve (schema in csrc/neuinv_ops.cpp), written once for the CPU driver
+// (csrc/cpu/solve_cpu.cpp) and any device: the solution of A X = B from a certified approximate inverse R (given,
+// or the exact path's, computed in the same pass) and its certificate. The semantics are those of
+// neuinv/reference.py (solve, solve_from_inverse), the bound that of neuinv/certificate.py (solve_error_bound, real
+// input), term by term.
 //
 // Matrices are row-major: A and R n x n, B and X n x k. The kernels work on "systems of V" (csrc/kernels/
 // arithmetic.h): V = double is one system (one CPU or CUDA thread), a pack of doubles kLanes systems at once, lane
@@ -308,6 +309,26 @@ NEUINV_HOST_DEVICE void solve_from_inverse(const T* a, const T* b, const T* r, c
                                           eps_lanes[l], reinterpret_cast<double*>(work), n, k);
     }
   }
+}
+
+// Storage, in values of T, for the R that solve_with_exact_inverse computes for one system of V.
+template <typename V>
+NEUINV_HOST_DEVICE int64_t exact_inverse_workspace(int64_t n) { return Arithmetic<V>::kLanes * n * n; }
+
+// Systems 0..count-1 of V (A at a stride of n * n, B at strides.b): R = the exact path's inverse of each A and its
+// bound eps (kernels::invert_exactly: kernels::invert without refinement, NaN where not certified; the inverse
+// batched_solve's pipeline computes first), written to r (exact_inverse_workspace(n) values), then
+// solve_from_inverse with it (reference.solve without R). VT and VD: the pack types of kernels::invert for T and
+// double (T and double for one system); work: solve_workspace(n, k) values of V.
+template <typename T, int N, typename VT, typename VD, typename V>
+NEUINV_HOST_DEVICE void solve_with_exact_inverse(const T* a, const T* b, int64_t b_stride, T* x, double* bound,
+                                                 int count, V* work, T* r, int64_t n_runtime, int64_t k,
+                                                 bool positive_definite) {
+  static_assert(Arithmetic<VT>::kLanes == Arithmetic<V>::kLanes, "one system per lane in both kernels");
+  const int64_t n = N > 0 ? N : n_runtime;
+  double eps[Arithmetic<V>::kLanes];
+  invert_exactly<T, N, VT, VD>(a, r, eps, count, n, positive_definite);
+  solve_from_inverse<T, N, V>(a, b, r, eps, SystemStrides{n * n, b_stride, 1}, x, bound, count, work, n, k);
 }
 
 }  // namespace kernels
