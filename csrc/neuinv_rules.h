@@ -4,6 +4,7 @@
 // backend follows them. No ATen and no std:: calls here, so that nvcc compiles it for the device too.
 #pragma once
 #include <math.h>  // the C functions in the global namespace, as CUDA device code has them
+#include <string.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -165,6 +166,42 @@ NEUINV_HOST_DEVICE double scaled_sum_of_squares(const T* v, int64_t count, doubl
   return (part[0] + part[2]) + (part[1] + part[3]);
 }
 
+// 2^p as a double from its bits: a normal number for -1022 <= p <= 1023, a subnormal one down to 2^-1074, 0
+// below, +inf above.
+NEUINV_HOST_DEVICE double power_of_two(int p) {
+  if (p > 1023) return rules::kInfinity;
+  if (p < -1074) return 0.0;
+  const uint64_t bits = p >= -1022 ? static_cast<uint64_t>(p + 1023) << 52 : uint64_t(1) << (p + 1074);
+  double value;
+  memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+// The exponent e of frexp (x = f 2^e, 0.5 <= |f| < 1) of x >= 0, read from its bits; 0 for 0, and for Inf and
+// NaN (the certificate then refuses: the residual is not finite).
+NEUINV_HOST_DEVICE int frexp_exponent(double x) {
+  if (!(x > 0.0 && x < rules::kInfinity)) return 0;
+  int offset = 0;
+  if (x < rules::kDoubleMin) {  // subnormal: scaled by 2^64 first, exactly
+    x *= 0x1p64;
+    offset = 64;
+  }
+  uint64_t bits;
+  memcpy(&bits, &x, sizeof(bits));
+  return static_cast<int>((bits >> 52) & 0x7FF) - 1022 - offset;
+}
+
+// The two factors of a multiplication by 2^p as certificate.power_of_two_scaled does it: 2^floor(p/2), then
+// 2^(p - floor(p/2)) (neither overflows where the result can be finite); exact wherever the result is normal.
+struct PowerOfTwoScale {
+  double first, second;
+  NEUINV_HOST_DEVICE explicit PowerOfTwoScale(int p) {
+    const int half = p >= 0 ? p / 2 : -((-p + 1) / 2);
+    first = power_of_two(half);
+    second = power_of_two(p - half);
+  }
+};
+
 // Whether ||A||_F^2 and ||X||_F^2 summed unscaled give ||A||_F ||X||_F as scaled_norm_product does: nothing can
 // overflow or lose accuracy to underflow, so ||2^-e A|| = 2^-e ||A|| exactly and the product is the same.
 NEUINV_HOST_DEVICE bool plain_norms_suffice(double a_squared, double x_squared) {
@@ -181,12 +218,10 @@ NEUINV_HOST_DEVICE double scaled_norm_product(const Ta* a, const Tx* x, int64_t 
   if (plain_norms_suffice(a_plain, x_plain)) return sqrt(a_plain) * sqrt(x_plain);
   double m = 0.0;
   for (int64_t e = 0; e < count; ++e) m = fmax(m, fabs(static_cast<double>(a[e])));
-  int exponent = 0;
-  frexp(m, &exponent);  // 0 for a zero matrix (and anything for Inf/NaN, which the residual reports)
-  const int half = exponent >= 0 ? exponent / 2 : -((-exponent + 1) / 2);  // floor(exponent / 2)
-  const double down_1 = ldexp(1.0, -half), down_2 = ldexp(1.0, half - exponent);
-  const double up_1 = ldexp(1.0, half), up_2 = ldexp(1.0, exponent - half);
-  return sqrt(scaled_sum_of_squares(a, count, down_1, down_2)) * sqrt(scaled_sum_of_squares(x, count, up_1, up_2));
+  const int exponent = frexp_exponent(m);  // 0 for a zero matrix (and for Inf/NaN, which the residual reports)
+  const PowerOfTwoScale down(-exponent), up(exponent);
+  return sqrt(scaled_sum_of_squares(a, count, down.first, down.second)) *
+         sqrt(scaled_sum_of_squares(x, count, up.first, up.second));
 }
 
 // certificate.error_bound of X as stored in T (a Newton-Schulz result, or any X), given r = ||fl(I - A X)||_F

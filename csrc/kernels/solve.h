@@ -1,7 +1,7 @@
 // The per-system kernels of neuinv::solve (schema in csrc/neuinv_ops.cpp), written once for the CPU driver
 // (csrc/cpu/solve_cpu.cpp) and any device: the solution of A X = B from a certified approximate inverse R (given,
 // or the exact path's, computed in the same pass) and its certificate. The semantics are those of
-// neuinv/reference.py (solve, solve_from_inverse), the bound that of neuinv/certificate.py (solve_error_bound, real
+// neuinv/reference.py (solve), the bound that of neuinv/certificate.py (solve_error_bound, real
 // input), term by term.
 //
 // Matrices are row-major: A and R n x n, B and X n x k. The kernels work on "systems of V" (csrc/kernels/
@@ -10,8 +10,6 @@
 // (csrc/cpu/build_selection.h, IeeeMode), so no stored entry is read as zero and solve_error_bound's test for that
 // is not needed.
 #pragma once
-#include <string.h>
-
 #include "per_matrix.h"
 
 namespace neuinv {
@@ -19,42 +17,6 @@ namespace kernels {
 
 // Workspace, in values of V, that solve_from_inverse needs for one system of V.
 NEUINV_HOST_DEVICE int64_t solve_workspace(int64_t n, int64_t k) { return 2 * n * n + 3 * n * k; }
-
-// 2^p as a double from its bits: a normal number for -1022 <= p <= 1023, a subnormal one down to 2^-1074, 0
-// below, +inf above.
-NEUINV_HOST_DEVICE double power_of_two(int p) {
-  if (p > 1023) return rules::kInfinity;
-  if (p < -1074) return 0.0;
-  const uint64_t bits = p >= -1022 ? static_cast<uint64_t>(p + 1023) << 52 : uint64_t(1) << (p + 1074);
-  double value;
-  memcpy(&value, &bits, sizeof(value));
-  return value;
-}
-
-// The exponent e of frexp (x = f 2^e, 0.5 <= |f| < 1) of x >= 0, read from its bits; 0 for 0, and for Inf and
-// NaN (the certificate then refuses: the residual is not finite).
-NEUINV_HOST_DEVICE int frexp_exponent(double x) {
-  if (!(x > 0.0 && x < rules::kInfinity)) return 0;
-  int offset = 0;
-  if (x < rules::kDoubleMin) {  // subnormal: scaled by 2^64 first, exactly
-    x *= 0x1p64;
-    offset = 64;
-  }
-  uint64_t bits;
-  memcpy(&bits, &x, sizeof(bits));
-  return static_cast<int>((bits >> 52) & 0x7FF) - 1022 - offset;
-}
-
-// The two factors of a multiplication by 2^p as certificate.power_of_two_scaled does it: 2^floor(p/2), then
-// 2^(p - floor(p/2)) (neither overflows where the result can be finite); exact wherever the result is normal.
-struct PowerOfTwoScale {
-  double first, second;
-  NEUINV_HOST_DEVICE explicit PowerOfTwoScale(int p) {
-    const int half = p >= 0 ? p / 2 : -((-p + 1) / 2);
-    first = power_of_two(half);
-    second = power_of_two(p - half);
-  }
-};
 
 // V from kLanes doubles (lane l from values[l]) and back: through memory, one vector load or store (setting lanes
 // one by one costs a round trip each).
@@ -183,8 +145,8 @@ NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const d
   to_lanes(largest_a, largest_a_l);
   to_lanes(largest_b, largest_b_l);
   for (int l = 0; l < kLanes; ++l) {
-    const int e_a = frexp_exponent(largest_a_l[l]), f_b = frexp_exponent(largest_b_l[l]);
-    const PowerOfTwoScale to_a(-e_a), to_r(e_a), to_x(e_a - f_b), to_b(-f_b);
+    const int e_a = rules::frexp_exponent(largest_a_l[l]), f_b = rules::frexp_exponent(largest_b_l[l]);
+    const rules::PowerOfTwoScale to_a(-e_a), to_r(e_a), to_x(e_a - f_b), to_b(-f_b);
     factors[0][l] = to_a.first;
     factors[1][l] = to_a.second;
     factors[2][l] = to_r.first;
@@ -270,7 +232,7 @@ NEUINV_HOST_DEVICE double solve_error_bound_of_one(const T* a, const T* b, const
 
 // Systems 0..count-1 of V (A, B, R and eps at the strides given; eps R's certified bound; N: n if fixed at compile
 // time, else 0): X = round_T(X_w +
-// R (B - A X_w)), X_w = R B, in double (reference.solve_from_inverse), written to x (system l at x + l n k), and
+// R (B - A X_w)), X_w = R B, in double (reference.solve with R), written to x (system l at x + l n k), and
 // its bound (certificate.solve_error_bound, certify_solution) to bound[l]. work: solve_workspace(n, k) values of V.
 template <typename T, int N, typename V>
 NEUINV_HOST_DEVICE void solve_from_inverse(const T* a, const T* b, const T* r, const double* eps,
