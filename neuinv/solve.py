@@ -120,11 +120,10 @@ def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=N
     B_matrix, vector = _right_hand_sides(A, B)
     options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
                           backend=backend)
-    _check_solve_arguments(A, B, init, options, left)
+    _check_solve_arguments(A, B, B_matrix, vector, init, options, left)
     if out is not None:
         check_out(out, "out", _solution_shape(A, B_matrix, vector), A.dtype, A.device, A, B, init)
-    X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out, left=left,
-                  keep_inverse=False)
+    X, _ = _solve(A, B_matrix, vector, init, options, raise_failures=True, out=out, left=left, x_only=True)
     return X
 
 
@@ -185,7 +184,7 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
     B_matrix, vector = _right_hand_sides(A, B)
     options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
                           backend=backend)
-    _check_solve_arguments(A, B, init, options, left)
+    _check_solve_arguments(A, B, B_matrix, vector, init, options, left)
     check_flag(check_errors, "check_errors")
     if out is not None:
         _check_out_pair(out, A, B, B_matrix, vector, init)
@@ -193,11 +192,11 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
 
 
 def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, left: bool,
-           keep_inverse: bool = True):
+           x_only: bool = False):
     """The solve on B (*, n, k) ((*, k, n) for left=False: A^T X^T = B^T, with init^T, and info.inverse
     transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it; the
-    vector case squeezed back; the copy into out. ``keep_inverse`` False (batched_solve, which returns X only): the
-    info's iterations, fallback and inverse may be None."""
+    vector case squeezed back; the copy into out. ``x_only`` (batched_solve, which returns X only): the info's
+    fields may be None."""
     A, B, init = resolved(A), resolved(B), resolved(init)
     if not left:
         A, B, init = A.mT, B.mT, None if init is None else init.mT
@@ -206,7 +205,7 @@ def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, 
         X, *info = _solve_function().apply(A, B, init, options, raise_failures)
     else:
         X, *info = _solve_detached(A.detach(), B.detach(), None if init is None else init.detach(), options,
-                                   raise_failures, keep_inverse)
+                                   raise_failures, x_only)
     if not left:
         X = X.mT
         info[-1] = None if info[-1] is None else info[-1].mT
@@ -215,11 +214,12 @@ def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, 
     return SolveResult(*written(out, X, SolveInfo(*info), SolveInfo))
 
 
-def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, keep_inverse: bool = True):
+def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_only: bool = False):
     """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
-    docstring). Where R is not kept and every matrix takes the exact path (no init, method not "newton_schulz"),
-    the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve` without R), without the
-    inverse's own second stage, and iterations, fallback and R are None."""
+    docstring). With ``x_only`` (only X is returned) and every matrix on the exact path (no init, method not
+    "newton_schulz"), the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve` without
+    R), without the inverse's own second stage, and iterations, fallback and R are None; with ``x_only`` the
+    certified mask may be None where every system is certified."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
     A_compute = A if A.dtype == compute else A.to(compute)
     batch = broadcast_batch(A.shape[:-2], B.shape[:-2])
@@ -237,7 +237,7 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, keep
     backend = resolve_backend(options.backend, A_compute)
     positive_definite = options.assume_a == "pos"
     A_f, B_f = flat(A, n, n), flat(B, n, k)
-    if not keep_inverse and init is None and options.method != "newton_schulz":
+    if x_only and init is None and options.method != "newton_schulz":
         X, bound = backend.solve(A_f if A_compute is A else flat(A_compute, n, n), B_f,
                                  positive_definite=positive_definite)
         iterations = fallback = R = None
@@ -249,8 +249,8 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, keep
         X, bound = backend.solve(A_f, B_f, flat(R, n, n), eps)
         iterations, fallback, R = inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
     if all_below_second_stage(bound, compute, CERTIFIED_BELOW if options.max_error is None else options.max_error):
-        return X.reshape(*batch, n, k), bound.new_ones(batch, dtype=torch.bool), bound.reshape(batch), iterations, \
-            fallback, R
+        verdict = None if x_only else bound.new_ones(batch, dtype=torch.bool)
+        return X.reshape(*batch, n, k), verdict, bound.reshape(batch), iterations, fallback, R
     A_b, B_b = A_f.expand(b, n, n), B_f.expand(b, n, k)
     if X.numel():
         X, bound = _second_stage(A_b, B_b, X, bound, positive_definite)
@@ -409,11 +409,11 @@ def _right_hand_sides(A, B):
     return (B.unsqueeze(-1) if vector else B), vector
 
 
-def _check_solve_arguments(A, B, init, options: CallOptions, left) -> None:
+def _check_solve_arguments(A, B, B_matrix, vector, init, options: CallOptions, left) -> None:
+    """The arguments of a solve, with B as :func:`_right_hand_sides` read it (B_matrix, vector)."""
     check_arguments(A, init, options)
     check_flag(left, "left")
     n = A.shape[-1]
-    B_matrix, vector = _right_hand_sides(A, B)
     if B_matrix.dim() < 2 or B_matrix.shape[-2 if left else -1] != n or (vector and not left):
         expected = f"(*, {n}) or (*, {n}, k)" if left else f"(*, k, {n}), not a batch of vectors as in torch,"
         raise ArgumentValueError(f"B must have shape {expected} for A of shape {tuple(A.shape)}"
