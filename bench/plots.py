@@ -43,7 +43,7 @@ DEFAULT_FILES = [RESULTS / name for name in (
     "throughput-cuda-h100-float32.json",               # benchmarks: the H100
     "certificate-cpu.json",                            # certificate: bound against true error
     "tightness-cpu-2026-12-06b.json",                  # certificate: how tight, per family
-    "solve-cpu-2026-12-06.json",                       # benchmarks: the solve and the SPD solve
+    "solve-cpu-2026-12-06b.json",                      # benchmarks: the solve and the SPD solve
 )]
 
 BASELINE = "torch.linalg.inv"
