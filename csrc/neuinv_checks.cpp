@@ -64,7 +64,11 @@ void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::
               "solve: B must have A's dtype and device, got ", B.scalar_type(), " on ", B.device());
   TORCH_CHECK(R.has_value() == inverse_bound.has_value(),
               "solve: R and inverse_bound must be given together or both be None");
-  if (!R.has_value()) return;
+  if (!R.has_value()) {
+    TORCH_CHECK(A.size(1) <= 64, "solve: A holds ", A.size(1), "x", A.size(1),
+                " matrices; without R the kernels take n <= 64");
+    return;
+  }
   check_like(A, *R, "R");
   TORCH_CHECK(inverse_bound->dim() == 1 && inverse_bound->size(0) == A.size(0) &&
                   inverse_bound->scalar_type() == at::kDouble && inverse_bound->device() == A.device(),

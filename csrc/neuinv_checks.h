@@ -15,8 +15,8 @@ void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>
                             int64_t max_iter, double guard, double max_error, c10::DeviceType device);
 
 // The arguments of neuinv::solve: A (b, n, n) and B (b, n, k), float32 or float64 (either with 1 in place of b),
-// and R like A with inverse_bound (b,) float64, both given or both None, all on `device`; throws naming the
-// argument.
+// and R like A with inverse_bound (b,) float64, both given or both None (then n <= 64: the exact path's), all on
+// `device`; throws naming the argument.
 void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::optional<at::Tensor>& R,
                            const c10::optional<at::Tensor>& inverse_bound, c10::DeviceType device);
 

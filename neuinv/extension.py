@@ -578,6 +578,9 @@ def _register_fakes() -> None:
         same_device("solve", dict(A=A, B=B, R=R, inverse_bound=inverse_bound))
         if (R is None) != (inverse_bound is None):
             raise RuntimeError("solve: R and inverse_bound must be given together or both be None")
+        if R is None and A.dim() == 3 and A.shape[-1] > 64:
+            raise RuntimeError(f"solve: A holds {A.shape[-1]}x{A.shape[-1]} matrices; without R the kernels take "
+                               f"n <= 64")
         if not (A.dim() == 3 and A.shape[1] == A.shape[2] and B.dim() == 3 and B.shape[1] == A.shape[1]
                 and (B.shape[0] == A.shape[0] or 1 in (A.shape[0], B.shape[0]))
                 and (R is None or (R.shape == A.shape and inverse_bound.shape == A.shape[:1]))):

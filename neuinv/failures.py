@@ -94,6 +94,8 @@ def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None, positive_definite:
         B_s, f, _ = reference.scaled_right_hand_sides(rhs[None], p, A_s.dtype)
         X_s, exponent = torch.bmm(X_s, B_s), q[:, :, None] + f[:, None, None]
     magnitude = X_s.abs().clamp_min(1e-300).log2() + exponent
+    if not magnitude.numel():  # no right-hand sides: no solution to overflow
+        return None
     largest = float(magnitude.amax())
     limit = math.log2(torch.finfo(matrix.dtype).max)
     return largest * math.log10(2) if largest > limit else None

@@ -216,10 +216,11 @@ def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, 
 
 def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_only: bool = False):
     """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
-    docstring). With ``x_only`` (only X is returned) and every matrix on the exact path (no init, method not
-    "newton_schulz"), the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve` without
-    R), without the inverse's own second stage, and iterations, fallback and R are None; with ``x_only`` the
-    certified mask may be None where every system is certified."""
+    docstring). With ``x_only`` (only X is returned), every matrix on the exact path (no init, method not
+    "newton_schulz") and k > 0, the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve`
+    without R), without the inverse's own second stage (the solve's second stage takes its place; with k = 0 there
+    is no solution to take it, and the inverse is computed first), and iterations, fallback and R are None; with
+    ``x_only`` the certified mask may be None where every system is certified."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
     A_compute = A if A.dtype == compute else A.to(compute)
     batch = broadcast_batch(A.shape[:-2], B.shape[:-2])
@@ -237,7 +238,7 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
     backend = resolve_backend(options.backend, A_compute)
     positive_definite = options.assume_a == "pos"
     A_f, B_f = flat(A, n, n), flat(B, n, k)
-    if x_only and init is None and options.method != "newton_schulz":
+    if x_only and init is None and options.method != "newton_schulz" and k > 0:
         X, bound = backend.solve(A_f if A_compute is A else flat(A_compute, n, n), B_f,
                                  positive_definite=positive_definite)
         iterations = fallback = R = None

@@ -310,3 +310,16 @@ def test_no_right_hand_sides_with_a_singular_matrix(backend):
     assert X.shape == (3, 3, 0)
     assert info.certified.tolist() == [True, False, True]
     assert info.error_bound[0] == 0 and torch.isinf(info.error_bound[1])
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+@pytest.mark.parametrize("left", [True, False], ids=["left", "right"])
+def test_no_right_hand_sides_with_a_badly_scaled_matrix(backend, left):
+    """k = 0 with a non-singular A whose normwise certificate is refused (diag(1e-200, 1, 1e200)): an empty X, as
+    torch gives, on every entry point (the equilibrated second stage certifies A; there is no solution to overflow)."""
+    A = torch.diag(torch.tensor([1e-200, 1.0, 1e200], dtype=torch.float64))
+    B = torch.empty(3, 0, dtype=torch.float64)
+    B = B if left else B.mT
+    X = neuinv.batched_solve(A, B, left=left, backend=backend)
+    X_ex, info = neuinv.batched_solve_ex(A, B, left=left, backend=backend)
+    assert X.shape == X_ex.shape == torch.linalg.solve(A, B, left=left).shape and bool(info.certified)

@@ -347,3 +347,18 @@ def test_batched_solve_inverts_in_the_solve(monkeypatch):
     calls.clear()
     neuinv.batched_solve_ex(A, B, backend="cpp")
     assert calls == [("invert",), ("solve", False)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_without_R_matrices_above_64_are_refused(dtype):
+    """The exact path holds a matrix of at most 64 x 64 per thread: without R, n = 65 is refused by name (given R,
+    any n runs)."""
+    for A, B in ((torch.eye(65, dtype=dtype)[None], torch.ones(1, 65, 1, dtype=dtype)),
+                 (torch.eye(65, dtype=dtype)[None], torch.ones(4, 65, 1, dtype=dtype))):
+        with pytest.raises(RuntimeError, match="without R the kernels take n <= 64"):
+            torch.ops.neuinv.solve(A, B)
+        with pytest.raises(RuntimeError, match="without R the kernels take n <= 64"):
+            torch.ops.neuinv.solve(A.to("meta"), B.to("meta"))
+    A = torch.eye(65, dtype=dtype)[None]
+    X, bound = torch.ops.neuinv.solve(A, torch.ones(1, 65, 1, dtype=dtype), A, torch.zeros(1, dtype=torch.float64))
+    assert torch.equal(X, torch.ones(1, 65, 1, dtype=dtype)) and float(bound) < 1e-5

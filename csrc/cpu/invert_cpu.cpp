@@ -49,7 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cp
   at::Tensor fallback = at::empty(batch_shape, A.options().dtype(at::kBool));
   const rules::NewtonSchulzRules rules{tol, accept, max_iter, X0.defined(), guard};
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert", [&] {
-    const cpu::Batch<scalar_t> batch{A.data_ptr<scalar_t>(),
+    const kernels::InvertArguments<scalar_t> batch{A.data_ptr<scalar_t>(),
                                 X0.defined() ? X0.data_ptr<scalar_t>() : nullptr,
                                 use_guess.defined() ? use_guess.data_ptr<bool>() : nullptr,
                                 X.data_ptr<scalar_t>(),

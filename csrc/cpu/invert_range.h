@@ -39,7 +39,7 @@ constexpr int kCompactMaxN = 8;  // above, one matrix at a time (a pack's workin
 // Matrices begin..end-1 of the batch, kLanes at a time in packs (fixed N <= kCompactMaxN) or one at a time.
 // Always inlined, like everything it calls, into the instruction-set build that runs it (build_selection.h).
 template <typename T, int N>
-NEUINV_HOST_DEVICE void invert_range(Batch<T> batch, int64_t begin, int64_t end) {
+NEUINV_HOST_DEVICE void invert_range(kernels::InvertArguments<T> batch, int64_t begin, int64_t end) {
   constexpr bool packed = N > 0 && N <= kCompactMaxN;
   constexpr int64_t step = packed ? kLanes : 1;
   const int64_t size = batch.n * batch.n;
@@ -58,7 +58,7 @@ NEUINV_HOST_DEVICE void invert_range(Batch<T> batch, int64_t begin, int64_t end)
 // The batch split across threads in whole packs. The baseline build (CPUs without AVX2, build_selection.h)
 // takes the general N = 0 path for every n.
 template <typename T, int N>
-void invert_sized_batch(const Batch<T>& batch, int64_t b) {
+void invert_sized_batch(const kernels::InvertArguments<T>& batch, int64_t b) {
   constexpr int64_t unit = N > 0 && N <= kCompactMaxN ? kLanes : 1;
   at::parallel_for(0, (b + unit - 1) / unit, 16, [&](int64_t begin, int64_t end) {
     IeeeMode ieee;
@@ -68,7 +68,7 @@ void invert_sized_batch(const Batch<T>& batch, int64_t b) {
 }
 
 template <typename T>
-void invert_batch(const Batch<T>& batch, int64_t b) {
+void invert_batch(const kernels::InvertArguments<T>& batch, int64_t b) {
   NEUINV_DISPATCH_SIZE(batch.n, [&] { invert_sized_batch<T, N>(batch, b); });
 }
 

@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> exact_inverse_of_one(const at::Tensor& A, boo
   at::Tensor R = at::empty_like(A), bound = at::empty({1}, A.options().dtype(at::kDouble));
   bool certified = false, fallback = false;
   int32_t iterations = 0;
-  const cpu::Batch<T> batch{A.data_ptr<T>(), nullptr, nullptr, R.data_ptr<T>(), &certified,
+  const kernels::InvertArguments<T> batch{A.data_ptr<T>(), nullptr, nullptr, R.data_ptr<T>(), &certified,
                             bound.data_ptr<double>(), &iterations, &fallback, A.size(1), false,
                             rules::NewtonSchulzRules{0.0, 0.0, 0, false, 0.0}, rules::kCertifiedBelow,
                             positive_definite};

@@ -29,10 +29,10 @@ __global__ void invert_small_kernel(const T* __restrict__ A, const T* __restrict
 }
 
 template <typename T, int N>
-cudaError_t launch_for_size(const InvertSmallArguments<T>& args, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>((args.batch + kThreadsPerBlock - 1) / kThreadsPerBlock));
+cudaError_t launch_for_size(const kernels::InvertArguments<T>& args, int64_t batch, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>((batch + kThreadsPerBlock - 1) / kThreadsPerBlock));
   invert_small_kernel<T, N><<<grid, kThreadsPerBlock, 0, stream>>>(
-      args.A, args.X0, args.use_guess, args.X, args.certified, args.bound, args.iterations, args.fallback, args.batch,
+      args.a, args.x0, args.use_guess, args.x, args.certified, args.bound, args.iterations, args.fallback, batch,
       args.refine, args.rules, args.max_error, args.positive_definite);
   return cudaGetLastError();
 }
@@ -40,23 +40,23 @@ cudaError_t launch_for_size(const InvertSmallArguments<T>& args, cudaStream_t st
 }  // namespace
 
 template <typename T>
-cudaError_t launch_invert_small(const InvertSmallArguments<T>& args, int n, cudaStream_t stream) {
-  if (args.batch == 0) return cudaSuccess;
-  switch (n) {
-    case 1: return launch_for_size<T, 1>(args, stream);
-    case 2: return launch_for_size<T, 2>(args, stream);
-    case 3: return launch_for_size<T, 3>(args, stream);
-    case 4: return launch_for_size<T, 4>(args, stream);
-    case 5: return launch_for_size<T, 5>(args, stream);
-    case 6: return launch_for_size<T, 6>(args, stream);
-    case 7: return launch_for_size<T, 7>(args, stream);
-    case 8: return launch_for_size<T, 8>(args, stream);
+cudaError_t launch_invert_small(const kernels::InvertArguments<T>& args, int64_t batch, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  switch (args.n) {
+    case 1: return launch_for_size<T, 1>(args, batch, stream);
+    case 2: return launch_for_size<T, 2>(args, batch, stream);
+    case 3: return launch_for_size<T, 3>(args, batch, stream);
+    case 4: return launch_for_size<T, 4>(args, batch, stream);
+    case 5: return launch_for_size<T, 5>(args, batch, stream);
+    case 6: return launch_for_size<T, 6>(args, batch, stream);
+    case 7: return launch_for_size<T, 7>(args, batch, stream);
+    case 8: return launch_for_size<T, 8>(args, batch, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
-template cudaError_t launch_invert_small<float>(const InvertSmallArguments<float>&, int, cudaStream_t);
-template cudaError_t launch_invert_small<double>(const InvertSmallArguments<double>&, int, cudaStream_t);
+template cudaError_t launch_invert_small<float>(const kernels::InvertArguments<float>&, int64_t, cudaStream_t);
+template cudaError_t launch_invert_small<double>(const kernels::InvertArguments<double>&, int64_t, cudaStream_t);
 
 }  // namespace cuda_kernels
 }  // namespace neuinv

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "../kernels/invert_arguments.h"
 #include "../neuinv_rules.h"
 
 namespace neuinv {
@@ -35,29 +36,12 @@ template <typename T>
 cudaError_t launch_error_bound(const T* A, const T* X, const bool* todo, double* bound, int64_t batch, int n,
                                cudaStream_t stream);
 
-// The whole of neuinv::invert for n <= kSmallMaxN, one thread per matrix (csrc/kernels/per_matrix.h): the
-// operator's tensors as contiguous device pointers (X0, use_guess nullable).
+// The whole of neuinv::invert for n = args.n <= kSmallMaxN, one thread per matrix (csrc/kernels/per_matrix.h), on
+// `batch` matrices: the operator's tensors as contiguous device pointers (x0, use_guess nullable).
 constexpr int kSmallMaxN = 8;
 
 template <typename T>
-struct InvertSmallArguments {
-  const T* A;
-  const T* X0;
-  const bool* use_guess;
-  T* X;
-  bool* certified;
-  double* bound;
-  int32_t* iterations;
-  bool* fallback;
-  int64_t batch;
-  bool refine;
-  rules::NewtonSchulzRules rules;
-  double max_error;
-  bool positive_definite;
-};
-
-template <typename T>
-cudaError_t launch_invert_small(const InvertSmallArguments<T>& args, int n, cudaStream_t stream);
+cudaError_t launch_invert_small(const kernels::InvertArguments<T>& args, int64_t batch, cudaStream_t stream);
 
 }  // namespace cuda_kernels
 }  // namespace neuinv

@@ -80,12 +80,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_sm
   at::Tensor fallback = at::empty({b}, A.options().dtype(at::kBool));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert_small_cuda", [&] {
-    const cuda_kernels::InvertSmallArguments<scalar_t> args{
+    const kernels::InvertArguments<scalar_t> args{
         A.data_ptr<scalar_t>(), data_or_null<scalar_t>(X0), data_or_null<bool>(use_guess), X.data_ptr<scalar_t>(),
         certified.data_ptr<bool>(), bound.data_ptr<double>(), iterations.data_ptr<int32_t>(),
-        fallback.data_ptr<bool>(), b, refine, {tol, accept, max_iter, X0.defined(), guard}, max_error,
+        fallback.data_ptr<bool>(), n, refine, {tol, accept, max_iter, X0.defined(), guard}, max_error,
         positive_definite};
-    C10_CUDA_CHECK(cuda_kernels::launch_invert_small<scalar_t>(args, static_cast<int>(n), stream));
+    C10_CUDA_CHECK(cuda_kernels::launch_invert_small<scalar_t>(args, b, stream));
   });
   return {X.view(shape), certified.view(batch), bound.view(batch), iterations.view(batch), fallback.view(batch)};
 }
