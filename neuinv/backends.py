@@ -25,8 +25,7 @@ import torch
 
 from . import reference
 from .errors import ArgumentValueError
-from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_SCALED_TRANSPOSE, NEWTON_SCHULZ_ACCEPT,
-                    NewtonSchulzRules, default_tol)
+from .rules import CERTIFIED_BELOW, newton_schulz_rules
 
 BACKEND_ENV = "NEUINV_BACKEND"
 """Environment variable that makes ``backend="auto"`` mean the backend it names (read when neuinv is imported,
@@ -48,12 +47,6 @@ def _fused_mlp_initializer(a, center, inv_radius, weights, biases, skip=None):
         if len(weights) == 2 or weights[0].shape[0] <= mlp.MAX_HIDDEN_3FC:
             return mlp.fused_mlp_initializer(a, center, inv_radius, weights, biases, skip)
     return reference.mlp_initializer(a, center, inv_radius, weights, biases, skip)
-
-
-def _exact_path_rules(dtype: torch.dtype) -> NewtonSchulzRules:
-    """Valid Newton–Schulz parameters for a call of ``invert`` without refinement, which uses none of them."""
-    return NewtonSchulzRules(tol=default_tol(dtype), accept=NEWTON_SCHULZ_ACCEPT[dtype],
-                             max_iter=MAX_ITER_FROM_SCALED_TRANSPOSE, guarded=False, guard=GUARD_RESIDUAL)
 
 
 def _on_flat_batch(invert, A, X0, use_guess):
@@ -92,8 +85,8 @@ class TorchBackend:
         certified to inverse_bound (b,), or without them from this backend's exact-path inverse of A
         (:meth:`invert` without refinement): :func:`neuinv.reference.solve`."""
         if R is None and A.shape[-1] > 0:
-            R, _, inverse_bound, _, _ = self.invert(A, None, None, False, _exact_path_rules(A.dtype), CERTIFIED_BELOW,
-                                                    positive_definite)
+            rules = newton_schulz_rules(A.dtype, None, None, False)  # the defaults; unused without refinement
+            R, _, inverse_bound, _, _ = self.invert(A, None, None, False, rules, CERTIFIED_BELOW, positive_definite)
         return reference.solve(A, B, R, inverse_bound)
 
     @classmethod

@@ -14,9 +14,7 @@ from .arguments import COMPUTE_DTYPE, HALF_DTYPES, CallOptions
 from .backends import resolve_backend
 from .errors import ArgumentValueError
 from .failures import raise_if_not_certified
-from .rules import (CERTIFIED_BELOW, GUARD_RESIDUAL, MAX_ITER_FROM_GUESS, MAX_ITER_FROM_SCALED_TRANSPOSE,
-                    NEWTON_SCHULZ_ACCEPT, SCALED_SECOND_STAGE_ABOVE, NewtonSchulzRules, certified, default_tol,
-                    second_stage_mask)
+from .rules import CERTIFIED_BELOW, SCALED_SECOND_STAGE_ABOVE, certified, newton_schulz_rules, second_stage_mask
 
 WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
@@ -218,25 +216,6 @@ def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch
     for operand in operands:
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
     return index if index.numel() else None
-
-
-_rules_cache: dict = {}
-
-
-def newton_schulz_rules(dtype: torch.dtype, tol, max_iter, has_guess: bool) -> NewtonSchulzRules:
-    """The Newton–Schulz parameters for a call (defaults filled in), built once per distinct set of arguments."""
-    key = (dtype, tol, max_iter, has_guess)
-    rules = _rules_cache.get(key)
-    if rules is None:
-        rules = _rules_cache[key] = NewtonSchulzRules(
-            tol=default_tol(dtype) if tol is None else float(tol),
-            accept=NEWTON_SCHULZ_ACCEPT[dtype],
-            max_iter=max_iter if max_iter is not None else (
-                MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
-            guarded=has_guess,
-            guard=GUARD_RESIDUAL,
-        )
-    return rules
 
 
 def _model_in_domain(model, A) -> torch.Tensor:

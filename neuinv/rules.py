@@ -113,6 +113,25 @@ class NewtonSchulzRules(NamedTuple):
         return stop, done
 
 
+_rules_cache: dict = {}
+
+
+def newton_schulz_rules(dtype: torch.dtype, tol, max_iter, has_guess: bool) -> NewtonSchulzRules:
+    """The Newton–Schulz parameters for a call (defaults filled in), built once per distinct set of arguments."""
+    key = (dtype, tol, max_iter, has_guess)
+    rules = _rules_cache.get(key)
+    if rules is None:
+        rules = _rules_cache[key] = NewtonSchulzRules(
+            tol=default_tol(dtype) if tol is None else float(tol),
+            accept=NEWTON_SCHULZ_ACCEPT[dtype],
+            max_iter=max_iter if max_iter is not None else (
+                MAX_ITER_FROM_GUESS if has_guess else MAX_ITER_FROM_SCALED_TRANSPOSE),
+            guarded=has_guess,
+            guard=GUARD_RESIDUAL,
+        )
+    return rules
+
+
 def converged(r: torch.Tensor, norm_product: torch.Tensor, tol: float, accept: float) -> torch.Tensor:
     """The tolerance test r <= min(tol ||A||_F ||X||_F, accept), given ||A||_F ||X||_F."""
     return r <= torch.clamp(tol * norm_product, max=accept)

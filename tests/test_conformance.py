@@ -129,7 +129,7 @@ def test_positive_definite_scenarios(backend, dtype):
     """The positive-definite exact path through each backend's ``invert(..., positive_definite=True)``: the same
     (iterations, fallback, certified) as the rule says, and as the torch reference gives."""
     from neuinv.backends import resolve_backend
-    from neuinv.pipeline import newton_schulz_rules
+    from neuinv.rules import newton_schulz_rules
 
     device = _device(backend)
     for name, A, X0, refine, expected in positive_definite_scenarios(dtype):

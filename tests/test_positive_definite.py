@@ -13,7 +13,7 @@ import torch
 import neuinv
 from neuinv import reference
 from neuinv.backends import resolve_backend
-from neuinv.pipeline import newton_schulz_rules
+from neuinv.rules import newton_schulz_rules
 from neuinv.testing import warm_start
 
 BACKENDS = [name for name, status in neuinv.available_backends().items()
