@@ -3,13 +3,15 @@ an ``autograd.Function`` with ``setup_context``, a ``vmap`` rule and a ``jvp`` (
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad
 
 from .pipeline import invert_or_raise
 
 
 def transformed(*tensors) -> bool:
-    """Whether a tensor needs the autograd.Function: it requires a gradient (with grad mode on), or a torch.func
-    transform (vmap, grad, jvp) wraps it. Under torch.compile always (dynamo traces the Function; it cannot ask
+    """Whether a tensor needs the autograd.Function: it requires a gradient (with grad mode on), it carries a
+    forward-mode tangent (``torch.autograd.forward_ad.make_dual``), or a torch.func transform (vmap, grad, jvp)
+    wraps it. Under torch.compile always (dynamo traces the Function; it cannot ask
     functorch whether a tensor is wrapped)."""
     if torch.compiler.is_compiling():
         return True
@@ -19,6 +21,8 @@ def transformed(*tensors) -> bool:
         if tensor.requires_grad and torch.is_grad_enabled():
             return True
         if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
+            return True
+        if forward_ad.unpack_dual(tensor).tangent is not None:
             return True
     return False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.autograd import forward_ad
 from torch.func import grad, hessian, jacfwd, jacrev, jvp, vmap
 
 import neuinv
@@ -105,6 +106,30 @@ def test_inverse_from_the_solve_is_differentiable():
     B = vectors(4, 3)
     mine = jacrev(lambda M: neuinv.batched_solve_ex(M, B)[1].inverse)(A)
     assert torch.allclose(mine, jacrev(torch.linalg.inv)(A), **TOL)
+
+
+BACKENDS = [pytest.param(name, marks=pytest.mark.skipif(not status.available, reason=f"{name}: {status.reason}"))
+            for name, status in neuinv.available_backends().items() if name in ("torch", "cpp", "triton")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_mode_dual_tensors_carry_their_tangents(backend):
+    """A tangent attached with torch.autograd.forward_ad.make_dual reaches the result (it was silently dropped: the
+    call took the path without the autograd.Function), for A, for B, and for both, as torch.linalg's does."""
+    A, B = matrices(), vectors(4, 3, 2)
+    tangent_A, tangent_B = vectors(4, 3, 3, seed=2), vectors(4, 3, 2, seed=3)
+    with forward_ad.dual_level():
+        dual_A, dual_B = forward_ad.make_dual(A, tangent_A), forward_ad.make_dual(B, tangent_B)
+        cases = [(neuinv.batched_inverse(dual_A, backend=backend), torch.linalg.inv(dual_A)),
+                 (neuinv.batched_inverse_ex(dual_A, backend=backend)[0], torch.linalg.inv(dual_A))]
+        for a, b in ((dual_A, B), (A, dual_B), (dual_A, dual_B)):
+            cases.append((neuinv.batched_solve(a, b, backend=backend), torch.linalg.solve(a, b)))
+            cases.append((neuinv.batched_solve_ex(a, b, backend=backend)[0], torch.linalg.solve(a, b)))
+        for mine, theirs in cases:
+            mine, theirs = forward_ad.unpack_dual(mine), forward_ad.unpack_dual(theirs)
+            assert mine.tangent is not None
+            assert torch.allclose(mine.primal, theirs.primal, **TOL)
+            assert torch.allclose(mine.tangent, theirs.tangent, **TOL)
 
 
 @pytest.mark.parametrize("compiler", ["eager", "aot_eager"])
