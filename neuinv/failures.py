@@ -66,7 +66,7 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
     has_non_finite = bool(non_finite.any())
     index = _first_index(non_finite if has_non_finite else failed_mask)
     bound = float(error_bound[index])
-    order = overflow = None
+    order = overflow = span = None
     subnormal = False
     if not has_non_finite and math.isinf(bound):
         matrix = A.expand(*batch, *A.shape[-2:])[index]
@@ -74,42 +74,53 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
             order = _not_positive_definite(matrix)
         if order is None:
             rhs = operands[0].expand(*batch, *operands[0].shape[-2:])[index] if operands else None
-            overflow = _overflow(matrix, rhs, assume_a == "pos")
+            overflow, span = _overflow(matrix, rhs, assume_a == "pos")
             subnormal = any(bool(certificate.has_subnormal(M[None])) for M in (matrix, rhs) if M is not None)
     global_index = tuple(i + o for i, o in zip(index, offset)) if offset else index
     raise failure_error(function, global_index, has_non_finite, bound, int(failed_mask.sum()), A.dtype, max_error,
-                        scope=scope, not_positive_definite_at=order, overflow=overflow, subnormal=subnormal,
+                        scope=scope, not_positive_definite_at=order, overflow=overflow, span=span,
+                        subnormal=subnormal,
                         holder=" or its right-hand side" if operands else "")
 
 
-def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None, positive_definite: bool) -> float | None:
-    """log10 of the largest |entry| of the inverse of one (n, n) matrix (of the solution, given the right-hand side
-    (n, k)) where that overflows the matrix's dtype although the matrix is certified non-singular (its equilibrated
-    inverse in float64 / complex128 certified by :func:`neuinv.certificate.scaled_error_bound`); else None."""
+def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None,
+              positive_definite: bool) -> tuple[float | None, tuple[float, float] | None]:
+    """(overflow, span) for one (n, n) matrix certified non-singular (its equilibrated inverse in float64 /
+    complex128 certified by :func:`neuinv.certificate.scaled_error_bound`), else (None, None). overflow: log10 of
+    the largest |entry| of the inverse (of the solution, given the right-hand side (n, k)) where that overflows the
+    matrix's dtype. span: (log10 of the smallest, of the largest) nonzero |entry| of the solution where they lie
+    too far apart for the equilibrated solve to scale the right-hand side exactly
+    (:func:`neuinv.reference.scaled_right_hand_sides`)."""
     A_s, X_s, p, q, accepted = reference.equilibrated_inverse(matrix[None], positive_definite)
     if not bool(accepted.all()) or not bool(torch.isfinite(certificate.scaled_error_bound(A_s, X_s)).all()):
-        return None
+        return None, None
     exponent = q[:, :, None] + p[:, None, :]
+    exact = True
     if rhs is not None:
-        B_s, f, _ = reference.scaled_right_hand_sides(rhs[None], p, A_s.dtype)
-        X_s, exponent = torch.bmm(X_s, B_s), q[:, :, None] + f[:, None, None]
-    magnitude = X_s.abs().clamp_min(1e-300).log2() + exponent
-    if not magnitude.numel():  # no right-hand sides: no solution to overflow
-        return None
+        B_s, f, exact_B = reference.scaled_right_hand_sides(rhs[None], p, A_s.dtype)
+        X_s, exponent, exact = torch.bmm(X_s, B_s), q[:, :, None] + f[:, None, None], bool(exact_B.all())
+    nonzero = X_s != 0
+    if not bool(nonzero.any()):  # no right-hand sides, or a zero solution: nothing to overflow
+        return None, None
+    magnitude = (X_s.abs().where(nonzero, 1.0).log2() + exponent)[nonzero] * math.log10(2)
     largest = float(magnitude.amax())
-    limit = math.log2(torch.finfo(matrix.dtype).max)
-    return largest * math.log10(2) if largest > limit else None
+    if largest > math.log10(torch.finfo(matrix.dtype).max):
+        return largest, None
+    return None, (None if exact else (float(magnitude.amin()), largest))
 
 
 def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int,
                   dtype: torch.dtype, max_error, *, scope: str = "the batch",
                   not_positive_definite_at: int | None = None, overflow: float | None = None,
-                  subnormal: bool = False, holder: str = "") -> Exception:
+                  span: tuple[float, float] | None = None, subnormal: bool = False,
+                  holder: str = "") -> Exception:
     """The exception neuinv.<function> raises when A[index] is the first matrix it names (one wording for every
     entry point: the single-process functions, :mod:`neuinv.distributed` and :mod:`neuinv.dask`, which name a
     global index): ``ValueError`` if it holds NaN or Inf, else ``torch.linalg.LinAlgError``: not positive
     definite (its Cholesky factorisation fails at the leading minor of order ``not_positive_definite_at``),
     non-singular with an inverse or solution that overflows ``dtype`` (``overflow``: log10 of its largest entry),
+    non-singular with a solution whose entries span more than the solve's certificate scales exactly (``span``:
+    log10 of its smallest and largest nonzero entries),
     not certified while it (or its right-hand side) holds subnormal entries (``subnormal``), singular or
     numerically singular (error_bound +inf), or certified above ``max_error``; ``failed`` matrices of
     ``scope`` failed in all; ``holder`` names what else may hold the NaN (" or its right-hand side")."""
@@ -123,6 +134,10 @@ def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error
     elif overflow is not None:
         reason = (f"is not singular, but its {_what(function)} overflows {dtype} (largest |entry| about "
                   f"1e{overflow:.0f}, above {torch.finfo(dtype).max:.3g}); scale {'A or B' if 'solve' in function else 'A'}")
+    elif span is not None:
+        reason = (f"is not singular (its inverse is certified), but its solution's entries span 1e{span[0]:.0f} to "
+                  f"1e{span[1]:.0f}, a range the solution's certificate cannot scale exactly in "
+                  f"{COMPUTE_DTYPE.get(dtype, dtype)}; batched_inverse certifies its inverse")
     elif subnormal:
         reason = (f"{holder.strip() + ' ' if holder else ''}holds subnormal entries (below "
                   f"{torch.finfo(COMPUTE_DTYPE.get(dtype, dtype)).smallest_normal:.3g}), which this path does not "

@@ -133,8 +133,11 @@ def test_singular_matrices_are_never_certified_by_the_second_stage(dtype):
      r"A\[0\] or its right-hand side holds subnormal entries \(below 1.18e-38\)"),
     (lambda: neuinv.batched_inverse((2.0 ** -1023 * torch.eye(2, dtype=torch.float64))[None], backend="torch"),
      r"A\[0\] holds subnormal entries \(below 2.23e-308\)"),
+    (lambda: neuinv.batched_solve(torch.diag(torch.tensor([1e-160, 1, 1e160], dtype=torch.float64))[None],
+                                  torch.ones(1, 3, dtype=torch.float64)),
+     r"not singular \(its inverse is certified\), but its solution's entries span 1e-160 to 1e160"),
 ], ids=["solve-float32", "inverse-float32", "inverse-float16", "inverse-float64", "singular", "solve-subnormal",
-        "inverse-subnormal-torch"])
+        "inverse-subnormal-torch", "solve-span"])
 def test_failure_names_the_true_cause(call, words):
     """Issue #23 item 6: a matrix of condition 1 whose inverse (or solution) does not fit the dtype is not called
     singular."""
