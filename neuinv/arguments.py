@@ -47,6 +47,9 @@ def check_arguments(A, init, options: CallOptions) -> None:
     if A.dtype not in SUPPORTED_DTYPES:
         raise ArgumentDtypeError(f"A must be float32, float64, complex64, complex128, float16 or bfloat16; "
                                  f"got {A.dtype}")
+    if A.device.type == "meta":
+        raise ArgumentValueError("A is a meta tensor: it holds no values, and neuinv inverts and certifies each "
+                                 "matrix's values (torch.compile traces neuinv with fake tensors)")
     if options.assume_a not in ASSUME_A:
         raise ArgumentValueError(f"assume_a must be one of {ASSUME_A} (scipy's names), got {options.assume_a!r}")
     if init is not None and model is not None:

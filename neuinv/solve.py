@@ -104,8 +104,8 @@ def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=N
         ValueError: a system that is not certified holds NaN or Inf in A or B; the message names the first one.
         torch.linalg.LinAlgError: otherwise, a system is not certified; the message names the first one and why:
             A not positive definite (``assume_a="pos"``), singular or numerically singular (``error_bound``
-            +inf), a solution that overflows A's dtype, subnormal entries the path cannot certify, or an
-            ``error_bound`` above ``max_error``.
+            +inf), a solution that overflows A's dtype, a solution whose entries span more than the certificate
+            scales exactly, subnormal entries the path cannot certify, or an ``error_bound`` above ``max_error``.
         TypeError: an argument that is not a tensor, or ``left`` that is not a bool.
         neuinv.ArgumentDtypeError: a dtype that is not supported or does not match A's.
         neuinv.ArgumentValueError: a bad or non-broadcasting shape, a device or option value, an ``out`` that
@@ -171,9 +171,10 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
         TypeError: A, B, init or an output is not a tensor, or ``left`` or ``check_errors`` is not a bool.
         neuinv.ArgumentDtypeError: (a ``TypeError`` and a ``RuntimeError``, torch's class) A's dtype is not
             one of the above, or B's, init's or an output's differs from what is expected.
-        neuinv.ArgumentValueError: (a ``ValueError`` and a ``RuntimeError``) A not (*, n, n), B of a shape
-            incompatible with A or batch dimensions that do not broadcast, B, init or an output on another device,
-            an output of the wrong shape or overlapping an input or another output, an option out of range.
+        neuinv.ArgumentValueError: (a ``ValueError`` and a ``RuntimeError``) A not (*, n, n) or on the meta
+            device, B of a shape incompatible with A or batch dimensions that do not broadcast, B, init or an
+            output on another device, an output of the wrong shape or overlapping an input or another output, an
+            option out of range.
 
     Examples:
         >>> A = torch.randn(1000, 8, 8, dtype=torch.float64) + 8 * torch.eye(8, dtype=torch.float64)

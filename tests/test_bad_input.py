@@ -29,10 +29,15 @@ class TinyModel(torch.nn.Module):
     pytest.param(torch.ones(2, 3, 3, dtype=torch.bool), TypeError, "torch.bool", id="bool"),
     pytest.param(torch.ones(2, 3, 3, dtype=torch.complex32), TypeError, "torch.complex32", id="complex32"),
     pytest.param([[1.0, 0.0], [0.0, 1.0]], TypeError, "torch.Tensor", id="list"),
+    pytest.param(torch.ones(2, 3, 3, device="meta"), ValueError, "A is a meta tensor", id="meta"),
 ])
 def test_bad_matrices_are_named(A, error, words):
     with pytest.raises(error, match=words):
         neuinv.batched_inverse(A)
+    with pytest.raises(error, match=words):
+        neuinv.batched_inverse_ex(A)
+    with pytest.raises(error, match=words):
+        neuinv.batched_solve(A, torch.ones(4, device=getattr(A, "device", "cpu")))
 
 
 def test_bad_init_is_named():
