@@ -362,3 +362,54 @@ def test_without_R_matrices_above_64_are_refused(dtype):
     A = torch.eye(65, dtype=dtype)[None]
     X, bound = torch.ops.neuinv.solve(A, torch.ones(1, 65, 1, dtype=dtype), A, torch.zeros(1, dtype=torch.float64))
     assert torch.equal(X, torch.ones(1, 65, 1, dtype=dtype)) and float(bound) < 1e-5
+
+
+def _pack_batch(dtype, n, positive_definite):
+    """27 systems (three packs of 8 and a tail of 3 for n <= 8): conditioned (or SPD) matrices with, at 5, one whose
+    inverse overflows the dtype (A = 2^-e C, C's inverse with entries near 2^9 or 2^12: for float32 only the
+    rounding of the double result overflows), at 9 one whose solution overflows it (A = 2^-100 I, B = 2^30 for
+    float32; 2^-1000 I and 2^30 for float64), at 11 a zero one, at 20 a NaN. The first two packs have no NaN
+    member, so every lane of theirs takes the kernels' common branch (a whole pack stored at once)."""
+    A = _spd(27, n, dtype, seed=n) if positive_definite else conditioned_matrices(27, n, 1e3, dtype, seed=n)
+    B = right_hand_sides(27, n, 2, dtype, seed=n)
+    if n >= 2:
+        spread = 2.0 ** (-9 if dtype == torch.float32 else -12)
+        C = torch.eye(n, dtype=torch.float64)
+        C[:2, :2] = torch.tensor([[1.0, 1.0], [1.0, 1.0 + spread]], dtype=torch.float64)
+        A[5] = (C * 2.0 ** (-120 if dtype == torch.float32 else -1015)).to(dtype)
+    A[9] = torch.eye(n, dtype=dtype) * 2.0 ** (-100 if dtype == torch.float32 else -1000)
+    B[9] = 2.0 ** 30
+    A[11] = 0.0
+    A[20, 0, 0] = float("nan")
+    return A, B
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("positive_definite", [False, True], ids=["gen", "pos"])
+def test_results_do_not_depend_on_the_position_in_a_pack(dtype, n, positive_definite):
+    """The compact layout (csrc/cpu/simd.h: whole packs moved by vector loads, a transpose and vector stores; a
+    pack tail lane by lane): each system's X and bound from neuinv::invert and neuinv::solve (with and without R)
+    in a batch of 27 are, bit for bit, what the operator gives it alone; the overflowing, singular and NaN members
+    are not finite and have no bound, wherever they sit."""
+    A, B = _pack_batch(dtype, n, positive_definite)
+    X, bound = _compiled_exact_inverse(A, positive_definite)
+    X_solve, bound_solve = torch.ops.neuinv.solve(A, B, None, None, positive_definite)
+    X_with_R, bound_with_R = torch.ops.neuinv.solve(A, B, X, bound)
+    for i in range(A.shape[0]):
+        X_one, bound_one = _compiled_exact_inverse(A[i:i + 1], positive_definite)
+        X_solve_one, bound_solve_one = torch.ops.neuinv.solve(A[i:i + 1], B[i:i + 1], None, None, positive_definite)
+        pairs = [(X[i], X_one[0]), (bound[i], bound_one[0]), (X_solve[i], X_solve_one[0]),
+                 (bound_solve[i], bound_solve_one[0])]
+        for mine, alone in pairs:
+            torch.testing.assert_close(mine, alone, rtol=0, atol=0, equal_nan=True, msg=f"system {i}")
+    refused = [9, 11, 20] + ([5] if n >= 2 else [])
+    inverse_refused = [i for i in refused if i != 9]  # A[9]'s inverse fits; its solution does not
+    assert torch.isinf(bound[inverse_refused]).all() and torch.isnan(X[inverse_refused]).all()
+    assert torch.isinf(bound_solve[refused]).all() and not torch.isfinite(X_solve[refused]).any()  # Inf: overflow
+    assert torch.isinf(bound_with_R[refused]).all()
+    good = [i for i in range(27) if i not in refused]
+    assert (bound[good] < 1).all() and (bound_solve[good] < 1).all()
+    truth = torch.linalg.solve(A[good].double(), B[good].double())
+    error = torch.linalg.matrix_norm(X_solve[good].double() - truth) / torch.linalg.matrix_norm(truth)
+    assert (error <= bound_solve[good]).all()

@@ -61,6 +61,63 @@ struct PackArithmetic {
   static NEUINV_HOST_DEVICE void set_mask_lane(mask& m, int l, bool x) { m[l] = x ? -1 : 0; }
   template <typename To>
   static NEUINV_HOST_DEVICE To convert(V v) { return __builtin_convertvector(v, To); }
+  template <typename S>
+  static NEUINV_HOST_DEVICE V rounded(V v) {
+    return __builtin_convertvector(__builtin_convertvector(v, typename PackOf<S>::type), V);
+  }
+  // rows[j] lane l becomes rows[l] lane j (an 8 x 8 transpose): pairs, then quads, then halves exchanged.
+  static NEUINV_HOST_DEVICE void transpose(V* rows) {
+    static_assert(kLanes == 8, "the shuffles below are for 8 lanes");
+    V pairs[kLanes], quads[kLanes];
+    for (int i = 0; i < kLanes; i += 2) {
+      pairs[i] = __builtin_shufflevector(rows[i], rows[i + 1], 0, 8, 2, 10, 4, 12, 6, 14);
+      pairs[i + 1] = __builtin_shufflevector(rows[i], rows[i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    }
+    for (int i = 0; i < kLanes; i += 4) {
+      for (int j = i; j < i + 2; ++j) {
+        quads[j] = __builtin_shufflevector(pairs[j], pairs[j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        quads[j + 2] = __builtin_shufflevector(pairs[j], pairs[j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+      }
+    }
+    for (int j = 0; j < kLanes / 2; ++j) {
+      rows[j] = __builtin_shufflevector(quads[j], quads[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+      rows[j + 4] = __builtin_shufflevector(quads[j], quads[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+  }
+  // The compact layout from one row-major block per lane (lane l from sources[l], converted to T): m[e] lane l =
+  // sources[l][e], e < size; kLanes entries of every block at a time, by vector loads and a transpose.
+  template <typename S>
+  static NEUINV_HOST_DEVICE void interleave(const S* const* sources, int64_t size, V* m) {
+    using SV = typename PackOf<S>::type;
+    int64_t e = 0;
+    for (; e + kLanes <= size; e += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        SV block;
+        memcpy(&block, sources[l] + e, sizeof(SV));
+        m[e + l] = __builtin_convertvector(block, V);
+      }
+      transpose(m + e);
+    }
+    for (; e < size; ++e) {
+      for (int l = 0; l < kLanes; ++l) m[e][l] = static_cast<T>(sources[l][e]);
+    }
+  }
+  // And back, for lanes 0..count-1: targets[l][e] = m[e] lane l converted to S (by vector stores where every
+  // lane is stored).
+  template <typename S>
+  static NEUINV_HOST_DEVICE void deinterleave(const V* m, int64_t size, S* const* targets, int count) {
+    using SV = typename PackOf<S>::type;
+    int64_t e = 0;
+    for (; count == kLanes && e + kLanes <= size; e += kLanes) {
+      SV rows[kLanes];
+      for (int j = 0; j < kLanes; ++j) rows[j] = __builtin_convertvector(m[e + j], SV);
+      PackArithmetic<S>::transpose(rows);
+      for (int l = 0; l < kLanes; ++l) memcpy(targets[l] + e, &rows[l], sizeof(SV));
+    }
+    for (; e < size; ++e) {
+      for (int l = 0; l < count; ++l) targets[l][e] = static_cast<S>(m[e][l]);
+    }
+  }
 };
 
 template <>

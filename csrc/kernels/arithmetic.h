@@ -39,6 +39,19 @@ struct ScalarArithmetic {
   static NEUINV_HOST_DEVICE void set_mask_lane(bool& m, int, bool x) { m = x; }
   template <typename To>
   static NEUINV_HOST_DEVICE To convert(T v) { return static_cast<To>(v); }  // to the value type of other lanes
+  // v rounded to S and back (S's value in T's type).
+  template <typename S>
+  static NEUINV_HOST_DEVICE T rounded(T v) { return static_cast<T>(static_cast<S>(v)); }
+  // The compact layout from one row-major block per lane and back: m[e] = sources[0][e] converted, e < size;
+  // targets[0][e] = m[e] converted where count is 1 (packs: csrc/cpu/simd.h).
+  template <typename S>
+  static NEUINV_HOST_DEVICE void interleave(const S* const* sources, int64_t size, T* m) {
+    for (int64_t e = 0; e < size; ++e) m[e] = static_cast<T>(sources[0][e]);
+  }
+  template <typename S>
+  static NEUINV_HOST_DEVICE void deinterleave(const T* m, int64_t size, S* const* targets, int count) {
+    for (int64_t e = 0; e < size && count > 0; ++e) targets[0][e] = static_cast<S>(m[e]);
+  }
 };
 
 template <>

@@ -285,14 +285,15 @@ template <int N, typename V, typename S>
 NEUINV_HOST_DEVICE void load_lanes(const S* matrices, int count, V* m, int64_t n_runtime) {
   using Ar = Arithmetic<V>;
   const int64_t n = N > 0 ? N : n_runtime;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < n; ++j) {
-      V v = Ar::broadcast(i == j ? 1.0 : 0.0);
-      for (int l = 0; l < count; ++l) {
-        Ar::set_lane(v, l, static_cast<typename Ar::scalar>(matrices[l * n * n + i * n + j]));
-      }
-      m[i * n + j] = v;
-    }
+  const S* sources[Ar::kLanes];
+  for (int l = 0; l < count; ++l) sources[l] = matrices + l * n * n;
+  if constexpr (Ar::kLanes > 1) {
+    S identity[kRoom<N>];
+    for (int64_t e = 0; e < n * n; ++e) identity[e] = static_cast<S>(e % (n + 1) == 0 ? 1 : 0);
+    for (int l = count; l < Ar::kLanes; ++l) sources[l] = identity;
+    Ar::interleave(sources, n * n, m);
+  } else {
+    Ar::interleave(sources, n * n, m);
   }
 }
 
@@ -355,11 +356,38 @@ NEUINV_HOST_DEVICE void certify_and_store(const VD* a, VD* x_w, VD* scratch, typ
   const VD x_norm = Ad::square_root(x_squared), norms = Ad::square_root(a_squared) * x_norm;
   const VD g_s = rules::gamma_of(n + 1) * (sqrt(static_cast<double>(n)) + norms);
   const VD common = rules::rounded_error_bound<T>(rules::rho_from(r, g_s, n), x_norm, n);
+  auto takes_common_branch = [&](int l) {
+    const double r_l = Ad::lane(r, l);
+    return rules::plain_norms_suffice(Ad::lane(a_squared, l), Ad::lane(x_squared, l)) &&
+           !rules::needs_dot2(r_l, Ad::lane(g_s, l)) && !polishes<T>(r_l, Ad::lane(norms, l));
+  };
+  bool every_lane_common = count == Ad::kLanes;
+  for (int l = 0; l < count && every_lane_common; ++l) {
+    every_lane_common = Ad::mask_lane(refused, l) || takes_common_branch(l);
+  }
+  if (every_lane_common) {  // store_certified for every lane at once: X stored whole, then NaN where refused
+    T* targets[Ad::kLanes];
+    VD overflow = Ad::broadcast(0.0);  // NaN in the lanes where an entry is not finite once rounded to T
+    for (int64_t e = 0; e < size; ++e) overflow = overflow + Ad::template rounded<T>(x_w[e]) * 0.0;
+    for (int l = 0; l < count; ++l) targets[l] = x + l * size;
+    Ad::deinterleave(x_w, size, targets, count);
+    for (int l = 0; l < count; ++l) {
+      const double b = Ad::mask_lane(refused, l) ? rules::kInfinity : Ad::lane(common, l);
+      if (keep_accurate_only && !(b <= 0x1p-23)) {
+        bound[l] = NAN;  // redone by Gauss-Jordan, which overwrites what was stored
+      } else if (b < rules::kInfinity && !isnan(Ad::lane(overflow, l))) {
+        bound[l] = b;
+      } else {
+        for (int64_t e = 0; e < size; ++e) targets[l][e] = static_cast<T>(NAN);
+        bound[l] = rules::kInfinity;
+      }
+    }
+    return;
+  }
   for (int l = 0; l < count; ++l) {
     double b = rules::kInfinity;
-    const double r_l = Ad::lane(r, l), norms_l = Ad::lane(norms, l);
-    const bool common_branch = rules::plain_norms_suffice(Ad::lane(a_squared, l), Ad::lane(x_squared, l)) &&
-                               !rules::needs_dot2(r_l, Ad::lane(g_s, l)) && !polishes<T>(r_l, norms_l);
+    const double r_l = Ad::lane(r, l);
+    const bool common_branch = takes_common_branch(l);
     double a_lane[kRoom<N>], x_lane[kRoom<N>];
     if (Ad::mask_lane(refused, l)) {
       b = rules::kInfinity;

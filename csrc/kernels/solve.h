@@ -34,17 +34,12 @@ NEUINV_HOST_DEVICE void to_lanes(V v, double* values) {
 
 // Lanes 0..count-1 of V from `count` row-major blocks of `size` entries, block l at blocks + l * stride (stride
 // 0: one block broadcast to every lane), as doubles; the lanes beyond count repeat block 0 (their results are
-// never stored). `out` is memory (the workspace): each entry is written lane by lane as a double.
+// never stored).
 template <typename V, typename T>
 NEUINV_HOST_DEVICE void load_blocks(const T* blocks, int count, int64_t size, int64_t stride, V* out) {
-  constexpr int kLanes = Arithmetic<V>::kLanes;
-  for (int l = 0; l < kLanes; ++l) {
-    const T* block = blocks + (l < count ? l : 0) * stride;
-    for (int64_t e = 0; e < size; ++e) {
-      const double value = static_cast<double>(block[e]);
-      memcpy(reinterpret_cast<char*>(out + e) + l * sizeof(double), &value, sizeof(double));
-    }
-  }
+  const T* sources[Arithmetic<V>::kLanes];
+  for (int l = 0; l < Arithmetic<V>::kLanes; ++l) sources[l] = blocks + (l < count ? l : 0) * stride;
+  Arithmetic<V>::interleave(sources, size, out);
 }
 
 // Elements between consecutive systems' A (and R), B and inverse bound: n^2, n k and 1, or 0 where one is broadcast
@@ -251,16 +246,10 @@ NEUINV_HOST_DEVICE void solve_from_inverse(const T* a, const T* b, const T* r, c
   multiply_add<N, V>(r_v, b_v, 1.0, nullptr, x_w, n, k);  // X_w = R B
   multiply_add<N>(a_v, x_w, -1.0, b_v, residual, n, k);    // B - A X_w
   multiply_add<N>(r_v, residual, 1.0, x_w, x_w, n, k);     // X_w + R (B - A X_w)
-  for (int64_t e = 0; e < n * k; ++e) {  // X = round_T(X_w), stored; x_w keeps X's values as doubles
-    double lanes[Ar::kLanes];
-    to_lanes(x_w[e], lanes);
-    for (int l = 0; l < Ar::kLanes; ++l) {
-      const T stored = static_cast<T>(lanes[l]);
-      if (l < count) x[l * n * k + e] = stored;
-      lanes[l] = static_cast<double>(stored);
-    }
-    x_w[e] = from_lanes<V>(lanes);
-  }
+  T* targets[Ar::kLanes];  // X = round_T(X_w), stored; x_w keeps X's values as doubles
+  for (int l = 0; l < count; ++l) targets[l] = x + l * n * k;
+  for (int64_t e = 0; e < n * k; ++e) x_w[e] = Ar::template rounded<T>(x_w[e]);
+  Ar::deinterleave(x_w, n * k, targets, count);
   double eps_lanes[Ar::kLanes];
   bool dot2[Ar::kLanes];
   for (int l = 0; l < count; ++l) eps_lanes[l] = eps[l * strides.eps];
