@@ -204,7 +204,7 @@ def test_the_record_digest_covers_every_source_and_header():
              extension.sources("cpu") + extension._headers("cpu")}
     assert {"neuinv_ops.cpp", "neuinv_checks.cpp", "neuinv_rules.h", "neuinv_checks.h", "cpu/invert_cpu.cpp",
             "cpu/invert_float.cpp", "cpu/invert_double.cpp", "cpu/invert_batch.h", "cpu/invert_range.h",
-            "cpu/simd.h", "cpu/build_selection.h", "cpu/solve_cpu.cpp", "kernels/per_matrix.h",
+            "cpu/simd.h", "cpu/build_selection.h", "cpu/shares.h", "cpu/solve_cpu.cpp", "kernels/per_matrix.h",
             "kernels/arithmetic.h", "kernels/solve.h"} <= names
     assert len(digest) == 64 and digest != extension.source_digest("cuda")
     for header in ("cuda/neuinv_cuda_common.cuh", "kernels/per_matrix.h", "kernels/arithmetic.h"):

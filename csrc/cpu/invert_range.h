@@ -4,16 +4,14 @@
 // share run in the best instruction-set build for this CPU (build_selection.h). Included by one translation
 // unit per dtype (invert_float.cpp, invert_double.cpp), which instantiates invert_batch for it.
 #pragma once
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "simd.h"  // first: its pragma covers the kernels' vector code
 #include "../kernels/per_matrix.h"
-#include "build_selection.h"
 #include "invert_batch.h"
+#include "shares.h"
 
 namespace neuinv {
 namespace cpu {
@@ -39,7 +37,7 @@ constexpr int kCompactMaxN = 8;  // above, one matrix at a time (a pack's workin
 // Matrices begin..end-1 of the batch, kLanes at a time in packs (fixed N <= kCompactMaxN) or one at a time.
 // Always inlined, like everything it calls, into the instruction-set build that runs it (build_selection.h).
 template <typename T, int N>
-NEUINV_HOST_DEVICE void invert_range(kernels::InvertArguments<T> batch, int64_t begin, int64_t end) {
+NEUINV_HOST_DEVICE void invert_range(void*, int64_t begin, int64_t end, kernels::InvertArguments<T> batch) {
   constexpr bool packed = N > 0 && N <= kCompactMaxN;
   constexpr int64_t step = packed ? kLanes : 1;
   const int64_t size = batch.n * batch.n;
@@ -55,16 +53,12 @@ NEUINV_HOST_DEVICE void invert_range(kernels::InvertArguments<T> batch, int64_t 
   }
 }
 
-// The batch split across threads in whole packs. The baseline build (CPUs without AVX2, build_selection.h)
-// takes the general N = 0 path for every n.
+// The batch split across threads in whole packs (shares.h). The baseline build (CPUs without AVX2,
+// build_selection.h) takes the general N = 0 path for every n.
 template <typename T, int N>
 void invert_sized_batch(const kernels::InvertArguments<T>& batch, int64_t b) {
   constexpr int64_t unit = N > 0 && N <= kCompactMaxN ? kLanes : 1;
-  at::parallel_for(0, (b + unit - 1) / unit, 16, [&](int64_t begin, int64_t end) {
-    IeeeMode ieee;
-    run_for_this_cpu<invert_range<T, N>, invert_range<T, kBaselineN<N>>>(batch, begin * unit,
-                                                                          std::min(end * unit, b));
-  });
+  run_in_shares<invert_range<T, N>, invert_range<T, kBaselineN<N>>>(b, unit, 16, 0, batch);
 }
 
 template <typename T>

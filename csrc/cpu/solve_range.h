@@ -4,42 +4,25 @@
 // the best instruction-set build for this CPU (build_selection.h). Included by one translation unit per dtype
 // (solve_float.cpp, solve_double.cpp), which instantiates solve_batch.h's functions for it.
 #pragma once
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
-#include <vector>
 
 #include "simd.h"  // first: its pragma covers the kernels' vector code
 #include "../kernels/solve.h"
-#include "build_selection.h"
 #include "invert_range.h"
+#include "shares.h"
 #include "solve_batch.h"
 
 namespace neuinv {
 namespace cpu {
 
-// A thread's workspace: `bytes` bytes aligned for a pack's aligned loads and stores.
-class Workspace {
- public:
-  explicit Workspace(int64_t bytes) : storage_(bytes + kAlignment) {}
-  void* data() {
-    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(storage_.data()) + kAlignment - 1) &
-                                   ~(kAlignment - 1));
-  }
-
- private:
-  static constexpr int64_t kAlignment = 64;
-  std::vector<char> storage_;
-};
-
 // Systems begin..end-1 from a given R, kLanes at a time in packs (V a pack) or one at a time (V = double), in the
 // workspace at `work`; always inlined into the instruction-set build that runs it (build_selection.h).
 template <typename T, int N, typename V>
-NEUINV_HOST_DEVICE void solve_from_inverse_range(const T* a, const T* rhs, const T* r, const double* eps,
-                                                 SolveStrides strides, T* x, double* bound, void* work, int64_t n,
-                                                 int64_t k, int64_t begin, int64_t end) {
+NEUINV_HOST_DEVICE void solve_from_inverse_range(void* work, int64_t begin, int64_t end, const T* a, const T* rhs,
+                                                 const T* r, const double* eps, SolveStrides strides, T* x,
+                                                 double* bound, int64_t n, int64_t k) {
   constexpr int64_t step = kernels::Arithmetic<V>::kLanes;
   const kernels::SystemStrides system_strides{strides.a, strides.b, strides.eps};
   for (int64_t m = begin; m < end; m += step) {
@@ -54,9 +37,9 @@ NEUINV_HOST_DEVICE void solve_from_inverse_range(const T* a, const T* rhs, const
 // in one pass (kernels::solve_with_exact_inverse), kLanes systems at a time for a fixed N <= kCompactMaxN (the
 // inversion's packs), one at a time otherwise; `work` holds solve_workspace(n, k) values of the pack, then its R.
 template <typename T, int N>
-NEUINV_HOST_DEVICE void solve_with_exact_inverse_range(const T* a, const T* rhs, int64_t b_stride, T* x,
-                                                       double* bound, void* work, int64_t n, int64_t k,
-                                                       bool positive_definite, int64_t begin, int64_t end) {
+NEUINV_HOST_DEVICE void solve_with_exact_inverse_range(void* work, int64_t begin, int64_t end, const T* a,
+                                                       const T* rhs, int64_t b_stride, T* x, double* bound,
+                                                       int64_t n, int64_t k, bool positive_definite) {
   constexpr bool packed = N > 0 && N <= kCompactMaxN;
   using VT = std::conditional_t<packed, typename kernels::PackOf<T>::type, T>;
   using VD = std::conditional_t<packed, kernels::PackDouble, double>;
@@ -78,45 +61,26 @@ inline int64_t solve_grain(int64_t unit, int64_t n, int64_t k) {
   return std::max<int64_t>(1, 4096 / std::max<int64_t>(1, unit * n * (n + k)));
 }
 
-template <typename T, int N>
-void solve_from_inverse_sized(const T* a, const T* rhs, const T* r, const double* eps, SolveStrides strides, T* x,
-                              double* bound, int64_t n, int64_t k, int64_t b) {
-  using V = std::conditional_t<(kSolveUnit<N> > 1), kernels::PackDouble, double>;
-  at::parallel_for(0, (b + kSolveUnit<N> - 1) / kSolveUnit<N>, solve_grain(kSolveUnit<N>, n, k),
-                   [&](int64_t begin, int64_t end) {
-    IeeeMode ieee;
-    Workspace work(kernels::solve_workspace(n, k) * sizeof(kernels::PackDouble));
-    run_for_this_cpu<solve_from_inverse_range<T, N, V>, solve_from_inverse_range<T, 0, double>>(
-        a, rhs, r, eps, strides, x, bound, work.data(), n, k, begin * kSolveUnit<N>,
-        std::min(end * kSolveUnit<N>, b));
-  });
-}
-
-template <typename T, int N>
-void solve_with_exact_inverse_sized(const T* a, const T* rhs, int64_t b_stride, T* x, double* bound, int64_t n,
-                                    int64_t k, bool positive_definite, int64_t b) {
-  at::parallel_for(0, (b + kSolveUnit<N> - 1) / kSolveUnit<N>, solve_grain(kSolveUnit<N>, n, k),
-                   [&](int64_t begin, int64_t end) {
-    IeeeMode ieee;
-    Workspace work(kernels::solve_workspace(n, k) * sizeof(kernels::PackDouble) +
-                   kernels::exact_inverse_workspace<kernels::PackDouble>(n) * sizeof(T));
-    run_for_this_cpu<solve_with_exact_inverse_range<T, N>, solve_with_exact_inverse_range<T, kBaselineN<N>>>(
-        a, rhs, b_stride, x, bound, work.data(), n, k, positive_definite, begin * kSolveUnit<N>,
-        std::min(end * kSolveUnit<N>, b));
-  });
-}
-
 template <typename T>
 void solve_batch_from_inverse(const T* a, const T* rhs, const T* r, const double* eps, SolveStrides strides, T* x,
                               double* bound, int64_t n, int64_t k, int64_t b) {
-  NEUINV_DISPATCH_SIZE(n, [&] { solve_from_inverse_sized<T, N>(a, rhs, r, eps, strides, x, bound, n, k, b); });
+  NEUINV_DISPATCH_SIZE(n, [&] {
+    using V = std::conditional_t<(kSolveUnit<N> > 1), kernels::PackDouble, double>;
+    run_in_shares<solve_from_inverse_range<T, N, V>, solve_from_inverse_range<T, kBaselineN<N>, double>>(
+        b, kSolveUnit<N>, solve_grain(kSolveUnit<N>, n, k),
+        kernels::solve_workspace(n, k) * sizeof(kernels::PackDouble), a, rhs, r, eps, strides, x, bound, n, k);
+  });
 }
 
 template <typename T>
 void solve_batch_with_exact_inverse(const T* a, const T* rhs, int64_t b_stride, T* x, double* bound, int64_t n,
                                     int64_t k, bool positive_definite, int64_t b) {
   NEUINV_DISPATCH_SIZE(n, [&] {
-    solve_with_exact_inverse_sized<T, N>(a, rhs, b_stride, x, bound, n, k, positive_definite, b);
+    const int64_t bytes = kernels::solve_workspace(n, k) * sizeof(kernels::PackDouble) +
+                          kernels::exact_inverse_workspace<kernels::PackDouble>(n) * sizeof(T);
+    run_in_shares<solve_with_exact_inverse_range<T, N>, solve_with_exact_inverse_range<T, kBaselineN<N>>>(
+        b, kSolveUnit<N>, solve_grain(kSolveUnit<N>, n, k), bytes, a, rhs, b_stride, x, bound, n, k,
+        positive_definite);
   });
 }
 
