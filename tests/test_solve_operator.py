@@ -364,14 +364,14 @@ def test_without_R_matrices_above_64_are_refused(dtype):
     assert torch.equal(X, torch.ones(1, 65, 1, dtype=dtype)) and float(bound) < 1e-5
 
 
-def _pack_batch(dtype, n, positive_definite):
+def _pack_batch(dtype, n, k, positive_definite):
     """27 systems (three packs of 8 and a tail of 3 for n <= 8): conditioned (or SPD) matrices with, at 5, one whose
     inverse overflows the dtype (A = 2^-e C, C's inverse with entries near 2^9 or 2^12: for float32 only the
     rounding of the double result overflows), at 9 one whose solution overflows it (A = 2^-100 I, B = 2^30 for
     float32; 2^-1000 I and 2^30 for float64), at 11 a zero one, at 20 a NaN. The first two packs have no NaN
     member, so every lane of theirs takes the kernels' common branch (a whole pack stored at once)."""
     A = _spd(27, n, dtype, seed=n) if positive_definite else conditioned_matrices(27, n, 1e3, dtype, seed=n)
-    B = right_hand_sides(27, n, 2, dtype, seed=n)
+    B = right_hand_sides(27, n, k, dtype, seed=n)
     if n >= 2:
         spread = 2.0 ** (-9 if dtype == torch.float32 else -12)
         C = torch.eye(n, dtype=torch.float64)
@@ -386,13 +386,15 @@ def _pack_batch(dtype, n, positive_definite):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("positive_definite", [False, True], ids=["gen", "pos"])
-def test_results_do_not_depend_on_the_position_in_a_pack(dtype, n, positive_definite):
-    """The compact layout (csrc/cpu/simd.h: whole packs moved by vector loads, a transpose and vector stores; a
-    pack tail lane by lane): each system's X and bound from neuinv::invert and neuinv::solve (with and without R)
-    in a batch of 27 are, bit for bit, what the operator gives it alone; the overflowing, singular and NaN members
-    are not finite and have no bound, wherever they sit."""
-    A, B = _pack_batch(dtype, n, positive_definite)
+def test_results_do_not_depend_on_the_position_in_a_pack(dtype, n, k, positive_definite):
+    """The compact layout (csrc/cpu/simd.h): groups of 8 entries per lane moved by vector loads, a transpose and
+    vector stores, the entries after the last whole group lane by lane, a pack tail lane by lane; k = 1 and 3 give
+    B and X blocks of both kinds. Each system's X and bound from neuinv::invert and neuinv::solve (with and without
+    R) in a batch of 27 are, bit for bit, what the operator gives it alone; the overflowing, singular and NaN
+    members are not finite and have no bound, wherever they sit."""
+    A, B = _pack_batch(dtype, n, k, positive_definite)
     X, bound = _compiled_exact_inverse(A, positive_definite)
     X_solve, bound_solve = torch.ops.neuinv.solve(A, B, None, None, positive_definite)
     X_with_R, bound_with_R = torch.ops.neuinv.solve(A, B, X, bound)
