@@ -39,11 +39,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEFAULT_OUT = ROOT / "docs" / "img"
 DEFAULT_FILES = [RESULTS / name for name in (
-    "throughput-cpu-2026-12-06-per-matrix-kernels.json",  # README and benchmarks: speed and roofline on the CPU
+    "throughput-cpu-2026-12-06-compact-layout.json",     # README and benchmarks: speed and roofline on the CPU
     "throughput-cuda-h100-float32.json",               # benchmarks: the H100
     "certificate-cpu.json",                            # certificate: bound against true error
     "tightness-cpu-2026-12-06b.json",                  # certificate: how tight, per family
-    "solve-cpu-2026-12-06b.json",                      # benchmarks: the solve and the SPD solve
+    "solve-cpu-2026-12-06c.json",                      # benchmarks: the solve and the SPD solve
 )]
 
 BASELINE = "torch.linalg.inv"

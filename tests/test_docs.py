@@ -180,8 +180,8 @@ def test_each_benchmark_file_gives_the_figure_of_its_kind(tmp_path):
     spec = importlib.util.spec_from_file_location("plots", ROOT / "bench" / "plots.py")
     plots = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plots)
-    written = plots.figures(ROOT / "bench" / "results" / "solve-cpu-2026-12-06b.json", tmp_path)
-    assert [path.name for path in written] == ["solve-cpu-2026-12-06b-solve.png"] and written[0].stat().st_size > 0
-    written = plots.figures(ROOT / "bench" / "results" / "throughput-cpu-2026-12-06-per-matrix-kernels.json", tmp_path)
-    assert sorted(path.name for path in written) == ["throughput-cpu-2026-12-06-per-matrix-kernels-roofline.png",
-                                                    "throughput-cpu-2026-12-06-per-matrix-kernels-speed.png"]
+    written = plots.figures(ROOT / "bench" / "results" / "solve-cpu-2026-12-06c.json", tmp_path)
+    assert [path.name for path in written] == ["solve-cpu-2026-12-06c-solve.png"] and written[0].stat().st_size > 0
+    written = plots.figures(ROOT / "bench" / "results" / "throughput-cpu-2026-12-06-compact-layout.json", tmp_path)
+    assert sorted(path.name for path in written) == ["throughput-cpu-2026-12-06-compact-layout-roofline.png",
+                                                    "throughput-cpu-2026-12-06-compact-layout-speed.png"]
