@@ -90,7 +90,7 @@ def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None,
     the largest |entry| of the inverse (of the solution, given the right-hand side (n, k)) where that overflows the
     matrix's dtype. span: (log10 of the smallest, of the largest) nonzero |entry| of the solution where they lie
     too far apart for the equilibrated solve to scale the right-hand side exactly
-    (:func:`neuinv.reference.scaled_right_hand_sides`)."""
+    (:func:`neuinv.reference.scaled_right_hand_sides`), which holds no subnormal entry."""
     A_s, X_s, p, q, accepted = reference.equilibrated_inverse(matrix[None], positive_definite)
     if not bool(accepted.all()) or not bool(torch.isfinite(certificate.scaled_error_bound(A_s, X_s)).all()):
         return None, None
@@ -106,7 +106,8 @@ def _overflow(matrix: torch.Tensor, rhs: torch.Tensor | None,
     largest = float(magnitude.amax())
     if largest > math.log10(torch.finfo(matrix.dtype).max):
         return largest, None
-    return None, (None if exact else (float(magnitude.amin()), largest))
+    spans = not exact and not bool(certificate.has_subnormal(rhs[None]))  # not a subnormal entry's own loss
+    return None, ((float(magnitude.amin()), largest) if spans else None)
 
 
 def failure_error(function: str, index: tuple[int, ...], non_finite: bool, error_bound: float, failed: int,
