@@ -150,8 +150,8 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         neuinv.ArgumentDtypeError: (a ``TypeError`` and a ``RuntimeError``, torch's class) A's dtype is
             not one of the above, or init's or an output's differs from what is expected.
         neuinv.ArgumentValueError: (a ``ValueError`` and a ``RuntimeError``) a shape that is not (*, n, n), A
-            on the meta device (no values to certify), init or an output of the wrong shape or device, an output that overlaps an input or another output, an
-            option out of range.
+            on the meta device (no values to certify), init or an output of the wrong shape or device, an output
+            that overlaps an input or another output, an option out of range.
 
     Examples:
         >>> A = torch.randn(1000, 8, 8, dtype=torch.float64) + 8 * torch.eye(8, dtype=torch.float64)

@@ -257,7 +257,7 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
     if X.numel():
         X, bound = _second_stage(A_b, B_b, X, bound, positive_definite)
     if R is None and X.numel():
-        X, bound = _from_the_inverse_where_refused(A_b, B_b, X, bound, backend, options)
+        X, bound = _from_the_inverse_where_refused(A_b, B_b, X, bound, options)
     verdict = certified(bound, options.max_error)
     X = torch.where(verdict[:, None, None], X, torch.full_like(X, math.nan))
     X, verdict, bound = X.reshape(*batch, n, k), verdict.reshape(batch), bound.reshape(batch)
@@ -267,23 +267,25 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
     return X, verdict, bound, iterations, fallback, R
 
 
-def _from_the_inverse_where_refused(A, B, X, bound, backend, options: CallOptions):
+def _from_the_inverse_where_refused(A, B, X, bound, options: CallOptions):
     """The systems (flat A (b, n, n), B, X (b, n, k)) that the one pass without R and the solve's second stage left
-    uncertified, solved as batched_solve_ex solves them: the inverse first (with its own second stage), then the
-    solve from it, and that solve's second stage; kept where its bound is smaller. So batched_solve certifies every
-    system batched_solve_ex certifies. (X, bound), the inputs themselves where every system is certified."""
+    uncertified, solved again as batched_solve_ex solves them (:func:`_solve_detached` with the inverse first, its
+    own second stage, the solve from it and that solve's second stage); kept where its bound is smaller. So
+    batched_solve certifies every system batched_solve_ex certifies. (X, bound), the inputs themselves where every
+    system is certified."""
     refused = ~certified(bound, options.max_error)
     if not bool(refused.any()):
         return X, bound
     index = refused.nonzero().squeeze(1)
-    compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
-    A_i, B_i = A[index], B[index]
-    R, inverse_info = invert(A_i.to(compute), None, dataclasses.replace(options, max_error=None))
-    X_i, bound_i = backend.solve(A_i, B_i, R, inverse_info.error_bound)
-    X_i, bound_i = _second_stage(A_i, B_i, X_i, bound_i, options.assume_a == "pos")
-    better = bound_i < bound[index]
-    X_i = torch.where(better[:, None, None], X_i, X[index])
-    return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_i, bound[index]))
+    X_new, _, bound_new, *_ = _solve_detached(A[index], B[index], None, options, raise_failures=False)
+    return _kept_where_tighter(X, bound, index, X_new, bound_new)
+
+
+def _kept_where_tighter(X, bound, index, X_new, bound_new):
+    """X and bound with the systems at `index` replaced by X_new and bound_new where bound_new is the smaller."""
+    better = bound_new < bound[index]
+    X_i = torch.where(better[:, None, None], X_new, X[index])
+    return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_new, bound[index]))
 
 
 def _second_stage(A, B, X, bound, positive_definite):
@@ -297,9 +299,7 @@ def _second_stage(A, B, X, bound, positive_definite):
     if index is None:
         return X, bound
     X_new, bound_new = reference.scaled_solve(A[index], B[index], positive_definite)
-    better = bound_new < bound[index]
-    X_i = torch.where(better[:, None, None], X_new, X[index])
-    return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_new, bound[index]))
+    return _kept_where_tighter(X, bound, index, X_new, bound_new)
 
 
 @torch.library.custom_op("neuinv::second_stage_solve", mutates_args=())

@@ -11,8 +11,8 @@ from .pipeline import invert_or_raise
 def transformed(*tensors) -> bool:
     """Whether a tensor needs the autograd.Function: it requires a gradient (with grad mode on), it carries a
     forward-mode tangent (``torch.autograd.forward_ad.make_dual``), or a torch.func transform (vmap, grad, jvp)
-    wraps it. Under torch.compile always (dynamo traces the Function; it cannot ask
-    functorch whether a tensor is wrapped)."""
+    wraps it. Under torch.compile always (dynamo traces the Function; it cannot ask functorch whether a tensor is
+    wrapped)."""
     if torch.compiler.is_compiling():
         return True
     for tensor in tensors:

@@ -287,14 +287,12 @@ NEUINV_HOST_DEVICE void load_lanes(const S* matrices, int count, V* m, int64_t n
   const int64_t n = N > 0 ? N : n_runtime;
   const S* sources[Ar::kLanes];
   for (int l = 0; l < count; ++l) sources[l] = matrices + l * n * n;
+  S identity[Ar::kLanes > 1 ? kRoom<N> : 1];  // packs only: the pack's lanes beyond count
   if constexpr (Ar::kLanes > 1) {
-    S identity[kRoom<N>];
     for (int64_t e = 0; e < n * n; ++e) identity[e] = static_cast<S>(e % (n + 1) == 0 ? 1 : 0);
     for (int l = count; l < Ar::kLanes; ++l) sources[l] = identity;
-    Ar::interleave(sources, n * n, m);
-  } else {
-    Ar::interleave(sources, n * n, m);
   }
+  Ar::interleave(sources, n * n, m);
 }
 
 // X = round_T(X_w) (X_w's entries given by entry(e)) and its bound; NaN and +inf where the bound is +inf or an
