@@ -14,7 +14,9 @@ Each JSON file is recognised by its rows:
   family and dtype (FILE-tightness.png);
 - solve (bench/solve.py: rows with group, method, n, dtype, seconds): speed relative to torch.linalg.solve against
   n, one panel per dtype and number of right-hand sides, and the SPD solve relative to torch.cholesky_solve
-  (FILE-solve.png).
+  (FILE-solve.png);
+- per call (bench/per_call.py: rows with group, method, n, dtype, us_per_call): the time of one call on one small
+  matrix, neuinv's split into its operator and the Python around it, beside torch's (FILE-per-call.png).
 
 Every caption names the machine, the date, the torch version and the commit as the JSON records them; where the
 JSON does not record one, the caption says so and names the commit that last changed the file instead. Nothing is
@@ -42,8 +44,9 @@ DEFAULT_FILES = [RESULTS / name for name in (
     "throughput-cpu-2026-12-06-compact-layout.json",     # README and benchmarks: speed and roofline on the CPU
     "throughput-cuda-h100-float32.json",               # benchmarks: the H100
     "certificate-cpu.json",                            # certificate: bound against true error
-    "tightness-cpu-2026-12-06b.json",                  # certificate: how tight, per family
+    "tightness-cpu-2026-12-06c.json",                  # certificate: how tight, per family
     "solve-cpu-2026-12-06c.json",                      # benchmarks: the solve and the SPD solve
+    "per-call-cpu-2026-12-06.json",                    # benchmarks: one call on one small matrix, layer by layer
 )]
 
 BASELINE = "torch.linalg.inv"
@@ -104,6 +107,8 @@ def kind(data: dict) -> str | None:
     if not rows or not isinstance(rows[0], dict):
         return None
     keys = set(rows[0])
+    if {"group", "method", "n", "dtype", "us_per_call"} <= keys:
+        return "per_call"
     if {"group", "method", "n", "dtype", "seconds"} <= keys:
         return "solve"
     if {"method", "n", "dtype", "seconds"} <= keys:
@@ -121,6 +126,15 @@ def _n_axis(ax, ns) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticks(sorted(ns), [str(n) for n in sorted(ns)])
     ax.set_xlabel("n (matrices n × n)")
+
+
+def _shared_legend(fig, axes) -> None:
+    """One legend at the top of the figure with each label of its panels once."""
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles.keys()), loc="upper center", ncol=3, fontsize=8, frameon=False)
 
 
 def _finish(fig, caption: str, out: Path) -> Path:
@@ -305,11 +319,7 @@ def solve_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
             ax.set_title(f"{group}, {dtype}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
         row_axes[0].set_ylabel("speed relative to the baseline")
-    handles = {}
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            handles.setdefault(label, handle)
-    fig.legend(list(handles.values()), list(handles.keys()), loc="upper center", ncol=3, fontsize=8, frameon=False)
+    _shared_legend(fig, axes)
     batches = sorted({(r["n"], r["batch"]) for r in rows})
     sizes = ", ".join(f"n={n}: {b:,}" for n, b in batches)
     threads = f"{data['threads']} torch thread(s); " if data.get("threads") else ""
@@ -318,6 +328,51 @@ def solve_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
     caption = (f"{provenance(data, path)}\n{threads}systems per call {sizes}; median time per call, baselines in the "
                "same run")
     return [_finish(fig, caption, out_dir / f"{path.stem}-solve.png")]
+
+
+PER_CALL_OPERATORS = {  # the operators each neuinv call makes, as bench/per_call.py times them alone
+    "neuinv.batched_inverse": ("operator neuinv::invert",),
+    "neuinv.batched_inverse_ex": ("operator neuinv::invert",),
+    "neuinv.batched_solve": ("operator neuinv::solve",),
+    "neuinv.batched_solve_ex": ("operator neuinv::invert", "operator neuinv::solve from R"),
+}
+
+
+def per_call_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
+    """One horizontal bar per call, per dtype (columns) and n (rows): torch's in grey; neuinv's split into the
+    operators it calls (their dispatch, outputs and kernels, timed alone in the same run) and the Python around
+    them."""
+    rows = data["rows"]
+    dtypes = [d for d in ("float32", "float64") if any(r["dtype"] == d for r in rows)]
+    ns = sorted({r["n"] for r in rows})
+    fig, axes = plt.subplots(len(ns), len(dtypes), figsize=(5.2 * len(dtypes), 3.2 * len(ns) + 1.0), sharex=True,
+                             squeeze=False)
+    for row_axes, n in zip(axes, ns):
+        for ax, dtype in zip(row_axes, dtypes):
+            mine = [r for r in rows if r["n"] == n and r["dtype"] == dtype]
+            alone = {r["method"]: r["us_per_call"] for r in mine}
+            drawn = [r for r in mine if not r["method"].startswith("operator")]
+            for y, r in enumerate(drawn):
+                total = r["us_per_call"]
+                if r["method"] in PER_CALL_OPERATORS:
+                    inner = min(sum(alone[name] for name in PER_CALL_OPERATORS[r["method"]]), total)
+                    ax.barh(y, inner, color="C0", label="neuinv: its operators (dispatch, outputs, kernels)")
+                    ax.barh(y, total - inner, left=inner, color="C9", label="neuinv: Python around them")
+                else:
+                    ax.barh(y, total, color="0.6", label="torch")
+                ax.annotate(f"{total:.1f} µs", (total, y), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=7)
+            ax.set_yticks(range(len(drawn)), [r["method"] for r in drawn], fontsize=8)
+            ax.invert_yaxis()
+            ax.set_title(f"one {n} × {n} matrix, {dtype}", fontsize=9)
+            ax.grid(True, axis="x", alpha=0.3)
+        row_axes[0].set_xlabel("µs per call")
+    _shared_legend(fig, axes)
+    threads = f"{data['threads']} torch thread(s); " if data.get("threads") else ""
+    fig.subplots_adjust(top=1 - 0.7 / fig.get_figheight(), bottom=1.0 / fig.get_figheight(), left=0.2, right=0.97,
+                        wspace=0.55, hspace=0.35)
+    caption = f"{provenance(data, path)}\n{threads}median over rounds of the mean time of many calls"
+    return [_finish(fig, caption, out_dir / f"{path.stem}-per-call.png")]
 
 
 def figures(path: Path, out_dir: Path) -> list[Path]:
@@ -331,6 +386,8 @@ def figures(path: Path, out_dir: Path) -> list[Path]:
         return tightness_figure(data, path, out_dir)
     if found == "solve":
         return solve_figure(data, path, out_dir)
+    if found == "per_call":
+        return per_call_figure(data, path, out_dir)
     return []
 
 
@@ -345,7 +402,8 @@ def main(argv=None) -> int:
         for png in written:
             print(png.relative_to(ROOT) if png.is_relative_to(ROOT) else png)
         if not written:
-            print(f"{path}: no figure (not a throughput, certificate, tightness or solve result)", file=sys.stderr)
+            print(f"{path}: no figure (not a throughput, certificate, tightness, solve or per-call result)",
+                  file=sys.stderr)
     return 0
 
 

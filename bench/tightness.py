@@ -231,8 +231,17 @@ def git_commit() -> str:
 
 # ---------------------------------------------------------------- speed of the exact path, old against new
 
-SPEED_CASES = [(4, 200_000), (8, 50_000), (32, 2_000)]
-SPEED_DTYPES = ("float32", "float64")
+SPEED_CASES = [  # (n, batch, cond, dtypes, backend)
+    (4, 200_000, 10.0, ("float32", "float64"), "auto"),
+    (8, 50_000, 10.0, ("float32", "float64"), "auto"),
+    (32, 2_000, 10.0, ("float32", "float64"), "auto"),
+    (8, 20_000, 1e10, ("float64",), "auto"),  # Dot2 evaluates every residual, and the product form runs
+    (8, 20_000, 1e3, ("float32", "complex64"), "torch"),  # the torch path's product form for single precision
+]
+
+
+def speed_key(n: int, dname: str, cond: float, backend: str) -> str:
+    return f"{n}/{dname}/{cond:g}/{backend}"
 
 
 def speed_worker(repeats: int) -> None:
@@ -240,16 +249,16 @@ def speed_worker(repeats: int) -> None:
     torch.set_num_threads(1)
     from neuinv.testing import conditioned_matrices
     out = {"file": neuinv.__file__, "compiled": bool(neuinv.available_backends()["cpp"].available)}
-    for n, batch in SPEED_CASES:
-        for dname in SPEED_DTYPES:
-            A = conditioned_matrices(batch, n, 10.0, DTYPES[dname], seed=n)
-            neuinv.batched_inverse_ex(A)  # warm up (and load the compiled kernels)
+    for n, batch, cond, dnames, backend in SPEED_CASES:
+        for dname in dnames:
+            A = conditioned_matrices(batch, n, cond, DTYPES[dname], seed=n)
+            neuinv.batched_inverse_ex(A, backend=backend)  # warm up (and load the compiled kernels)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                neuinv.batched_inverse_ex(A)
+                neuinv.batched_inverse_ex(A, backend=backend)
                 times.append(time.perf_counter() - start)
-            out[f"{n}/{dname}"] = min(times)
+            out[speed_key(n, dname, cond, backend)] = min(times)
     print(json.dumps(out))
 
 
@@ -273,20 +282,22 @@ def speed(old: str, rounds: int, repeats: int) -> dict:
             samples[version].append(result)
             print(f"  round {r + 1} {version}", file=sys.stderr, flush=True)
     rows = []
-    for n, batch in SPEED_CASES:
-        for dname in SPEED_DTYPES:
-            key = f"{n}/{dname}"
+    for n, batch, cond, dnames, backend in SPEED_CASES:
+        for dname in dnames:
+            key = speed_key(n, dname, cond, backend)
             o = statistics.median(s[key] for s in samples["old"])
             w = statistics.median(s[key] for s in samples["new"])
-            rows.append(dict(n=n, dtype=dname, batch=batch, old_ms=1e3 * o, new_ms=1e3 * w, new_over_old=w / o))
+            rows.append(dict(n=n, dtype=dname, batch=batch, cond=cond, backend=backend, old_ms=1e3 * o,
+                             new_ms=1e3 * w, new_over_old=w / o))
     return dict(rounds=rounds, repeats_per_round=repeats, old=old, rows=rows)
 
 
 def speed_markdown(result: dict) -> str:
-    lines = ["| n | dtype | batch | before, ms | after, ms | after / before |", "|---:|---|---:|---:|---:|---:|"]
+    lines = ["| n | dtype | batch | cond | backend | before, ms | after, ms | after / before |",
+             "|---:|---|---:|---:|---|---:|---:|---:|"]
     for r in result["rows"]:
-        lines.append(f"| {r['n']} | {r['dtype']} | {r['batch']} | {r['old_ms']:.2f} | {r['new_ms']:.2f} | "
-                     f"{r['new_over_old']:.2f}× |")
+        lines.append(f"| {r['n']} | {r['dtype']} | {r['batch']} | {r['cond']:g} | {r['backend']} | "
+                     f"{r['old_ms']:.2f} | {r['new_ms']:.2f} | {r['new_over_old']:.2f}× |")
     return "\n".join(lines)
 
 
@@ -300,7 +311,7 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--speed", action="store_true", help="time the exact path against the --old checkout")
-    parser.add_argument("--old", default="/tmp/old", help="checkout of the code before the second stage")
+    parser.add_argument("--old", default="/tmp/old", help="checkout of the code to compare with")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="timings per case in each process (best kept)")
     parser.add_argument("--speed-worker", type=int, help=argparse.SUPPRESS)

@@ -75,9 +75,10 @@ NEUINV_HOST_DEVICE void two_sum(double a, double b, double& s, double& e) {
 }
 
 // ||fl(I - A X)||_F with each entry by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by FMA; the
-// terms are added in the order of certificate._dot2_residual. Row-major n x n matrices (N: n if fixed, else 0).
+// terms are added in the order of certificate._dot2_residual. Row-major n x n matrices (N: n if fixed, else 0);
+// the entries of fl(I - A X) are written to `entries` (n x n, row-major).
 template <int N, typename Ta, typename Tx>
-NEUINV_HOST_DEVICE double compensated_residual_norm(const Ta* a, const Tx* x, int64_t n_runtime) {
+NEUINV_HOST_DEVICE double compensated_residual_norm(const Ta* a, const Tx* x, int64_t n_runtime, double* entries) {
   const int64_t n = N > 0 ? N : n_runtime;
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) {
@@ -91,6 +92,7 @@ NEUINV_HOST_DEVICE double compensated_residual_norm(const Ta* a, const Tx* x, in
         correction += sum_error + product_error;
       }
       const double entry = total + correction;
+      entries[i * n + j] = entry;
       sum += entry * entry;
     }
   }
@@ -114,18 +116,6 @@ NEUINV_HOST_DEVICE double residual_norm_in_double(const Ta* a, const Tx* x, int6
 
 // Whether the certificate re-evaluates r by Dot2: the a-priori term g s dominates r and is not small.
 NEUINV_HOST_DEVICE bool needs_dot2(double r, double g_s) { return g_s > r && r + g_s > kDot2Threshold; }
-
-// rho >= ||I - A X||_F (certificate.residual_bound) from the plain r = ||fl(I - A X)||_F in double and
-// s >= ||I + |A||X|||_F; where the a-priori term dominates and is not small, r is re-evaluated by Dot2.
-template <int N, typename Ta, typename Tx>
-NEUINV_HOST_DEVICE double residual_bound_from(const Ta* a, const Tx* x, double r, double s, int64_t n) {
-  const double g = gamma_of(n + 1);
-  if (needs_dot2(r, g * s)) {
-    const double r_dot2 = compensated_residual_norm<N>(a, x, n) / (1 - kUnit);
-    return rho_from(r_dot2, sqrt(2.0) * g * g * s, n);
-  }
-  return rho_from(r, g * s, n);
-}
 
 // certificate.certified_or_inf: a bound below 1, else +inf (NaN included).
 template <typename D>
@@ -210,7 +200,7 @@ NEUINV_HOST_DEVICE bool plain_norms_suffice(double a_squared, double x_squared) 
 }
 
 // ||A||_F ||X||_F as ||2^-e A||_F ||2^e X||_F in double, 2^e the power of two nearest max |a_ij|
-// (certificate.scaled_norm_product: exact scaling, so no overflow and the same result for A and 2^k A).
+// (as certificate._evaluated_residual: exact scaling, so no overflow and the same result for A and 2^k A).
 template <typename Ta, typename Tx>
 NEUINV_HOST_DEVICE double scaled_norm_product(const Ta* a, const Tx* x, int64_t count) {
   const double a_plain = scaled_sum_of_squares(a, count, 1.0, 1.0);
@@ -224,13 +214,64 @@ NEUINV_HOST_DEVICE double scaled_norm_product(const Ta* a, const Tx* x, int64_t 
          sqrt(scaled_sum_of_squares(x, count, up.first, up.second));
 }
 
+// certificate.product_error_bound where R^ is Dot2's (entries r_hat, accurate to u |R| + g_k^2 (I + |A||X|)
+// entrywise): e = ||X R||_F / (1 - rho) with ||X R||_F <= ||fl(X R^)||_F + g ||X||_F ||R^||_F + ||X||_F spread,
+// the bound e / (||X||_F - e) on ||X - A^-1||_F / ||A^-1||_F; +inf where it cannot be evaluated.
+// X is taken as 2^e X, 2^e the power of two nearest A's largest entry (exact barring underflow; the relative
+// error is unchanged), as certificate.product_error_bound does, so that the bound does not depend on A's scale.
+template <int N, typename Ta, typename Tx>
+NEUINV_HOST_DEVICE double product_error_bound(const Ta* a, const Tx* x, const double* r_hat, double rho,
+                                              double spread, int64_t n_runtime) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  const double c = 4.0 * (n * n + n + 4), g = gamma_of(n + 1);
+  double m = 0.0;
+  for (int64_t e = 0; e < n * n; ++e) m = fmax(m, fabs(static_cast<double>(a[e])));
+  const PowerOfTwoScale up(frexp_exponent(m));
+  double product_sum = 0.0, x_sum = 0.0, r_sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      double entry = 0.0;
+      for (int64_t k = 0; k < n; ++k) {
+        entry += static_cast<double>(x[i * n + k]) * up.first * up.second * r_hat[k * n + j];
+      }
+      const double x_entry = static_cast<double>(x[i * n + j]) * up.first * up.second;
+      product_sum += entry * entry;
+      x_sum += x_entry * x_entry;
+      r_sum += r_hat[i * n + j] * r_hat[i * n + j];
+    }
+  }
+  const double x_norm = sqrt(x_sum);
+  const double xr = (sqrt(product_sum) + g * x_norm * sqrt(r_sum)) * (1 + c * kUnit) +
+                    x_norm * (1 + c * kUnit) * spread + n * n * kDoubleMin;
+  const double e = xr / (1 - rho), x_low = x_norm * (1 - c * kUnit) - 2.0 * n * 0x1p-511;
+  return rho < 1 && e < x_low ? e / (x_low - e) : kInfinity;
+}
+
+// A bound on ||X - A^-1||_F / ||A^-1||_F (certificate.product_error_bound): rho >= ||I - A X||_F
+// (certificate.residual_bound) from the plain r = ||fl(I - A X)||_F in double and s >= ||I + |A||X|||_F; where
+// the a-priori term dominates and is not small, r is re-evaluated by Dot2 and the product form, tight there, is
+// kept where it is the smaller.
+template <int N, typename Ta, typename Tx>
+NEUINV_HOST_DEVICE double error_bound_from(const Ta* a, const Tx* x, double r, double s, int64_t n) {
+  const double g = gamma_of(n + 1);
+  if (needs_dot2(r, g * s)) {
+    double r_hat[N > 0 ? N * N : 64 * 64];
+    const double r_dot2 = compensated_residual_norm<N>(a, x, n, r_hat) / (1 - kUnit);
+    const double rounding = sqrt(2.0) * g * g * s, rho = rho_from(r_dot2, rounding, n);
+    const double spread = kUnit * rho + rho_from(0.0, rounding, n);
+    const double product = product_error_bound<N>(a, x, r_hat, rho, spread, n);
+    return product < rho ? product : rho;
+  }
+  return rho_from(r, g * s, n);
+}
+
 // certificate.error_bound of X as stored in T (a Newton-Schulz result, or any X), given r = ||fl(I - A X)||_F
 // evaluated in double: float32 products are exact in double, so the plain bound holds with g = gamma_{n+1};
 // float64 escalates to Dot2 where that term dominates.
 template <int N, typename T, typename Tx>
 NEUINV_HOST_DEVICE double stored_error_bound(const T* a, const Tx* x, double r, int64_t n) {
   const double s = sqrt(static_cast<double>(n)) + scaled_norm_product(a, x, n * n);
-  const double rho = std::is_same_v<T, double> ? residual_bound_from<N>(a, x, r, s, n)
+  const double rho = std::is_same_v<T, double> ? error_bound_from<N>(a, x, r, s, n)
                                                : rho_from(r, gamma_of(n + 1) * s, n);
   return certified_or_inf(rho);
 }

@@ -143,7 +143,7 @@ def _error_bound(a, x, rows, cols, N: tl.constexpr, USE_DOT: tl.constexpr, IS_F6
     x_w = x.to(tl.float64)
     eye = ((rows[:, None] == cols[None, :]) & (rows[:, None] < N)).to(tl.float64)
     r = _frobenius(eye[None, :, :] - _batched_matmul(a_w, x_w, USE_DOT))
-    # scaled_norm_product: 2^-e A and 2^e X, 2^e nearest max |a_ij| (frexp's exponent; 0 for a zero matrix)
+    # the norm product of certificate._evaluated_residual: 2^-e A and 2^e X, 2^e nearest max |a_ij| (frexp exponent)
     largest = tl.max(tl.max(tl.abs(a_w), axis=2), axis=1)
     subnormal = largest < SMALLEST_NORMAL64
     probe = tl.where(subnormal, largest * _f64(SUBNORMAL_LIFT), largest)  # exact: a normal number

@@ -3,7 +3,7 @@ A, init, the options and ``out=`` tensors, the views resolved on the way in and 
 out. Every entry point (:mod:`neuinv.inverse`, :mod:`neuinv.solve`, :mod:`neuinv.dask`) checks through these."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -20,11 +20,11 @@ COMPUTE_DTYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32}
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128) + HALF_DTYPES
 
 
-@dataclass(frozen=True)
-class CallOptions:
+class CallOptions(NamedTuple):
     """The options of one call of :func:`neuinv.batched_inverse_ex` (and of the solve, which has no ``model``), as
     given (None: the default); their meaning is documented there, their checks are :func:`check_arguments`. The
-    initial guess ``init`` is a tensor and travels beside A, not here."""
+    initial guess ``init`` is a tensor and travels beside A, not here. A named tuple: cheap to build on every
+    call."""
 
     model: object = None
     tol: float | None = None
@@ -40,23 +40,39 @@ def check_arguments(A, init, options: CallOptions) -> None:
     model, tol, max_iter, max_error = options.model, options.tol, options.max_iter, options.max_error
     if not isinstance(A, torch.Tensor):
         raise TypeError(f"A must be a torch.Tensor, got {type(A).__name__}")
-    if A.dim() < 2:
-        raise ArgumentValueError(f"A must have shape (*, n, n); got a {A.dim()}-D tensor of shape {tuple(A.shape)}")
-    if A.shape[-1] != A.shape[-2]:
-        raise ArgumentValueError(f"A must hold square matrices (*, n, n); got shape {tuple(A.shape)}")
+    shape = A.shape
+    if len(shape) < 2:
+        raise ArgumentValueError(f"A must have shape (*, n, n); got a {len(shape)}-D tensor of shape {tuple(shape)}")
+    if shape[-1] != shape[-2]:
+        raise ArgumentValueError(f"A must hold square matrices (*, n, n); got shape {tuple(shape)}")
     if A.dtype not in SUPPORTED_DTYPES:
         raise ArgumentDtypeError(f"A must be float32, float64, complex64, complex128, float16 or bfloat16; "
                                  f"got {A.dtype}")
-    if A.device.type == "meta":
+    if A.is_meta:
         raise ArgumentValueError("A is a meta tensor: it holds no values, and neuinv inverts and certifies each "
                                  "matrix's values (torch.compile traces neuinv with fake tensors)")
     if options.assume_a not in ASSUME_A:
         raise ArgumentValueError(f"assume_a must be one of {ASSUME_A} (scipy's names), got {options.assume_a!r}")
-    if init is not None and model is not None:
-        raise ArgumentValueError("give an initial guess by init or by model, not both")
     if options.method not in METHODS:
         raise ArgumentValueError(f"method must be one of {METHODS}, got {options.method!r}")
-    if options.method == "exact" and (init is not None or model is not None):
+    if init is not None or model is not None:
+        _check_guess(A, init, options)
+    if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf")):
+        raise ArgumentValueError(f"tol must be a positive finite number, got {tol!r}")
+    if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool)
+                                     and 0 <= max_iter <= MAX_ITERATIONS):
+        raise ArgumentValueError(f"max_iter must be an int in [0, {MAX_ITERATIONS}], got {max_iter!r}")
+    if max_error is not None and not (isinstance(max_error, (int, float)) and not isinstance(max_error, bool)
+                                      and 0 <= max_error < 1):
+        raise ArgumentValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")
+
+
+def _check_guess(A, init, options: CallOptions) -> None:
+    """The initial guess of a call, given by init or by a model (one of them is not None)."""
+    model = options.model
+    if init is not None and model is not None:
+        raise ArgumentValueError("give an initial guess by init or by model, not both")
+    if options.method == "exact":
         raise ArgumentValueError("method='exact' uses no initial guess; drop init/model or use method='newton_schulz'")
     if init is not None:
         if not isinstance(init, torch.Tensor):
@@ -74,14 +90,6 @@ def check_arguments(A, init, options: CallOptions) -> None:
         if model_n is not None and model_n != A.shape[-1]:
             raise ArgumentValueError(f"model was built for {model_n}x{model_n} matrices, but A holds "
                                      f"{A.shape[-1]}x{A.shape[-1]} matrices")
-    if tol is not None and not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and 0 < tol < float("inf")):
-        raise ArgumentValueError(f"tol must be a positive finite number, got {tol!r}")
-    if max_iter is not None and not (isinstance(max_iter, int) and not isinstance(max_iter, bool)
-                                     and 0 <= max_iter <= MAX_ITERATIONS):
-        raise ArgumentValueError(f"max_iter must be an int in [0, {MAX_ITERATIONS}], got {max_iter!r}")
-    if max_error is not None and not (isinstance(max_error, (int, float)) and not isinstance(max_error, bool)
-                                      and 0 <= max_error < 1):
-        raise ArgumentValueError(f"max_error must be a number in [0, 1) (a relative error), got {max_error!r}")
 
 
 def check_flag(value, name: str) -> None:
@@ -139,8 +147,8 @@ def resolved(tensor: torch.Tensor | None) -> torch.Tensor | None:
     """A tensor with its conjugate and negative bits resolved (a new tensor holding the values the view reads; the
     tensor itself where neither bit is set), differentiable: what every entry point computes on, once, so that no
     kernel or certificate meets a lazy view. The user's tensor is never modified."""
-    if tensor is None:
-        return None
+    if tensor is None or not (torch.compiler.is_compiling() or tensor.is_conj() or tensor.is_neg()):
+        return tensor  # (dynamo cannot read the bits: under torch.compile the resolves are traced)
     return torch.resolve_neg(torch.resolve_conj(tensor))
 
 

@@ -231,6 +231,7 @@ REGISTRY = {
 BACKEND_NAMES = tuple(REGISTRY)
 AUTO_ORDER = {"cuda": ("cuda", "triton"), "cpu": ("cpp",)}
 """The backends ``auto`` tries for each device type, fastest first; the torch reference comes last."""
+_NAMES_AND_AUTO = frozenset(BACKEND_NAMES + ("auto",))
 
 
 def available_backends() -> dict[str, BackendStatus]:
@@ -241,6 +242,7 @@ def available_backends() -> dict[str, BackendStatus]:
 
 _availability: dict[str, bool] = {}
 _instances: dict[str, TorchBackend] = {}
+_auto_choices: dict[tuple, TorchBackend] = {}
 
 
 @torch.compiler.assume_constant_result
@@ -264,20 +266,31 @@ def _instance(name: str) -> TorchBackend | None:
 
 def resolve_backend(name: str, A: torch.Tensor) -> TorchBackend:
     """The dispatch point: the backend that runs for input A when the user asked for `name`."""
-    if name not in BACKEND_NAMES + ("auto",):
+    if name not in _NAMES_AND_AUTO:
         raise ArgumentValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {name!r}")
-    if name == "auto":
-        if _forced is not None:
-            if _forced not in BACKEND_NAMES:
-                raise ValueError(f"{BACKEND_ENV}={_forced!r} names no backend; use one of {BACKEND_NAMES}")
-            return _explicit(_forced, A, f"by {BACKEND_ENV}")
-        for candidate in AUTO_ORDER.get(A.device.type, ()):
-            if REGISTRY[candidate].backend.unsupported_reason(A) is None:  # first: no build for inputs it cannot run
-                backend = _instance(candidate)
-                if backend is not None:
-                    return backend
-        return _instance("torch")
-    return _explicit(name, A, "")
+    if name != "auto":
+        return _explicit(name, A, "")
+    if _forced is not None:
+        if _forced not in BACKEND_NAMES:
+            raise ValueError(f"{BACKEND_ENV}={_forced!r} names no backend; use one of {BACKEND_NAMES}")
+        return _explicit(_forced, A, f"by {BACKEND_ENV}")
+    key = (A.device.type, A.dtype, A.shape[-1])
+    backend = _auto_choices.get(key)
+    if backend is None:
+        backend = _auto_choices[key] = _auto_choice(A)
+    return backend
+
+
+def _auto_choice(A: torch.Tensor) -> TorchBackend:
+    """What ``auto`` runs for A: the first backend of :data:`AUTO_ORDER` for its device that can run it and is
+    available, else the torch reference. It depends on A's device type, dtype and n only (the candidates'
+    ``unsupported_reason``), so :func:`resolve_backend` keeps it per (device type, dtype, n)."""
+    for candidate in AUTO_ORDER.get(A.device.type, ()):
+        if REGISTRY[candidate].backend.unsupported_reason(A) is None:  # first: no build for inputs it cannot run
+            backend = _instance(candidate)
+            if backend is not None:
+                return backend
+    return _instance("torch")
 
 
 def _explicit(name: str, A: torch.Tensor, how: str) -> TorchBackend:
@@ -297,4 +310,5 @@ def forget_availability() -> None:
     global _forced
     _availability.clear()
     _instances.clear()
+    _auto_choices.clear()
     _forced = os.environ.get(BACKEND_ENV) or None

@@ -13,8 +13,22 @@ entrywise, then with rho_w >= ||I - A X_w||_F < 1, since ||X_w||_F <= (1 + rho_w
 
     ||X - A^-1||_F / ||A^-1||_F <= rho_w + delta (1 + rho_w).
 
-``error_bound`` is this right-hand side: an upper bound on the relative error of X in the Frobenius
-norm, holding in exact arithmetic. Where the bound is 1 or more (or cannot be evaluated) nothing is
+The product form (Rump, Acta Numerica 19 (2010) §10; Higham §14.1). With the same R and ||R||_2 < 1,
+X - A^-1 = -A^-1 R and A^-1 = X - (X - A^-1), so ||X - A^-1||_F <= ||X R||_F + ||X - A^-1||_F ||R||_2, i.e.
+
+    ||X - A^-1||_F <= e := ||X R||_F / (1 - ||R||_2),   ||X - A^-1||_F / ||A^-1||_F <= e / (||X||_F - e),
+
+since ||A^-1||_F >= ||X||_F - e. To first order ||X R|| is the error ||A^-1 R|| itself, where ||R|| may exceed it
+by up to the condition number of X. :func:`product_error_bound` evaluates it with R^ = fl(I - A X) in float64
+(complex128): ||X R||_F <= ||fl(X R^)||_F + g ||X||_F ||R^||_F + ||X||_F ||R^ - R||_F, and keeps the smaller
+of the two bounds. It is tight where R^ is accurate: single-precision X (whose residual float64 evaluates almost
+exactly) and float64 X whose residual Dot2 evaluates (below); where the a-priori rounding term of R^ dominates,
+||X||_F ||R^ - R||_F does too, and the bound is rho's. The compiled kernels evaluate it where they run Dot2
+(csrc/neuinv_rules.h, ``error_bound_from``; their float32 results are certified in double before rounding); the
+Triton kernel keeps rho.
+
+``error_bound`` is the smaller of these right-hand sides: an upper bound on the relative error of X in the
+Frobenius norm, holding in exact arithmetic. Where the bound is 1 or more (or cannot be evaluated) nothing is
 certified -- A may be singular -- and ``error_bound`` is +inf.
 
 Solutions (:func:`solve_error_bound`). Let X (n x k) approximate X* = A^-1 B and let R be an approximate
@@ -94,35 +108,65 @@ def residual_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     Returns:
         (b,) float64 on A's device; +inf or NaN where the evaluation overflows or meets NaN.
     """
+    return _evaluated_residual(A, X)[2]
+
+
+def _evaluated_residual(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(R^, spread, rho, r, X_scaled): the evaluated residual R^ = fl(I - A X) in float64 (complex128), (b, n, n);
+    spread >= ||R^ - R||_F and rho >= ||R||_F, R = I - A X exact, and r ~ ||R^||_F, each (b,) float64 (module
+    docstring); X_scaled = 2^e X in float64 (complex128), 2^e the power of two nearest A's largest entry."""
     b, n = A.shape[0], A.shape[-1]
     complex_input = A.is_complex() or X.is_complex()
     wide = torch.complex128 if complex_input else torch.float64
     u = unit_roundoff(torch.float64)
+    c = 4 * (n * n + n + 4)
     A_w, X_w = A.to(wide), X.to(wide)
     eye = torch.eye(n, dtype=wide, device=A.device).expand(b, n, n)
-    r = torch.linalg.matrix_norm(torch.baddbmm(eye, A_w, X_w, alpha=-1))
-    s = math.sqrt(n) + scaled_norm_product(A_w, X_w)
+    R_hat = torch.baddbmm(eye, A_w, X_w, alpha=-1)
+    r = torch.linalg.matrix_norm(R_hat)
+    A_scaled, X_scaled = _scaled(A_w, X_w)
+    s = math.sqrt(n) + torch.linalg.matrix_norm(A_scaled) * torch.linalg.matrix_norm(X_scaled)
     g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
-    rounding = g * s
+    rounding = g * s  # >= ||R^ - R||_F (before underflow, subnormals and the norms' own rounding)
+    relative_part = torch.zeros_like(r)  # Dot2's u |R| term of ||R^ - R||_F, as a multiple of rho
     if X.dtype in (torch.float64, torch.complex128):
         ill = (rounding > r) & (r + rounding > DOT2_THRESHOLD)
         if bool(ill.any()):
             index = ill.nonzero().squeeze(1)
-            A_scaled, X_scaled = _scaled(A_w[index], X_w[index])
             gk = gamma(2 * n + 1 if complex_input else n + 1, u)
-            scaling_underflow = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * torch.linalg.matrix_norm(X_scaled)
-            r = r.index_put((index,), _dot2_residual_norm(A_scaled, X_scaled) / (1 - u))
+            scaling_underflow = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * torch.linalg.matrix_norm(X_scaled[index])
+            R_dot2 = _dot2_residual_matrix(A_scaled[index], X_scaled[index], eye[index])
+            R_hat = R_hat.index_put((index,), R_dot2)
+            r = r.index_put((index,), torch.linalg.matrix_norm(R_dot2) / (1 - u))
             rounding = rounding.index_put((index,), math.sqrt(2) * gk * gk * s[index] + scaling_underflow)
-    c = 4 * (n * n + n + 4)
+            relative_part = relative_part.index_put((index,), torch.full_like(r[index], u))
     eta = 4 * n * (n + 2) * _SMALLEST_NORMAL64 + 2 * n * 2.0 ** -511
-    return (r + rounding) * (1 + c * u) + eta + _subnormal_term(A, X) + _subnormal_term(X, A)
+    absolute = eta + _subnormal_term(A, X) + _subnormal_term(X, A)
+    rho = (r + rounding) * (1 + c * u) + absolute
+    return R_hat, relative_part * rho + rounding * (1 + c * u) + absolute, rho, r, X_scaled
 
 
-def scaled_norm_product(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """||A||_F ||X||_F evaluated as ||2^-e A||_F ||2^e X||_F, 2^e the power of two nearest each matrix's
-    largest |entry| (exact scaling: no overflow for representable A and X ~ A^-1). (b,) float64."""
-    A_scaled, X_scaled = _scaled(A, X)
-    return torch.linalg.matrix_norm(A_scaled) * torch.linalg.matrix_norm(X_scaled)
+def product_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """The tighter bound on ||X - A^-1||_F / ||A^-1||_F from the product X R (module docstring, "The product
+    form"), where R = I - A X is evaluated accurately enough: e / (||X||_F - e), e = ||X R||_F / (1 - ||R||_2),
+    min'ed with rho = :func:`residual_bound`; +inf where nothing is certified. Same arguments as
+    :func:`residual_bound`; (b,) float64."""
+    n = A.shape[-1]
+    complex_input = A.is_complex() or X.is_complex()
+    u = unit_roundoff(torch.float64)
+    c = 4 * (n * n + n + 4)
+    g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
+    R_hat, spread, rho, r, X_scaled = _evaluated_residual(A, X)  # (2^e X: the relative error is unchanged)
+    if not bool((spread < r).any()):  # R^ is all rounding: ||X||_F spread would dominate the product form too
+        return certified_or_inf(rho)
+    x = torch.linalg.matrix_norm(X_scaled)
+    product = torch.linalg.matrix_norm(torch.bmm(X_scaled, R_hat))
+    XR = ((product + g * x * torch.linalg.matrix_norm(R_hat)) * (1 + c * u) + x * (1 + c * u) * spread
+          + n * n * _SMALLEST_NORMAL64)  # >= ||2^e X R||_F
+    e = XR / (1 - rho)
+    x_low = x * (1 - c * u) - 2 * n * 2.0 ** -511
+    relative = torch.where((rho < 1) & (e < x_low), e / (x_low - e), torch.full_like(e, math.inf))
+    return certified_or_inf(torch.where(relative < rho, relative, rho))
 
 
 def error_bound(A: torch.Tensor, X: torch.Tensor, *, rounded_to: torch.dtype | None = None) -> torch.Tensor:
@@ -135,7 +179,7 @@ def error_bound(A: torch.Tensor, X: torch.Tensor, *, rounded_to: torch.dtype | N
     Returns:
         (b,) float64: rho (+ delta (1 + rho) with rounded_to), where rho = :func:`residual_bound` < 1.
     """
-    rho = residual_bound(A, X)
+    rho = product_error_bound(A, X)
     if rounded_to is not None:
         rho = rho + rounding_bound(X, rounded_to) * (1 + rho)
     return certified_or_inf(rho)

@@ -19,7 +19,7 @@ def raise_if_not_certified(function: str, A: torch.Tensor, certified_mask: torch
     if torch.compiler.is_compiling():
         torch.ops.neuinv.raise_if_not_certified(function, A.detach(), certified_mask, error_bound, max_error,
                                                 assume_a, [operand.detach() for operand in operands])
-    elif not bool(certified_mask.all()):
+    elif not (certified_mask.item() if certified_mask.numel() == 1 else bool(certified_mask.all())):
         raise_first_failure(function, A, certified_mask, error_bound, max_error, assume_a, operands=operands)
 
 
@@ -75,7 +75,8 @@ def raise_first_failure(function: str, A: torch.Tensor, certified_mask: torch.Te
         if order is None:
             rhs = operands[0].expand(*batch, *operands[0].shape[-2:])[index] if operands else None
             overflow, span = _overflow(matrix, rhs, assume_a == "pos")
-            subnormal = any(bool(certificate.has_subnormal(M[None])) for M in (matrix, rhs) if M is not None)
+            subnormal = any(bool(certificate.has_subnormal(M.to(COMPUTE_DTYPE.get(M.dtype, M.dtype))[None]))
+                            for M in (matrix, rhs) if M is not None)  # (half precision is computed in float32)
     global_index = tuple(i + o for i, o in zip(index, offset)) if offset else index
     raise failure_error(function, global_index, has_non_finite, bound, int(failed_mask.sum()), A.dtype, max_error,
                         scope=scope, not_positive_definite_at=order, overflow=overflow, span=span,

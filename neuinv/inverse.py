@@ -96,8 +96,7 @@ def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_ite
         >>> torch.allclose(X @ A, torch.eye(8, dtype=torch.float64))
         True
     """
-    options = CallOptions(model=model, tol=tol, max_iter=max_iter, max_error=max_error, method=method,
-                          assume_a=assume_a, backend=backend)
+    options = CallOptions(model, tol, max_iter, max_error, method, assume_a, backend)
     check_arguments(A, init, options)
     if out is not None:
         check_out(out, "out", A.shape, A.dtype, A.device, A, init)
@@ -159,8 +158,7 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         >>> bool(info.certified.all()), bool((info.error_bound <= 1e-10).all())
         (True, True)
     """
-    options = CallOptions(model=model, tol=tol, max_iter=max_iter, max_error=max_error, method=method,
-                          assume_a=assume_a, backend=backend)
+    options = CallOptions(model, tol, max_iter, max_error, method, assume_a, backend)
     check_arguments(A, init, options)
     check_flag(check_errors, "check_errors")
     if out is not None:
@@ -177,7 +175,9 @@ def _inverse(A, init, options: CallOptions, raise_failures: bool, out):
         refuse_out_with_transforms(out)
         X, *info = inverse_function().apply(A, init, options, raise_failures)
         return InverseResult(*written(out, X, InverseInfo(*info), InverseInfo))
-    X, info = invert_or_raise(A.detach(), None if init is None else init.detach(), options, raise_failures)
+    X, info = invert_or_raise(A, init, options, raise_failures)  # (no tensor here records a graph)
+    if out is None:
+        return InverseResult(X, info)
     return InverseResult(*written(out, X, info, InverseInfo))
 
 

@@ -3,7 +3,6 @@ the batch, the half-precision route through float32 and the scale-aware second s
 :mod:`neuinv.inverse`; the rules: :mod:`neuinv.rules`)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
@@ -68,7 +67,7 @@ def _invert_half(A, init, options):
     overflows A's dtype is not certified."""
     wide = COMPUTE_DTYPE[A.dtype]
     X_w, info = _invert_in_dtype(A.to(wide), None if init is None else init.to(wide),
-                                 dataclasses.replace(options, max_error=None))
+                                 options._replace(max_error=None))
     X = X_w.to(A.dtype)
     n = A.shape[-1]
     flat = X_w.reshape(-1, n, n) if n else X_w  # (-1, 0, 0) is ambiguous for 0 elements
@@ -82,30 +81,30 @@ def _invert_half(A, init, options):
 
 def _invert_in_dtype(A, init, options):
     """Argument defaults, the model's forward pass, and one call of the backend's operator per chunk."""
-    model, method = options.model, options.method
     chosen = resolve_backend(options.backend, A)
-    positive_definite = options.assume_a == "pos"
-    batch_shape, n = A.shape[:-2], A.shape[-1]
+    n = A.shape[-1]
     if n == 0:
+        batch_shape = A.shape[:-2]
         info = InverseInfo(torch.ones(batch_shape, dtype=torch.bool, device=A.device),
                            torch.zeros(batch_shape, dtype=torch.float64, device=A.device),
                            torch.zeros(batch_shape, dtype=torch.int32, device=A.device),
                            torch.zeros(batch_shape, dtype=torch.bool, device=A.device))
         return A.new_empty(A.shape), info
 
+    model, method = options.model, options.method
+    positive_definite = options.assume_a == "pos"
     has_guess = init is not None or model is not None
     refine = method == "newton_schulz" or (method == "auto" and has_guess)
     rules = newton_schulz_rules(A.dtype, options.tol, options.max_iter, has_guess)
     limit = CERTIFIED_BELOW if options.max_error is None else float(options.max_error)
-    b = A.numel() // (n * n)
-    chunk = max(1, WORKSPACE_BYTES // (chosen.workspace_matrices * n * n * A.element_size()))
+    b, workspace_bytes = A.numel() // (n * n), chosen.workspace_matrices * n * n * A.element_size()
     X0 = init
-    if b <= chunk and model is None:  # the common case: one call on A as it is, (*, n, n)
-        X, certified, error_bound, iterations, fallback = chosen.invert(A, X0, None, refine, rules, limit,
-                                                                              positive_definite)
-        return _second_stage(A, X, InverseInfo(certified, error_bound, iterations, fallback), limit,
-                             positive_definite)
+    if model is None and (b * workspace_bytes <= WORKSPACE_BYTES or b == 1):
+        # the common case: one call on A as it is, (*, n, n)
+        X, *info = chosen.invert(A, X0, None, refine, rules, limit, positive_definite)
+        return _second_stage(A, X, InverseInfo(*info), limit, positive_definite)
 
+    batch_shape, chunk = A.shape[:-2], max(1, WORKSPACE_BYTES // workspace_bytes)
     A_flat = A.reshape(-1, n, n)
     X0_flat = None if X0 is None else X0.reshape(-1, n, n)
     parts = []
@@ -200,7 +199,8 @@ def all_below_second_stage(bound: torch.Tensor, dtype: torch.dtype, limit: float
     graph calls the stage's operator."""
     if torch.compiler.is_compiling() or not bound.numel():
         return False
-    return float(bound.max()) <= min(SCALED_SECOND_STAGE_ABOVE[dtype], limit)
+    largest = bound.item() if bound.numel() == 1 else float(bound.max())  # (one value: no reduction to launch)
+    return largest <= min(SCALED_SECOND_STAGE_ABOVE[dtype], limit)
 
 
 def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor,
@@ -238,7 +238,7 @@ def _model_guess(model, A, backend) -> torch.Tensor:
             a = A.reshape(A.shape[0], -1).to(model_dtype)
             X0 = backend.mlp_initializer(a, **model.initializer_parameters()).reshape(A.shape)
         else:
-            X0 = model(A.to(model_dtype))
+            X0 = model(A.to(model_dtype, copy=True))  # (a model that writes into its input leaves A as it was)
     if not isinstance(X0, torch.Tensor) or X0.shape != A.shape:
         raise ArgumentValueError(f"model(A) must return a tensor of shape {tuple(A.shape)}, "
                                  f"got {tuple(getattr(X0, 'shape', ()))}")

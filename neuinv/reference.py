@@ -264,12 +264,14 @@ def scaled_right_hand_sides(B: torch.Tensor, p: torch.Tensor, wide: torch.dtype)
 def scaled_exact_inverse(A: torch.Tensor, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The second stage's exact path: (X, error_bound) for (b, n, n) A, X = 2^q A'^-1 2^p in A's dtype from
     :func:`equilibrated_inverse` of diag(A, I) (:func:`neuinv.certificate.padded_with_identity`: the same rounding
-    wherever a matrix sits in the batch), certified by :func:`neuinv.certificate.scaled_error_bound` (+inf where the
+    wherever a matrix sits in the batch), certified by :func:`neuinv.certificate.scaled_error_bound` or, where smaller,
+    :func:`neuinv.certificate.error_bound` (the product form, tight for a single-precision X) (+inf where the
     factorisation fails or X overflows A's dtype)."""
     n = A.shape[-1]
     _, X_s, p, q, accepted = equilibrated_inverse(certificate.padded_with_identity(A), positive_definite)
     X = certificate.power_of_two_scaled(X_s, q[:, :, None] + p[:, None, :])[:, :n, :n].to(A.dtype)
-    bound = certificate.scaled_error_bound(A, X)
+    bound, product = certificate.scaled_error_bound(A, X), certificate.error_bound(A, X)
+    bound = torch.where(product < bound, product, bound)
     return X, torch.where(accepted, bound, torch.full_like(bound, float("inf")))
 
 

@@ -26,7 +26,6 @@ every certificate, is the same for a matrix and its transpose).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import NamedTuple
 
@@ -118,8 +117,7 @@ def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=N
         True
     """
     B_matrix, vector = _right_hand_sides(A, B)
-    options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
-                          backend=backend)
+    options = CallOptions(None, tol, max_iter, max_error, method, assume_a, backend)
     _check_solve_arguments(A, B, B_matrix, vector, init, options, left)
     if out is not None:
         check_out(out, "out", _solution_shape(A, B_matrix, vector), A.dtype, A.device, A, B, init)
@@ -183,8 +181,7 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
         (torch.Size([1000, 8, 3]), True)
     """
     B_matrix, vector = _right_hand_sides(A, B)
-    options = CallOptions(tol=tol, max_iter=max_iter, max_error=max_error, method=method, assume_a=assume_a,
-                          backend=backend)
+    options = CallOptions(None, tol, max_iter, max_error, method, assume_a, backend)
     _check_solve_arguments(A, B, B_matrix, vector, init, options, left)
     check_flag(check_errors, "check_errors")
     if out is not None:
@@ -205,13 +202,14 @@ def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, 
         refuse_out_with_transforms(out)
         X, *info = _solve_function().apply(A, B, init, options, raise_failures)
     else:
-        X, *info = _solve_detached(A.detach(), B.detach(), None if init is None else init.detach(), options,
-                                   raise_failures, x_only)
+        X, *info = _solve_detached(A, B, init, options, raise_failures, x_only)  # (no tensor here records a graph)
     if not left:
         X = X.mT
         info[-1] = None if info[-1] is None else info[-1].mT
     if vector:
         X = X.squeeze(-1)
+    if out is None:
+        return SolveResult(X, SolveInfo(*info))
     return SolveResult(*written(out, X, SolveInfo(*info), SolveInfo))
 
 
@@ -221,7 +219,7 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
     "newton_schulz") and k > 0, the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve`
     without R), without the inverse's own second stage (the solve's second stage takes its place; with k = 0 there
     is no solution to take it, and the inverse is computed first), and iterations, fallback and R are None; with
-    ``x_only`` the certified mask may be None where every system is certified."""
+    ``x_only`` the certified mask and the bound are None where every system is certified."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
     A_compute = A if A.dtype == compute else A.to(compute)
     batch = broadcast_batch(A.shape[:-2], B.shape[:-2])
@@ -245,14 +243,16 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
         iterations = fallback = R = None
     else:
         R, inverse_info = invert(A_compute, None if init is None else init.to(compute),
-                                 dataclasses.replace(options, max_error=None))
+                                 options._replace(max_error=None))
         eps = (inverse_info.error_bound.reshape(1) if A_f.shape[0] == 1
                else inverse_info.error_bound.expand(batch).reshape(b))
         X, bound = backend.solve(A_f, B_f, flat(R, n, n), eps)
         iterations, fallback, R = inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
     if all_below_second_stage(bound, compute, CERTIFIED_BELOW if options.max_error is None else options.max_error):
-        verdict = None if x_only else bound.new_ones(batch, dtype=torch.bool)
-        return X.reshape(*batch, n, k), verdict, bound.reshape(batch), iterations, fallback, R
+        if x_only:
+            return X.reshape(*batch, n, k), None, None, None, None, None
+        return X.reshape(*batch, n, k), bound.new_ones(batch, dtype=torch.bool), bound.reshape(batch), iterations, \
+            fallback, R
     A_b, B_b = A_f.expand(b, n, n), B_f.expand(b, n, k)
     if X.numel():
         X, bound = _second_stage(A_b, B_b, X, bound, positive_definite)

@@ -22,8 +22,8 @@ def transformed(*tensors) -> bool:
             return True
         if torch._C._functorch.is_functorch_wrapped_tensor(tensor):
             return True
-        if forward_ad.unpack_dual(tensor).tangent is not None:
-            return True
+        if forward_ad._current_level >= 0 and forward_ad.unpack_dual(tensor).tangent is not None:
+            return True  # (a tangent exists only inside forward_ad.dual_level(), which sets the level)
     return False
 
 

@@ -194,3 +194,31 @@ def test_backend_forced_by_the_environment(monkeypatch):
     finally:
         monkeypatch.delenv("NEUINV_BACKEND")
         backends.forget_availability()
+
+
+def test_a_model_that_writes_into_its_input_leaves_A_as_it_was():
+    """A model whose forward pass scales its input in place gets a copy: A is never modified, and X is the certified
+    inverse of A as given."""
+    class Overwriting(torch.nn.Module):
+        def forward(self, M):
+            M.mul_(2)
+            return torch.linalg.inv(M)
+
+        def in_domain(self, M):
+            return torch.ones(M.shape[0], dtype=torch.bool)
+
+    A = conditioned_matrices(3, 4, 10.0, torch.float64)
+    before = A.clone()
+    X, info = neuinv.batched_inverse_ex(A, model=Overwriting())
+    assert torch.equal(A, before)
+    assert bool(info.certified.all())
+    assert torch.allclose(X @ A, torch.eye(4, dtype=torch.float64).expand(3, 4, 4), atol=1e-13)
+
+
+def test_singular_float16_matrix_with_a_float16_subnormal_is_called_singular():
+    """float16 is computed in float32, where an entry below float16's smallest normal number is normal: an exactly
+    singular matrix holding one is called singular, not refused for its subnormal entries."""
+    A = torch.tensor([[[0.0, 1.0], [0.0, 2e-5]]], dtype=torch.float16)
+    with pytest.raises(torch.linalg.LinAlgError, match="singular or numerically singular") as raised:
+        neuinv.batched_inverse(A)
+    assert "subnormal" not in str(raised.value)

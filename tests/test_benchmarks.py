@@ -136,6 +136,28 @@ def test_spd_bench_runs_every_method(tmp_path, capsys):
     assert "| 3 | float64 | 50 | neuinv pos |" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(not neuinv.available_backends()["cpp"].available, reason="the compiled operator is not built")
+def test_per_call_bench_times_every_layer_and_draws_them(tmp_path, capsys, monkeypatch):
+    """bench/per_call.py on a few calls: one row per method and dtype, with a time; bench/plots.py draws it, the
+    neuinv bars split by the operators each call makes."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench))
+    modules = {}
+    for name in ("per_call", "plots"):
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", bench / f"{name}.py")
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    modules["per_call"].main(["--sizes", "3", "--rounds", "2", "--calls", "3", "--json", str(tmp_path / "calls.json")])
+    rows = json.loads((tmp_path / "calls.json").read_text())["rows"]
+    methods = {row["method"] for row in rows}
+    assert len(rows) == 2 * len(methods) and all(row["us_per_call"] > 0 for row in rows)
+    named = {name for names in modules["plots"].PER_CALL_OPERATORS.values() for name in names}
+    assert named <= methods and set(modules["plots"].PER_CALL_OPERATORS) <= methods
+    assert "| 3 | float64 | neuinv.batched_solve |" in capsys.readouterr().out
+    written = modules["plots"].figures(tmp_path / "calls.json", tmp_path)
+    assert [path.name for path in written] == ["calls-per-call.png"] and written[0].stat().st_size > 0
+
+
 def test_tightness_bench_finds_no_violation(tmp_path, capsys):
     """bench/tightness.py on a tiny set: one row per dtype, family, operation and backend, no bound below the
     exact error, and each family's matrices in the dtype asked for."""

@@ -333,7 +333,7 @@ NEUINV_HOST_DEVICE double certify_exact(const double* a, double* x_w, double r_s
     r = sqrt(residual<N>(a, x_w, residual_matrix, n));
     norms = rules::scaled_norm_product(a, x_w, n * n);
   }
-  const double rho = rules::residual_bound_from<N>(a, x_w, r, sqrt(static_cast<double>(n)) + norms, n);
+  const double rho = rules::error_bound_from<N>(a, x_w, r, sqrt(static_cast<double>(n)) + norms, n);
   return rules::rounded_error_bound<T>(rho, sqrt(sum_of_squares(x_w, n * n)), n);
 }
 
