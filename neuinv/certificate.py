@@ -20,12 +20,13 @@ X - A^-1 = -A^-1 R and A^-1 = X - (X - A^-1), so ||X - A^-1||_F <= ||X R||_F + |
 
 since ||A^-1||_F >= ||X||_F - e. To first order ||X R|| is the error ||A^-1 R|| itself, where ||R|| may exceed it
 by up to the condition number of X. :func:`product_error_bound` evaluates it with R^ = fl(I - A X) in float64
-(complex128): ||X R||_F <= ||fl(X R^)||_F + g ||X||_F ||R^||_F + ||X||_F ||R^ - R||_F, and keeps the smaller
+(complex128): ||X R||_F <= ||fl(X R^)||_F + g ||X||_F ||R^||_F + || |X| |R^ - R| ||_F, and keeps the smaller
 of the two bounds. It is tight where R^ is accurate: single-precision X (whose residual float64 evaluates almost
-exactly) and float64 X whose residual Dot2 evaluates (below); where the a-priori rounding term of R^ dominates,
-||X||_F ||R^ - R||_F does too, and the bound is rho's. The compiled kernels evaluate it where they run Dot2
-(csrc/neuinv_rules.h, ``error_bound_from``; their float32 results are certified in double before rounding); the
-Triton kernel keeps rho.
+exactly) and float64 X whose residual is re-evaluated (below; there the last term is evaluated entrywise, as
+||fl(|X| E)||_F with |R^ - R| <= E, which keeps graded matrices tight); where the a-priori rounding term of R^
+dominates, ||X||_F ||R^ - R||_F does too, and the bound is rho's. The compiled kernels evaluate it where they run
+Dot2 (csrc/neuinv_rules.h, ``error_bound_from``; their float32 results are certified in double before rounding);
+the Triton kernel keeps rho.
 
 ``error_bound`` is the smaller of these right-hand sides: an upper bound on the relative error of X in the
 Frobenius norm, holding in exact arithmetic. Where the bound is 1 or more (or cannot be evaluated) nothing is
@@ -43,8 +44,10 @@ This is the form of Rump's enclosure ||x - x*|| <= ||R (b - A x)|| / (1 - ||I - 
 (2010) §10, Thm. 10.2) with the inverse's own certificate in place of ||I - RA||: ||R r|| is evaluated, so
 the bound tracks the true error A^-1 r, and eps enters only second order (eps ||r||). The residual
 fl(B - A X) is evaluated as the inverse's, |fl(r) - r| <= g (|B| + |A||X|), ||.||_F <= g (||B||_F +
-||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates; fl(R fl(r)) errs by at most
-g ||R||_F ||fl(r)||_F; norms and the final sums as above. A, B, X and R are first scaled exactly,
+||A||_F ||X||_F), re-evaluated for float64 where that term dominates (the split residual below in torch, Dot2
+in the compiled kernels; the split residual's entrywise bound E enters as ||fl(|R| E)||_F >= ||R (fl(r) - r)||_F);
+fl(R fl(r)) errs by at most g || |R| |fl(r)| ||_F, evaluated as a product of magnitudes and rounded up; norms and
+the final sums as above. A, B, X and R are first scaled exactly,
 A 2^-e, B 2^-f, X 2^(e-f), R 2^e (e, f the exponents of the largest entries of A and B), which leaves
 every relative quantity unchanged, so the bound does not depend on the scale of A or B. A subnormal entry
 that a denormals-are-zero thread reads as zero while scaling is seen (its bits are not zero, its scaled
@@ -61,9 +64,25 @@ instead of a second matrix product),
 
 where u is the unit roundoff of the evaluation: float32 and complex64 input are evaluated in float64
 (their products are then exact, and g ~ 1e-14 n), float64 and complex128 in float64. When that
-a-priori term dominates for float64 input (ill-conditioned matrices) the residual is re-evaluated
-with error-free transformations (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005) 1955,
-Prop. 5.5: |dot2 - x^T y| <= u |x^T y| + gamma_k^2 |x|^T |y|), which makes the bound tight.
+a-priori term dominates for float64 input and is above DOT2_THRESHOLD (ill-conditioned or badly scaled
+matrices) the residual is re-evaluated: by the split residual below in torch, by error-free transformations in
+the compiled kernels (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005) 1955, Prop. 5.5:
+|dot2 - x^T y| <= u |x^T y| + gamma_k^2 |x|^T |y|), which makes the bound tight.
+
+The split residual (:func:`split_residual`; the splitting of Ozaki, Ogita, Oishi & Rump, "Error-free
+transformations of matrix multiplication", Numer. Algorithms 59 (2012)). S - A X with A (n x n), X (n x k) in
+float64: first A 2^-c_j (column j) and 2^c_j X (row j), c_j the exponent of column j's largest entry (exact barring
+underflow, and A X unchanged). Then A = A1 + A2 and X = X1 + X2 exactly, with A1's row i on the grid 2^(mu_i -
+beta), |A1| <= 2^mu_i, and X1's column j on the grid 2^(nu_j - beta) (2^mu_i, 2^nu_j above row i's, column j's
+largest entry; beta = floor((53 - log2 m) / 2), m = n terms, 2n complex). Every partial sum of (A1 X1)_ij is a
+multiple of 2^(mu_i + nu_j - 2 beta) below m 2^(mu_i + nu_j) = 2^53 units at most: the product is exact in any
+order. With A X = A1 X1 + A X2 + A2 X1, T1 = fl(S - A1 X1), T2 = fl(T1 - fl(A X2)), T3 = fl(T2 - fl(A2 X1)):
+
+    |T3 - (S - A X)| <= E := u (|T1| + |T2| + |T3|) + g (|A| |X2| + |A2| |X1|)      (entrywise),
+
+g as for one product, |X2| <= 2^(nu_j - beta), |A2| <= 2^(mu_i - beta): about 2^-23 of a plain product's
+rounding, and relative to each row and column, so badly scaled and graded matrices stay tight. E is evaluated and
+rounded up; underflow of the scaled X and of the products adds at most 16 (n + 1) tiny per entry.
 The rounding of the norms and of the final sum are absorbed into a factor 1 + c_n u,
 c_n = 4 (n^2 + n + 4); squares below the smallest normal number lose at most 2 n 2^-511 of a norm.
 
@@ -86,7 +105,7 @@ import math
 import torch
 
 DOT2_THRESHOLD = 2.0 ** -26
-"""float64 matrices whose a-priori bound exceeds this (about sqrt(u)) get the compensated residual."""
+"""float64 matrices whose a-priori bound exceeds this (about sqrt(u)) get the re-evaluated residual (split or Dot2)."""
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -112,9 +131,10 @@ def residual_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 
 
 def _evaluated_residual(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(R^, spread, rho, r, X_scaled): the evaluated residual R^ = fl(I - A X) in float64 (complex128), (b, n, n);
-    spread >= ||R^ - R||_F and rho >= ||R||_F, R = I - A X exact, and r ~ ||R^||_F, each (b,) float64 (module
-    docstring); X_scaled = 2^e X in float64 (complex128), 2^e the power of two nearest A's largest entry."""
+    """(R^, spread, rho, r, X_scaled, weighted): the evaluated residual R^ = fl(I - A X) in float64 (complex128),
+    (b, n, n); spread >= ||R^ - R||_F and rho >= ||R||_F, R = I - A X exact, and r ~ ||R^||_F, each (b,) float64
+    (module docstring); X_scaled = 2^e X in float64 (complex128), 2^e the power of two nearest A's largest entry;
+    weighted >= || |X_scaled| |R^ - R| ||_F, (b,) float64, at most ||X_scaled||_F spread."""
     b, n = A.shape[0], A.shape[-1]
     complex_input = A.is_complex() or X.is_complex()
     wide = torch.complex128 if complex_input else torch.float64
@@ -128,22 +148,24 @@ def _evaluated_residual(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
     s = math.sqrt(n) + torch.linalg.matrix_norm(A_scaled) * torch.linalg.matrix_norm(X_scaled)
     g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
     rounding = g * s  # >= ||R^ - R||_F (before underflow, subnormals and the norms' own rounding)
-    relative_part = torch.zeros_like(r)  # Dot2's u |R| term of ||R^ - R||_F, as a multiple of rho
+    eta = 4 * n * (n + 2) * _SMALLEST_NORMAL64 + 2 * n * 2.0 ** -511
+    absolute = eta + _subnormal_term(A, X) + _subnormal_term(X, A)
+    x = torch.linalg.matrix_norm(X_scaled)
+    weighted = x * rounding  # >= || |2^e X| |R^ - R| ||_F (before the terms every matrix gets)
     if X.dtype in (torch.float64, torch.complex128):
         ill = (rounding > r) & (r + rounding > DOT2_THRESHOLD)
         if bool(ill.any()):
             index = ill.nonzero().squeeze(1)
-            gk = gamma(2 * n + 1 if complex_input else n + 1, u)
-            scaling_underflow = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * torch.linalg.matrix_norm(X_scaled[index])
-            R_dot2 = _dot2_residual_matrix(A_scaled[index], X_scaled[index], eye[index])
-            R_hat = R_hat.index_put((index,), R_dot2)
-            r = r.index_put((index,), torch.linalg.matrix_norm(R_dot2) / (1 - u))
-            rounding = rounding.index_put((index,), math.sqrt(2) * gk * gk * s[index] + scaling_underflow)
-            relative_part = relative_part.index_put((index,), torch.full_like(r[index], u))
-    eta = 4 * n * (n + 2) * _SMALLEST_NORMAL64 + 2 * n * 2.0 ** -511
-    absolute = eta + _subnormal_term(A, X) + _subnormal_term(X, A)
+            scaling_underflow = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * x[index]
+            R_split, error = split_residual(A_scaled[index], X_scaled[index], eye[index], g)
+            R_hat = R_hat.index_put((index,), R_split)
+            r = r.index_put((index,), torch.linalg.matrix_norm(R_split))
+            rounding = rounding.index_put((index,), torch.linalg.matrix_norm(error) + scaling_underflow)
+            X_error = ordered_product(X_scaled[index].abs(), error) * (1 + 2 * (n + 1) * u)
+            weighted = weighted.index_put((index,), torch.linalg.matrix_norm(X_error) + n * 2.0 ** -511
+                                          + x[index] * scaling_underflow)
     rho = (r + rounding) * (1 + c * u) + absolute
-    return R_hat, relative_part * rho + rounding * (1 + c * u) + absolute, rho, r, X_scaled
+    return R_hat, rounding * (1 + c * u) + absolute, rho, r, X_scaled, (weighted * (1 + c * u) + x * absolute) * (1 + c * u)
 
 
 def product_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -156,12 +178,12 @@ def product_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     u = unit_roundoff(torch.float64)
     c = 4 * (n * n + n + 4)
     g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
-    R_hat, spread, rho, r, X_scaled = _evaluated_residual(A, X)  # (2^e X: the relative error is unchanged)
+    R_hat, spread, rho, r, X_scaled, weighted = _evaluated_residual(A, X)  # (2^e X: the relative error is unchanged)
     if not bool((spread < r).any()):  # R^ is all rounding: ||X||_F spread would dominate the product form too
         return certified_or_inf(rho)
     x = torch.linalg.matrix_norm(X_scaled)
     product = torch.linalg.matrix_norm(torch.bmm(X_scaled, R_hat))
-    XR = ((product + g * x * torch.linalg.matrix_norm(R_hat)) * (1 + c * u) + x * (1 + c * u) * spread
+    XR = ((product + g * x * torch.linalg.matrix_norm(R_hat)) * (1 + c * u) + weighted
           + n * n * _SMALLEST_NORMAL64)  # >= ||2^e X R||_F
     e = XR / (1 - rho)
     x_low = x * (1 - c * u) - 2 * n * 2.0 ** -511
@@ -286,6 +308,53 @@ def _two_product(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return p, a_lo * b_lo - (((p - a_hi * b_hi) - a_lo * b_hi) - a_hi * b_lo)
 
 
+def split_residual(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor, g: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fl(S - A X), an entrywise bound on its error) of float64 (complex128) A (b, n, n), X and S (b, n, k), accurate
+    to about 2^-23 of the rounding of a plain product, at the cost of four products (module docstring, "The split
+    residual"). g bounds the relative error of one product's entries: gamma_{n+1} (sqrt(2) gamma_{n+3} complex).
+    Returns (b, n, k) in A's dtype and (b, n, k) float64."""
+    n = A.shape[-1]
+    u = unit_roundoff(torch.float64)
+    beta = (53 - math.ceil(math.log2(2 * n if A.is_complex() else n))) // 2
+    columns = torch.view_as_real(A).abs().amax(dim=-1) if A.is_complex() else A.abs()
+    balance = frexp_exponent(columns.amax(dim=-2))[:, :, None]  # A 2^-balance_k (column k), 2^balance_k X (row k)
+    A, X = power_of_two_scaled(A, -balance.transpose(-2, -1)), power_of_two_scaled(X, balance)
+    A_high, A_low = _split_on_grid(A, beta, dim=-1)
+    X_high, X_low = _split_on_grid(X, beta, dim=-2)
+    first = start - ordered_product(A_high, X_high)  # the product exact: a sum of terms on one grid
+    second = first - ordered_product(A, X_low)
+    residual = second - ordered_product(A_low, X_high)
+    magnitude = ordered_product(torch.cat([A.abs(), A_low.abs()], dim=-1), torch.cat([X_low.abs(), X_high.abs()], dim=-2))
+    error = (u * (first.abs() + second.abs() + residual.abs()) + g * magnitude * (1 + 2 * (2 * n + 1) * u)
+             + 16 * (n + 1) * _SMALLEST_NORMAL64) * (1 + 4 * u)  # the last term: X's and the products' underflow
+    return residual, error
+
+
+def ordered_product(L: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """L M for (b, n, m) L and (b, m, k) M, each entry summed over j = 0..m-1 in that order, every product and sum
+    rounded once (elementwise operations): its rounding obeys the bound of any conventional product, and unlike a
+    batched product's it does not depend on where a matrix sits in memory, so identical matrices get identical
+    certificates."""
+    total = L[:, :, 0:1] * M[:, 0:1, :]
+    for j in range(1, L.shape[-1]):
+        total = total + L[:, :, j:j + 1] * M[:, j:j + 1, :]
+    return total
+
+
+def _split_on_grid(M: torch.Tensor, beta: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """M = high + low exactly, high = fl(fl(M + sigma) - sigma) with sigma = 2^(mu + 53 - beta) per row (dim=-1) or
+    column (dim=-2), 2^mu > the largest |entry| (real or imaginary part) there: high's entries are multiples of
+    2^(mu - beta) of magnitude at most 2^mu, low's at most 2^(mu - beta) (Rump, Ogita & Oishi, "Accurate floating-point
+    summation", SIAM J. Sci. Comput. 31 (2008), ExtractScalar)."""
+    parts = torch.view_as_real(M).abs().amax(dim=-1) if M.is_complex() else M.abs()
+    sigma = torch.exp2(frexp_exponent(parts.amax(dim=dim, keepdim=True)) + (53 - beta))
+    if M.is_complex():
+        high = torch.complex((M.real + sigma) - sigma, (M.imag + sigma) - sigma)
+    else:
+        high = (M + sigma) - sigma
+    return high, M - high
+
+
 def compensated_residual_norm(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """||I - A X||_F of (b, n, n) A and X with every entry evaluated by Dot2 in float64 (complex128), after
     exact power-of-two scaling (Dekker's splitting overflows beyond 2^996):
@@ -369,36 +438,46 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     A_up = torch.linalg.matrix_norm(A_s) + n * 2.0 ** -511  # the squares a norm may lose added back
     s = torch.linalg.matrix_norm(B_s) + lost_squares + A_up * (X_hat + lost_squares)  # |A'| <= 1: no overflow
     t = g * s  # >= ||fl(r) - r||_F
+    weighted = torch.full_like(t, math.inf)  # >= || |R'| |fl(r) - r| ||_F where the split residual gives it
     if X.dtype in (torch.float64, torch.complex128):
         ill = (t > r_hat) & (t * R_hat > DOT2_THRESHOLD * X_hat)
-        gk = gamma(2 * n + 1 if complex_input else n + 1, u)
 
-        def compensated(A_s, X_s, B_s, s):
-            """(Dot2 residual, its norm / (1 - u), its error bound) of a subset of the systems."""
-            residual = _dot2_residual_matrix(A_s, X_s, B_s)
-            underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s)
-            return residual, torch.linalg.matrix_norm(residual) / (1 - u), math.sqrt(2) * gk * gk * s + underflow
+        def split(A_s, X_s, B_s, R_s):
+            """(the split residual, its norm, its error bound, that bound weighted by |R'|) of a subset of the
+            systems."""
+            residual, error = split_residual(A_s, X_s, B_s, g)
+            underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s) + lost_squares
+            R_error = torch.linalg.matrix_norm(ordered_product(R_s.abs(), error)) * (1 + 2 * (n + 1) * u) + lost_squares
+            R_up = torch.linalg.matrix_norm(R_s) * (1 + c * u) + n * 2.0 ** -511
+            return (residual, torch.linalg.matrix_norm(residual), torch.linalg.matrix_norm(error) + underflow,
+                    R_error * (1 + c * u) + R_up * underflow)
 
         if torch.compiler.is_compiling():  # no data-dependent subset in a graph: every system, then a choice
-            better = compensated(A_s, X_s, B_s, s)
+            better = split(A_s, X_s, B_s, R_s)
             residual = torch.where(ill[:, None, None], better[0], residual)
-            r_hat, t = torch.where(ill, better[1], r_hat), torch.where(ill, better[2], t)
+            r_hat, t, weighted = (torch.where(ill, part, full) for full, part in zip((r_hat, t, weighted), better[1:]))
         elif bool(ill.any()):
             index = ill.nonzero().squeeze(1)
-            better = compensated(A_s[index], X_s[index], B_s[index], s[index])
-            residual, r_hat, t = (full.index_put((index,), part) for full, part in zip((residual, r_hat, t), better))
+            better = split(A_s[index], X_s[index], B_s[index], R_s[index])
+            residual, r_hat, t, weighted = (full.index_put((index,), part) for full, part
+                                            in zip((residual, r_hat, t, weighted), better))
     # entries within tiny of their scaled values (|A'| <= 1; the largest entry of a matrix is at most twice its
     # computed Frobenius norm plus the squares that norm may have lost)
     sq2 = math.sqrt(2) * entries
     X_norm_up = 2 * X_hat + 2 * lost_squares
-    t = t + sq2 * tiny * (n * X_norm_up + n + 1)
+    scaling = sq2 * tiny * (n * X_norm_up + n + 1)
+    t = t + scaling
     r_norm = (r_hat + t) * (1 + c * u) + eta  # >= ||r'||_F
     R_norm = R_hat * (1 + c * u) + n * 2.0 ** -511  # >= ||R'||_F
+    weighted = torch.minimum(R_norm * t, weighted + R_norm * scaling)  # >= ||R' (fl(r') - r')||_F
     y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
     y_flush = sq2 * n * tiny * (2 * r_hat + 2 * lost_squares + 2 * R_norm)
-    y_norm = (y_hat + g * R_norm * (r_hat + lost_squares) + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
+    y_rounding = (torch.linalg.matrix_norm(ordered_product(R_s.abs(), residual.abs())) * (1 + 2 * (n + 1) * u)
+                  + lost_squares)
+    y_rounding = y_rounding + 4 * (n + 2) * entries * tiny  # >= || |R'| |fl(r')| ||_F, the products' underflow added
+    y_norm = (y_hat + g * y_rounding + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
     eps = inverse_bound.to(torch.float64)
-    error = (y_norm + R_norm * t + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
+    error = (y_norm + weighted + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
     X_norm = X_hat * (1 - c * u) - lost_squares  # <= ||X'||_F
     bound = error / (X_norm - error) * (1 + c * u)
     read_as_zero = flushed(A, A_s) | flushed(B, B_s) | flushed(X, X_s) | flushed(R, R_s)
