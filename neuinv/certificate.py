@@ -44,8 +44,9 @@ This is the form of Rump's enclosure ||x - x*|| <= ||R (b - A x)|| / (1 - ||I - 
 (2010) §10, Thm. 10.2) with the inverse's own certificate in place of ||I - RA||: ||R r|| is evaluated, so
 the bound tracks the true error A^-1 r, and eps enters only second order (eps ||r||). The residual
 fl(B - A X) is evaluated as the inverse's, |fl(r) - r| <= g (|B| + |A||X|), ||.||_F <= g (||B||_F +
-||A||_F ||X||_F), re-evaluated for float64 where that term dominates (the split residual below in torch, Dot2
-in the compiled kernels; the split residual's entrywise bound E enters as ||fl(|R| E)||_F >= ||R (fl(r) - r)||_F);
+||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates; on the torch path its entrywise
+bound E = (u |fl(r)| + sqrt(2) gamma_k^2 (|B| + |A||X|)) / (1 - u) (|A||X| bounded by row and column norms) enters
+as ||fl(|R| E)||_F >= ||R (fl(r) - r)||_F (for n x k right-hand sides Dot2 costs less than splitting A);
 fl(R fl(r)) errs by at most g || |R| |fl(r)| ||_F, evaluated as a product of magnitudes and rounded up; norms and
 the final sums as above. A, B, X and R are first scaled exactly,
 A 2^-e, B 2^-f, X 2^(e-f), R 2^e (e, f the exponents of the largest entries of A and B), which leaves
@@ -145,12 +146,12 @@ def _evaluated_residual(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
     R_hat = torch.baddbmm(eye, A_w, X_w, alpha=-1)
     r = torch.linalg.matrix_norm(R_hat)
     A_scaled, X_scaled = _scaled(A_w, X_w)
-    s = math.sqrt(n) + torch.linalg.matrix_norm(A_scaled) * torch.linalg.matrix_norm(X_scaled)
+    x = torch.linalg.matrix_norm(X_scaled)
+    s = math.sqrt(n) + torch.linalg.matrix_norm(A_scaled) * x
     g = math.sqrt(2) * gamma(n + 3, u) if complex_input else gamma(n + 1, u)
     rounding = g * s  # >= ||R^ - R||_F (before underflow, subnormals and the norms' own rounding)
     eta = 4 * n * (n + 2) * _SMALLEST_NORMAL64 + 2 * n * 2.0 ** -511
     absolute = eta + _subnormal_term(A, X) + _subnormal_term(X, A)
-    x = torch.linalg.matrix_norm(X_scaled)
     weighted = x * rounding  # >= || |2^e X| |R^ - R| ||_F (before the terms every matrix gets)
     if X.dtype in (torch.float64, torch.complex128):
         ill = (rounding > r) & (r + rounding > DOT2_THRESHOLD)
@@ -438,27 +439,28 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     A_up = torch.linalg.matrix_norm(A_s) + n * 2.0 ** -511  # the squares a norm may lose added back
     s = torch.linalg.matrix_norm(B_s) + lost_squares + A_up * (X_hat + lost_squares)  # |A'| <= 1: no overflow
     t = g * s  # >= ||fl(r) - r||_F
-    weighted = torch.full_like(t, math.inf)  # >= || |R'| |fl(r) - r| ||_F where the split residual gives it
+    weighted = torch.full_like(t, math.inf)  # >= || |R'| |fl(r) - r| ||_F where the residual is re-evaluated
     if X.dtype in (torch.float64, torch.complex128):
         ill = (t > r_hat) & (t * R_hat > DOT2_THRESHOLD * X_hat)
 
-        def split(A_s, X_s, B_s, R_s):
-            """(the split residual, its norm, its error bound, that bound weighted by |R'|) of a subset of the
+        def compensated(A_s, X_s, B_s, R_s):
+            """(the Dot2 residual, its norm, its error bound, that bound weighted by |R'|) of a subset of the
             systems."""
-            residual, error = split_residual(A_s, X_s, B_s, g)
+            magnitude = (B_s.abs() + _nonnegative_product_upper(A_s.abs(), X_s.abs())) * (1 + 2 * _U64)  # >= |B'| + |A'||X'|
+            residual, error = _residual_upper(magnitude, B_s, A_s, X_s, True)
             underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s) + lost_squares
-            R_error = torch.linalg.matrix_norm(ordered_product(R_s.abs(), error)) * (1 + 2 * (n + 1) * u) + lost_squares
+            R_error = torch.linalg.matrix_norm(torch.bmm(R_s.abs(), error)) * (1 + 2 * (n + 1) * u) + lost_squares
             R_up = torch.linalg.matrix_norm(R_s) * (1 + c * u) + n * 2.0 ** -511
             return (residual, torch.linalg.matrix_norm(residual), torch.linalg.matrix_norm(error) + underflow,
                     R_error * (1 + c * u) + R_up * underflow)
 
         if torch.compiler.is_compiling():  # no data-dependent subset in a graph: every system, then a choice
-            better = split(A_s, X_s, B_s, R_s)
+            better = compensated(A_s, X_s, B_s, R_s)
             residual = torch.where(ill[:, None, None], better[0], residual)
             r_hat, t, weighted = (torch.where(ill, part, full) for full, part in zip((r_hat, t, weighted), better[1:]))
         elif bool(ill.any()):
             index = ill.nonzero().squeeze(1)
-            better = split(A_s[index], X_s[index], B_s[index], R_s[index])
+            better = compensated(A_s[index], X_s[index], B_s[index], R_s[index])
             residual, r_hat, t, weighted = (full.index_put((index,), part) for full, part
                                             in zip((residual, r_hat, t, weighted), better))
     # entries within tiny of their scaled values (|A'| <= 1; the largest entry of a matrix is at most twice its
@@ -472,7 +474,7 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     weighted = torch.minimum(R_norm * t, weighted + R_norm * scaling)  # >= ||R' (fl(r') - r')||_F
     y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
     y_flush = sq2 * n * tiny * (2 * r_hat + 2 * lost_squares + 2 * R_norm)
-    y_rounding = (torch.linalg.matrix_norm(ordered_product(R_s.abs(), residual.abs())) * (1 + 2 * (n + 1) * u)
+    y_rounding = (torch.linalg.matrix_norm(torch.bmm(R_s.abs(), residual.abs())) * (1 + 2 * (n + 1) * u)
                   + lost_squares)
     y_rounding = y_rounding + 4 * (n + 2) * entries * tiny  # >= || |R'| |fl(r')| ||_F, the products' underflow added
     y_norm = (y_hat + g * y_rounding + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
