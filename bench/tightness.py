@@ -20,6 +20,7 @@ printed with its matrix and the run exits 1).
 
     python bench/tightness.py --json bench/results/tightness-cpu-<date>.json
     python bench/tightness.py --speed            # the exact path, this checkout against --old (default /tmp/old)
+    python bench/tightness.py --certificate-speed --old /tmp/old --rounds 15   # the torch certificate alone
 """
 from __future__ import annotations
 
@@ -304,6 +305,59 @@ def speed_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+CERTIFICATE_CASES = [(4, 50_000), (8, 20_000), (32, 1_000)]  # (n, batch), each in float64 and complex128
+
+
+def certificate_speed(old: str, rounds: int) -> dict:
+    """The torch path's certificate alone, this checkout's neuinv/certificate.py against --old's, both loaded in this
+    process (the module imports torch and math only) and timed alternately: median over rounds of
+    certificate.error_bound(A, X) and solve_error_bound(A, B, X_B, X, bound) (k = 1), one torch thread. Within one
+    process the machine's drift cancels, which separate processes (--speed) do not manage on a shared machine."""
+    import importlib.util
+
+    def load(root: str, name: str):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, "neuinv", "certificate.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    from neuinv.testing import conditioned_matrices
+    torch.set_num_threads(1)
+    versions = {"old": load(old, "certificate_old"), "new": load(str(Path(__file__).resolve().parents[1]),
+                                                                 "certificate_new")}
+    rows = []
+    for n, batch in CERTIFICATE_CASES:
+        for dname in ("float64", "complex128"):
+            for cond in (10.0, 1e8):
+                A = conditioned_matrices(batch, n, cond, DTYPES[dname], seed=n)
+                X = torch.linalg.inv(A)
+                B = torch.randn(batch, n, 1, dtype=A.dtype, generator=torch.Generator().manual_seed(n))
+                X_B = torch.linalg.solve(A, B)
+                bound = versions["old"].error_bound(A, X)
+                calls = {"error_bound": lambda m: m.error_bound(A, X),
+                         "solve_error_bound k=1": lambda m: m.solve_error_bound(A, B, X_B, X, bound)}
+                for call, f in calls.items():
+                    samples = {"old": [], "new": []}
+                    for r in range(rounds):
+                        for version in ("old", "new") if r % 2 == 0 else ("new", "old"):
+                            start = time.perf_counter()
+                            f(versions[version])
+                            samples[version].append(time.perf_counter() - start)
+                    o, w = statistics.median(samples["old"]), statistics.median(samples["new"])
+                    rows.append(dict(call=call, n=n, dtype=dname, batch=batch, cond=cond, old_ms=1e3 * o,
+                                     new_ms=1e3 * w, new_over_old=w / o))
+    return dict(rounds=rounds, old=old, rows=rows)
+
+
+def certificate_speed_markdown(result: dict) -> str:
+    lines = ["| call | n | dtype | batch | cond | before, ms | after, ms | after / before |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['call']} | {r['n']} | {r['dtype']} | {r['batch']} | {r['cond']:g} | {r['old_ms']:.2f} | "
+                     f"{r['new_ms']:.2f} | {r['new_over_old']:.2f}× |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60, help="matrices per dtype, family and n < 16")
@@ -314,6 +368,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--speed", action="store_true", help="time the exact path against the --old checkout")
+    parser.add_argument("--certificate-speed", action="store_true",
+                        help="time the torch path's certificate against the --old checkout's, in one process")
     parser.add_argument("--old", default="/tmp/old", help="checkout of the code to compare with")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=3, help="timings per case in each process (best kept)")
@@ -324,9 +380,13 @@ def main(argv=None) -> int:
         return 0
     meta = dict(machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
                 date=datetime.date.today().isoformat(), commit=git_commit(), torch=torch.__version__)
-    if args.speed:
-        result = dict(meta, **speed(args.old, args.rounds, args.repeats))
-        print(speed_markdown(result))
+    if args.speed or args.certificate_speed:
+        if args.speed:
+            result = dict(meta, **speed(args.old, args.rounds, args.repeats))
+            print(speed_markdown(result))
+        else:
+            result = dict(meta, **certificate_speed(args.old, args.rounds))
+            print(certificate_speed_markdown(result))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=1))
