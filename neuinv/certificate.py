@@ -45,7 +45,7 @@ This is the form of Rump's enclosure ||x - x*|| <= ||R (b - A x)|| / (1 - ||I - 
 the bound tracks the true error A^-1 r, and eps enters only second order (eps ||r||). The residual
 fl(B - A X) is evaluated as the inverse's, |fl(r) - r| <= g (|B| + |A||X|), ||.||_F <= g (||B||_F +
 ||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates; on the torch path its entrywise
-bound E = (u |fl(r)| + sqrt(2) gamma_k^2 (|B| + |A||X|)) / (1 - u) (|A||X| bounded by row and column norms) enters
+bound E = (u |fl(r)| + sqrt(2) gamma_k^2 (|B| + |A||X|)) / (1 - u) (|A||X| a rounded-up product of magnitudes) enters
 as ||fl(|R| E)||_F >= ||R (fl(r) - r)||_F (for n x k right-hand sides Dot2 costs less than splitting A);
 fl(R fl(r)) errs by at most g || |R| |fl(r)| ||_F, evaluated as a product of magnitudes and rounded up; norms and
 the final sums as above. A, B, X and R are first scaled exactly,
@@ -83,7 +83,9 @@ order. With A X = A1 X1 + A X2 + A2 X1, T1 = fl(S - A1 X1), T2 = fl(T1 - fl(A X2
 
 g as for one product, |X2| <= 2^(nu_j - beta), |A2| <= 2^(mu_i - beta): about 2^-23 of a plain product's
 rounding, and relative to each row and column, so badly scaled and graded matrices stay tight. E is evaluated and
-rounded up; underflow of the scaled X and of the products adds at most 16 (n + 1) tiny per entry.
+rounded up; underflow of the scaled X and of the products (flushed or gradual) adds at most 20 (n + 1) tiny per
+entry, and a subnormal low part of A flushed to zero at most tiny |X1| per term, which the term for entries of
+2^e X that underflow, 4 n (n + 2) tiny ||2^e X||_F, covers.
 The rounding of the norms and of the final sum are absorbed into a factor 1 + c_n u,
 c_n = 4 (n^2 + n + 4); squares below the smallest normal number lose at most 2 n 2^-511 of a norm.
 
@@ -327,7 +329,7 @@ def split_residual(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor, g: flo
     residual = second - ordered_product(A_low, X_high)
     magnitude = ordered_product(torch.cat([A.abs(), A_low.abs()], dim=-1), torch.cat([X_low.abs(), X_high.abs()], dim=-2))
     error = (u * (first.abs() + second.abs() + residual.abs()) + g * magnitude * (1 + 2 * (2 * n + 1) * u)
-             + 16 * (n + 1) * _SMALLEST_NORMAL64) * (1 + 4 * u)  # the last term: X's and the products' underflow
+             + 20 * (n + 1) * _SMALLEST_NORMAL64) * (1 + 4 * u)  # the last term: X's and the products' underflow
     return residual, error
 
 
