@@ -72,9 +72,10 @@ def test_kernel_matches_its_specification(n, dtype, batch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_certificate_is_certificate_error_bound(dtype):
     """The in-kernel bound of each returned X is rho = certificate.residual_bound(A, X) up to the rounding of its
-    own evaluation -- for float64 up to cond 1e12, where the Dot2 re-evaluation makes it (exact path only, and
-    Newton–Schulz from a guess); the Triton kernel does not evaluate the product form, so certificate.error_bound
-    may lie below it. A float32 exact-path result is certified before its rounding (Gauss–Jordan in float64): its
+    own evaluation -- for float64 up to cond 1e12, where both re-evaluate the residual (exact path only, and
+    Newton–Schulz from a guess): the kernel by Dot2, the torch path by the split residual, whose error (about
+    (n + 1) 2^-25 of a plain product's rounding at n = 4) moves rho by up to about 2e-6 of itself there; the Triton
+    kernel does not evaluate the product form, so certificate.error_bound may lie below it. A float32 exact-path result is certified before its rounding (Gauss–Jordan in float64): its
     bound is at most that of the stored X, about float32's unit roundoff, and holds."""
     for cond in (1e2, 1e6, 1e12 if dtype == torch.float64 else 1e5):
         A = conditioned_matrices(6, 4, cond, dtype, seed=2).to(DEVICE)
@@ -91,7 +92,7 @@ def test_certificate_is_certificate_error_bound(dtype):
             assert (bound[before_rounding] < 2 * 2.0**-24 + 1e-3 * cond * 2.0**-53).all(), (cond, bound)
             if not before_rounding.all():
                 kept = ~before_rounding
-                assert torch.allclose(bound[kept], expected[kept], rtol=1e-6, atol=0), (cond, refine, bound, expected)
+                assert torch.allclose(bound[kept], expected[kept], rtol=1e-5, atol=0), (cond, refine, bound, expected)
 
 
 def test_singular_members_and_guard():
