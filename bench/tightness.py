@@ -296,12 +296,16 @@ def speed(old: str, rounds: int, repeats: int) -> dict:
     return dict(rounds=rounds, repeats_per_round=repeats, old=old, rows=rows)
 
 
-def speed_markdown(result: dict) -> str:
-    lines = ["| n | dtype | batch | cond | backend | before, ms | after, ms | after / before |",
-             "|---:|---|---:|---:|---|---:|---:|---:|"]
+def before_after_markdown(result: dict, columns: tuple[str, ...]) -> str:
+    """The rows of a --speed or --certificate-speed result as a table: `columns` (keys of each row, left to right),
+    then the times before and after and their ratio."""
+    text = {"call", "dtype", "backend"}
+    lines = ["| " + " | ".join(columns) + " | before, ms | after, ms | after / before |",
+             "|" + "|".join("---" if c in text else "---:" for c in columns) + "|---:|---:|---:|"]
     for r in result["rows"]:
-        lines.append(f"| {r['n']} | {r['dtype']} | {r['batch']} | {r['cond']:g} | {r['backend']} | "
-                     f"{r['old_ms']:.2f} | {r['new_ms']:.2f} | {r['new_over_old']:.2f}× |")
+        cells = [f"{r[c]:g}" if c == "cond" else str(r[c]) for c in columns]
+        times = f"{r['old_ms']:.2f} | {r['new_ms']:.2f} | {r['new_over_old']:.2f}×"
+        lines.append("| " + " | ".join(cells) + f" | {times} |")
     return "\n".join(lines)
 
 
@@ -349,15 +353,6 @@ def certificate_speed(old: str, rounds: int) -> dict:
     return dict(rounds=rounds, old=old, rows=rows)
 
 
-def certificate_speed_markdown(result: dict) -> str:
-    lines = ["| call | n | dtype | batch | cond | before, ms | after, ms | after / before |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
-        lines.append(f"| {r['call']} | {r['n']} | {r['dtype']} | {r['batch']} | {r['cond']:g} | {r['old_ms']:.2f} | "
-                     f"{r['new_ms']:.2f} | {r['new_over_old']:.2f}× |")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=60, help="matrices per dtype, family and n < 16")
@@ -383,10 +378,10 @@ def main(argv=None) -> int:
     if args.speed or args.certificate_speed:
         if args.speed:
             result = dict(meta, **speed(args.old, args.rounds, args.repeats))
-            print(speed_markdown(result))
+            print(before_after_markdown(result, ("n", "dtype", "batch", "cond", "backend")))
         else:
             result = dict(meta, **certificate_speed(args.old, args.rounds))
-            print(certificate_speed_markdown(result))
+            print(before_after_markdown(result, ("call", "n", "dtype", "batch", "cond")))
         if args.json:
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(result, indent=1))

@@ -168,7 +168,8 @@ def _evaluated_residual(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
             weighted = weighted.index_put((index,), torch.linalg.matrix_norm(X_error) + n * 2.0 ** -511
                                           + x[index] * scaling_underflow)
     rho = (r + rounding) * (1 + c * u) + absolute
-    return R_hat, rounding * (1 + c * u) + absolute, rho, r, X_scaled, (weighted * (1 + c * u) + x * absolute) * (1 + c * u)
+    spread = rounding * (1 + c * u) + absolute
+    return R_hat, spread, rho, r, X_scaled, (weighted * (1 + c * u) + x * absolute) * (1 + c * u)
 
 
 def product_error_bound(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -311,7 +312,8 @@ def _two_product(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     return p, a_lo * b_lo - (((p - a_hi * b_hi) - a_lo * b_hi) - a_hi * b_lo)
 
 
-def split_residual(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor, g: float) -> tuple[torch.Tensor, torch.Tensor]:
+def split_residual(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor,
+                   g: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(fl(S - A X), an entrywise bound on its error) of float64 (complex128) A (b, n, n), X and S (b, n, k), accurate
     to about 2^-23 of the rounding of a plain product, at the cost of four products (module docstring, "The split
     residual"). g bounds the relative error of one product's entries: gamma_{n+1} (sqrt(2) gamma_{n+3} complex).
@@ -327,9 +329,10 @@ def split_residual(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor, g: flo
     first = start - ordered_product(A_high, X_high)  # the product exact: a sum of terms on one grid
     second = first - ordered_product(A, X_low)
     residual = second - ordered_product(A_low, X_high)
-    magnitude = ordered_product(torch.cat([A.abs(), A_low.abs()], dim=-1), torch.cat([X_low.abs(), X_high.abs()], dim=-2))
+    magnitude = ordered_product(torch.cat([A.abs(), A_low.abs()], dim=-1),
+                                torch.cat([X_low.abs(), X_high.abs()], dim=-2))
     error = (u * (first.abs() + second.abs() + residual.abs()) + g * magnitude * (1 + 2 * (2 * n + 1) * u)
-             + 20 * (n + 1) * _SMALLEST_NORMAL64) * (1 + 4 * u)  # the last term: X's and the products' underflow
+             + 20 * (n + 1) * _SMALLEST_NORMAL64) * (1 + 4 * u)  # last: X's and the products' underflow
     return residual, error
 
 
@@ -448,10 +451,10 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
         def compensated(A_s, X_s, B_s, R_s):
             """(the Dot2 residual, its norm, its error bound, that bound weighted by |R'|) of a subset of the
             systems."""
-            magnitude = (B_s.abs() + _nonnegative_product_upper(A_s.abs(), X_s.abs())) * (1 + 2 * _U64)  # >= |B'| + |A'||X'|
+            magnitude = (B_s.abs() + _nonnegative_product_upper(A_s.abs(), X_s.abs())) * (1 + 2 * _U64)
             residual, error = _residual_upper(magnitude, B_s, A_s, X_s, True)
             underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(X_s) + lost_squares
-            R_error = torch.linalg.matrix_norm(torch.bmm(R_s.abs(), error)) * (1 + 2 * (n + 1) * u) + lost_squares
+            R_error = torch.linalg.matrix_norm(_nonnegative_product_upper(R_s.abs(), error)) + lost_squares
             R_up = torch.linalg.matrix_norm(R_s) * (1 + c * u) + n * 2.0 ** -511
             return (residual, torch.linalg.matrix_norm(residual), torch.linalg.matrix_norm(error) + underflow,
                     R_error * (1 + c * u) + R_up * underflow)
@@ -476,9 +479,8 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     weighted = torch.minimum(R_norm * t, weighted + R_norm * scaling)  # >= ||R' (fl(r') - r')||_F
     y_hat = torch.linalg.matrix_norm(torch.bmm(R_s, residual))
     y_flush = sq2 * n * tiny * (2 * r_hat + 2 * lost_squares + 2 * R_norm)
-    y_rounding = (torch.linalg.matrix_norm(torch.bmm(R_s.abs(), residual.abs())) * (1 + 2 * (n + 1) * u)
-                  + lost_squares)
-    y_rounding = y_rounding + 4 * (n + 2) * entries * tiny  # >= || |R'| |fl(r')| ||_F, the products' underflow added
+    # >= || |R'| |fl(r')| ||_F, which bounds the rounding of fl(R' fl(r')) with g
+    y_rounding = torch.linalg.matrix_norm(_nonnegative_product_upper(R_s.abs(), residual.abs())) + lost_squares
     y_norm = (y_hat + g * y_rounding + y_flush) * (1 + c * u) + eta  # >= ||R' fl(r')||_F
     eps = inverse_bound.to(torch.float64)
     error = (y_norm + weighted + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
