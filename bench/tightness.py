@@ -236,9 +236,12 @@ SPEED_CASES = [  # (n, batch, cond, dtypes, backend)
     (4, 200_000, 10.0, ("float32", "float64"), "auto"),
     (8, 50_000, 10.0, ("float32", "float64"), "auto"),
     (32, 2_000, 10.0, ("float32", "float64"), "auto"),
-    (8, 20_000, 1e10, ("float64",), "auto"),  # Dot2 evaluates every residual, and the product form runs
+    (4, 200_000, 1e4, ("float64",), "auto"),  # above SPLIT_THRESHOLD: the split residual and the product form
+    (8, 20_000, 1e10, ("float64",), "auto"),
+    (16, 4_000, 1e4, ("float64",), "auto"),
     (8, 20_000, 1e3, ("float32", "complex64"), "torch"),  # the torch path's product form for single precision
     (8, 20_000, 10.0, ("float64", "complex128"), "torch"),  # the torch path, residuals not re-evaluated
+    (8, 20_000, 1e4, ("float64", "complex128"), "torch"),  # re-evaluated since SPLIT_THRESHOLD
     (8, 20_000, 1e8, ("float64", "complex128"), "torch"),  # the torch path's re-evaluated residuals
     (32, 1_000, 1e8, ("float64", "complex128"), "torch"),
 ]

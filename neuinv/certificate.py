@@ -24,9 +24,10 @@ by up to the condition number of X. :func:`product_error_bound` evaluates it wit
 of the two bounds. It is tight where R^ is accurate: single-precision X (whose residual float64 evaluates almost
 exactly) and float64 X whose residual is re-evaluated (below; there the last term is evaluated entrywise, as
 ||fl(|X| E)||_F with |R^ - R| <= E, which keeps graded matrices tight); where the a-priori rounding term of R^
-dominates, ||X||_F ||R^ - R||_F does too, and the bound is rho's. The compiled kernels evaluate it where they run
-Dot2 (csrc/neuinv_rules.h, ``error_bound_from``; their float32 results are certified in double before rounding);
-the Triton kernel keeps rho.
+dominates, ||X||_F ||R^ - R||_F does too, and the bound is rho's. The compiled kernels evaluate it with the split
+residual on the float64 exact path (csrc/kernels/per_matrix.h, ``certify_double``) and where they run Dot2
+(csrc/neuinv_rules.h, ``error_bound_from``; their float32 results are certified in double before rounding); the
+Triton kernel keeps rho.
 
 ``error_bound`` is the smaller of these right-hand sides: an upper bound on the relative error of X in the
 Frobenius norm, holding in exact arithmetic. Where the bound is 1 or more (or cannot be evaluated) nothing is
@@ -65,10 +66,13 @@ instead of a second matrix product),
 
 where u is the unit roundoff of the evaluation: float32 and complex64 input are evaluated in float64
 (their products are then exact, and g ~ 1e-14 n), float64 and complex128 in float64. When that
-a-priori term dominates for float64 input and is above DOT2_THRESHOLD (ill-conditioned or badly scaled
-matrices) the residual is re-evaluated: by the split residual below in torch, by error-free transformations in
-the compiled kernels (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005) 1955, Prop. 5.5:
-|dot2 - x^T y| <= u |x^T y| + gamma_k^2 |x|^T |y|), which makes the bound tight.
+a-priori term dominates for float64 (complex128) X and the bound would exceed SPLIT_THRESHOLD = 2^-40 the
+residual is re-evaluated by the split residual below, on the torch path and on the compiled float64 exact path,
+which makes the bound tight; below that threshold the a-priori bound, at most about (n + 1) u ||A||_F ||X||_F, is
+kept (the re-evaluation costs three matrix products). The compiled kernels' other residuals held in double (the
+float32 exact path before rounding, Newton-Schulz results) and the Triton kernel's are re-evaluated above
+DOT2_THRESHOLD = 2^-26 by error-free transformations (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005)
+1955, Prop. 5.5: |dot2 - x^T y| <= u |x^T y| + gamma_k^2 |x|^T |y|).
 
 The split residual (:func:`split_residual`; the splitting of Ozaki, Ogita, Oishi & Rump, "Error-free
 transformations of matrix multiplication", Numer. Algorithms 59 (2012)). S - A X with A (n x n), X (n x k) in
@@ -89,6 +93,16 @@ entry, and a subnormal low part of A flushed to zero at most tiny |X1| per term,
 The rounding of the norms and of the final sum are absorbed into a factor 1 + c_n u,
 c_n = 4 (n^2 + n + 4); squares below the smallest normal number lose at most 2 n 2^-511 of a norm.
 
+The compiled float64 exact path (csrc/kernels/per_matrix.h, ``split_residual``) splits on one grid per matrix
+instead of per row and column (A scaled so that its largest entry lies in [1/2, 1), X by the inverse power of two),
+sums the two low products into one accumulator P by fused multiply-adds and bounds E normwise, from
+|X2| <= 2^(1 - beta) max |X| and |A2| <= 2^(1 - beta) max |A|:
+
+    ||R^ - R||_F <= u ||T1||_F + 2u ||R^||_F + gamma_2n h (2 + h) ||A||_F ||X||_F,   h = n 2^(1 - beta),
+
+plus the same underflow terms, with R^ = fl(T1 - P). That is about 2^-21 of the plain rounding term: tight for every
+matrix the equilibrated second stage does not take, at the cost of three products of fused multiply-adds.
+
 Assumptions: IEEE 754 binary arithmetic, round to nearest, conventional (not Strassen-like or
 3M complex) matrix products. Underflow, and flush-to-zero / denormals-are-zero states in whichever
 thread evaluates the bound, are covered by an absolute term: each product's underflow error is at
@@ -108,7 +122,12 @@ import math
 import torch
 
 DOT2_THRESHOLD = 2.0 ** -26
-"""float64 matrices whose a-priori bound exceeds this (about sqrt(u)) get the re-evaluated residual (split or Dot2)."""
+"""Residuals evaluated in float64 whose a-priori bound exceeds this (about sqrt(u)) are re-evaluated by Dot2 where the
+compiled kernels certify single-precision input and Newton-Schulz results, and a solution's residual is."""
+
+SPLIT_THRESHOLD = 2.0 ** -40
+"""float64 and complex128 X whose a-priori bound exceeds this (about 4096 eps) get the split residual and the product
+form: their bound then tracks the true error; below it the bound, at most about (n + 1) u ||A||_F ||X||_F, is kept."""
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -156,7 +175,7 @@ def _evaluated_residual(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
     absolute = eta + _subnormal_term(A, X) + _subnormal_term(X, A)
     weighted = x * rounding  # >= || |2^e X| |R^ - R| ||_F (before the terms every matrix gets)
     if X.dtype in (torch.float64, torch.complex128):
-        ill = (rounding > r) & (r + rounding > DOT2_THRESHOLD)
+        ill = (rounding > r) & (r + rounding > SPLIT_THRESHOLD)
         if bool(ill.any()):
             index = ill.nonzero().squeeze(1)
             scaling_underflow = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * x[index]

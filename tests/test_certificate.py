@@ -439,7 +439,7 @@ def test_bound_is_sound_on_triton(dtype):
 # Tightness. Measured on exactly these matrices (2026-11-29, 2-core CPU): the largest error_bound / true
 # error was 9.8e3 (float64, auto = the compiled exact path, cond 1e7, n = 4; cpp from the scaled transpose
 # 1.3e3, torch 9.0e2, warm starts 9.4e2; float32: 71, cpp-warm and auto-warm at cond 1e2), and the
-# largest error_bound / (n cond eps) was 0.99 (float64; float32: 0.26). Below the Dot2 threshold the float64
+# largest error_bound / (n cond eps) was 0.99 (float64; float32: 0.26). Below the split threshold the float64
 # bound is dominated by the a-priori term g ||I + |A||X|||_F ~ n u cond, while the polished X can be accurate
 # to a few u, so the first ratio grows with cond and has no constant limit: the factors below leave 10x
 # (and 4x) headroom over what was measured.
@@ -609,6 +609,32 @@ def test_product_form_bound_is_within_a_few_percent_where_the_residual_is_accura
             bounds = certificate.error_bound(A, X) if variant == "torch" else compiled_error_bound(A, X)
             for i, (bound, error) in enumerate(assert_bounds_hold(A, X, bounds, f"{variant} cond {cond:g} n={n}")):
                 assert bound <= 1.05 * error, f"{variant} cond {cond:g} n={n} [{i}]: {bound:.6g} vs {error:.6g}"
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 16, 20])
+def test_compiled_float64_exact_path_bound_is_at_the_error_above_the_split_threshold(n):
+    """The compiled float64 exact path re-evaluates every residual whose a-priori bound exceeds
+    certificate.SPLIT_THRESHOLD by the split residual (csrc/kernels/per_matrix.h, packs for n <= 8, a fixed n = 16,
+    the general n = 5, 20): its bound is never below the exact error (rational arithmetic), its median over the
+    batch is within 10 % of max(error, eps), and each bound is within 1.5x of that or 1000x below the a-priori
+    bound (n + 1) u ||A||_F ||X||_F (the split's own rounding, about 2^-20 of it, where the Newton-Schulz polish
+    leaves X accurate to a few u); 2^k A gets the same bound and 2^-k X (|k| up to 600). Without the
+    re-evaluation the median was 10-60x above the error."""
+    require("cpp")
+    A = torch.cat([conditioned_matrices(6, n, cond, torch.float64, seed=n + int(math.log10(cond)))
+                   for cond in (1e4, 1e7, 1e10)])
+    X, info = neuinv.batched_inverse_ex(A, backend="cpp")
+    assert bool(info.certified.all())
+    a_priori = (n + 1) * eps(torch.float64) / 2 * torch.linalg.matrix_norm(A) * torch.linalg.matrix_norm(X)
+    ratios = []
+    for i, (bound, error) in enumerate(assert_sound(A, X, info, f"cpp n={n}")):
+        ratios.append(bound / max(error, eps(torch.float64)))
+        assert ratios[-1] <= 1.5 or bound <= 1e-3 * float(a_priori[i]), f"n={n} [{i}]: {bound:.4g} vs {error:.4g}"
+    assert sorted(ratios)[len(ratios) // 2] <= 1.1, ratios
+    for k in (-600, 600):
+        X_k, info_k = neuinv.batched_inverse_ex(A * 2.0 ** k, backend="cpp")
+        assert torch.equal(info_k.error_bound, info.error_bound), k
+        assert torch.equal(X_k, X * 2.0 ** -k), k
 
 
 def test_error_bound_of_a_rounded_inverse_is_rigorous():

@@ -45,6 +45,10 @@ struct PackArithmetic {
     for (int l = 0; l < kLanes; ++l) v[l] = std::sqrt(v[l]);
     return v;
   }
+  static NEUINV_HOST_DEVICE V fused_multiply_add(V a, V b, V c) {  // a b + c rounded once, lane by lane
+    for (int l = 0; l < kLanes; ++l) c[l] = __builtin_fma(a[l], b[l], c[l]);
+    return c;
+  }
   static NEUINV_HOST_DEVICE mask greater(V a, V b) { return a > b; }
   static NEUINV_HOST_DEVICE mask equal(V a, V b) { return a == b; }
   static NEUINV_HOST_DEVICE mask either(mask a, mask b) { return a | b; }
@@ -61,6 +65,10 @@ struct PackArithmetic {
   static NEUINV_HOST_DEVICE void set_mask_lane(mask& m, int l, bool x) { m[l] = x ? -1 : 0; }
   template <typename To>
   static NEUINV_HOST_DEVICE To convert(V v) { return __builtin_convertvector(v, To); }
+  static NEUINV_HOST_DEVICE V power_of_two_floor(V v) {  // as ScalarArithmetic's, lane by lane
+    static_assert(sizeof(T) == sizeof(int64_t), "double only");
+    return (V)((mask)v & static_cast<int64_t>(0x7FF0000000000000ull));
+  }
   template <typename S>
   static NEUINV_HOST_DEVICE V rounded(V v) {
     return __builtin_convertvector(__builtin_convertvector(v, typename PackOf<S>::type), V);

@@ -8,12 +8,14 @@
 // pivoting on [A | I] (Cholesky of A's lower triangle for positive-definite input; the adjugate closed form for
 // float32 n = 2-4, redone by Gauss-Jordan where it is not certified to float32 accuracy) in double precision
 // for every input dtype, giving X_w; for float64 input one Newton-Schulz step X_w + X_w (I - A X_w) where
-// ||I - A X_w|| lies above eps ||A|| ||X_w|| (and below 1/2); the certificate of X_w, then X = round_T(X_w) with
-// the rounding added to the bound (certificate.error_bound(..., rounded_to=T)).
+// ||I - A X_w|| lies above eps ||A|| ||X_w|| (and below 1/2); the certificate of X_w (for float64 by the split
+// residual where its a-priori bound exceeds certificate.SPLIT_THRESHOLD), then X = round_T(X_w) with the rounding
+// added to the bound (certificate.error_bound(..., rounded_to=T)).
 //
 // Matrices are row-major, element (i, j) at [i * n + j]; N is n where it is fixed at compile time, else 0. The CPU
-// build compiles them without floating-point contraction (-ffp-contract=off), so that a pack's lanes and a scalar
-// compute the same bits and the certificate's branches give the same result for A and 2^k A.
+// build compiles them without floating-point contraction (-ffp-contract=off), and fused multiply-adds are written
+// out (Arithmetic::fused_multiply_add), so that a pack's lanes and a scalar compute the same bits and the
+// certificate's branches give the same result for A and 2^k A.
 #pragma once
 #include "arithmetic.h"
 
@@ -86,8 +88,8 @@ NEUINV_HOST_DEVICE typename Arithmetic<V>::mask gauss_jordan(const V* a, V* x, i
     for (int64_t i = 0; i < n; ++i) {
       if (i == k) continue;
       V* row_i = work + i * w;
-      const V factor = row_i[k];
-      for (int64_t j = start; j < w; ++j) row_i[j] = row_i[j] - factor * row_k[j];
+      const V minus_factor = -row_i[k];
+      for (int64_t j = start; j < w; ++j) row_i[j] = Ar::fused_multiply_add(minus_factor, row_k[j], row_i[j]);
     }
   }
   for (int64_t i = 0; i < n; ++i) {
@@ -205,26 +207,35 @@ NEUINV_HOST_DEVICE typename Arithmetic<V>::mask cholesky_inverse(const V* a, V* 
   return refused;
 }
 
-// sum of v_e^2 over `count` entries, in four interleaved partial sums added pairwise (one running sum is a chain
-// of dependent additions; the certificate bounds the rounding of a sum in any order).
+// sum of (v_e f_1 f_2)^2 over `count` entries (f_1, f_2 powers of two, 1 by default), in four interleaved partial
+// sums added pairwise (one running sum is a chain of dependent additions; the certificate bounds the rounding of a
+// sum in any order).
 template <typename V>
-NEUINV_HOST_DEVICE V sum_of_squares(const V* v, int64_t count) {
+NEUINV_HOST_DEVICE V sum_of_squares(const V* v, int64_t count, V f_1 = Arithmetic<V>::broadcast(1.0),
+                                    V f_2 = Arithmetic<V>::broadcast(1.0)) {
   const V zero = Arithmetic<V>::broadcast(0.0);
   V part[4] = {zero, zero, zero, zero};
   int64_t e = 0;
   for (; e + 4 <= count; e += 4) {
-    for (int p = 0; p < 4; ++p) part[p] = part[p] + v[e + p] * v[e + p];
+    for (int p = 0; p < 4; ++p) {
+      const V scaled = v[e + p] * f_1 * f_2;
+      part[p] = part[p] + scaled * scaled;
+    }
   }
-  for (int p = 0; e + p < count; ++p) part[p] = part[p] + v[e + p] * v[e + p];
+  for (int p = 0; e + p < count; ++p) {
+    const V scaled = v[e + p] * f_1 * f_2;
+    part[p] = part[p] + scaled * scaled;
+  }
   return (part[0] + part[2]) + (part[1] + part[3]);
 }
 
 // out += sign * left * right (n x n), four rows of out at a time: each row of `right` is loaded once per four
-// rows. Every entry sums over k in order.
+// rows. Every entry sums over k in order, by fused multiply-adds (the error of any conventional product bounds it).
 template <int N, typename V>
 NEUINV_HOST_DEVICE void accumulate_product(const V* left, const V* right, V* out, int64_t n_runtime, double sign) {
+  using Ar = Arithmetic<V>;
   const int64_t n = N > 0 ? N : n_runtime;
-  const V s = Arithmetic<V>::broadcast(sign);
+  const V s = Ar::broadcast(sign);
   int64_t i0 = 0;
   for (; i0 + 4 <= n; i0 += 4) {
     V* o = out + i0 * n;
@@ -232,19 +243,19 @@ NEUINV_HOST_DEVICE void accumulate_product(const V* left, const V* right, V* out
       const V* right_row = right + k * n;
       const V l0 = s * left[i0 * n + k], l1 = s * left[(i0 + 1) * n + k], l2 = s * left[(i0 + 2) * n + k],
               l3 = s * left[(i0 + 3) * n + k];
-      for (int64_t j = 0; j < n; ++j) {
+      for_each_column<V>(n, [&](int64_t j) {
         const V value = right_row[j];
-        o[j] = o[j] + l0 * value;
-        o[n + j] = o[n + j] + l1 * value;
-        o[2 * n + j] = o[2 * n + j] + l2 * value;
-        o[3 * n + j] = o[3 * n + j] + l3 * value;
-      }
+        o[j] = Ar::fused_multiply_add(l0, value, o[j]);
+        o[n + j] = Ar::fused_multiply_add(l1, value, o[n + j]);
+        o[2 * n + j] = Ar::fused_multiply_add(l2, value, o[2 * n + j]);
+        o[3 * n + j] = Ar::fused_multiply_add(l3, value, o[3 * n + j]);
+      });
     }
   }
   for (int64_t i = i0; i < n; ++i) {
     for (int64_t k = 0; k < n; ++k) {
       const V l = s * left[i * n + k];
-      for (int64_t j = 0; j < n; ++j) out[i * n + j] = out[i * n + j] + l * right[k * n + j];
+      for_each_column<V>(n, [&](int64_t j) { out[i * n + j] = Ar::fused_multiply_add(l, right[k * n + j], out[i * n + j]); });
     }
   }
 }
@@ -309,40 +320,232 @@ NEUINV_HOST_DEVICE double store_certified(Entry entry, T* x, int64_t count, doub
   return rules::kInfinity;
 }
 
-// Whether the exact path polishes X_w by one Newton-Schulz step: float64 input whose residual r lies above
-// eps ||A||_F ||X_w||_F (Gauss-Jordan lands up to ~8x above LU there at cond 1e4; the step brings it to LU's
-// level) and below 1/2 (so that the step converges).
-template <typename T>
-NEUINV_HOST_DEVICE bool polishes(double r, double norms) {
-  return sizeof(T) == sizeof(double) && r > 0x1p-52 * norms && r < 0.5;
+// Whether the float64 exact path polishes X_w by one Newton-Schulz step: its residual r lies above
+// eps ||A||_F ||X_w||_F (Gauss-Jordan lands up to ~8x above LU there at cond 1e4; the step brings it to LU's level)
+// and below 1/2 (so that the step converges).
+NEUINV_HOST_DEVICE bool polishes(double r, double norms) { return r > 0x1p-52 * norms && r < 0.5; }
+
+// The larger of a and b in each lane (b where either is NaN).
+template <typename V>
+NEUINV_HOST_DEVICE V larger(V a, V b) {
+  return Arithmetic<V>::select(Arithmetic<V>::greater(a, b), a, b);
 }
 
-// The exact path's certificate of one matrix (the contract at the top of this file), given X_w and r_sq =
-// ||fl(I - A X_w)||_F^2 in double: polishes X_w where `polishes` says so, then returns the error bound of
-// X = round_T(X_w) (certificate.error_bound with rounded_to=T). A is given in double (exactly A for float32 and
-// float64 input).
+// Lane by lane: the largest |entry| of `count` values of V, in eight interleaved partial maxima (NaN skipped: a NaN
+// entry is refused through the residual).
+template <typename V>
+NEUINV_HOST_DEVICE V largest_magnitude(const V* v, int64_t count) {
+  V part[8];
+  for (int p = 0; p < 8; ++p) part[p] = Arithmetic<V>::broadcast(0.0);
+  int64_t e = 0;
+  for (; e + 8 <= count; e += 8) {
+    for (int p = 0; p < 8; ++p) part[p] = larger(Arithmetic<V>::magnitude(v[e + p]), part[p]);
+  }
+  for (int p = 0; e + p < count; ++p) part[p] = larger(Arithmetic<V>::magnitude(v[e + p]), part[p]);
+  for (int p = 1; p < 8; ++p) part[0] = larger(part[p], part[0]);
+  return part[0];
+}
+
+// Per lane, the grid of ExtractScalar for entries up to v >= 0: 2^(mu + shift), 2^mu > v >= 2^(mu - 1) (mu the
+// exponent of frexp); 0 for 0 and subnormal v, where the split leaves the entries whole (a product with a subnormal
+// entry errs by at most its underflow, which the split residual's tiny terms cover).
+template <typename V>
+NEUINV_HOST_DEVICE V grid_above(V v, int shift) {
+  return Arithmetic<V>::power_of_two_floor(v) * rules::power_of_two(shift + 1);
+}
+
+// The residual of the float64 exact path, re-evaluated accurately for every matrix: norms of A_s = 2^-e A and
+// X_s = 2^e X (2^e per lane nearest A's largest entry), r = ||R^||_F and error >= ||R^ - (I - A X)||_F.
+template <typename V>
+struct AccurateResidual {
+  V a_norm, x_norm, r_norm, error;
+};
+
+// The split residual (certificate.split_residual's splitting on one grid per matrix, its error bound taken
+// normwise): A_s = A1 + A2 and X_s = X1 + X2 exactly (ExtractScalar, Rump, Ogita & Oishi 2008, with sigma =
+// 2^(mu + 53 - beta), 2^mu above the matrix's largest |entry|, beta = floor((53 - ceil(log2 n)) / 2)): A1 and X1 on
+// the grids 2^(mu - beta), |A2| <= 2^(mu_A - beta), |X2| <= 2^(mu_X - beta), so that every partial sum of (A1 X1)_ij
+// is a multiple of 2^(mu_A + mu_X - 2 beta) below n 2^(mu_A + mu_X) = 2^53 units: exact in any order. Then
+//   R^ = fl(T - P),  T = fl(I - A1 X1) (A1 X1 exact),  P = fl(sum_k A_s[i, k] X2[k, j] + A2[i, k] X1[k, j])
+//   (2n fused multiply-adds), ||R^ - R||_F <= [u ||T||_F + 2u ||R^||_F + gamma_2n (||A_s||_F ||X2||_F + ||A2||_F
+//   ||X1||_F) + 20 n (n + 1) tiny] (1 + c_n u) + 4 n (n + 2) tiny ||X_s||_F,
+// with ||X2||_F <= h ||X_s||_F, ||A2||_F <= h ||A_s||_F, ||X1||_F <= (1 + h) ||X_s||_F, h = n 2^(1 - beta) (as
+// 2^mu <= 2 max |entry|); the last two terms for products and scaled entries that underflow (module docstring of
+// neuinv/certificate.py). R^ goes to r, X_s to x_s; x_low is work space. Three products of n^3 fused
+// multiply-adds, vectorised over the lanes or along the rows (Dot2 takes about ten operations per multiply-add).
+template <int N, typename V>
+NEUINV_HOST_DEVICE AccurateResidual<V> split_residual(const V* a, const V* x, V* r, V* x_s, V* x_low,
+                                                      int64_t n_runtime) {
+  using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime, size = n * n;
+  int log2_n = 0;
+  while ((int64_t(1) << log2_n) < n) ++log2_n;
+  const int beta = (53 - log2_n) / 2;
+  const V zero = Ar::broadcast(0.0);
+  const V largest = largest_magnitude(a, size);
+  // 2^e = 2 p, p = 2^floor(log2 largest): A_s = A (1/2 / p) (exact: a normal or subnormal power of two) and X_s =
+  // X p 2, so that A_s's largest entry lies in [1/2, 1); per lane by rules::PowerOfTwoScale where it is subnormal.
+  const V p = Ar::power_of_two_floor(largest);
+  V down_first = Ar::broadcast(0.5) / p, down_second = Ar::broadcast(1.0), up_first = p, up_second = Ar::broadcast(2.0);
+  if (Ar::any(Ar::equal(p, zero))) {
+    for (int l = 0; l < Ar::kLanes; ++l) {
+      if (Ar::lane(p, l) > 0.0) continue;
+      const int exponent = rules::frexp_exponent(static_cast<double>(Ar::lane(largest, l)));
+      const rules::PowerOfTwoScale down(-exponent), up(exponent);
+      Ar::set_lane(down_first, l, down.first);
+      Ar::set_lane(down_second, l, down.second);
+      Ar::set_lane(up_first, l, up.first);
+      Ar::set_lane(up_second, l, up.second);
+    }
+  }
+  V column_largest[N > 0 ? N : kMaxN];
+  for (int64_t j = 0; j < n; ++j) column_largest[j] = zero;
+  for (int64_t k = 0; k < n; ++k) {
+    for (int64_t j = 0; j < n; ++j) {
+      x_s[k * n + j] = x[k * n + j] * up_first * up_second;
+      column_largest[j] = larger(Ar::magnitude(x_s[k * n + j]), column_largest[j]);
+    }
+  }
+  V x_largest = zero;
+  for (int64_t j = 0; j < n; ++j) x_largest = larger(column_largest[j], x_largest);
+  const V x_grid = grid_above(x_largest, 53 - beta);
+  const V a_grid = Ar::broadcast(rules::power_of_two(53 - beta));  // 2^mu = 1 above A_s's entries
+  for (int64_t e = 0; e < size; ++e) {  // x_s holds X1 until the products are done
+    const V high = (x_s[e] + x_grid) - x_grid;
+    x_low[e] = x_s[e] - high;
+    x_s[e] = high;
+  }
+  V first_squared = zero;
+  for (int64_t i = 0; i < n; ++i) {
+    V first[N > 0 ? N : kMaxN], rest[N > 0 ? N : kMaxN];  // row i of -A1 X1 (then fl(I - A1 X1)) and of P
+    for (int64_t j = 0; j < n; ++j) {
+      first[j] = zero;
+      rest[j] = zero;
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      const V scaled = a[i * n + k] * down_first * down_second;
+      const V high = (scaled + a_grid) - a_grid, low = scaled - high, minus_high = -high;
+      const V* x_high_row = x_s + k * n;
+      const V* x_low_row = x_low + k * n;
+      for_each_column<V>(n, [&](int64_t j) {
+        first[j] = Ar::fused_multiply_add(minus_high, x_high_row[j], first[j]);  // exact
+        rest[j] = Ar::fused_multiply_add(scaled, x_low_row[j], rest[j]);
+        rest[j] = Ar::fused_multiply_add(low, x_high_row[j], rest[j]);
+      });
+    }
+    first[i] = first[i] + Ar::broadcast(1.0);
+    for (int64_t j = 0; j < n; ++j) {
+      first_squared = first_squared + first[j] * first[j];
+      r[i * n + j] = first[j] - rest[j];
+    }
+  }
+  for (int64_t e = 0; e < size; ++e) x_s[e] = x_s[e] + x_low[e];
+  AccurateResidual<V> out;
+  out.a_norm = Ar::square_root(sum_of_squares(a, size, down_first, down_second));
+  out.x_norm = Ar::square_root(sum_of_squares(x_s, size));
+  out.r_norm = Ar::square_root(sum_of_squares(r, size));
+  const double u = rules::kUnit, c = 4.0 * (n * n + n + 4), tiny = rules::kDoubleMin;
+  const double h = static_cast<double>(n) * rules::power_of_two(1 - beta);
+  out.error = (u * Ar::square_root(first_squared) + 2 * u * out.r_norm +
+               rules::gamma_of(2 * n) * h * (2 + h) * out.a_norm * out.x_norm +
+               20.0 * n * (n + 1) * tiny) * (1 + c * u) +
+              4.0 * n * (n + 2) * tiny * out.x_norm;
+  return out;
+}
+
+// ||fl(L M)||_F of n x n matrices, each entry a sum of n fused multiply-adds over k in order (its error at most
+// gamma_n (|L| |M|)_ij, as for any conventional product).
+template <int N, typename V>
+NEUINV_HOST_DEVICE V product_frobenius_norm(const V* left, const V* right, int64_t n_runtime) {
+  using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  V squares = Ar::broadcast(0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    V row[N > 0 ? N : kMaxN];
+    for (int64_t j = 0; j < n; ++j) row[j] = Ar::broadcast(0.0);
+    for (int64_t k = 0; k < n; ++k) {
+      const V l = left[i * n + k];
+      for_each_column<V>(n, [&](int64_t j) { row[j] = Ar::fused_multiply_add(l, right[k * n + j], row[j]); });
+    }
+    for (int64_t j = 0; j < n; ++j) squares = squares + row[j] * row[j];
+  }
+  return Ar::square_root(squares);
+}
+
+// The certificate of the float64 exact path by the split residual, for every lane at once (certificate.
+// product_error_bound with the split residual): polishes X_w by one Newton-Schulz step in the `lanes` where
+// `polishes` says so (X_w is kept in the others), then returns the bound on ||X_w - A^-1||_F / ||A^-1||_F, the
+// smaller of rho >= ||R||_F and the product form e / (||X_s||_F - e), e = ||X_s R||_F / (1 - rho)
+// (rules::certified_or_inf: +inf where nothing is certified).
+template <int N, typename VD>
+NEUINV_HOST_DEVICE VD certify_double(const VD* a, VD* x_w, typename Arithmetic<VD>::mask lanes, int64_t n_runtime) {
+  using Ad = Arithmetic<VD>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  VD r[kRoom<N>], x_s[kRoom<N>], x_low[kRoom<N>], rest[kRoom<N>];
+  AccurateResidual<VD> residual = split_residual<N>(a, x_w, r, x_s, x_low, n);
+  typename Ad::mask polish = Ad::negate(Ad::equal(Ad::broadcast(0.0), Ad::broadcast(0.0)));
+  for (int l = 0; l < Ad::kLanes; ++l) {
+    const double norms = Ad::lane(residual.a_norm, l) * Ad::lane(residual.x_norm, l);
+    Ad::set_mask_lane(polish, l, Ad::mask_lane(lanes, l) && polishes(Ad::lane(residual.r_norm, l), norms));
+  }
+  if (Ad::any(polish)) {
+    newton_schulz_step<N>(r, x_w, rest, polish, n);
+    residual = split_residual<N>(a, x_w, r, x_s, x_low, n);
+  }
+  const double u = rules::kUnit, c = 4.0 * (n * n + n + 4), g = rules::gamma_of(n + 1);
+  const VD rho = rules::rho_from(residual.r_norm, residual.error, n);
+  const VD spread = rules::rho_from(Ad::broadcast(0.0), residual.error, n);
+  const VD x_norm = residual.x_norm;
+  const VD xr = (product_frobenius_norm<N>(x_s, r, n) + g * x_norm * residual.r_norm) * (1 + c * u) +
+                x_norm * (1 + c * u) * spread + (n * n * rules::kDoubleMin + 4.0 * n * 0x1p-511);
+  const VD e = xr / (1.0 - rho), x_low_bound = x_norm * (1 - c * u) - 2.0 * n * 0x1p-511;
+  const auto usable = Ad::negate(Ad::either(Ad::negate(Ad::greater(Ad::broadcast(1.0), rho)),
+                                            Ad::negate(Ad::greater(x_low_bound, e))));
+  const VD relative = Ad::select(usable, e / (x_low_bound - e), Ad::broadcast(rules::kInfinity));
+  return rules::certified_or_inf(Ad::select(Ad::greater(rho, relative), relative, rho));
+}
+
+// The certificate of one float32 matrix's X_w (the contract at the top of this file) where the pack's common branch
+// does not apply, given r_sq = ||fl(I - A X_w)||_F^2 in double: the error bound of X = round_T(X_w)
+// (certificate.error_bound with rounded_to=T). A is given in double (exactly A).
 template <typename T, int N>
 NEUINV_HOST_DEVICE double certify_exact(const double* a, double* x_w, double r_sq, int64_t n_runtime) {
   const int64_t n = N > 0 ? N : n_runtime;
-  double r = sqrt(r_sq);
-  double norms = rules::scaled_norm_product(a, x_w, n * n);
-  if (polishes<T>(r, norms)) {
-    double residual_matrix[kRoom<N>], next[kRoom<N>];
-    residual<N>(a, x_w, residual_matrix, n);
-    newton_schulz_step<N>(residual_matrix, x_w, next, true, n);
-    r = sqrt(residual<N>(a, x_w, residual_matrix, n));
-    norms = rules::scaled_norm_product(a, x_w, n * n);
-  }
-  const double rho = rules::error_bound_from<N>(a, x_w, r, sqrt(static_cast<double>(n)) + norms, n);
+  const double norms = rules::scaled_norm_product(a, x_w, n * n);
+  const double rho = rules::error_bound_from<N>(a, x_w, sqrt(r_sq), sqrt(static_cast<double>(n)) + norms, n);
   return rules::rounded_error_bound<T>(rho, sqrt(sum_of_squares(x_w, n * n)), n);
 }
 
+// Stores X = round_T(X_w) (lanes 0..count-1 of a matrix of VD) with its bound (`bounds`, lane by lane), lane l at
+// x + l n^2 and bound[l]: X stored whole, then NaN and +inf in the lanes that are `refused`, whose bound is not
+// finite or whose X overflows T. With `keep_accurate_only` a lane whose bound is not below eps32 (2^-23) is left
+// for Gauss-Jordan to overwrite (bound[l] = NaN): the closed form's results that it redoes.
+template <typename T, typename VD>
+NEUINV_HOST_DEVICE void store_lanes(const VD* x_w, VD bounds, typename Arithmetic<VD>::mask refused, T* x,
+                                    double* bound, int count, int64_t size, bool keep_accurate_only) {
+  using Ad = Arithmetic<VD>;
+  T* targets[Ad::kLanes];
+  VD overflow = Ad::broadcast(0.0);  // NaN in the lanes where an entry is not finite once rounded to T
+  for (int64_t e = 0; e < size; ++e) overflow = overflow + Ad::template rounded<T>(x_w[e]) * 0.0;
+  for (int l = 0; l < count; ++l) targets[l] = x + l * size;
+  Ad::deinterleave(x_w, size, targets, count);
+  for (int l = 0; l < count; ++l) {
+    const double b = Ad::mask_lane(refused, l) ? rules::kInfinity : Ad::lane(bounds, l);
+    if (keep_accurate_only && !(b <= 0x1p-23)) {
+      bound[l] = NAN;
+    } else if (b < rules::kInfinity && !isnan(Ad::lane(overflow, l))) {
+      bound[l] = b;
+    } else {
+      for (int64_t e = 0; e < size; ++e) targets[l][e] = static_cast<T>(NAN);
+      bound[l] = rules::kInfinity;
+    }
+  }
+}
+
 // Certifies X_w (lanes 0..count-1 of a matrix of VD; A in a) and stores X = round_T(X_w) with its bound, lane l
-// at x + l n^2 and bound[l]; +inf and NaN where `refused`. Every lane is certified at once where it takes the
-// certificate's common branch (norms summed unscaled, no Dot2, no polish), by certify_exact's formulas; the other
-// lanes go through certify_exact one by one. With `keep_accurate_only` a lane whose
-// bound is not below eps32 (2^-23) is neither stored nor given a bound (bound[l] = NaN): the closed form's
-// results that Gauss-Jordan redoes.
+// at x + l n^2 and bound[l]; +inf and NaN where `refused`. float64: certify_double, every lane at once. float32:
+// every lane at once where it takes the certificate's common branch (norms summed unscaled, no Dot2), by
+// certify_exact's formulas; the other lanes through certify_exact one by one. `keep_accurate_only`: store_lanes.
 template <typename T, int N, typename VD>
 NEUINV_HOST_DEVICE void certify_and_store(const VD* a, VD* x_w, VD* scratch, typename Arithmetic<VD>::mask refused,
                                           T* x, double* bound, int count, int64_t n_runtime,
@@ -354,47 +557,55 @@ NEUINV_HOST_DEVICE void certify_and_store(const VD* a, VD* x_w, VD* scratch, typ
   const VD x_norm = Ad::square_root(x_squared), norms = Ad::square_root(a_squared) * x_norm;
   const VD g_s = rules::gamma_of(n + 1) * (sqrt(static_cast<double>(n)) + norms);
   const VD common = rules::rounded_error_bound<T>(rules::rho_from(r, g_s, n), x_norm, n);
+  if constexpr (sizeof(T) == sizeof(double)) {
+    // Per lane: ||A||_F ||X_w||_F as rules::scaled_norm_product has it where the plain sums may overflow or
+    // underflow (so that A and 2^k A take the same branch), then the split residual where needs_split or polishes.
+    VD scaled_norms = norms;
+    for (int l = 0; l < count; ++l) {
+      if (rules::plain_norms_suffice(Ad::lane(a_squared, l), Ad::lane(x_squared, l))) continue;
+      double a_lane[kRoom<N>], x_lane[kRoom<N>];
+      copy_lane<N>(a, l, a_lane, n);
+      copy_lane<N>(x_w, l, x_lane, n);
+      Ad::set_lane(scaled_norms, l, rules::scaled_norm_product(a_lane, x_lane, size));
+    }
+    const VD scaled_g_s = rules::gamma_of(n + 1) * (sqrt(static_cast<double>(n)) + scaled_norms);
+    typename Ad::mask split = Ad::negate(Ad::equal(Ad::broadcast(0.0), Ad::broadcast(0.0)));
+    bool any_split = false;
+    for (int l = 0; l < count; ++l) {
+      const double r_l = Ad::lane(r, l);
+      const bool chosen = !Ad::mask_lane(refused, l) && (polishes(r_l, Ad::lane(scaled_norms, l)) ||
+                                                         rules::needs_split(r_l, Ad::lane(scaled_g_s, l)));
+      Ad::set_mask_lane(split, l, chosen);
+      any_split = any_split || chosen;
+    }
+    const VD cheap = rules::certified_or_inf(rules::rho_from(r, scaled_g_s, n));
+    const VD bounds = any_split ? Ad::select(split, certify_double<N>(a, x_w, split, n), cheap) : cheap;
+    store_lanes<T>(x_w, bounds, refused, x, bound, count, size, keep_accurate_only);
+    return;
+  }
   auto takes_common_branch = [&](int l) {
-    const double r_l = Ad::lane(r, l);
     return rules::plain_norms_suffice(Ad::lane(a_squared, l), Ad::lane(x_squared, l)) &&
-           !rules::needs_dot2(r_l, Ad::lane(g_s, l)) && !polishes<T>(r_l, Ad::lane(norms, l));
+           !rules::needs_dot2(Ad::lane(r, l), Ad::lane(g_s, l));
   };
   bool every_lane_common = count == Ad::kLanes;
   for (int l = 0; l < count && every_lane_common; ++l) {
     every_lane_common = Ad::mask_lane(refused, l) || takes_common_branch(l);
   }
-  if (every_lane_common) {  // store_certified for every lane at once: X stored whole, then NaN where refused
-    T* targets[Ad::kLanes];
-    VD overflow = Ad::broadcast(0.0);  // NaN in the lanes where an entry is not finite once rounded to T
-    for (int64_t e = 0; e < size; ++e) overflow = overflow + Ad::template rounded<T>(x_w[e]) * 0.0;
-    for (int l = 0; l < count; ++l) targets[l] = x + l * size;
-    Ad::deinterleave(x_w, size, targets, count);
-    for (int l = 0; l < count; ++l) {
-      const double b = Ad::mask_lane(refused, l) ? rules::kInfinity : Ad::lane(common, l);
-      if (keep_accurate_only && !(b <= 0x1p-23)) {
-        bound[l] = NAN;  // redone by Gauss-Jordan, which overwrites what was stored
-      } else if (b < rules::kInfinity && !isnan(Ad::lane(overflow, l))) {
-        bound[l] = b;
-      } else {
-        for (int64_t e = 0; e < size; ++e) targets[l][e] = static_cast<T>(NAN);
-        bound[l] = rules::kInfinity;
-      }
-    }
+  if (every_lane_common) {
+    store_lanes<T>(x_w, common, refused, x, bound, count, size, keep_accurate_only);
     return;
   }
   for (int l = 0; l < count; ++l) {
-    double b = rules::kInfinity;
-    const double r_l = Ad::lane(r, l);
     const bool common_branch = takes_common_branch(l);
-    double a_lane[kRoom<N>], x_lane[kRoom<N>];
-    if (Ad::mask_lane(refused, l)) {
-      b = rules::kInfinity;
-    } else if (common_branch) {
+    double x_lane[kRoom<N>];
+    double b = rules::kInfinity;
+    if (!Ad::mask_lane(refused, l) && common_branch) {
       b = Ad::lane(common, l);
-    } else {
+    } else if (!Ad::mask_lane(refused, l)) {
+      double a_lane[kRoom<N>];
       copy_lane<N>(a, l, a_lane, n);
       copy_lane<N>(x_w, l, x_lane, n);
-      b = certify_exact<T, N>(a_lane, x_lane, r_l * r_l, n);
+      b = certify_exact<T, N>(a_lane, x_lane, Ad::lane(r, l) * Ad::lane(r, l), n);
     }
     if (keep_accurate_only && !(b <= 0x1p-23)) {
       bound[l] = NAN;

@@ -91,19 +91,6 @@ NEUINV_HOST_DEVICE void dot2_residual(const double* a_s, const double* x_s, cons
   }
 }
 
-// Lane by lane: the largest |entry| of `count` values of V (NaN skipped: a NaN entry is refused through the
-// residual).
-template <typename V>
-NEUINV_HOST_DEVICE V largest_magnitude(const V* m, int64_t count) {
-  using Ar = Arithmetic<V>;
-  V largest = Ar::broadcast(0.0);
-  for (int64_t e = 0; e < count; ++e) {
-    const V magnitude = Ar::magnitude(m[e]);
-    largest = Ar::select(Ar::greater(magnitude, largest), magnitude, largest);
-  }
-  return largest;
-}
-
 // Lane by lane: whether every one of `count` values of V is zero.
 template <typename V>
 NEUINV_HOST_DEVICE typename Arithmetic<V>::mask all_zero(const V* m, int64_t count) {
