@@ -232,40 +232,50 @@ def git_commit() -> str:
 
 # ---------------------------------------------------------------- speed of the exact path, old against new
 
-SPEED_CASES = [  # (n, batch, cond, dtypes, backend)
-    (4, 200_000, 10.0, ("float32", "float64"), "auto"),
-    (8, 50_000, 10.0, ("float32", "float64"), "auto"),
-    (32, 2_000, 10.0, ("float32", "float64"), "auto"),
-    (4, 200_000, 1e4, ("float64",), "auto"),  # above SPLIT_THRESHOLD: the split residual and the product form
-    (8, 20_000, 1e10, ("float64",), "auto"),
-    (16, 4_000, 1e4, ("float64",), "auto"),
-    (8, 20_000, 1e3, ("float32", "complex64"), "torch"),  # the torch path's product form for single precision
-    (8, 20_000, 10.0, ("float64", "complex128"), "torch"),  # the torch path, residuals not re-evaluated
-    (8, 20_000, 1e4, ("float64", "complex128"), "torch"),  # re-evaluated since SPLIT_THRESHOLD
-    (8, 20_000, 1e8, ("float64", "complex128"), "torch"),  # the torch path's re-evaluated residuals
-    (32, 1_000, 1e8, ("float64", "complex128"), "torch"),
+SPEED_CASES = [  # (n, batch, cond, dtypes, backend, operation)
+    (4, 200_000, 10.0, ("float32", "float64"), "auto", "inverse"),
+    (8, 50_000, 10.0, ("float32", "float64"), "auto", "inverse"),
+    (32, 2_000, 10.0, ("float32", "float64"), "auto", "inverse"),
+    (4, 200_000, 1e4, ("float64",), "auto", "inverse"),  # above TIGHT_THRESHOLD: the split residual, the product form
+    (8, 20_000, 1e10, ("float64",), "auto", "inverse"),
+    (16, 4_000, 1e4, ("float64",), "auto", "inverse"),
+    (4, 200_000, 10.0, ("float64",), "auto", "solve k=1"),
+    (4, 200_000, 1e4, ("float64",), "auto", "solve k=1"),  # above TIGHT_THRESHOLD: Dot2 for the solution's residual
+    (16, 4_000, 1e4, ("float64",), "auto", "solve k=1"),
+    (8, 20_000, 1e3, ("float32", "complex64"), "torch", "inverse"),  # the torch path's product form, single precision
+    (8, 20_000, 10.0, ("float64", "complex128"), "torch", "inverse"),  # the torch path, residuals not re-evaluated
+    (8, 20_000, 1e8, ("float64", "complex128"), "torch", "inverse"),  # the torch path's re-evaluated residuals
+    (32, 1_000, 1e8, ("float64", "complex128"), "torch", "inverse"),
 ]
 
 
-def speed_key(n: int, dname: str, cond: float, backend: str) -> str:
-    return f"{n}/{dname}/{cond:g}/{backend}"
+def speed_key(n: int, dname: str, cond: float, backend: str, operation: str) -> str:
+    return f"{n}/{dname}/{cond:g}/{backend}/{operation}"
 
 
 def speed_worker(repeats: int) -> None:
-    """One process: print {case: best-of-repeats seconds} of batched_inverse_ex(A), one torch thread."""
+    """One process: print {case: best-of-repeats seconds} of batched_inverse_ex(A) or batched_solve(A, b), one torch
+    thread."""
     torch.set_num_threads(1)
     from neuinv.testing import conditioned_matrices
     out = {"file": neuinv.__file__, "compiled": bool(neuinv.available_backends()["cpp"].available)}
-    for n, batch, cond, dnames, backend in SPEED_CASES:
+    for n, batch, cond, dnames, backend, operation in SPEED_CASES:
         for dname in dnames:
             A = conditioned_matrices(batch, n, cond, DTYPES[dname], seed=n)
-            neuinv.batched_inverse_ex(A, backend=backend)  # warm up (and load the compiled kernels)
+            b = right_hand_sides(batch, n, 1, DTYPES[dname], seed=n)[..., 0]
+            if operation == "inverse":
+                def call():
+                    neuinv.batched_inverse_ex(A, backend=backend)
+            else:
+                def call():
+                    neuinv.batched_solve(A, b, backend=backend)
+            call()  # warm up (and load the compiled kernels)
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
-                neuinv.batched_inverse_ex(A, backend=backend)
+                call()
                 times.append(time.perf_counter() - start)
-            out[speed_key(n, dname, cond, backend)] = min(times)
+            out[speed_key(n, dname, cond, backend, operation)] = min(times)
     print(json.dumps(out))
 
 
@@ -289,20 +299,20 @@ def speed(old: str, rounds: int, repeats: int) -> dict:
             samples[version].append(result)
             print(f"  round {r + 1} {version}", file=sys.stderr, flush=True)
     rows = []
-    for n, batch, cond, dnames, backend in SPEED_CASES:
+    for n, batch, cond, dnames, backend, operation in SPEED_CASES:
         for dname in dnames:
-            key = speed_key(n, dname, cond, backend)
+            key = speed_key(n, dname, cond, backend, operation)
             o = statistics.median(s[key] for s in samples["old"])
             w = statistics.median(s[key] for s in samples["new"])
-            rows.append(dict(n=n, dtype=dname, batch=batch, cond=cond, backend=backend, old_ms=1e3 * o,
-                             new_ms=1e3 * w, new_over_old=w / o))
+            rows.append(dict(operation=operation, n=n, dtype=dname, batch=batch, cond=cond, backend=backend,
+                             old_ms=1e3 * o, new_ms=1e3 * w, new_over_old=w / o))
     return dict(rounds=rounds, repeats_per_round=repeats, old=old, rows=rows)
 
 
 def before_after_markdown(result: dict, columns: tuple[str, ...]) -> str:
     """The rows of a --speed or --certificate-speed result as a table: `columns` (keys of each row, left to right),
     then the times before and after and their ratio."""
-    text = {"call", "dtype", "backend"}
+    text = {"call", "operation", "dtype", "backend"}
     lines = ["| " + " | ".join(columns) + " | before, ms | after, ms | after / before |",
              "|" + "|".join("---" if c in text else "---:" for c in columns) + "|---:|---:|---:|"]
     for r in result["rows"]:
@@ -381,7 +391,7 @@ def main(argv=None) -> int:
     if args.speed or args.certificate_speed:
         if args.speed:
             result = dict(meta, **speed(args.old, args.rounds, args.repeats))
-            print(before_after_markdown(result, ("n", "dtype", "batch", "cond", "backend")))
+            print(before_after_markdown(result, ("operation", "n", "dtype", "batch", "cond", "backend")))
         else:
             result = dict(meta, **certificate_speed(args.old, args.rounds))
             print(before_after_markdown(result, ("call", "n", "dtype", "batch", "cond")))

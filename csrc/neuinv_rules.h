@@ -22,7 +22,7 @@ constexpr double kFloorStart = 0.5;       // rules.FLOOR_START
 constexpr double kFloorRatio = 0.5;       // rules.FLOOR_RATIO
 constexpr double kUnit = 0x1p-53;         // u of double
 constexpr double kDot2Threshold = 0x1p-26;  // certificate.DOT2_THRESHOLD
-constexpr double kSplitThreshold = 0x1p-40;  // certificate.SPLIT_THRESHOLD
+constexpr double kTightThreshold = 0x1p-40;  // certificate.TIGHT_THRESHOLD
 constexpr double kDoubleMin = 0x1p-1022;  // smallest normal double
 constexpr double kInfinity = __builtin_huge_val();
 constexpr double kCertifiedBelow = 1.0;  // rules.CERTIFIED_BELOW
@@ -68,10 +68,11 @@ NEUINV_HOST_DEVICE D rho_from(D r, D rounding, int64_t n) {
   return (r + rounding) * (1 + c * kUnit) + eta;
 }
 
-// s + e = a + b exactly (Knuth's TwoSum).
-NEUINV_HOST_DEVICE void two_sum(double a, double b, double& s, double& e) {
+// s + e = a + b exactly (Knuth's TwoSum); D: double or a pack of doubles (csrc/cpu/simd.h), lane by lane.
+template <typename D>
+NEUINV_HOST_DEVICE void two_sum(D a, D b, D& s, D& e) {
   s = a + b;
-  const double z = s - a;
+  const D z = s - a;
   e = (a - (s - z)) + (b - z);
 }
 
@@ -119,8 +120,8 @@ NEUINV_HOST_DEVICE double residual_norm_in_double(const Ta* a, const Tx* x, int6
 NEUINV_HOST_DEVICE bool needs_dot2(double r, double g_s) { return g_s > r && r + g_s > kDot2Threshold; }
 
 // Whether the float64 exact path re-evaluates r by the split residual (kernels::certify_double): the a-priori term
-// g s dominates r and the bound would exceed kSplitThreshold.
-NEUINV_HOST_DEVICE bool needs_split(double r, double g_s) { return g_s > r && r + g_s > kSplitThreshold; }
+// g s dominates r and the bound would exceed kTightThreshold.
+NEUINV_HOST_DEVICE bool needs_split(double r, double g_s) { return g_s > r && r + g_s > kTightThreshold; }
 
 // certificate.certified_or_inf: a bound below 1, else +inf (NaN included).
 template <typename D>

@@ -45,7 +45,8 @@ This is the form of Rump's enclosure ||x - x*|| <= ||R (b - A x)|| / (1 - ||I - 
 (2010) §10, Thm. 10.2) with the inverse's own certificate in place of ||I - RA||: ||R r|| is evaluated, so
 the bound tracks the true error A^-1 r, and eps enters only second order (eps ||r||). The residual
 fl(B - A X) is evaluated as the inverse's, |fl(r) - r| <= g (|B| + |A||X|), ||.||_F <= g (||B||_F +
-||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates; on the torch path its entrywise
+||A||_F ||X||_F), re-evaluated by Dot2 for float64 where that term dominates (and would put the bound above
+DOT2_THRESHOLD on the torch path, TIGHT_THRESHOLD in the compiled solve); on the torch path its entrywise
 bound E = (u |fl(r)| + sqrt(2) gamma_k^2 (|B| + |A||X|)) / (1 - u) (|A||X| a rounded-up product of magnitudes) enters
 as ||fl(|R| E)||_F >= ||R (fl(r) - r)||_F (for n x k right-hand sides Dot2 costs less than splitting A);
 fl(R fl(r)) errs by at most g || |R| |fl(r)| ||_F, evaluated as a product of magnitudes and rounded up; norms and
@@ -66,12 +67,12 @@ instead of a second matrix product),
 
 where u is the unit roundoff of the evaluation: float32 and complex64 input are evaluated in float64
 (their products are then exact, and g ~ 1e-14 n), float64 and complex128 in float64. When that
-a-priori term dominates for float64 (complex128) X and the bound would exceed SPLIT_THRESHOLD = 2^-40 the
-residual is re-evaluated by the split residual below, on the torch path and on the compiled float64 exact path,
-which makes the bound tight; below that threshold the a-priori bound, at most about (n + 1) u ||A||_F ||X||_F, is
-kept (the re-evaluation costs three matrix products). The compiled kernels' other residuals held in double (the
-float32 exact path before rounding, Newton-Schulz results) and the Triton kernel's are re-evaluated above
-DOT2_THRESHOLD = 2^-26 by error-free transformations (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005)
+a-priori term dominates for float64 (complex128) X and the bound would exceed DOT2_THRESHOLD = 2^-26 (ill-conditioned
+or badly scaled matrices) the residual is re-evaluated by the split residual below, which makes the bound tight; the
+compiled float64 exact path does so above TIGHT_THRESHOLD = 2^-40, where it costs less. Below the threshold the
+a-priori bound, at most about (n + 1) u ||A||_F ||X||_F, is kept. The compiled kernels' other residuals held in
+double (the float32 exact path before rounding, Newton-Schulz results) and the Triton kernel's are re-evaluated
+above DOT2_THRESHOLD by error-free transformations (Dot2, Ogita, Rump & Oishi, SIAM J. Sci. Comput. 26 (2005)
 1955, Prop. 5.5: |dot2 - x^T y| <= u |x^T y| + gamma_k^2 |x|^T |y|).
 
 The split residual (:func:`split_residual`; the splitting of Ozaki, Ogita, Oishi & Rump, "Error-free
@@ -122,12 +123,16 @@ import math
 import torch
 
 DOT2_THRESHOLD = 2.0 ** -26
-"""Residuals evaluated in float64 whose a-priori bound exceeds this (about sqrt(u)) are re-evaluated by Dot2 where the
-compiled kernels certify single-precision input and Newton-Schulz results, and a solution's residual is."""
+"""Residuals evaluated in float64 whose a-priori bound exceeds this (about sqrt(u)) are re-evaluated: on the torch
+path (the split residual for an inverse, Dot2 for a solution), by the Triton kernel and by the compiled kernels for
+Newton-Schulz results and the float32 exact path (Dot2)."""
 
-SPLIT_THRESHOLD = 2.0 ** -40
-"""float64 and complex128 X whose a-priori bound exceeds this (about 4096 eps) get the split residual and the product
-form: their bound then tracks the true error; below it the bound, at most about (n + 1) u ||A||_F ||X||_F, is kept."""
+TIGHT_THRESHOLD = 2.0 ** -40
+"""The compiled float64 exact path and the compiled solve re-evaluate the residual (the split residual for an
+inverse, Dot2 for a solution) wherever its a-priori term dominates and would put the bound above this (about
+4096 eps): those bounds then track the true error; below it the bound, at most about (n + 1) u ||A||_F ||X||_F, is
+kept. Re-evaluating costs three more products of n^3 fused multiply-adds per inverse (1.4-2x the exact path's time
+where it runs, bench/RESULTS.md); the torch path, whose splitting costs more, keeps DOT2_THRESHOLD."""
 
 
 def unit_roundoff(dtype: torch.dtype) -> float:
@@ -175,7 +180,7 @@ def _evaluated_residual(A: torch.Tensor, X: torch.Tensor) -> tuple[torch.Tensor,
     absolute = eta + _subnormal_term(A, X) + _subnormal_term(X, A)
     weighted = x * rounding  # >= || |2^e X| |R^ - R| ||_F (before the terms every matrix gets)
     if X.dtype in (torch.float64, torch.complex128):
-        ill = (rounding > r) & (r + rounding > SPLIT_THRESHOLD)
+        ill = (rounding > r) & (r + rounding > DOT2_THRESHOLD)
         if bool(ill.any()):
             index = ill.nonzero().squeeze(1)
             scaling_underflow = 4 * n * (n + 2) * _SMALLEST_NORMAL64 * x[index]

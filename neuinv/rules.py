@@ -28,7 +28,7 @@ The exact path of the compiled per-matrix kernel (``csrc/kernels/per_matrix.h``:
 Cholesky with ``positive_definite``; the adjugate closed form for float32 n = 2–4, redone by Gauss–Jordan where
 it is not certified to float32 accuracy), takes one Newton–Schulz step in double for float64 input whose residual
 lies above eps ||A||_F ||X_w||_F and below 1/2, certifies X_w (for float64 input by the split residual where the
-bound would exceed :data:`neuinv.certificate.SPLIT_THRESHOLD`) and rounds it to A's dtype, the rounding added to
+bound would exceed :data:`neuinv.certificate.TIGHT_THRESHOLD`) and rounds it to A's dtype, the rounding added to
 the bound (:func:`neuinv.certificate.error_bound` with ``rounded_to``). The Triton kernel follows the same
 contract without the closed forms (its float64 residuals re-evaluated by Dot2 above DOT2_THRESHOLD); the other exact paths are in the documentation's backends page. Each backend
 certifies exactly the X it returns.

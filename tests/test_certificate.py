@@ -614,7 +614,7 @@ def test_product_form_bound_is_within_a_few_percent_where_the_residual_is_accura
 @pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 16, 20])
 def test_compiled_float64_exact_path_bound_is_at_the_error_above_the_split_threshold(n):
     """The compiled float64 exact path re-evaluates every residual whose a-priori bound exceeds
-    certificate.SPLIT_THRESHOLD by the split residual (csrc/kernels/per_matrix.h, packs for n <= 8, a fixed n = 16,
+    certificate.TIGHT_THRESHOLD by the split residual (csrc/kernels/per_matrix.h, packs for n <= 8, a fixed n = 16,
     the general n = 5, 20): its bound is never below the exact error (rational arithmetic), its median over the
     batch is within 10 % of max(error, eps), and each bound is within 1.5x of that or 1000x below the a-priori
     bound (n + 1) u ||A||_F ||X||_F (the split's own rounding, about 2^-20 of it, where the Newton-Schulz polish

@@ -9,7 +9,7 @@
 // float32 n = 2-4, redone by Gauss-Jordan where it is not certified to float32 accuracy) in double precision
 // for every input dtype, giving X_w; for float64 input one Newton-Schulz step X_w + X_w (I - A X_w) where
 // ||I - A X_w|| lies above eps ||A|| ||X_w|| (and below 1/2); the certificate of X_w (for float64 by the split
-// residual where its a-priori bound exceeds certificate.SPLIT_THRESHOLD), then X = round_T(X_w) with the rounding
+// residual where its a-priori bound exceeds certificate.TIGHT_THRESHOLD), then X = round_T(X_w) with the rounding
 // added to the bound (certificate.error_bound(..., rounded_to=T)).
 //
 // Matrices are row-major, element (i, j) at [i * n + j]; N is n where it is fixed at compile time, else 0. The CPU

@@ -72,23 +72,21 @@ NEUINV_HOST_DEVICE void multiply_add(const V* m, const V* w, double sign, const 
   }
 }
 
-// fl(B' - A' X') again, each entry by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by FMA, for one
-// system in double (b_s: B', a_s: A', x_s: X').
-NEUINV_HOST_DEVICE void dot2_residual(const double* a_s, const double* x_s, const double* b_s, double* residual,
-                                      int64_t n, int64_t k) {
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < k; ++j) {
-      double total = b_s[i * k + j], correction = 0.0;
-      for (int64_t l = 0; l < n; ++l) {
-        const double left = -a_s[i * n + l], right = x_s[l * k + j];
-        const double product = left * right, product_error = fma(left, right, -product);
-        double sum_error;
-        rules::two_sum(total, product, total, sum_error);
-        correction += sum_error + product_error;
-      }
-      residual[i * k + j] = total + correction;
-    }
+// Entry (i, j) of fl(B' - A' X') by Dot2 (Ogita, Rump & Oishi 2005), products split exactly by fused multiply-adds,
+// lane by lane (b_s: B', a_s: A', x_s: X').
+template <typename V>
+NEUINV_HOST_DEVICE V dot2_residual_entry(const V* a_s, const V* x_s, const V* b_s, int64_t i, int64_t j, int64_t n,
+                                         int64_t k) {
+  using Ar = Arithmetic<V>;
+  V total = b_s[i * k + j], correction = Ar::broadcast(0.0);
+  for (int64_t l = 0; l < n; ++l) {
+    const V left = -a_s[i * n + l], right = x_s[l * k + j];
+    const V product = left * right, product_error = Ar::fused_multiply_add(left, right, -product);
+    V sum_error;
+    rules::two_sum(total, product, total, sum_error);
+    correction = correction + (sum_error + product_error);
   }
+  return total + correction;
 }
 
 // Lane by lane: whether every one of `count` values of V is zero.
@@ -103,12 +101,12 @@ NEUINV_HOST_DEVICE typename Arithmetic<V>::mask all_zero(const V* m, int64_t cou
 
 // certificate.solve_error_bound of systems of V given as doubles: A (a_v), B (b_v), X as stored (x_v) and R (r_v),
 // which it scales in place, with R's certified bounds eps[l]: bound[l] for lanes 0..count-1, the relative
-// Frobenius error bound of X, +inf where nothing is certified. `dot2[l]` is set for the float64 lanes whose
-// residual the a-priori term dominates: those are re-evaluated by Dot2 here for one system (V = double), and left
-// to the caller (solve_error_bound_of_one) for a pack. work: n k values of V.
+// Frobenius error bound of X, +inf where nothing is certified. The float64 lanes whose residual the a-priori term
+// dominates and would put the bound above rules::kTightThreshold get the residual by Dot2 (all lanes at once).
+// work: n k values of V.
 template <typename T, int N, typename V>
 NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const double* eps, double* bound,
-                                         bool* dot2, int count, V* work, int64_t n_runtime, int64_t k) {
+                                         int count, V* work, int64_t n_runtime, int64_t k) {
   using Ar = Arithmetic<V>;
   const int64_t n = N > 0 ? N : n_runtime;
   constexpr int kLanes = Ar::kLanes;
@@ -159,15 +157,17 @@ NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const d
   const V a_up = Ar::square_root(sum_of_squares(a_v, n * n)) + n * 0x1p-511;
   const V s = Ar::square_root(sum_of_squares(b_v, n * k)) + lost_squares + a_up * (x_hat + lost_squares);
   V t = g * s;  // >= ||fl(r') - r'||_F
-  const auto needs_dot2 = Ar::negate(Ar::either(Ar::negate(Ar::greater(t, r_hat)),
-                                                Ar::negate(Ar::greater(t * r_inverse_hat, rules::kDot2Threshold * x_hat))));
-  for (int l = 0; l < kLanes; ++l) dot2[l] = sizeof(T) == sizeof(double) && Ar::mask_lane(needs_dot2, l);
-  if constexpr (kLanes == 1) {
-    if (dot2[0]) {
-      dot2_residual(a_v, x_v, b_v, residual, n, k);
-      r_hat = sqrt(sum_of_squares(residual, n * k)) / (1 - u);
-      t = sqrt(2.0) * g * g * s + 4.0 * n * (n + 2) * tiny * x_hat;
-      dot2[0] = false;
+  if constexpr (sizeof(T) == sizeof(double)) {
+    const auto dot2 = Ar::negate(Ar::either(Ar::negate(Ar::greater(t, r_hat)),
+                                            Ar::negate(Ar::greater(t * r_inverse_hat, rules::kTightThreshold * x_hat))));
+    if (Ar::any(dot2)) {
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < k; ++j) {
+          residual[i * k + j] = Ar::select(dot2, dot2_residual_entry(a_v, x_v, b_v, i, j, n, k), residual[i * k + j]);
+        }
+      }
+      r_hat = Ar::select(dot2, Ar::square_root(sum_of_squares(residual, n * k)) / (1 - u), r_hat);
+      t = Ar::select(dot2, sqrt(2.0) * g * g * s + 4.0 * n * (n + 2) * tiny * x_hat, t);
     }
   }
   const double sq2 = sqrt(2.0) * entries;
@@ -189,27 +189,7 @@ NEUINV_HOST_DEVICE void certify_solution(V* a_v, V* b_v, V* x_v, V* r_v, const d
     const bool usable = eps[l] >= 0 && eps[l] < 1;  // NaN and negative bounds certify nothing
     const bool solution_zero = !Ar::mask_lane(nonzero_solution, l) && usable;
     bound[l] = solution_zero ? 0.0 : usable ? value_l[l] : rules::kInfinity;
-    dot2[l] = dot2[l] && !solution_zero;
   }
-}
-
-// certificate.solve_error_bound of one system given as stored (A, B, X, R in T): bound of X. work: solve_workspace(n,
-// k) doubles.
-template <typename T>
-NEUINV_HOST_DEVICE double solve_error_bound_of_one(const T* a, const T* b, const T* x, const T* r, double eps,
-                                                   double* work, int64_t n, int64_t k) {
-  double* a_v = work;
-  double* r_v = a_v + n * n;
-  double* b_v = r_v + n * n;
-  double* x_v = b_v + n * k;
-  load_blocks(a, 1, n * n, 0, a_v);
-  load_blocks(r, 1, n * n, 0, r_v);
-  load_blocks(b, 1, n * k, 0, b_v);
-  load_blocks(x, 1, n * k, 0, x_v);
-  double bound;
-  bool dot2;
-  certify_solution<T, 0, double>(a_v, b_v, x_v, r_v, &eps, &bound, &dot2, 1, x_v + n * k, n, k);
-  return bound;
 }
 
 // Systems 0..count-1 of V (A, B, R and eps at the strides given; eps R's certified bound; N: n if fixed at compile
@@ -238,15 +218,8 @@ NEUINV_HOST_DEVICE void solve_from_inverse(const T* a, const T* b, const T* r, c
   for (int64_t e = 0; e < n * k; ++e) x_w[e] = Ar::template rounded<T>(x_w[e]);
   Ar::deinterleave(x_w, n * k, targets, count);
   double eps_lanes[Ar::kLanes];
-  bool dot2[Ar::kLanes];
   for (int l = 0; l < count; ++l) eps_lanes[l] = eps[l * strides.eps];
-  certify_solution<T, N, V>(a_v, b_v, x_w, r_v, eps_lanes, bound, dot2, count, residual, n, k);
-  for (int l = 0; l < count; ++l) {  // (packs only) the float64 lanes whose residual needs Dot2, one by one
-    if (dot2[l]) {
-      bound[l] = solve_error_bound_of_one(a + l * strides.a, b + l * strides.b, x + l * n * k, r + l * strides.a,
-                                          eps_lanes[l], reinterpret_cast<double*>(work), n, k);
-    }
-  }
+  certify_solution<T, N, V>(a_v, b_v, x_w, r_v, eps_lanes, bound, count, residual, n, k);
 }
 
 // Storage, in values of T, for the R that solve_with_exact_inverse computes for one system of V.
