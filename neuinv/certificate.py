@@ -101,8 +101,13 @@ sums the two low products into one accumulator P by fused multiply-adds and boun
 
     ||R^ - R||_F <= u ||T1||_F + 2u ||R^||_F + gamma_2n h (2 + h) ||A||_F ||X||_F,   h = n 2^(1 - beta),
 
-plus the same underflow terms, with R^ = fl(T1 - P). That is about 2^-21 of the plain rounding term: tight for every
-matrix the equilibrated second stage does not take, at the cost of three products of fused multiply-adds.
+plus the same underflow terms, with R^ = fl(T1 - P). That is about 2^-21 of the plain rounding term, at the cost of
+three products of fused multiply-adds: below the residual of every Gauss-Jordan inverse up to cond ~ 1e14 (n <= 16).
+Where it is not -- badly scaled matrices and inverses exact to a few u, whose residual lies below 2^-21 of the
+rounding term -- the split's rounding is the bound (diag(1, 2^-40): 6e-11 for an exact inverse; Dot2 gave 2e-19),
+and above the second stage's threshold (rules.SCALED_SECOND_STAGE_ABOVE) the equilibrated second stage takes
+the matrix. (Keeping the smaller of this and the Dot2 bound kept scaled matrices below that threshold, with looser
+final bounds: measured, not taken.)
 
 Assumptions: IEEE 754 binary arithmetic, round to nearest, conventional (not Strassen-like or
 3M complex) matrix products. Underflow, and flush-to-zero / denormals-are-zero states in whichever

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import neuinv
-from neuinv import certificate
+from neuinv import certificate, rules
 from neuinv.testing import conditioned_matrices, warm_start
 from conftest import compiled_error_bound
 
@@ -635,6 +635,25 @@ def test_compiled_float64_exact_path_bound_is_at_the_error_above_the_split_thres
         X_k, info_k = neuinv.batched_inverse_ex(A * 2.0 ** k, backend="cpp")
         assert torch.equal(info_k.error_bound, info.error_bound), k
         assert torch.equal(X_k, X * 2.0 ** -k), k
+
+
+@pytest.mark.parametrize("n", [2, 4, 16])
+@pytest.mark.parametrize("exponent", [40, 50, 80])
+def test_compiled_float64_badly_scaled_matrices_are_certified(n, exponent):
+    """Where the split residual's own rounding (about 2^-20 of the plain rounding term, ||A|| ||X|| ~ 2^exponent here)
+    exceeds the residual -- diag(1, ..., 1, 2^-exponent) and a well-conditioned matrix scaled so, inverted exactly
+    or nearly -- the split's bound stands, and where it lies above rules.SCALED_SECOND_STAGE_ABOVE (or the split
+    refuses, as for diag(1, 2^-80) in the kernel alone) the equilibrated second stage takes the matrix: every
+    member certified below that threshold, never below its exact error."""
+    require("cpp")
+    D = torch.ones(n, dtype=torch.float64)
+    D[-1] = 2.0 ** -exponent
+    C = conditioned_matrices(7, n, 3.0, torch.float64, seed=exponent)
+    A = torch.cat([torch.diag(D)[None], C * D[:, None]])
+    X, info = neuinv.batched_inverse_ex(A, backend="cpp")
+    assert bool(info.certified.all()), info.error_bound
+    assert bool((info.error_bound <= rules.SCALED_SECOND_STAGE_ABOVE[torch.float64]).all()), info.error_bound
+    assert_sound(A, X, info, f"diag 2^-{exponent}, n={n}")
 
 
 def test_error_bound_of_a_rounded_inverse_is_rigorous():

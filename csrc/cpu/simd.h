@@ -46,7 +46,7 @@ struct PackArithmetic {
     return v;
   }
   static NEUINV_HOST_DEVICE V fused_multiply_add(V a, V b, V c) {  // a b + c rounded once, lane by lane
-    for (int l = 0; l < kLanes; ++l) c[l] = __builtin_fma(a[l], b[l], c[l]);
+    for (int l = 0; l < kLanes; ++l) c[l] = std::fma(a[l], b[l], c[l]);  // fmaf for float: rounded once in T
     return c;
   }
   static NEUINV_HOST_DEVICE mask greater(V a, V b) { return a > b; }

@@ -476,7 +476,9 @@ NEUINV_HOST_DEVICE V product_frobenius_norm(const V* left, const V* right, int64
 // product_error_bound with the split residual): polishes X_w by one Newton-Schulz step in the `lanes` where
 // `polishes` says so (X_w is kept in the others), then returns the bound on ||X_w - A^-1||_F / ||A^-1||_F, the
 // smaller of rho >= ||R||_F and the product form e / (||X_s||_F - e), e = ||X_s R||_F / (1 - rho)
-// (rules::certified_or_inf: +inf where nothing is certified).
+// (rules::certified_or_inf: +inf where nothing is certified). Where the split's own rounding, about 2^-20 of the
+// plain rounding term, exceeds the residual (badly scaled matrices, inverses exact to a few u) it is the bound;
+// above the second stage's threshold (rules.SCALED_SECOND_STAGE_ABOVE) the equilibrated second stage takes them.
 template <int N, typename VD>
 NEUINV_HOST_DEVICE VD certify_double(const VD* a, VD* x_w, typename Arithmetic<VD>::mask lanes, int64_t n_runtime) {
   using Ad = Arithmetic<VD>;
@@ -579,7 +581,11 @@ NEUINV_HOST_DEVICE void certify_and_store(const VD* a, VD* x_w, VD* scratch, typ
       any_split = any_split || chosen;
     }
     const VD cheap = rules::certified_or_inf(rules::rho_from(r, scaled_g_s, n));
-    const VD bounds = any_split ? Ad::select(split, certify_double<N>(a, x_w, split, n), cheap) : cheap;
+    if (!any_split) {
+      store_lanes<T>(x_w, cheap, refused, x, bound, count, size, keep_accurate_only);
+      return;
+    }
+    const VD bounds = Ad::select(split, certify_double<N>(a, x_w, split, n), cheap);
     store_lanes<T>(x_w, bounds, refused, x, bound, count, size, keep_accurate_only);
     return;
   }
