@@ -473,23 +473,18 @@ NEUINV_HOST_DEVICE V product_frobenius_norm(const V* left, const V* right, int64
 }
 
 // The certificate of the float64 exact path by the split residual, for every lane at once (certificate.
-// product_error_bound with the split residual): polishes X_w by one Newton-Schulz step in the `lanes` where
-// `polishes` says so (X_w is kept in the others), then returns the bound on ||X_w - A^-1||_F / ||A^-1||_F, the
+// product_error_bound with the split residual): polishes X_w by one Newton-Schulz step in the lanes of `polish`
+// (X_w is kept in the others), then returns the bound on ||X_w - A^-1||_F / ||A^-1||_F, the
 // smaller of rho >= ||R||_F and the product form e / (||X_s||_F - e), e = ||X_s R||_F / (1 - rho)
 // (rules::certified_or_inf: +inf where nothing is certified). Where the split's own rounding, about 2^-20 of the
 // plain rounding term, exceeds the residual (badly scaled matrices, inverses exact to a few u) it is the bound;
 // above the second stage's threshold (rules.SCALED_SECOND_STAGE_ABOVE) the equilibrated second stage takes them.
 template <int N, typename VD>
-NEUINV_HOST_DEVICE VD certify_double(const VD* a, VD* x_w, typename Arithmetic<VD>::mask lanes, int64_t n_runtime) {
+NEUINV_HOST_DEVICE VD certify_double(const VD* a, VD* x_w, typename Arithmetic<VD>::mask polish, int64_t n_runtime) {
   using Ad = Arithmetic<VD>;
   const int64_t n = N > 0 ? N : n_runtime;
   VD r[kRoom<N>], x_s[kRoom<N>], x_low[kRoom<N>], rest[kRoom<N>];
   AccurateResidual<VD> residual = split_residual<N>(a, x_w, r, x_s, x_low, n);
-  typename Ad::mask polish = Ad::negate(Ad::equal(Ad::broadcast(0.0), Ad::broadcast(0.0)));
-  for (int l = 0; l < Ad::kLanes; ++l) {
-    const double norms = Ad::lane(residual.a_norm, l) * Ad::lane(residual.x_norm, l);
-    Ad::set_mask_lane(polish, l, Ad::mask_lane(lanes, l) && polishes(Ad::lane(residual.r_norm, l), norms));
-  }
   if (Ad::any(polish)) {
     newton_schulz_step<N>(r, x_w, rest, polish, n);
     residual = split_residual<N>(a, x_w, r, x_s, x_low, n);
@@ -571,12 +566,15 @@ NEUINV_HOST_DEVICE void certify_and_store(const VD* a, VD* x_w, VD* scratch, typ
       Ad::set_lane(scaled_norms, l, rules::scaled_norm_product(a_lane, x_lane, size));
     }
     const VD scaled_g_s = rules::gamma_of(n + 1) * (sqrt(static_cast<double>(n)) + scaled_norms);
-    typename Ad::mask split = Ad::negate(Ad::equal(Ad::broadcast(0.0), Ad::broadcast(0.0)));
+    // (the polish is decided on the plain residual, whose rounding sends more matrices to it than their true
+    // residual would: Gauss-Jordan's X then lands at LU's accuracy)
+    typename Ad::mask split = Ad::negate(Ad::equal(Ad::broadcast(0.0), Ad::broadcast(0.0))), polish = split;
     bool any_split = false;
     for (int l = 0; l < count; ++l) {
       const double r_l = Ad::lane(r, l);
-      const bool chosen = !Ad::mask_lane(refused, l) && (polishes(r_l, Ad::lane(scaled_norms, l)) ||
-                                                         rules::needs_split(r_l, Ad::lane(scaled_g_s, l)));
+      const bool polished = !Ad::mask_lane(refused, l) && polishes(r_l, Ad::lane(scaled_norms, l));
+      const bool chosen = polished || (!Ad::mask_lane(refused, l) && rules::needs_split(r_l, Ad::lane(scaled_g_s, l)));
+      Ad::set_mask_lane(polish, l, polished);
       Ad::set_mask_lane(split, l, chosen);
       any_split = any_split || chosen;
     }
@@ -585,7 +583,7 @@ NEUINV_HOST_DEVICE void certify_and_store(const VD* a, VD* x_w, VD* scratch, typ
       store_lanes<T>(x_w, cheap, refused, x, bound, count, size, keep_accurate_only);
       return;
     }
-    const VD bounds = Ad::select(split, certify_double<N>(a, x_w, split, n), cheap);
+    const VD bounds = Ad::select(split, certify_double<N>(a, x_w, polish, n), cheap);
     store_lanes<T>(x_w, bounds, refused, x, bound, count, size, keep_accurate_only);
     return;
   }
