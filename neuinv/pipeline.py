@@ -13,7 +13,8 @@ from .arguments import COMPUTE_DTYPE, HALF_DTYPES, CallOptions
 from .backends import resolve_backend
 from .errors import ArgumentValueError
 from .failures import raise_if_not_certified
-from .rules import CERTIFIED_BELOW, SCALED_SECOND_STAGE_ABOVE, certified, newton_schulz_rules, second_stage_mask
+from .rules import (BADLY_SCALED_SECOND_STAGE_ABOVE, CERTIFIED_BELOW, certified, newton_schulz_rules,
+                    second_stage_mask)
 
 WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
@@ -193,27 +194,29 @@ def flat_batch_vmap(operator, info, in_dims, arguments):
 
 
 def all_below_second_stage(bound: torch.Tensor, dtype: torch.dtype, limit: float = math.inf) -> bool:
-    """Whether every first bound is at most both the second stage's threshold (:func:`neuinv.rules.second_stage_mask`)
-    and ``limit``, so that no matrix (system) takes the second stage: one reduction and one host read decide the
-    common case without building :func:`second_stage_index`. False for an empty batch, and under torch.compile, whose
-    graph calls the stage's operator."""
+    """Whether every first bound is at most both the second stage's lower threshold
+    (:data:`neuinv.rules.BADLY_SCALED_SECOND_STAGE_ABOVE`) and ``limit``, so that no matrix (system) takes the second
+    stage: one reduction and one host read decide the common case without building :func:`second_stage_index`. False
+    for an empty batch, and under torch.compile, whose graph calls the stage's operator."""
     if torch.compiler.is_compiling() or not bound.numel():
         return False
     largest = bound.item() if bound.numel() == 1 else float(bound.max())  # (one value: no reduction to launch)
-    return largest <= min(SCALED_SECOND_STAGE_ABOVE[dtype], limit)
+    return largest <= min(BADLY_SCALED_SECOND_STAGE_ABOVE[dtype], limit)
 
 
-def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, *operands: torch.Tensor,
+def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, A: torch.Tensor, *operands: torch.Tensor,
                        exact_path: torch.Tensor | None = None) -> torch.Tensor | None:
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
-    (b,) first bounds (and ``exact_path``), then only those whose operands ((b, r, c) each) are finite, read for those
-    few only; None where there are none. Called where :func:`all_below_second_stage` could not rule the stage out:
-    that read of the largest bound is the one host synchronisation of ``batched_inverse_ex`` on the compiled
-    backends in the common case, the ``nonzero`` here a second one where some bound is above the threshold."""
-    index = second_stage_mask(bound, dtype, exact_path).nonzero().squeeze(1)
+    (b,) first bounds and the (b, n, n) matrices A (among the exact path's results where ``exact_path``, an
+    inverse's ``fallback``, is given), then only those whose A and other operands ((b, r, c) each) are finite;
+    None where there are none. Called where :func:`all_below_second_stage` could not rule the stage out: that read
+    of the largest bound is the one host synchronisation of ``batched_inverse_ex`` on the compiled backends in the common case, the ``nonzero`` here a
+    second one where some bound is above the threshold."""
+    mask = second_stage_mask(bound, dtype, torch.diagonal(A, dim1=-2, dim2=-1))
+    index = (mask if exact_path is None else mask & exact_path).nonzero().squeeze(1)
     if index.numel() == 0:
         return None
-    for operand in operands:
+    for operand in (A, *operands):
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
     return index if index.numel() else None
 

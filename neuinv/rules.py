@@ -155,9 +155,9 @@ def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
 
 SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -12, torch.complex64: 2.0 ** -12,
                              torch.float64: 2.0 ** -20, torch.complex128: 2.0 ** -20}
-"""A matrix whose exact-path certificate (a system whose certificate) is above this, or refused, while its input is
-finite, takes the second stage (:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix,
-certified componentwise (:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and
+"""A matrix whose exact-path certificate (a system whose certificate) is above this (a badly scaled one's: above
+BADLY_SCALED_SECOND_STAGE_ABOVE), or refused, while its input is finite, takes the second stage
+(:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix, certified componentwise (:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and
 keeps whichever result has the smaller bound. Badly scaled and graded matrices, which the normwise certificate
 refuses or bounds loosely, are certified there close to their true error. The stage runs in torch operations, about
 ten times a matrix product's work per matrix: the threshold keeps it to bounds that say little (moderately
@@ -165,9 +165,32 @@ ill-conditioned float64 matrices, bounded near cond · eps, never pay for it), a
 own honest bound (pass ``max_error`` to send them to the exact path)."""
 
 
-def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype, exact_path: torch.Tensor | None = None) -> torch.Tensor:
-    """Which matrices (systems) take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype], among the
-    results of the exact path where ``exact_path`` (an inverse's ``fallback``) is given (the callers then drop those
-    whose input is not finite, :func:`neuinv.pipeline.second_stage_index`)."""
-    mask = error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]
-    return mask if exact_path is None else mask & exact_path
+BADLY_SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -17, torch.complex64: 2.0 ** -17,
+                                   torch.float64: 2.0 ** -40, torch.complex128: 2.0 ** -40}
+"""The second stage's threshold for a badly scaled matrix (:func:`badly_scaled`). Its normwise bound measures the
+scaling rather than the error (D C D with D spanning 10^+-3 and cond(C) = 10: bounds of 1e-7 for true errors of
+1e-16), so the equilibrated stage, which certifies it as C is, runs from the bounds that the compiled float64 kernels
+already re-evaluate (``certificate.TIGHT_THRESHOLD`` = 2^-40; 64 eps for float32 and complex64) instead of
+SCALED_SECOND_STAGE_ABOVE. Deciding costs a pass over the diagonals of a batch whose largest bound is above it."""
+
+BADLY_SCALED_SPREAD = 2.0 ** 20
+"""A matrix is badly scaled when the magnitudes of its diagonal entries spread over more than this factor."""
+
+
+def badly_scaled(diagonal: torch.Tensor) -> torch.Tensor:
+    """(b,) bool of the (b, n) diagonals of the matrices: max_i |a_ii| > BADLY_SCALED_SPREAD min_i |a_ii|. A graded
+    D C D has the spread of D twice over; the diagonal (n entries, not n^2) keeps the test cheap enough to run on
+    every matrix whose bound could use the second stage, and the spread keeps matrices of even scale (whose diagonal
+    entries may still be small by chance) from paying for a stage that cannot tighten their bound. False where the
+    diagonal holds NaN."""
+    magnitude = diagonal.abs()
+    return magnitude.amax(dim=-1) > BADLY_SCALED_SPREAD * magnitude.amin(dim=-1)
+
+
+def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype, diagonal: torch.Tensor) -> torch.Tensor:
+    """Which matrices (systems) take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype], or
+    error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype] where the matrix is :func:`badly_scaled` by its (b, n)
+    ``diagonal`` (the callers keep the exact path's results and drop inputs that are not finite,
+    :func:`neuinv.pipeline.second_stage_index`)."""
+    return ((error_bound > SCALED_SECOND_STAGE_ABOVE[dtype])
+            | ((error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype]) & badly_scaled(diagonal)))

@@ -1,6 +1,7 @@
 """The scale-aware second stage (neuinv.rules.SCALED_SECOND_STAGE_ABOVE): graded and badly scaled matrices that LU
 inverts accurately are certified close to their true error (exact truths by mpmath), on every backend; overflow of
 the inverse or the solution is named as such; torch.compile of the solve on the shapes that met torch's frexp bug."""
+import math
 from fractions import Fraction
 
 import mpmath
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 import neuinv
-from neuinv import certificate
+from neuinv import certificate, rules
 from neuinv.testing import conditioned_matrices
 from test_solve import exact_relative_error
 
@@ -51,6 +52,9 @@ def fraction_inverse(M):
         return mpmath.matrix([[mpmath.mpf(v.numerator) / v.denominator for v in row[n:]] for row in rows])
 
 
+MODERATELY_GRADED = [1e-3, 1, 1e3, 1e2]
+
+
 def graded(d, dtype):
     D = torch.diag(torch.tensor(d, dtype=torch.float64))
     return (D @ TRIDIAGONAL @ D).to(dtype)
@@ -59,12 +63,14 @@ def graded(d, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("d", [[1e-6, 1, 1e6, 1e12], [1e-5, 1, 1e5, 1e10], [1e-12, 1e-6, 1, 1e12],
-                               [1e-18, 1e-18, 1e18, 1e18], [1e-150, 1e-50, 1e50, 1e150]],
-                         ids=["1e-6..1e12", "1e-5..1e10", "1e-12..1e12", "1e+-18", "1e+-150"])
+                               [1e-18, 1e-18, 1e18, 1e18], [1e-150, 1e-50, 1e50, 1e150], MODERATELY_GRADED],
+                         ids=["1e-6..1e12", "1e-5..1e10", "1e-12..1e12", "1e+-18", "1e+-150", "1e-3..1e3"])
 def test_graded_matrices_are_certified_near_their_true_error(backend, dtype, d):
     """Issue #23 item 4: A = D C D, cond(C) = 9.5, refused (or bounded at 0.74) by the normwise certificate; LU
     inverts it to working precision. Certified, within 100x of the exact error (floored at eps); also where D spans
-    10^+-150 (which a Perron vector clamped at 2^-200 once left refused)."""
+    10^+-150 (which a Perron vector clamped at 2^-200 once left refused), and where D spans only 10^+-3, whose
+    normwise bound (6.8e-10 on the compiled kernels for an error of 3.4e-16) lies below SCALED_SECOND_STAGE_ABOVE:
+    the badly scaled matrix's lower threshold sends it to the second stage."""
     require(backend)
     if dtype == torch.float32 and max(d) > 1e18:
         pytest.skip("D C D overflows float32")
@@ -78,9 +84,10 @@ def test_graded_matrices_are_certified_near_their_true_error(backend, dtype, d):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_graded_solve_is_certified_near_its_true_error(backend):
+@pytest.mark.parametrize("d", [[1e-6, 1, 1e6, 1e12], MODERATELY_GRADED], ids=["1e-6..1e12", "1e-3..1e3"])
+def test_graded_solve_is_certified_near_its_true_error(backend, d):
     require(backend)
-    A = graded([1e-6, 1, 1e6, 1e12], torch.float64)
+    A = graded(d, torch.float64)
     B = torch.tensor([[1.0, -2.0], [3.0, 0.5], [-1.0, 4.0], [2.0, 2.0]], dtype=torch.float64)
     X, info = neuinv.batched_solve_ex(A[None], B[None], backend=backend)
     with mpmath.workdps(60):
@@ -88,6 +95,21 @@ def test_graded_solve_is_certified_near_its_true_error(backend):
     error = true_relative_error(exact, X[0])
     assert bool(info.certified[0])
     assert error <= float(info.error_bound[0]) <= 100 * max(error, 2.2e-16)
+
+
+def test_second_stage_mask_lowers_the_threshold_for_badly_scaled_matrices_only():
+    """rules.second_stage_mask: above SCALED_SECOND_STAGE_ABOVE every matrix; between BADLY_SCALED_SECOND_STAGE_ABOVE
+    and it only those whose diagonal spreads over more than BADLY_SCALED_SPREAD; below it none; NaN diagonals never
+    by their scaling."""
+    high, low = rules.SCALED_SECOND_STAGE_ABOVE[torch.float64], rules.BADLY_SCALED_SECOND_STAGE_ABOVE[torch.float64]
+    spread = rules.BADLY_SCALED_SPREAD
+    even, bad = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 4 * spread, -1.0])
+    nan = torch.tensor([1.0, math.nan, 4 * spread])
+    for bound, diagonal, expected in [(2 * high, even, True), (2 * high, nan, True), (2 * low, bad, True),
+                                      (2 * low, even, False), (2 * low, nan, False), (low, bad, False),
+                                      (2 * low, torch.tensor([1.0, 0.0, 1.0]), True)]:
+        mask = rules.second_stage_mask(torch.tensor([bound], dtype=torch.float64), torch.float64, diagonal[None])
+        assert bool(mask[0]) == expected, (bound, diagonal)
 
 
 def test_bound_does_not_depend_on_row_and_column_scaling():
