@@ -72,7 +72,7 @@ def test_first_call_builds_the_kernels_once_under_a_lock_then_loads_them(tmp_pat
     the compiled kernels; a third process loads the build without compiling."""
     env = {"NEUINV_EXT_DIR": str(tmp_path), "NEUINV_AUTO_BUILD": "1"}
     children = [start_python(INVERT_AND_REPORT, env, str(seed)) for seed in (1, 2)]
-    outputs = [child.communicate(timeout=900) for child in children]
+    outputs = [child.communicate(timeout=1800) for child in children]
     for child, (stdout, stderr) in zip(children, outputs):
         assert child.returncode == 0, stderr
         backend, error = reported(stdout)
