@@ -1,4 +1,4 @@
-"""Matrices with a chosen condition number and accuracy measures, for tests, benchmarks and the demo."""
+"""Matrices with a chosen condition number, accuracy measures and refined truths, for tests, benchmarks and the demo."""
 from __future__ import annotations
 
 import math
@@ -41,3 +41,40 @@ def true_residual(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     batch_shape, n = A.shape[:-2], A.shape[-1]
     A, X = A.detach().cpu().reshape(-1, n, n), X.detach().cpu().reshape(-1, n, n)
     return certificate.compensated_residual_norm(A, X).reshape(batch_shape)
+
+
+TRUTH_SLACK = 4 * torch.finfo(torch.float64).eps
+"""What a float64 truth from accurate_inverse / accurate_solve may itself be off by (relative): its own rounding, about
+u per entry, plus the rounding of the refinement steps. float64 bounds reach below it where X is exact or nearly."""
+
+
+def accurate_inverse(A: torch.Tensor) -> torch.Tensor:
+    """A^-1 to about eps64 relative (cond up to ~1e12), as (b, n, n) float64 (complex128 for complex A) for A
+    (..., n, n) of any floating dtype: torch.linalg.inv refined by three Newton steps X + X (I - A X), each residual
+    evaluated almost exactly (certificate.split_residual, checked against exact rationals in the tests). The truth
+    for float64 bounds that lie at the error itself, below torch.linalg.inv's own error."""
+    wide = torch.complex128 if A.is_complex() else torch.float64
+    A = A.to(wide).reshape(-1, A.shape[-2], A.shape[-1])
+    n = A.shape[-1]
+    g = certificate.gamma(n + 1, certificate.unit_roundoff(torch.float64)) * (2 if A.is_complex() else 1)
+    eye = torch.eye(n, dtype=wide, device=A.device).expand_as(A).contiguous()
+    X = torch.linalg.inv(A)
+    for _ in range(3):
+        residual, _ = certificate.split_residual(A, X, eye, g)
+        X = X + X @ residual
+    return X
+
+
+def accurate_solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A^-1 B in float64 to about eps64 relative (cond up to ~1e12) for real A (b, n, n) and B (b, n, k) or (b, n):
+    torch.linalg.solve refined by three steps X + A^-1 (B - A X), each residual evaluated almost exactly
+    (certificate.split_residual)."""
+    A, B = A.double(), B.double()
+    vector = B.dim() == A.dim() - 1
+    B = B.unsqueeze(-1) if vector else B
+    g = certificate.gamma(A.shape[-1] + 1, certificate.unit_roundoff(torch.float64))
+    X = torch.linalg.solve(A, B)
+    for _ in range(3):
+        residual, _ = certificate.split_residual(A, X, B, g)
+        X = X + torch.linalg.solve(A, residual)
+    return X.squeeze(-1) if vector else X

@@ -11,7 +11,8 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("NEUINV_TRITON_AUTOTUNE", "0")  # one tile per kernel: tests check results, not speed
 
-from neuinv.testing import conditioned_matrices, true_residual, warm_start  # noqa: E402,F401 (re-exported)
+from neuinv.testing import (TRUTH_SLACK, accurate_inverse, accurate_solve, conditioned_matrices,  # noqa: E402,F401
+                            true_residual, warm_start)  # (re-exported)
 from neuinv import extension  # noqa: E402
 
 extension.ensure("cpu")  # as a first call would: the compiled CPU kernels, built here on a fresh checkout
@@ -84,40 +85,3 @@ def forkserver():
     return context
 
 
-TRUTH_SLACK = 4 * torch.finfo(torch.float64).eps
-"""What a float64 truth from accurate_inverse / accurate_solve may itself be off by (relative): its own rounding, about
-u per entry, plus the rounding of the refinement steps. float64 bounds reach below it where X is exact or nearly."""
-
-
-def accurate_inverse(A):
-    """A^-1 in float64 (complex128) to about eps64 relative (cond up to ~1e12): torch.linalg.inv refined by three
-    Newton steps X + X (I - A X), each residual evaluated almost exactly (certificate.split_residual, checked
-    against exact rationals in test_certificate.py). The truth for float64 bounds that lie at the error itself,
-    below torch.linalg.inv's own error."""
-    from neuinv import certificate
-    wide = torch.complex128 if A.is_complex() else torch.float64
-    A = A.to(wide).reshape(-1, A.shape[-2], A.shape[-1])
-    n = A.shape[-1]
-    g = certificate.gamma(n + 1, certificate.unit_roundoff(torch.float64)) * (2 if A.is_complex() else 1)
-    eye = torch.eye(n, dtype=wide, device=A.device).expand_as(A).contiguous()
-    X = torch.linalg.inv(A)
-    for _ in range(3):
-        residual, _ = certificate.split_residual(A, X, eye, g)
-        X = X + X @ residual
-    return X
-
-
-def accurate_solve(A, B):
-    """A^-1 B in float64 to about eps64 relative (cond up to ~1e12) for A (b, n, n) and B (b, n, k) or (b, n):
-    torch.linalg.solve refined by three steps X + A^-1 (B - A X), each residual evaluated almost exactly
-    (certificate.split_residual)."""
-    from neuinv import certificate
-    A, B = A.double(), B.double()
-    vector = B.dim() == A.dim() - 1
-    B = B.unsqueeze(-1) if vector else B
-    g = certificate.gamma(A.shape[-1] + 1, certificate.unit_roundoff(torch.float64))
-    X = torch.linalg.solve(A, B)
-    for _ in range(3):
-        residual, _ = certificate.split_residual(A, X, B, g)
-        X = X + torch.linalg.solve(A, residual)
-    return X.squeeze(-1) if vector else X
