@@ -13,8 +13,8 @@ from .arguments import COMPUTE_DTYPE, HALF_DTYPES, CallOptions
 from .backends import resolve_backend
 from .errors import ArgumentValueError
 from .failures import raise_if_not_certified
-from .rules import (BADLY_SCALED_SECOND_STAGE_ABOVE, CERTIFIED_BELOW, certified, newton_schulz_rules,
-                    second_stage_mask)
+from .rules import (BADLY_SCALED_SECOND_STAGE_ABOVE, CERTIFIED_BELOW, SCALED_SECOND_STAGE_ABOVE, certified,
+                    newton_schulz_rules, second_stage_mask, spreads)
 
 WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
@@ -209,13 +209,17 @@ def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, A: torch.Tensor,
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
     (b,) first bounds and the (b, n, n) matrices A (among the exact path's results where ``exact_path``, an
     inverse's ``fallback``, is given), then only those whose A and other operands ((b, r, c) each) are finite;
-    None where there are none. Called where :func:`all_below_second_stage` could not rule the stage out: that read
-    of the largest bound is the one host synchronisation of ``batched_inverse_ex`` on the compiled backends in the common case, the ``nonzero`` here a
-    second one where some bound is above the threshold."""
-    mask = second_stage_mask(bound, dtype, torch.diagonal(A, dim1=-2, dim2=-1))
-    index = (mask if exact_path is None else mask & exact_path).nonzero().squeeze(1)
+    None where there are none. The whole batch's diagonals decide which matrices the rule itself reads. Called
+    where :func:`all_below_second_stage` could not rule the stage out: that read of the largest bound is the one
+    host synchronisation of ``batched_inverse_ex`` on the compiled backends in the common case, the ``nonzero``
+    here a second one where some bound is above the threshold."""
+    diagonal = torch.diagonal(A, dim1=-2, dim2=-1).abs()
+    candidates = (bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype]) & (
+        (bound > SCALED_SECOND_STAGE_ABOVE[dtype]) | spreads(diagonal))  # implied by second_stage_mask
+    index = (candidates if exact_path is None else candidates & exact_path).nonzero().squeeze(1)
     if index.numel() == 0:
         return None
+    index = index[second_stage_mask(bound[index], dtype, A[index])]
     for operand in (A, *operands):
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
     return index if index.numel() else None

@@ -171,26 +171,34 @@ BADLY_SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -17, torch.complex64: 2
 scaling rather than the error (D C D with D spanning 10^+-3 and cond(C) = 10: bounds of 1e-7 for true errors of
 1e-16), so the equilibrated stage, which certifies it as C is, runs from the bounds that the compiled float64 kernels
 already re-evaluate (``certificate.TIGHT_THRESHOLD`` = 2^-40; 64 eps for float32 and complex64) instead of
-SCALED_SECOND_STAGE_ABOVE. Deciding costs a pass over the diagonals of a batch whose largest bound is above it."""
+SCALED_SECOND_STAGE_ABOVE. Deciding costs a pass over the diagonals of a batch whose largest bound is above it, and
+over the rows and columns of the matrices whose diagonal spreads."""
 
 BADLY_SCALED_SPREAD = 2.0 ** 20
-"""A matrix is badly scaled when the magnitudes of its diagonal entries spread over more than this factor."""
+"""The spread of magnitudes over which a matrix is badly scaled (:func:`badly_scaled`)."""
 
 
-def badly_scaled(diagonal: torch.Tensor) -> torch.Tensor:
-    """(b,) bool of the (b, n) diagonals of the matrices: max_i |a_ii| > BADLY_SCALED_SPREAD min_i |a_ii|. A graded
-    D C D has the spread of D twice over; the diagonal (n entries, not n^2) keeps the test cheap enough to run on
-    every matrix whose bound could use the second stage, and the spread keeps matrices of even scale (whose diagonal
-    entries may still be small by chance) from paying for a stage that cannot tighten their bound. False where the
-    diagonal holds NaN."""
-    magnitude = diagonal.abs()
+def spreads(magnitude: torch.Tensor) -> torch.Tensor:
+    """(b,) bool of (b, m) non-negative magnitudes: max > BADLY_SCALED_SPREAD min (False where NaN)."""
     return magnitude.amax(dim=-1) > BADLY_SCALED_SPREAD * magnitude.amin(dim=-1)
 
 
-def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype, diagonal: torch.Tensor) -> torch.Tensor:
+def badly_scaled(A: torch.Tensor) -> torch.Tensor:
+    """(b,) bool of (b, n, n) A: its rows' largest magnitudes, or its columns', spread over more than
+    BADLY_SCALED_SPREAD (the spread that LAPACK xGEEQUB's power-of-two equilibration removes), and so do the
+    magnitudes of its diagonal. The diagonal (n entries) is the test read for every matrix above the lower threshold
+    (:func:`neuinv.pipeline.second_stage_index`); the rows and columns keep a tiny or zero diagonal entry of an evenly
+    scaled matrix (saddle-point and KKT blocks) from sending it to a stage that cannot tighten its bound. A graded
+    D C D passes both; a row permutation of it, whose diagonal no longer spreads, is not caught."""
+    magnitude = A.abs()
+    return spreads(torch.diagonal(magnitude, dim1=-2, dim2=-1)) & (spreads(magnitude.amax(dim=-1))
+                                                                  | spreads(magnitude.amax(dim=-2)))
+
+
+def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype, A: torch.Tensor) -> torch.Tensor:
     """Which matrices (systems) take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype], or
-    error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype] where the matrix is :func:`badly_scaled` by its (b, n)
-    ``diagonal`` (the callers keep the exact path's results and drop inputs that are not finite,
+    error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype] where the matrix A (b, n, n) is :func:`badly_scaled` (the
+    callers keep the exact path's results and drop inputs that are not finite,
     :func:`neuinv.pipeline.second_stage_index`)."""
     return ((error_bound > SCALED_SECOND_STAGE_ABOVE[dtype])
-            | ((error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype]) & badly_scaled(diagonal)))
+            | ((error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype]) & badly_scaled(A)))

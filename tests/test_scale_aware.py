@@ -99,17 +99,38 @@ def test_graded_solve_is_certified_near_its_true_error(backend, d):
 
 def test_second_stage_mask_lowers_the_threshold_for_badly_scaled_matrices_only():
     """rules.second_stage_mask: above SCALED_SECOND_STAGE_ABOVE every matrix; between BADLY_SCALED_SECOND_STAGE_ABOVE
-    and it only those whose diagonal spreads over more than BADLY_SCALED_SPREAD; below it none; NaN diagonals never
-    by their scaling."""
+    and it only the badly scaled ones (diagonal and rows or columns spreading over more than BADLY_SCALED_SPREAD);
+    below it none. A zero or tiny diagonal entry of an evenly scaled matrix (a saddle-point block) does not count;
+    neither does NaN."""
     high, low = rules.SCALED_SECOND_STAGE_ABOVE[torch.float64], rules.BADLY_SCALED_SECOND_STAGE_ABOVE[torch.float64]
-    spread = rules.BADLY_SCALED_SPREAD
-    even, bad = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([1.0, 4 * spread, -1.0])
-    nan = torch.tensor([1.0, math.nan, 4 * spread])
-    for bound, diagonal, expected in [(2 * high, even, True), (2 * high, nan, True), (2 * low, bad, True),
-                                      (2 * low, even, False), (2 * low, nan, False), (low, bad, False),
-                                      (2 * low, torch.tensor([1.0, 0.0, 1.0]), True)]:
-        mask = rules.second_stage_mask(torch.tensor([bound], dtype=torch.float64), torch.float64, diagonal[None])
-        assert bool(mask[0]) == expected, (bound, diagonal)
+    d = torch.tensor([1e-4, 1.0, 1e4], dtype=torch.float64)
+    C = torch.tensor([[2.0, -1, 0.5], [-1, 2, -1], [0.5, -1, 2]], dtype=torch.float64)
+    graded_, even = d[:, None] * C * d[None, :], C.clone()
+    saddle, tiny = C.clone(), C.clone()
+    saddle[2, 2], tiny[1, 1] = 0.0, 1e-12
+    nan = graded_.clone()
+    nan[0, 1] = math.nan
+    for bound, A, expected in [(2 * high, even, True), (2 * low, graded_, True), (low, graded_, False),
+                               (2 * low, even, False), (2 * low, saddle, False), (2 * low, tiny, False),
+                               (2 * low, nan, False)]:
+        mask = rules.second_stage_mask(torch.tensor([bound], dtype=torch.float64), torch.float64, A[None])
+        assert bool(mask[0]) == expected, (bound, A)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_a_zero_diagonal_entry_does_not_send_evenly_scaled_matrices_to_the_second_stage(backend, monkeypatch):
+    """Ill-conditioned (bounds above BADLY_SCALED_SECOND_STAGE_ABOVE), evenly scaled matrices with a zero on the
+    diagonal: the stage's equilibrated inverse is never called."""
+    require(backend)
+    from neuinv import reference
+    A = conditioned_matrices(64, 4, 1e6, torch.float64, seed=3)
+    A[:, 3, 3] = 0.0
+    calls = []
+    original = reference.scaled_exact_inverse
+    monkeypatch.setattr(reference, "scaled_exact_inverse", lambda *a, **k: calls.append(a) or original(*a, **k))
+    X, info = neuinv.batched_inverse_ex(A, backend=backend)
+    assert bool((info.error_bound > rules.BADLY_SCALED_SECOND_STAGE_ABOVE[torch.float64]).any())
+    assert bool(info.certified.all()) and not calls
 
 
 def test_bound_does_not_depend_on_row_and_column_scaling():
