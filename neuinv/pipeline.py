@@ -13,8 +13,8 @@ from .arguments import COMPUTE_DTYPE, HALF_DTYPES, CallOptions
 from .backends import resolve_backend
 from .errors import ArgumentValueError
 from .failures import raise_if_not_certified
-from .rules import (BADLY_SCALED_SECOND_STAGE_ABOVE, CERTIFIED_BELOW, SCALED_SECOND_STAGE_ABOVE, certified,
-                    newton_schulz_rules, second_stage_mask, spreads)
+from .rules import (BADLY_SCALED_SPREAD, CERTIFIED_BELOW, SCALED_SECOND_STAGE_ABOVE, certified, newton_schulz_rules,
+                    second_stage_mask, second_stage_threshold, spreads)
 
 WORKSPACE_BYTES = 2**30
 """Large batches are processed in chunks whose workspace (the backend's ``workspace_matrices`` n x n
@@ -103,7 +103,7 @@ def _invert_in_dtype(A, init, options):
     if model is None and (b * workspace_bytes <= WORKSPACE_BYTES or b == 1):
         # the common case: one call on A as it is, (*, n, n)
         X, *info = chosen.invert(A, X0, None, refine, rules, limit, positive_definite)
-        return _second_stage(A, X, InverseInfo(*info), limit, positive_definite)
+        return _second_stage(A, X, InverseInfo(*info), limit, positive_definite, chosen.name == "torch")
 
     batch_shape, chunk = A.shape[:-2], max(1, WORKSPACE_BYTES // workspace_bytes)
     A_flat = A.reshape(-1, n, n)
@@ -119,31 +119,32 @@ def _invert_in_dtype(A, init, options):
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
     info = InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
                        iterations.reshape(batch_shape), fallback.reshape(batch_shape))
-    return _second_stage(A, X.reshape(A.shape), info, limit, positive_definite)
+    return _second_stage(A, X.reshape(A.shape), info, limit, positive_definite, chosen.name == "torch")
 
 
-def _second_stage(A, X, info, limit, positive_definite):
+def _second_stage(A, X, info, limit, positive_definite, torch_path):
     """The scale-aware second stage (:func:`second_stage_index`) on the exact path's matrices whose certificate is
     refused or above the threshold: the certificate of :func:`neuinv.certificate.scaled_error_bound` for the X they have, and
     the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the result with the
     smallest bound. Under torch.compile it is the operator ``neuinv::second_stage_inverse``, which the graph calls as
     it is (its subset depends on the data)."""
-    if all_below_second_stage(info.error_bound, A.dtype):
+    if all_below_second_stage(info.error_bound, A.dtype, torch_path=torch_path):
         return X, info
     n = A.shape[-1]
     flat = (A.reshape(-1, n, n), X.reshape(-1, n, n), info.certified.reshape(-1), info.error_bound.reshape(-1),
             info.fallback.reshape(-1))
     stage = torch.ops.neuinv.second_stage_inverse if torch.compiler.is_compiling() else _second_stage_inverse
-    X_flat, certified_mask, error_bound, fallback = stage(*flat, limit, positive_definite)
+    X_flat, certified_mask, error_bound, fallback = stage(*flat, limit, positive_definite, torch_path)
     batch_shape = info.certified.shape
     return X_flat.reshape(A.shape), InverseInfo(certified_mask.reshape(batch_shape), error_bound.reshape(batch_shape),
                                                 info.iterations, fallback.reshape(batch_shape))
 
 
-def _second_stage_inverse(A, X, certified_mask, bound, fallback, limit: float, positive_definite: bool):
+def _second_stage_inverse(A, X, certified_mask, bound, fallback, limit: float, positive_definite: bool,
+                          torch_path: bool):
     """:func:`_second_stage` on the flat batch: (X, certified, error_bound, fallback), new tensors where any matrix
     took it, else the inputs themselves."""
-    index = second_stage_index(bound, A.dtype, A, exact_path=fallback)
+    index = second_stage_index(bound, A.dtype, A, exact_path=fallback, torch_path=torch_path)
     if index is None:
         return X, certified_mask, bound, fallback
     A_i, X_i, bound_i = A[index], X[index], bound[index]
@@ -161,15 +162,15 @@ def _second_stage_inverse(A, X, certified_mask, bound, fallback, limit: float, p
 
 @torch.library.custom_op("neuinv::second_stage_inverse", mutates_args=())
 def _second_stage_inverse_op(A: torch.Tensor, X: torch.Tensor, certified_mask: torch.Tensor, bound: torch.Tensor,
-                             fallback: torch.Tensor, limit: float,
-                             positive_definite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    outputs = _second_stage_inverse(A, X, certified_mask, bound, fallback, limit, positive_definite)
+                             fallback: torch.Tensor, limit: float, positive_definite: bool,
+                             torch_path: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    outputs = _second_stage_inverse(A, X, certified_mask, bound, fallback, limit, positive_definite, torch_path)
     return tuple(output.clone() if output is given else output
                  for output, given in zip(outputs, (X, certified_mask, bound, fallback)))
 
 
 @_second_stage_inverse_op.register_fake
-def _(A, X, certified_mask, bound, fallback, limit, positive_definite):
+def _(A, X, certified_mask, bound, fallback, limit, positive_definite, torch_path):
     return torch.empty_like(X), torch.empty_like(certified_mask), torch.empty_like(bound), torch.empty_like(fallback)
 
 
@@ -193,33 +194,38 @@ def flat_batch_vmap(operator, info, in_dims, arguments):
     return tuple(output.reshape(size, -1, *output.shape[1:]) for output in outputs), (0,) * len(outputs)
 
 
-def all_below_second_stage(bound: torch.Tensor, dtype: torch.dtype, limit: float = math.inf) -> bool:
-    """Whether every first bound is at most both the second stage's lower threshold
-    (:data:`neuinv.rules.BADLY_SCALED_SECOND_STAGE_ABOVE`) and ``limit``, so that no matrix (system) takes the second
-    stage: one reduction and one host read decide the common case without building :func:`second_stage_index`. False
-    for an empty batch, and under torch.compile, whose graph calls the stage's operator."""
+def all_below_second_stage(bound: torch.Tensor, dtype: torch.dtype, limit: float = math.inf,
+                           torch_path: bool = False) -> bool:
+    """Whether every first bound is at most both the second stage's lowest threshold
+    (:func:`neuinv.rules.second_stage_threshold`; ``torch_path``: the first stage ran on backend "torch") and
+    ``limit``, so that no matrix (system) takes the second stage: one reduction and one host read decide the common
+    case without building :func:`second_stage_index`. False for an empty batch, and under torch.compile, whose graph
+    calls the stage's operator."""
     if torch.compiler.is_compiling() or not bound.numel():
         return False
     largest = bound.item() if bound.numel() == 1 else float(bound.max())  # (one value: no reduction to launch)
-    return largest <= min(BADLY_SCALED_SECOND_STAGE_ABOVE[dtype], limit)
+    return largest <= min(second_stage_threshold(dtype, torch_path), limit)
 
 
 def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, A: torch.Tensor, *operands: torch.Tensor,
-                       exact_path: torch.Tensor | None = None) -> torch.Tensor | None:
+                       exact_path: torch.Tensor | None = None, torch_path: bool = False) -> torch.Tensor | None:
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
     (b,) first bounds and the (b, n, n) matrices A (among the exact path's results where ``exact_path``, an
-    inverse's ``fallback``, is given), then only those whose A and other operands ((b, r, c) each) are finite;
-    None where there are none. The whole batch's diagonals decide which matrices the rule itself reads. Called
-    where :func:`all_below_second_stage` could not rule the stage out: that read of the largest bound is the one
-    host synchronisation of ``batched_inverse_ex`` on the compiled backends in the common case, the ``nonzero``
-    here a second one where some bound is above the threshold."""
-    diagonal = torch.diagonal(A, dim1=-2, dim2=-1).abs()
-    candidates = (bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype]) & (
-        (bound > SCALED_SECOND_STAGE_ABOVE[dtype]) | spreads(diagonal))  # implied by second_stage_mask
-    index = (candidates if exact_path is None else candidates & exact_path).nonzero().squeeze(1)
+    inverse's ``fallback``, is given; ``torch_path``: the first stage ran on backend "torch"), then only those whose
+    A and other operands ((b, r, c) each) are finite; None where there are none. On the torch path the diagonals of
+    the matrices above the lower threshold decide which ones the rule itself reads. Called where
+    :func:`all_below_second_stage` could not rule the stage out: that read of the largest bound is the one host
+    synchronisation of ``batched_inverse_ex`` on the compiled backends in the common case, the ``nonzero`` here a
+    second one where some bound is above the threshold."""
+    above = bound > second_stage_threshold(dtype, torch_path)
+    index = (above if exact_path is None else above & exact_path).nonzero().squeeze(1)
     if index.numel() == 0:
         return None
-    index = index[second_stage_mask(bound[index], dtype, A[index])]
+    if torch_path:
+        diagonal = torch.diagonal(A, dim1=-2, dim2=-1)[index].abs()
+        spread = spreads(diagonal, BADLY_SCALED_SPREAD ** 2)  # implied by the rule
+        index = index[(bound[index] > SCALED_SECOND_STAGE_ABOVE[dtype]) | spread]
+        index = index[second_stage_mask(bound[index], dtype, A[index], torch_path)]
     for operand in (A, *operands):
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
     return index if index.numel() else None

@@ -155,9 +155,10 @@ def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
 
 SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -12, torch.complex64: 2.0 ** -12,
                              torch.float64: 2.0 ** -20, torch.complex128: 2.0 ** -20}
-"""A matrix whose exact-path certificate (a system whose certificate) is above this (a badly scaled one's: above
-BADLY_SCALED_SECOND_STAGE_ABOVE), or refused, while its input is finite, takes the second stage
-(:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix, certified componentwise (:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and
+"""A matrix whose exact-path certificate (a system whose certificate) is above this (a badly scaled one's on the torch
+path: above BADLY_SCALED_SECOND_STAGE_ABOVE), or refused, while its input is finite, takes the second stage
+(:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix, certified componentwise
+(:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and
 keeps whichever result has the smaller bound. Badly scaled and graded matrices, which the normwise certificate
 refuses or bounds loosely, are certified there close to their true error. The stage runs in torch operations, about
 ten times a matrix product's work per matrix: the threshold keeps it to bounds that say little (moderately
@@ -167,38 +168,50 @@ own honest bound (pass ``max_error`` to send them to the exact path)."""
 
 BADLY_SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -17, torch.complex64: 2.0 ** -17,
                                    torch.float64: 2.0 ** -40, torch.complex128: 2.0 ** -40}
-"""The second stage's threshold for a badly scaled matrix (:func:`badly_scaled`). Its normwise bound measures the
-scaling rather than the error (D C D with D spanning 10^+-3 and cond(C) = 10: bounds of 1e-7 for true errors of
-1e-16), so the equilibrated stage, which certifies it as C is, runs from the bounds that the compiled float64 kernels
-already re-evaluate (``certificate.TIGHT_THRESHOLD`` = 2^-40; 64 eps for float32 and complex64) instead of
-SCALED_SECOND_STAGE_ABOVE. Deciding costs a pass over the diagonals of a batch whose largest bound is above it, and
-over the rows and columns of the matrices whose diagonal spreads."""
+"""The second stage's threshold for a badly scaled matrix (:func:`badly_scaled`) on the torch path (backend "torch";
+complex input). Its normwise bound measures the scaling rather than the error (D C D with D spanning 10^+-3 and
+cond(C) = 10: bounds of 1e-7 for true errors of 1e-16), so the equilibrated stage, which certifies it as C is, runs
+from the bounds that the compiled float64 kernels re-evaluate (``certificate.TIGHT_THRESHOLD`` = 2^-40; 64 eps for
+float32 and complex64) instead of SCALED_SECOND_STAGE_ABOVE. Deciding reads the diagonals of the matrices above it,
+and the rows and columns of those whose diagonal spreads: a few percent of the torch path's own time, but 1.2-1.7x
+the compiled kernels' at n = 4 (about 75 ns per matrix), which therefore keep SCALED_SECOND_STAGE_ABOVE."""
 
-BADLY_SCALED_SPREAD = 2.0 ** 20
-"""The spread of magnitudes over which a matrix is badly scaled (:func:`badly_scaled`)."""
+BADLY_SCALED_SPREAD = 2.0 ** 10
+"""The spread of its rows' or columns' largest magnitudes over which a matrix is badly scaled (:func:`badly_scaled`);
+its diagonal, which a graded D C D holds with the spread of D twice over, must spread over the square of it."""
 
 
-def spreads(magnitude: torch.Tensor) -> torch.Tensor:
-    """(b,) bool of (b, m) non-negative magnitudes: max > BADLY_SCALED_SPREAD min (False where NaN)."""
-    return magnitude.amax(dim=-1) > BADLY_SCALED_SPREAD * magnitude.amin(dim=-1)
+def spreads(magnitude: torch.Tensor, factor: float) -> torch.Tensor:
+    """(b,) bool of (b, m) non-negative magnitudes: max > factor * min (False where NaN)."""
+    return magnitude.amax(dim=-1) > factor * magnitude.amin(dim=-1)
 
 
 def badly_scaled(A: torch.Tensor) -> torch.Tensor:
     """(b,) bool of (b, n, n) A: its rows' largest magnitudes, or its columns', spread over more than
-    BADLY_SCALED_SPREAD (the spread that LAPACK xGEEQUB's power-of-two equilibration removes), and so do the
-    magnitudes of its diagonal. The diagonal (n entries) is the test read for every matrix above the lower threshold
-    (:func:`neuinv.pipeline.second_stage_index`); the rows and columns keep a tiny or zero diagonal entry of an evenly
-    scaled matrix (saddle-point and KKT blocks) from sending it to a stage that cannot tighten its bound. A graded
-    D C D passes both; a row permutation of it, whose diagonal no longer spreads, is not caught."""
+    BADLY_SCALED_SPREAD (the spread that LAPACK xGEEQUB's power-of-two equilibration removes), and the magnitudes of
+    its diagonal over more than its square. The diagonal (n entries) is read for every matrix above the lower
+    threshold (:func:`neuinv.pipeline.second_stage_index`), the rows and columns only where it spreads; they keep a
+    tiny or zero diagonal entry of an evenly scaled matrix (saddle-point and KKT blocks) from sending it to a stage
+    that cannot tighten its bound. A graded D C D passes both; a row permutation of it, whose diagonal no longer
+    spreads, is not caught."""
     magnitude = A.abs()
-    return spreads(torch.diagonal(magnitude, dim1=-2, dim2=-1)) & (spreads(magnitude.amax(dim=-1))
-                                                                  | spreads(magnitude.amax(dim=-2)))
+    rows, columns = magnitude.amax(dim=-1), magnitude.amax(dim=-2)
+    return (spreads(torch.diagonal(magnitude, dim1=-2, dim2=-1), BADLY_SCALED_SPREAD ** 2)
+            & (spreads(rows, BADLY_SCALED_SPREAD) | spreads(columns, BADLY_SCALED_SPREAD)))
 
 
-def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype, A: torch.Tensor) -> torch.Tensor:
-    """Which matrices (systems) take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype], or
-    error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype] where the matrix A (b, n, n) is :func:`badly_scaled` (the
-    callers keep the exact path's results and drop inputs that are not finite,
-    :func:`neuinv.pipeline.second_stage_index`)."""
-    return ((error_bound > SCALED_SECOND_STAGE_ABOVE[dtype])
-            | ((error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype]) & badly_scaled(A)))
+def second_stage_threshold(dtype: torch.dtype, torch_path: bool) -> float:
+    """The smallest bound that can take the second stage: BADLY_SCALED_SECOND_STAGE_ABOVE on the torch path,
+    SCALED_SECOND_STAGE_ABOVE on the compiled kernels."""
+    return (BADLY_SCALED_SECOND_STAGE_ABOVE if torch_path else SCALED_SECOND_STAGE_ABOVE)[dtype]
+
+
+def second_stage_mask(error_bound: torch.Tensor, dtype: torch.dtype, A: torch.Tensor, torch_path: bool) -> torch.Tensor:
+    """Which matrices (systems) take the second stage: error_bound > SCALED_SECOND_STAGE_ABOVE[dtype], or, where the
+    first stage ran on the torch path, error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype] where the matrix A
+    (b, n, n) is :func:`badly_scaled` (the callers keep the exact path's results and drop inputs that are not
+    finite, :func:`neuinv.pipeline.second_stage_index`)."""
+    mask = error_bound > SCALED_SECOND_STAGE_ABOVE[dtype]
+    if not torch_path:
+        return mask
+    return mask | ((error_bound > BADLY_SCALED_SECOND_STAGE_ABOVE[dtype]) & badly_scaled(A))

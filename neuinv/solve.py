@@ -248,14 +248,16 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
                else inverse_info.error_bound.expand(batch).reshape(b))
         X, bound = backend.solve(A_f, B_f, flat(R, n, n), eps)
         iterations, fallback, R = inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
-    if all_below_second_stage(bound, compute, CERTIFIED_BELOW if options.max_error is None else options.max_error):
+    torch_path = backend.name == "torch"
+    if all_below_second_stage(bound, compute, CERTIFIED_BELOW if options.max_error is None else options.max_error,
+                              torch_path):
         if x_only:
             return X.reshape(*batch, n, k), None, None, None, None, None
         return X.reshape(*batch, n, k), bound.new_ones(batch, dtype=torch.bool), bound.reshape(batch), iterations, \
             fallback, R
     A_b, B_b = A_f.expand(b, n, n), B_f.expand(b, n, k)
     if X.numel():
-        X, bound = _second_stage(A_b, B_b, X, bound, positive_definite)
+        X, bound = _second_stage(A_b, B_b, X, bound, positive_definite, torch_path)
     if R is None and X.numel():
         X, bound = _from_the_inverse_where_refused(A_b, B_b, X, bound, options)
     verdict = certified(bound, options.max_error)
@@ -288,14 +290,14 @@ def _kept_where_tighter(X, bound, index, X_new, bound_new):
     return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_new, bound[index]))
 
 
-def _second_stage(A, B, X, bound, positive_definite):
+def _second_stage(A, B, X, bound, positive_definite, torch_path):
     """The scale-aware second stage (:func:`neuinv.pipeline.second_stage_index`) for the systems (flat A (b, n, n),
     B, X (b, n, k)) whose first certificate is refused or above the threshold: the equilibrated solve
     (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller; (X, bound), the inputs themselves where
     no system took it. Under torch.compile the operator ``neuinv::second_stage_solve``."""
     if torch.compiler.is_compiling():
-        return torch.ops.neuinv.second_stage_solve(A, B, X, bound, positive_definite)
-    index = second_stage_index(bound, COMPUTE_DTYPE.get(A.dtype, A.dtype), A, B)
+        return torch.ops.neuinv.second_stage_solve(A, B, X, bound, positive_definite, torch_path)
+    index = second_stage_index(bound, COMPUTE_DTYPE.get(A.dtype, A.dtype), A, B, torch_path=torch_path)
     if index is None:
         return X, bound
     X_new, bound_new = reference.scaled_solve(A[index], B[index], positive_definite)
@@ -304,13 +306,13 @@ def _second_stage(A, B, X, bound, positive_definite):
 
 @torch.library.custom_op("neuinv::second_stage_solve", mutates_args=())
 def _second_stage_solve_op(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, bound: torch.Tensor,
-                           positive_definite: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    X_out, bound_out = _second_stage(A, B, X, bound, positive_definite)
+                           positive_definite: bool, torch_path: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    X_out, bound_out = _second_stage(A, B, X, bound, positive_definite, torch_path)
     return (X_out.clone() if X_out is X else X_out), (bound_out.clone() if bound_out is bound else bound_out)
 
 
 @_second_stage_solve_op.register_fake
-def _(A, B, X, bound, positive_definite):
+def _(A, B, X, bound, positive_definite, torch_path):
     return torch.empty_like(X), torch.empty_like(bound)
 
 
