@@ -25,7 +25,7 @@ import torch
 
 from . import reference
 from .errors import ArgumentValueError
-from .rules import CERTIFIED_BELOW, newton_schulz_rules
+from .rules import CERTIFIED_BELOW, NewtonSchulzRules, newton_schulz_rules
 
 BACKEND_ENV = "NEUINV_BACKEND"
 """Environment variable that makes ``backend="auto"`` mean the backend it names (read when neuinv is imported,
@@ -59,6 +59,25 @@ def _on_flat_batch(invert, A, X0, use_guess):
     return (X.reshape(A.shape), *(field.reshape(batch) for field in info))
 
 
+@torch.library.custom_op("neuinv::reference_invert", mutates_args=())
+def _reference_invert_op(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
+                         tol: float, accept: float, max_iter: int, guard: float, max_error: float,
+                         positive_definite: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                           torch.Tensor]:
+    """:func:`neuinv.reference.invert` on a flat batch as one operator with the arguments of ``neuinv::invert``:
+    what a torch.compile graph calls on the torch backend, whose Newton–Schulz loop and exact-path subset depend on
+    the data."""
+    rules = NewtonSchulzRules(tol, accept, max_iter, False, guard)
+    return reference.invert(A, X0, use_guess, refine, rules, max_error, positive_definite)  # (new tensors only)
+
+
+@_reference_invert_op.register_fake
+def _(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite):
+    b = A.shape[0]
+    return (torch.empty_like(A), A.new_empty(b, dtype=torch.bool), A.new_empty(b, dtype=torch.float64),
+            A.new_empty(b, dtype=torch.int32), A.new_empty(b, dtype=torch.bool))
+
+
 class TorchBackend:
     """The reference path (:func:`neuinv.reference.invert`): batched matmuls and LAPACK/cuSOLVER LU.
     Any dtype, any device, any n."""
@@ -76,6 +95,9 @@ class TorchBackend:
         :func:`neuinv.reference.invert` on the flattened batch. positive_definite: the exact path is Cholesky
         (A symmetric/Hermitian positive definite; a matrix whose factorisation fails is not certified)."""
         def run(A, X0, use_guess):
+            if torch.compiler.is_compiling():  # the loop and the exact path's subset depend on the data
+                return torch.ops.neuinv.reference_invert(A, X0, use_guess, refine, rules.tol, rules.accept,
+                                                         rules.max_iter, rules.guard, max_error, positive_definite)
             return reference.invert(A, X0, use_guess, refine, rules, max_error, positive_definite)
 
         return _on_flat_batch(run, A, X0, use_guess)

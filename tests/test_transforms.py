@@ -133,17 +133,21 @@ def test_forward_mode_dual_tensors_carry_their_tangents(backend):
 
 
 @pytest.mark.parametrize("compiler", ["eager", "aot_eager"])
-def test_torch_compile_fullgraph(compiler):
-    """Every public function compiles without a graph break; the raising forms keep their check in the graph
-    (a singular member still raises), for inputs with and without gradients."""
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_torch_compile_fullgraph(compiler, backend):
+    """Every public function compiles without a graph break, on the default backend and on the torch path (whose
+    Newton-Schulz loop and exact-path subset depend on the data: the graph calls neuinv::reference_invert); the
+    raising forms keep their check in the graph (a singular member still raises), for inputs with and without
+    gradients."""
     A = matrices()
     B = vectors(4, 3, 2)
     functions = {
-        "inverse": (lambda M, C: neuinv.batched_inverse(M), lambda M, C: torch.linalg.inv(M)),
-        "inverse_ex": (lambda M, C: neuinv.batched_inverse_ex(M)[0], lambda M, C: torch.linalg.inv(M)),
-        "solve": (lambda M, C: neuinv.batched_solve(M, C), torch.linalg.solve),
-        "solve_ex": (lambda M, C: neuinv.batched_solve_ex(M, C)[0], torch.linalg.solve),
-        "pos": (lambda M, C: neuinv.batched_inverse(M @ M.mT, assume_a="pos"),
+        "inverse": (lambda M, C: neuinv.batched_inverse(M, backend=backend), lambda M, C: torch.linalg.inv(M)),
+        "inverse_ex": (lambda M, C: neuinv.batched_inverse_ex(M, backend=backend)[0],
+                       lambda M, C: torch.linalg.inv(M)),
+        "solve": (lambda M, C: neuinv.batched_solve(M, C, backend=backend), torch.linalg.solve),
+        "solve_ex": (lambda M, C: neuinv.batched_solve_ex(M, C, backend=backend)[0], torch.linalg.solve),
+        "pos": (lambda M, C: neuinv.batched_inverse(M @ M.mT, assume_a="pos", backend=backend),
                 lambda M, C: torch.linalg.inv(M @ M.mT)),
     }
     for name, (function, truth) in functions.items():
@@ -161,8 +165,35 @@ def test_torch_compile_fullgraph(compiler):
         compiled = torch.compile(functions[name][0], backend=compiler, fullgraph=True)
         with pytest.raises(torch.linalg.LinAlgError, match=r"A\[1\] is singular"):
             compiled(singular, B)
-    compiled = torch.compile(lambda M: vmap(neuinv.batched_inverse)(M), backend=compiler, fullgraph=True)
+    compiled = torch.compile(lambda M: vmap(lambda one: neuinv.batched_inverse(one, backend=backend))(M),
+                             backend=compiler, fullgraph=True)
     assert torch.allclose(compiled(A), torch.linalg.inv(A), **TOL)
+
+
+def test_reference_invert_operator_passes_opcheck():
+    """neuinv::reference_invert (what a torch.compile graph calls on the torch backend): schema, fake implementation
+    and its outputs' shapes and dtypes, checked by torch.library.opcheck; with a guess and a mask, and without (no
+    singular member: opcheck compares outputs without equating NaNs)."""
+    from neuinv.rules import newton_schulz_rules
+    A = matrices(6, 4)
+    rules = newton_schulz_rules(A.dtype, None, None, True)
+    guess = torch.linalg.inv(A + 1e-3 * torch.eye(4, dtype=A.dtype))
+    for X0, use_guess, refine in ((None, None, False), (guess, torch.tensor([True, False] * 3), True)):
+        arguments = (A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard, 1.0, False)
+        torch.library.opcheck(torch.ops.neuinv.reference_invert.default, arguments)
+
+
+def test_torch_compile_fullgraph_of_complex_input():
+    """Complex input runs on the torch path by default: its four public functions compile without a graph break
+    and agree with eager."""
+    A = torch.complex(matrices(), matrices(seed=5) * 0.1)
+    B = torch.complex(vectors(4, 3, 2), vectors(4, 3, 2, seed=6))
+    for function in (neuinv.batched_inverse, lambda M, C: neuinv.batched_inverse_ex(M)[0], neuinv.batched_solve,
+                     lambda M, C: neuinv.batched_solve_ex(M, C)[0]):
+        call = (lambda M, C: function(M)) if function is neuinv.batched_inverse else function
+        compiled = torch.compile(call, backend="eager", fullgraph=True)
+        assert torch.equal(compiled(A, B), call(A, B))
+        torch._dynamo.reset()
 
 
 @pytest.mark.cuda
