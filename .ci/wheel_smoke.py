@@ -11,6 +11,7 @@ import torch
 import neuinv
 from neuinv import extension
 from neuinv.backends import resolve_backend
+from neuinv.testing import TRUTH_SLACK, accurate_inverse
 
 assert "site-packages" in neuinv.__file__, f"neuinv comes from {neuinv.__file__}, not from the installed wheel"
 version = importlib.metadata.version("neuinv")
@@ -23,10 +24,10 @@ A[7, 1] = A[7, 0]
 assert resolve_backend("auto", A).name == "cpp"
 X, info = neuinv.batched_inverse_ex(A)
 good = torch.arange(1000) != 7
-truth = torch.linalg.inv(A[good])
+truth = accurate_inverse(A[good])  # torch.linalg.inv refined to about eps: the bounds lie below its own error
 relative_error = torch.linalg.matrix_norm(X[good] - truth) / torch.linalg.matrix_norm(truth)
 assert bool(info.certified[good].all()) and float(relative_error.max()) < 1e-12, float(relative_error.max())
-assert bool(info.error_bound[good].ge(relative_error).all())
+assert bool((relative_error <= info.error_bound[good] + TRUTH_SLACK).all())
 assert not bool(info.certified[7]) and bool(X[7].isnan().all())
 
 report = subprocess.run(["neuinv", "info"], capture_output=True, text=True, check=True).stdout
