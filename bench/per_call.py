@@ -5,8 +5,9 @@ For one n x n matrix (A of shape (n, n), b of shape (n,)), per dtype, in interle
 - inverse: ``torch.linalg.inv_ex``, ``torch.linalg.inv``, the compiled operator ``neuinv::invert`` alone (called
   as the cpp backend calls it, on (1, n, n)), ``neuinv.batched_inverse_ex`` and ``neuinv.batched_inverse``;
 - solve: ``torch.linalg.solve_ex``, ``torch.linalg.solve``, the operator ``neuinv::solve`` alone (on (1, n, n) and
-  (1, n, 1)) without R (as ``batched_solve`` calls it) and from R (as ``batched_solve_ex`` calls it, after
-  ``neuinv::invert``), ``neuinv.batched_solve`` and ``neuinv.batched_solve_ex``.
+  (1, n, 1)) without R (as ``batched_solve`` and ``batched_solve_ex`` call it) and from R (as
+  ``batched_solve_ex(..., return_inverse=True)`` calls it, after ``neuinv::invert``), ``neuinv.batched_solve``,
+  ``neuinv.batched_solve_ex`` and ``neuinv.batched_solve_ex(..., return_inverse=True)``.
 
 Each row: the median over ``--rounds`` rounds of the mean time of ``--calls`` calls (after a warm-up), in
 microseconds. The operator rows split a neuinv call into the operators it calls (their dispatch from Python,
@@ -58,6 +59,8 @@ def methods(A: torch.Tensor, b: torch.Tensor) -> list[tuple[str, str, object]]:
         ("solve", "operator neuinv::solve from R", lambda: solve(A_batch, b_batch, R, R_bound, False)),
         ("solve", "neuinv.batched_solve", lambda: neuinv.batched_solve(A, b)),
         ("solve", "neuinv.batched_solve_ex", lambda: neuinv.batched_solve_ex(A, b)),
+        ("solve", "neuinv.batched_solve_ex, return_inverse",
+         lambda: neuinv.batched_solve_ex(A, b, return_inverse=True)),
     ]
 
 

@@ -334,7 +334,8 @@ PER_CALL_OPERATORS = {  # the operators each neuinv call makes, as bench/per_cal
     "neuinv.batched_inverse": ("operator neuinv::invert",),
     "neuinv.batched_inverse_ex": ("operator neuinv::invert",),
     "neuinv.batched_solve": ("operator neuinv::solve",),
-    "neuinv.batched_solve_ex": ("operator neuinv::invert", "operator neuinv::solve from R"),
+    "neuinv.batched_solve_ex": ("operator neuinv::solve",),
+    "neuinv.batched_solve_ex, return_inverse": ("operator neuinv::invert", "operator neuinv::solve from R"),
 }
 
 

@@ -2,10 +2,11 @@
 
 For each n and dtype, on the same matrices (cond 100; SPD ones Q diag(sigma) Q^T for the SPD rows):
 
-- solve with k = 1 and k = 8 right-hand sides: ``neuinv.batched_solve`` (certified), ``torch.linalg.solve``,
-  ``torch.linalg.solve_ex``, ``numpy.linalg.solve``, ``jax.jit(jnp.linalg.solve)`` (where JAX is installed; its
-  input made once, outside the timing) and ``neuinv.batched_inverse(A) @ B`` (the inverse certified, the product
-  not);
+- solve with k = 1 and k = 8 right-hand sides: ``neuinv.batched_solve`` (certified), ``neuinv.batched_solve_ex``
+  (the same with the per-system info) and with ``return_inverse=True`` (A's inverse formed first and returned),
+  ``torch.linalg.solve``, ``torch.linalg.solve_ex``, ``numpy.linalg.solve``, ``jax.jit(jnp.linalg.solve)`` (where
+  JAX is installed; its input made once, outside the timing) and ``neuinv.batched_inverse(A) @ B`` (the inverse
+  certified, the product not);
 - the SPD route: ``neuinv.batched_inverse(S, assume_a="pos")`` against the general ``neuinv.batched_inverse(S)``,
   ``torch.cholesky_inverse(torch.linalg.cholesky(S))`` and ``torch.linalg.inv(S)``; and the SPD solve with one
   right-hand side, ``neuinv.batched_solve(S, b, assume_a="pos")`` against ``torch.cholesky_solve``.
@@ -49,6 +50,8 @@ def solve_methods(A, B):
     A_numpy, B_numpy = A.numpy(), B.numpy()
     methods = [
         ("neuinv.batched_solve", lambda: neuinv.batched_solve(A, B)),
+        ("neuinv.batched_solve_ex", lambda: neuinv.batched_solve_ex(A, B).result),
+        ("neuinv.batched_solve_ex return_inverse", lambda: neuinv.batched_solve_ex(A, B, return_inverse=True).result),
         ("torch.linalg.solve", lambda: torch.linalg.solve(A, B)),
         ("torch.linalg.solve_ex", lambda: torch.linalg.solve_ex(A, B).result),
         ("numpy.linalg.solve", lambda: numpy.linalg.solve(A_numpy, B_numpy)),

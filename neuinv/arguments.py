@@ -161,5 +161,6 @@ def written(out, X, info, info_type):
     X_out, info_out = out
     X_out.copy_(X)
     for target, value in zip(info_out, info):
-        target.copy_(value)
+        if target is not None:  # (None where the field is not computed: a solve's inverse without return_inverse)
+            target.copy_(value)
     return X_out, info_type(*info_out)

@@ -9,8 +9,9 @@ How each system is solved
    multiplies the error by about ||I - R A||, so one step takes X to working precision wherever R's error is
    small), rounded to A's dtype. Steps 2 and 3 are :func:`neuinv.reference.solve`; the backend runs them
    (``cpp``: the compiled operator ``neuinv::solve``, one pass per system, for float32 and float64). Where R is
-   not returned (:func:`batched_solve`) and every matrix takes the exact path, step 1 runs in the same pass:
-   each system's R is the exact path's inverse, without the inverse's own second stage.
+   not returned (:func:`batched_solve`, and :func:`batched_solve_ex` without ``return_inverse``) and every matrix
+   takes the exact path, step 1 runs in the same pass: each system's R is the exact path's inverse, without the
+   inverse's own second stage.
 3. The certificate of the X returned (:func:`neuinv.certificate.solve_error_bound`): with r = B - A X and
    eps = R's certified bound, ||X - A^-1 B||_F <= ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F, evaluated with its
    own rounding accounted for; relative to ||A^-1 B||_F as e / (||X||_F - e). X is NaN wherever the bound is
@@ -49,17 +50,20 @@ class SolveInfo(NamedTuple):
         Shape: the broadcast batch shape of A and B.
     error_bound: float64 upper bound on ||X - A^-1 B||_F / ||A^-1 B||_F (the columns of a system together),
         rigorous (:func:`neuinv.certificate.solve_error_bound`); +inf where nothing is certified. Broadcast shape.
-    iterations: Newton–Schulz steps of A's inverse; A's batch shape.
+    iterations: Newton–Schulz steps of A's inverse; A's batch shape (0 where the inverse came from the exact
+        path).
     fallback: A's inverse came from the exact path; A's batch shape.
-    inverse: R, the certified inverse of A used (A's shape and dtype; NaN where not certified): pass it as
-        ``init`` of the next call for a warm start.
+    inverse: R, the certified inverse of A used (A's shape and dtype; NaN where not certified), with
+        ``return_inverse=True`` and in calls that autograd or a torch.func transform records (which keep R for the
+        derivatives): pass it as ``init`` of the next call for a warm start. None otherwise (the solve then need
+        not form it).
     """
 
     certified: torch.Tensor
     error_bound: torch.Tensor
     iterations: torch.Tensor
     fallback: torch.Tensor
-    inverse: torch.Tensor
+    inverse: torch.Tensor | None
 
 
 class SolveResult(NamedTuple):
@@ -127,7 +131,8 @@ def batched_solve(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=N
 
 def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, init=None, tol=None, max_iter=None,
                      max_error=None, method: str = "auto", assume_a: str = "gen", backend: str = "auto",
-                     check_errors: bool = False, out: tuple | None = None) -> SolveResult:
+                     check_errors: bool = False, return_inverse: bool = False,
+                     out: tuple | None = None) -> SolveResult:
     """Solutions X of A X = B (X A = B with ``left=False``) and a :class:`SolveInfo`; never raises for singular
     input (unless ``check_errors``).
 
@@ -155,10 +160,13 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
             below 1 (at least one correct digit) is accepted.
         check_errors: as torch's: raise where a system failed (here: is not certified), the error that
             :func:`batched_solve` raises, after nothing has been written to ``out``. Default False.
+        return_inverse: also return A's certified inverse R as ``info.inverse`` (for a warm start of the next
+            call). Default False: ``info.inverse`` is None, and without ``init`` each system is solved in one pass
+            that does not form R as a result (as :func:`batched_solve` does).
         out: (X, info): X of the solution's shape and A's dtype and device; info a :class:`SolveInfo` of tensors
-            of its fields' shapes and dtypes (bool, float64, int32, bool, A's). None may share memory
-            (overlapping byte ranges, whatever storage holds them) with A, B, init or another output; not with
-            gradients.
+            of its fields' shapes and dtypes (bool, float64, int32, bool, A's), its ``inverse`` None unless
+            ``return_inverse``. None may share memory (overlapping byte ranges, whatever storage holds them) with A,
+            B, init or another output; not with gradients.
 
     Returns:
         SolveResult: ``(result, info)``, X of shape (broadcast batch, n) or (broadcast batch, n, k)
@@ -166,13 +174,14 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
         :class:`SolveInfo`.
 
     Raises:
-        TypeError: A, B, init or an output is not a tensor, or ``left`` or ``check_errors`` is not a bool.
+        TypeError: A, B, init or an output is not a tensor, or ``left``, ``check_errors`` or ``return_inverse``
+            is not a bool.
         neuinv.ArgumentDtypeError: (a ``TypeError`` and a ``RuntimeError``, torch's class) A's dtype is not
             one of the above, or B's, init's or an output's differs from what is expected.
         neuinv.ArgumentValueError: (a ``ValueError`` and a ``RuntimeError``) A not (*, n, n) or on the meta
             device, B of a shape incompatible with A or batch dimensions that do not broadcast, B, init or an
             output on another device, an output of the wrong shape or overlapping an input or another output, an
-            option out of range.
+            ``out[1].inverse`` given without ``return_inverse`` (or missing with it), an option out of range.
 
     Examples:
         >>> A = torch.randn(1000, 8, 8, dtype=torch.float64) + 8 * torch.eye(8, dtype=torch.float64)
@@ -184,28 +193,34 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
     options = CallOptions(None, tol, max_iter, max_error, method, assume_a, backend)
     _check_solve_arguments(A, B, B_matrix, vector, init, options, left)
     check_flag(check_errors, "check_errors")
+    check_flag(return_inverse, "return_inverse")
     if out is not None:
-        _check_out_pair(out, A, B, B_matrix, vector, init)
-    return _solve(A, B_matrix, vector, init, options, raise_failures=check_errors, out=out, left=left)
+        _check_out_pair(out, A, B, B_matrix, vector, init, return_inverse)
+    return _solve(A, B_matrix, vector, init, options, raise_failures=check_errors, out=out, left=left,
+                  return_inverse=return_inverse)
 
 
 def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, left: bool,
-           x_only: bool = False):
+           x_only: bool = False, return_inverse: bool = False):
     """The solve on B (*, n, k) ((*, k, n) for left=False: A^T X^T = B^T, with init^T, and info.inverse
-    transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it; the
-    vector case squeezed back; the copy into out. ``x_only`` (batched_solve, which returns X only): the info's
-    fields may be None."""
+    transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it (it
+    keeps R for the derivatives, and returns it); the vector case squeezed back; the copy into out. ``x_only``
+    (batched_solve, which returns X only): the info's fields may be None. Elsewhere info.inverse is None unless
+    ``return_inverse``."""
     A, B, init = resolved(A), resolved(B), resolved(init)
     if not left:
         A, B, init = A.mT, B.mT, None if init is None else init.mT
     if transformed(A, B, init):
         refuse_out_with_transforms(out)
         X, *info = _solve_function().apply(A, B, init, options, raise_failures)
-    else:
-        X, *info = _solve_detached(A, B, init, options, raise_failures, x_only)  # (no tensor here records a graph)
+    else:  # (no tensor here records a graph)
+        X, *info = _solve_detached(A, B, init, options, raise_failures, x_only, with_inverse=return_inverse)
+        if not return_inverse:
+            info[-1] = None
+    if not left and info[-1] is not None:
+        info[-1] = info[-1].mT
     if not left:
         X = X.mT
-        info[-1] = None if info[-1] is None else info[-1].mT
     if vector:
         X = X.squeeze(-1)
     if out is None:
@@ -213,13 +228,15 @@ def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, 
     return SolveResult(*written(out, X, SolveInfo(*info), SolveInfo))
 
 
-def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_only: bool = False):
+def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_only: bool = False,
+                    with_inverse: bool = True):
     """(X, certified, error_bound, iterations, fallback, R) for A (*a, n, n) and B (*b, n, k) (see the module
-    docstring). With ``x_only`` (only X is returned), every matrix on the exact path (no init, method not
+    docstring). Without ``with_inverse`` (R not returned), every matrix on the exact path (no init, method not
     "newton_schulz") and k > 0, the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve`
     without R), without the inverse's own second stage (the solve's second stage takes its place; with k = 0 there
-    is no solution to take it, and the inverse is computed first), and iterations, fallback and R are None; with
-    ``x_only`` the certified mask and the bound are None where every system is certified."""
+    is no solution to take it, and the inverse is computed first); R is then None, iterations 0 and fallback True
+    (the exact path). With ``x_only`` (only X is returned) iterations, fallback and R may be None, and the certified
+    mask and the bound are None where every system is certified."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
     A_compute = A if A.dtype == compute else A.to(compute)
     batch = broadcast_batch(A.shape[:-2], B.shape[:-2])
@@ -237,10 +254,13 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
     backend = resolve_backend(options.backend, A_compute)
     positive_definite = options.assume_a == "pos"
     A_f, B_f = flat(A, n, n), flat(B, n, k)
-    if x_only and init is None and options.method != "newton_schulz" and k > 0:
+    if not with_inverse and init is None and options.method != "newton_schulz" and k > 0:
         X, bound = backend.solve(A_f if A_compute is A else flat(A_compute, n, n), B_f,
                                  positive_definite=positive_definite)
-        iterations = fallback = R = None
+        R = None
+        iterations, fallback = (None, None) if x_only else (
+            torch.zeros(A.shape[:-2], dtype=torch.int32, device=A.device),
+            torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device))
     else:
         R, inverse_info = invert(A_compute, None if init is None else init.to(compute),
                                  options._replace(max_error=None))
@@ -461,7 +481,7 @@ def _solution_shape(A, B_matrix, vector) -> torch.Size:
     return torch.Size((*batch, *B_matrix.shape[-2:-1 if vector else None]))
 
 
-def _check_out_pair(out, A, B, B_matrix, vector, init) -> None:
+def _check_out_pair(out, A, B, B_matrix, vector, init, return_inverse: bool) -> None:
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError("out must be a pair (X, info) with info a SolveInfo of five tensors")
     X_out, info_out = out
@@ -469,8 +489,14 @@ def _check_out_pair(out, A, B, B_matrix, vector, init) -> None:
     check_out(X_out, "out[0] (X)", X_shape, A.dtype, A.device, A, B, init)
     if not (isinstance(info_out, (tuple, list)) and len(info_out) == len(SolveInfo._fields)):
         raise TypeError("out[1] must be a SolveInfo (certified, error_bound, iterations, fallback, inverse)")
+    if (info_out[-1] is None) == return_inverse:
+        raise ArgumentValueError("out[1].inverse must be " + ("a tensor of A's shape: return_inverse=True"
+                                                             if return_inverse else
+                                                             "None: the inverse is returned only with "
+                                                             "return_inverse=True"))
     batch = broadcast_batch(A.shape[:-2], B_matrix.shape[:-2])
     shapes = (batch, batch, A.shape[:-2], A.shape[:-2], A.shape)
     for i, (field, tensor, dtype, shape) in enumerate(zip(SolveInfo._fields, info_out, INFO_DTYPES + (A.dtype,),
                                                           shapes)):
-        check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out, *info_out[:i])
+        if tensor is not None:
+            check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out, *info_out[:i])

@@ -149,8 +149,11 @@ def test_broadcasting_as_torch_linalg_solve(A_shape, B_shape):
     vector = B.dim() == 1 or (B.dim() == A.dim() - 1 and B.shape == A.shape[:-1])
     batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-1] if vector else B.shape[:-2])
     assert info.certified.shape == batch and info.error_bound.shape == batch and info.certified.all()
-    assert info.iterations.shape == A.shape[:-2] and info.inverse.shape == A.shape
+    assert info.iterations.shape == A.shape[:-2] and info.fallback.shape == A.shape[:-2] and info.inverse is None
     assert torch.equal(neuinv.batched_solve(A, B), X)
+    X_inverse_first, info = neuinv.batched_solve_ex(A, B, return_inverse=True)
+    assert torch.allclose(X_inverse_first, expected, rtol=1e-12, atol=1e-12) and info.certified.all()
+    assert info.inverse.shape == A.shape and torch.allclose(info.inverse, torch.linalg.inv(A), rtol=1e-12, atol=1e-13)
 
 
 def test_bad_input_is_named():
@@ -175,7 +178,7 @@ def test_warm_start_from_the_previous_inverse(backend):
     exact path; both certified and correct."""
     A = conditioned_matrices(10, 5, 100.0, torch.float64)
     B = right_hand_sides(10, 5, 1, torch.float64)
-    _, info = neuinv.batched_solve_ex(A, B, backend=backend)
+    _, info = neuinv.batched_solve_ex(A, B, backend=backend, return_inverse=True)
     A_next = A + 1e-6 * torch.randn(A.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     X, info_next = neuinv.batched_solve_ex(A_next, B, init=info.inverse, backend=backend)
     assert info_next.certified.all() and not info_next.fallback.any() and (info_next.iterations > 0).all()
@@ -235,7 +238,8 @@ def test_gradcheck_and_gradgradcheck():
         B.requires_grad_()
         assert torch.autograd.gradcheck(neuinv.batched_solve, (A, B))
         assert torch.autograd.gradgradcheck(neuinv.batched_solve, (A, B))
-    assert torch.autograd.gradcheck(lambda M, C: neuinv.batched_solve_ex(M, C)[1].inverse, (A, B))
+    assert torch.autograd.gradcheck(lambda M, C: neuinv.batched_solve_ex(M, C, return_inverse=True)[1].inverse,
+                                    (A, B))
 
 
 def test_gradient_matches_torch():

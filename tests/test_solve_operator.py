@@ -332,8 +332,8 @@ def test_without_R_arguments_are_named():
 
 
 def test_batched_solve_inverts_in_the_solve(monkeypatch):
-    """batched_solve (which returns X only) makes one call of neuinv::solve without R and no call of
-    neuinv::invert; batched_solve_ex, which returns the inverse, still inverts first."""
+    """batched_solve and batched_solve_ex (without return_inverse) make one call of neuinv::solve without R and no
+    call of neuinv::invert; batched_solve_ex(..., return_inverse=True) inverts first and returns that inverse."""
     calls = []
     solve, invert = torch.ops.neuinv.solve, torch.ops.neuinv.invert
 
@@ -351,8 +351,13 @@ def test_batched_solve_inverts_in_the_solve(monkeypatch):
     assert calls == [("solve", True)]
     assert torch.allclose(X, torch.linalg.solve(A, B), rtol=1e-12, atol=0)
     calls.clear()
-    neuinv.batched_solve_ex(A, B, backend="cpp")
+    X_ex, info = neuinv.batched_solve_ex(A, B, backend="cpp")
+    assert calls == [("solve", True)] and torch.equal(X_ex, X) and info.certified.all() and info.inverse is None
+    assert torch.equal(info.iterations, torch.zeros(7, dtype=torch.int32)) and info.fallback.all()
+    calls.clear()
+    X_ex, info = neuinv.batched_solve_ex(A, B, backend="cpp", return_inverse=True)
     assert calls == [("invert",), ("solve", False)]
+    assert torch.allclose(X_ex, X, rtol=1e-12, atol=0) and torch.allclose(info.inverse, torch.linalg.inv(A), rtol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

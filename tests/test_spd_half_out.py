@@ -181,10 +181,10 @@ def test_out_is_written_and_returned():
     solve_out = (torch.empty(2, 3, 4, 2), SolveInfo(torch.empty(2, 3, dtype=torch.bool),
                                                     torch.empty(2, 3, dtype=torch.float64),
                                                     torch.empty(2, 3, dtype=torch.int32),
-                                                    torch.empty(2, 3, dtype=torch.bool), torch.empty(2, 3, 4, 4)))
+                                                    torch.empty(2, 3, dtype=torch.bool), None))
     X, info = neuinv.batched_solve_ex(A, B, out=solve_out)
     assert X is solve_out[0] and torch.equal(X.nan_to_num(), X_solve_expected.nan_to_num())
-    assert all(a is b for a, b in zip(info, solve_out[1]))
+    assert all(a is b for a, b in zip(info, solve_out[1]))  # (the inverse None: not asked for)
     assert torch.equal(info.error_bound, solve_expected.error_bound)
     X_vector = torch.empty(3, 4)
     assert neuinv.batched_solve(A[0], B[0, :, :, 0], out=X_vector) is X_vector
@@ -216,6 +216,16 @@ def test_out_errors_are_clear():
         neuinv.batched_solve(A, B, out=B)
     with pytest.raises(ValueError, match=r"out must have shape \(3, 4\)"):
         neuinv.batched_solve(A, B, out=torch.empty(3, 4, 1, dtype=torch.float64))
+    solve_info = SolveInfo(torch.empty(3, dtype=torch.bool), torch.empty(3, dtype=torch.float64),
+                           torch.empty(3, dtype=torch.int32),
+                           torch.empty(3, dtype=torch.bool), None)
+    with pytest.raises(ValueError, match=r"out\[1\].inverse must be a tensor of A's shape: return_inverse=True"):
+        neuinv.batched_solve_ex(A, B, out=(torch.empty(3, 4, dtype=torch.float64), solve_info), return_inverse=True)
+    with pytest.raises(ValueError, match=r"out\[1\].inverse must be None: the inverse is returned only with"):
+        neuinv.batched_solve_ex(A, B, out=(torch.empty(3, 4, dtype=torch.float64),
+                                           solve_info._replace(inverse=torch.empty(3, 4, 4, dtype=torch.float64))))
+    with pytest.raises(TypeError, match="return_inverse must be a bool"):
+        neuinv.batched_solve_ex(A, B, return_inverse=1)
     with pytest.raises(RuntimeError, match="out= cannot be combined with gradients"):
         neuinv.batched_inverse(A.clone().requires_grad_(), out=X_out)
     kept = A.clone()
