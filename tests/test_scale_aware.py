@@ -213,8 +213,9 @@ def test_failure_names_the_true_cause(call, words):
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_batched_solve_certifies_what_batched_solve_ex_certifies(backend):
     """A system the one pass without an inverse and the solve's second stage refuse (cond 1e15, a right-hand side of
-    subnormal entries) but the inverse first certifies: batched_solve solves it as batched_solve_ex does, with the
-    same bound, instead of raising; the bound holds against the exact solution."""
+    subnormal entries) but the inverse first certifies: batched_solve and batched_solve_ex solve it as the inverse
+    first does (batched_solve_ex(..., return_inverse=True)), with the same bound, instead of refusing it; the bound
+    holds against the exact solution."""
     if not neuinv.available_backends()[backend].available:
         pytest.skip(f"{backend} is not available")
     A = torch.tensor([[-1.0, 0.0, -1.0], [5.0, 4.0, -9.0], [4.0, 4.0, -10.0 + 2.0 ** -49]], dtype=torch.float64)
@@ -223,8 +224,10 @@ def test_batched_solve_certifies_what_batched_solve_ex_certifies(backend):
     for b in (torch.full((3,), 2.0 ** -1030, dtype=torch.float64),
               torch.tensor([1.0, 2.0 ** -1030, 2.0 ** -1030], dtype=torch.float64)):
         B = torch.cat([torch.ones(4, 3, dtype=torch.float64), b[None], torch.ones(5, 3, dtype=torch.float64)])
+        X_first, info_first = neuinv.batched_solve_ex(A, B, backend=backend, return_inverse=True)
         X_ex, info = neuinv.batched_solve_ex(A, B, backend=backend)
-        assert bool(info.certified.all())
+        assert bool(info_first.certified.all()) and bool(info.certified.all())
+        assert torch.equal(X_ex[4], X_first[4]) and torch.equal(info.error_bound[4], info_first.error_bound[4])
         X = neuinv.batched_solve(A, B, backend=backend)
         assert torch.equal(X, X_ex)
         assert exact_relative_error(A[4], b[:, None], X[4][:, None]) <= float(info.error_bound[4])
