@@ -5,9 +5,9 @@
 #   - runs the operator, conformance, kernel and bad-input tests on the GPU (the sync-free test among them), and
 #     the Triton pipeline's tests compiled for the GPU,
 #   - checks the certificate on CUDA tensors for every GPU backend and method,
-#   - a compute-sanitizer memcheck of every CUDA operator,
-#   - the throughput table (neuinv beside torch.linalg.inv and the optional baselines), and batched_inverse end
-#     to end against its bare operator and against the Triton backend.
+#   - a compute-sanitizer memcheck of every CUDA operator (invert, and solve for n <= 8),
+#   - the throughput table (neuinv beside torch.linalg.inv and the optional baselines), batched_inverse end
+#     to end against its bare operator and against the Triton backend, and batched_solve against torch's.
 # Results go to $OUT (default bench/out); the tables print last. The steps run most important first, each with
 # its own timeout, so that a run cut short by the device tool's limit still leaves the first results:
 #   OUT=$OUT THROUGHPUT_DTYPES=float32 timeout 560 bash bench/gpu_check.sh   (run's timeout_s 570)
@@ -41,8 +41,9 @@ stamp "training processes started: ${#TRAINING[@]}"
 stamp "build-ext exit $?: $(grep -E '^real|built and' "$OUT/build.log" | tr '\n' ' ')"
 python3 -m neuinv.cli info
 
-timeout 120 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_operator.py tests/test_conformance.py \
-  tests/test_cpp_extension.py tests/test_bad_input.py > "$OUT/pytest-cuda.txt" 2>&1
+timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_operator.py tests/test_conformance.py \
+  tests/test_cpp_extension.py tests/test_bad_input.py tests/test_solve_operator.py::test_cuda_operator_agrees_with_the_cpu_operator \
+  tests/test_solve_operator.py::test_cuda_solve_above_its_kernels_size_runs_the_reference > "$OUT/pytest-cuda.txt" 2>&1
 stamp "pytest exit $?: $(tail -1 "$OUT/pytest-cuda.txt")"
 grep -E "^FAILED|^E  |Fatal|line [0-9]+ in test_" "$OUT/pytest-cuda.txt" | head -30
 
@@ -88,6 +89,15 @@ for n in (1, 3, 5, 8, 13, 32, 33, 64):
         for args in ((None, None, False), (None, None, True), (X0, None, True), (X0, mask, True)):
             for positive_definite in (False, True):
                 torch.ops.neuinv.invert(A, *args, 1e-7, 1e-3, 10, 0.5, 1.0, positive_definite)
+        if n <= 8:  # neuinv::solve on CUDA: without R, from R, one A or one B broadcast, k = 1 and 3
+            for k in (1, 3):
+                B = torch.randn(37, n, k, dtype=dtype, device="cuda")
+                R, _, R_bound, _, _ = torch.ops.neuinv.invert(A, None, None, False, 1e-7, 1e-3, 10, 0.5, 1.0)
+                for positive_definite in (False, True):
+                    torch.ops.neuinv.solve(A, B, None, None, positive_definite)
+                    torch.ops.neuinv.solve(A[:1], B, None, None, positive_definite)
+                    torch.ops.neuinv.solve(A, B[:1], None, None, positive_definite)
+                torch.ops.neuinv.solve(A, B, R, R_bound)
 torch.cuda.synchronize()
 print("memcheck script done")
 PY
@@ -120,6 +130,17 @@ for dtype in (torch.float32, torch.float64):
         gbs = 2 * A.numel() * A.element_size() / (t_api * 1e-3) / 1e9
         print(f"| {n} | {str(dtype)[6:]} | {batch} | {t_torch:.3f} | {t_op:.3f} | {t_api:.3f} | {t_api / t_op:.2f} | "
               f"{t_torch / t_api:.2f} | {gbs:.0f} | {t_triton:.3f} ({t_torch / t_triton:.2f}) |", flush=True)
+print()
+print("| n | dtype | batch | torch.linalg.solve ms (k = 1) | batched_solve ms | speed-up vs torch |")
+print("|---|---|---|---|---|---|", flush=True)
+for dtype in (torch.float32, torch.float64):
+    for n in (2, 4, 8):
+        batch = min(10**6, 2**24 // (n * n))
+        A = conditioned_matrices(batch, n, 100.0, dtype, seed=n).cuda()
+        b = torch.randn(batch, n, dtype=dtype, device="cuda")
+        t_torch = timed(lambda: torch.linalg.solve(A, b))
+        t_api = timed(lambda: neuinv.batched_solve(A, b))
+        print(f"| {n} | {str(dtype)[6:]} | {batch} | {t_torch:.3f} | {t_api:.3f} | {t_torch / t_api:.2f} |", flush=True)
 PY
 stamp "end-to-end exit $?"
 

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 
 #include "neuinv_checks.h"
 
@@ -74,6 +75,13 @@ void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::
                   inverse_bound->scalar_type() == at::kDouble && inverse_bound->device() == A.device(),
               "solve: inverse_bound must be a float64 tensor of shape (", A.size(0), ",) on ", A.device(),
               ", got ", inverse_bound->scalar_type(), " ", inverse_bound->sizes(), " on ", inverse_bound->device());
+}
+
+at::Tensor empty_matrix_solve_bound(const c10::optional<at::Tensor>& inverse_bound, int64_t b,
+                                    const at::TensorOptions& bound_options) {
+  if (!inverse_bound.has_value()) return at::zeros({b}, bound_options);
+  const at::Tensor usable = inverse_bound->ge(0).logical_and(inverse_bound->lt(1)).expand({b});
+  return at::where(usable, 0.0, std::numeric_limits<double>::infinity()).to(at::kDouble);
 }
 
 }  // namespace neuinv

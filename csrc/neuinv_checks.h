@@ -1,4 +1,5 @@
-// The argument checks of neuinv::invert and neuinv::solve, shared by its CPU and CUDA implementations; defined in csrc/neuinv_checks.cpp.
+// The argument checks of neuinv::invert and neuinv::solve, and the solve of empty matrices, shared by their CPU and
+// CUDA implementations; defined in csrc/neuinv_checks.cpp.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -19,5 +20,10 @@ void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>
 // `device`; throws naming the argument.
 void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::optional<at::Tensor>& R,
                            const c10::optional<at::Tensor>& inverse_bound, c10::DeviceType device);
+
+// neuinv::solve's bound (b,) for 0 x 0 matrices, whose inverse and solution (b, 0, k) are exact: 0, or with a
+// given R 0 where its inverse_bound says it is usable (in [0, 1)) and +inf elsewhere.
+at::Tensor empty_matrix_solve_bound(const c10::optional<at::Tensor>& inverse_bound, int64_t b,
+                                    const at::TensorOptions& bound_options);
 
 }  // namespace neuinv

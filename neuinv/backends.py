@@ -154,7 +154,15 @@ class CudaBackend(CompiledBackend):
     name = "cuda"
     device_type = "cuda"
     mlp_initializer = staticmethod(_fused_mlp_initializer)
-    solve = TorchBackend.solve  # the CUDA library has no solve kernel yet: its invert, then the reference
+    SOLVE_MAX_N = 8
+    """The CUDA solve kernel's largest n (csrc/cuda/neuinv_cuda_launch.h, kSmallMaxN: one system per thread)."""
+
+    def solve(self, A, B, R=None, inverse_bound=None, positive_definite=False):
+        """The operator ``neuinv::solve`` for n <= ``SOLVE_MAX_N`` (csrc/cuda/neuinv_cuda_solve_small.cu), the
+        reference above."""
+        if A.shape[-1] <= self.SOLVE_MAX_N:
+            return super().solve(A, B, R, inverse_bound, positive_definite)
+        return TorchBackend.solve(self, A, B, R, inverse_bound, positive_definite)
 
 
 class TritonBackend(TorchBackend):

@@ -426,3 +426,56 @@ def test_results_do_not_depend_on_the_position_in_a_pack(dtype, n, k, positive_d
     truth = accurate_solve(A[good], B[good])
     error = torch.linalg.matrix_norm(X_solve[good].double() - truth) / torch.linalg.matrix_norm(truth)
     assert (error <= bound_solve[good] + TRUTH_SLACK).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("positive_definite", [False, True], ids=["gen", "pos"])
+def test_cuda_operator_agrees_with_the_cpu_operator(dtype, n, k, positive_definite):
+    """neuinv::solve on CUDA (one system per thread, csrc/cuda/neuinv_cuda_solve_small.cu) on the pack batch of the
+    test above, without R, from the CPU's R, and with one A or one B broadcast: the same systems refused (X not
+    finite, bound +inf); every certified bound holds against an accurate truth, and the CPU and CUDA solutions lie
+    within the sum of their two bounds of each other (both bound the distance to the same A^-1 B). Inputs unchanged."""
+    A, B = _pack_batch(dtype, n, k, positive_definite)
+    A_gpu, B_gpu = A.cuda(), B.cuda()
+    kept = A_gpu.clone(), B_gpu.clone()
+    R, R_bound = _compiled_exact_inverse(A, positive_definite)
+    calls = [((A, B, None, None, positive_definite), (A_gpu, B_gpu, None, None, positive_definite)),
+             ((A, B, R, R_bound), (A_gpu, B_gpu, R.cuda(), R_bound.cuda())),
+             ((A[:1], B, None, None, positive_definite), (A_gpu[:1], B_gpu, None, None, positive_definite)),
+             ((A, B[:1], None, None, positive_definite), (A_gpu, B_gpu[:1], None, None, positive_definite))]
+    for cpu_arguments, cuda_arguments in calls:
+        X_cpu, bound_cpu = torch.ops.neuinv.solve(*cpu_arguments)
+        X_gpu, bound_gpu = (t.cpu() for t in torch.ops.neuinv.solve(*cuda_arguments))
+        refused = torch.isinf(bound_cpu)
+        assert torch.equal(torch.isinf(bound_gpu), refused)
+        assert not torch.isfinite(X_gpu[refused]).any()
+        good = (~refused).nonzero().squeeze(1)
+        A_used, B_used = cpu_arguments[0].expand(27, n, n), cpu_arguments[1].expand(27, n, k)
+        truth = accurate_solve(A_used[good], B_used[good])
+        truth_norm = torch.linalg.matrix_norm(truth)
+        for X, bound in ((X_cpu, bound_cpu), (X_gpu, bound_gpu)):
+            error = torch.linalg.matrix_norm(X[good].double() - truth) / truth_norm
+            assert (error <= bound[good] + TRUTH_SLACK).all()
+        apart = torch.linalg.matrix_norm(X_gpu[good].double() - X_cpu[good].double()) / truth_norm
+        assert (apart <= bound_cpu[good] + bound_gpu[good] + 2 * TRUTH_SLACK).all()
+    assert torch.equal(A_gpu, kept[0]) and torch.equal(B_gpu, kept[1])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_solve_above_its_kernels_size_runs_the_reference():
+    """The CUDA kernel takes n <= 8 and says so by name above; the cuda backend solves larger systems by the
+    reference, certified."""
+    A = conditioned_matrices(5, 9, 10.0, torch.float64).cuda()
+    B = torch.ones(5, 9, 1, dtype=torch.float64, device="cuda")
+    with pytest.raises(RuntimeError, match="on CUDA the kernels take n <= 8"):
+        torch.ops.neuinv.solve(A, B, None, None, False)
+    X, info = neuinv.batched_solve_ex(A, B, backend="cuda")
+    assert bool(info.certified.all())
+    truth = accurate_solve(A.cpu(), B.cpu())
+    error = torch.linalg.matrix_norm(X.cpu() - truth) / torch.linalg.matrix_norm(truth)
+    assert (error <= info.error_bound.cpu() + TRUTH_SLACK).all()

@@ -40,11 +40,7 @@ std::tuple<at::Tensor, at::Tensor> solve_cpu(const at::Tensor& A_in, const at::T
   at::Tensor X = at::empty({b, n, k}, B.options());
   at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
   if (b == 0) return {X, bound};
-  if (n == 0) {  // the empty matrix: its inverse is exact; a given R's bound still says whether it is usable
-    if (!R_in.has_value()) return {X, bound.zero_()};
-    const at::Tensor usable = bound_in->ge(0).logical_and(bound_in->lt(1)).expand({b});
-    return {X, at::where(usable, 0.0, rules::kInfinity).to(at::kDouble)};
-  }
+  if (n == 0) return {X, empty_matrix_solve_bound(bound_in, b, bound.options())};
   const int64_t b_stride = B.size(0) == b ? n * k : 0;
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_solve", [&] {
     scalar_t* x = X.data_ptr<scalar_t>();

@@ -43,5 +43,29 @@ constexpr int kSmallMaxN = 8;
 template <typename T>
 cudaError_t launch_invert_small(const kernels::InvertArguments<T>& args, int64_t batch, cudaStream_t stream);
 
+// The whole of neuinv::solve for n <= kSmallMaxN, one system per thread at a time (csrc/kernels/solve.h), `threads`
+// threads striding over the batch: system m reads A at a + m a_stride (a_stride 0: one A broadcast) and B at
+// b + m b_stride, writes X (n x k) at x + m n k and its bound. From R (and its bound eps, at R's stride: a_stride,
+// and 1 or 0) where r is given, else from each system's exact-path inverse, held in r_work (n^2 values per thread).
+// work: solve_small_workspace(n, k) doubles per thread.
+template <typename T>
+struct SolveSmallArguments {
+  const T* a;
+  const T* b;
+  const T* r;
+  const double* eps;
+  T* x;
+  double* bound;
+  double* work;
+  T* r_work;
+  int64_t a_stride, b_stride, n, k, threads;
+  bool positive_definite;
+};
+
+int64_t solve_small_workspace(int64_t n, int64_t k);
+
+template <typename T>
+cudaError_t launch_solve_small(const SolveSmallArguments<T>& args, int64_t batch, cudaStream_t stream);
+
 }  // namespace cuda_kernels
 }  // namespace neuinv

@@ -9,7 +9,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <limits>
+#include <tuple>
 
 #include "../neuinv_checks.h"
 #include "neuinv_cuda_launch.h"
@@ -128,10 +130,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cu
           fallback.view(batch)};
 }
 
+// Most threads of one neuinv::solve launch, and the most workspace they hold together: enough threads to fill a
+// large GPU, each with its own workspace (csrc/cuda/neuinv_cuda_solve_small.cu).
+constexpr int64_t kSolveMaxThreads = int64_t(1) << 18;
+constexpr int64_t kSolveWorkspaceBytes = int64_t(64) << 20;
+
+// neuinv::solve (reference.solve) for n <= kSmallMaxN: one launch, each thread solving one system at a time
+// (csrc/cuda/neuinv_cuda_solve_small.cu); larger n are refused by name (the cuda backend solves them by the
+// reference).
+std::tuple<at::Tensor, at::Tensor> solve_cuda(const at::Tensor& A_in, const at::Tensor& B_in,
+                                              const c10::optional<at::Tensor>& R_in,
+                                              const c10::optional<at::Tensor>& bound_in, bool positive_definite) {
+  check_solve_arguments(A_in, B_in, R_in, bound_in, at::kCUDA);
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const at::Tensor A = A_in.contiguous(), B = B_in.contiguous();
+  const int64_t b = A.size(0) == 1 ? B.size(0) : A.size(0), n = A.size(1), k = B.size(2);  // broadcast
+  TORCH_CHECK(n <= cuda_kernels::kSmallMaxN, "solve: on CUDA the kernels take n <= ", cuda_kernels::kSmallMaxN,
+              ", got n = ", n);
+  at::Tensor X = at::empty({b, n, k}, B.options());
+  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
+  if (b == 0) return {X, bound};
+  if (n == 0) return {X, empty_matrix_solve_bound(bound_in, b, bound.options())};
+  const at::Tensor R = R_in.has_value() ? R_in->contiguous() : at::Tensor();
+  const at::Tensor eps = bound_in.has_value() ? bound_in->contiguous() : at::Tensor();
+  const int64_t per_thread = cuda_kernels::solve_small_workspace(n, k) * static_cast<int64_t>(sizeof(double)) +
+                             (R.defined() ? 0 : n * n * static_cast<int64_t>(A.element_size()));
+  const int64_t threads = std::min({b, kSolveMaxThreads, std::max<int64_t>(1, kSolveWorkspaceBytes / per_thread)});
+  at::Tensor work = at::empty({threads, cuda_kernels::solve_small_workspace(n, k)}, A.options().dtype(at::kDouble));
+  at::Tensor r_work = R.defined() ? at::Tensor() : at::empty({threads, n, n}, A.options());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_solve_cuda", [&] {
+    const cuda_kernels::SolveSmallArguments<scalar_t> args{
+        A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), data_or_null<scalar_t>(R), data_or_null<double>(eps),
+        X.data_ptr<scalar_t>(), bound.data_ptr<double>(), work.data_ptr<double>(),
+        r_work.defined() ? r_work.data_ptr<scalar_t>() : nullptr, A.size(0) == b ? n * n : 0,
+        B.size(0) == b ? n * k : 0, n, k, threads, positive_definite};
+    C10_CUDA_CHECK(cuda_kernels::launch_solve_small<scalar_t>(args, b, stream));
+  });
+  return {X, bound};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
   m.impl("invert", &invert_cuda);
+  m.impl("solve", &solve_cuda);
 }
 
 }  // namespace neuinv
