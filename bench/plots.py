@@ -46,7 +46,7 @@ DEFAULT_FILES = [RESULTS / name for name in (
     "certificate-cpu.json",                            # certificate: bound against true error
     "tightness-cpu-2026-12-07.json",                   # certificate: how tight, per family
     "solve-cpu-2026-12-06c.json",                      # benchmarks: the solve and the SPD solve
-    "per-call-cpu-2026-12-06.json",                    # benchmarks: one call on one small matrix, layer by layer
+    "per-call-cpu-2026-12-07.json",                    # benchmarks: one call on one small matrix, layer by layer
 )]
 
 BASELINE = "torch.linalg.inv"
@@ -346,8 +346,9 @@ def per_call_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
     rows = data["rows"]
     dtypes = [d for d in ("float32", "float64") if any(r["dtype"] == d for r in rows)]
     ns = sorted({r["n"] for r in rows})
-    fig, axes = plt.subplots(len(ns), len(dtypes), figsize=(5.2 * len(dtypes), 3.2 * len(ns) + 1.0), sharex=True,
+    fig, axes = plt.subplots(len(ns), len(dtypes), figsize=(5.8 * len(dtypes), 3.2 * len(ns) + 1.0), sharex=True,
                              squeeze=False)
+    longest = max(r["us_per_call"] for r in rows)
     for row_axes, n in zip(axes, ns):
         for ax, dtype in zip(row_axes, dtypes):
             mine = [r for r in rows if r["n"] == n and r["dtype"] == dtype]
@@ -363,7 +364,9 @@ def per_call_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
                     ax.barh(y, total, color="0.6", label="torch")
                 ax.annotate(f"{total:.1f} µs", (total, y), xytext=(3, 0), textcoords="offset points", va="center",
                             fontsize=7)
-            ax.set_yticks(range(len(drawn)), [r["method"] for r in drawn], fontsize=8)
+            ax.set_yticks(range(len(drawn)), [r["method"].replace(", return_inverse", ",\nreturn_inverse=True")
+                                              for r in drawn], fontsize=8)
+            ax.set_xlim(0, 1.2 * longest)  # room for the value labels
             ax.invert_yaxis()
             ax.set_title(f"one {n} × {n} matrix, {dtype}", fontsize=9)
             ax.grid(True, axis="x", alpha=0.3)
@@ -371,7 +374,7 @@ def per_call_figure(data: dict, path: Path, out_dir: Path) -> list[Path]:
     _shared_legend(fig, axes)
     threads = f"{data['threads']} torch thread(s); " if data.get("threads") else ""
     fig.subplots_adjust(top=1 - 0.7 / fig.get_figheight(), bottom=1.0 / fig.get_figheight(), left=0.2, right=0.97,
-                        wspace=0.55, hspace=0.35)
+                        wspace=0.6, hspace=0.35)
     caption = f"{provenance(data, path)}\n{threads}median over rounds of the mean time of many calls"
     return [_finish(fig, caption, out_dir / f"{path.stem}-per-call.png")]
 
