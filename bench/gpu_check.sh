@@ -43,6 +43,7 @@ python3 -m neuinv.cli info
 
 timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_operator.py tests/test_conformance.py \
   tests/test_cpp_extension.py tests/test_bad_input.py tests/test_solve_operator.py::test_cuda_operator_agrees_with_the_cpu_operator \
+  tests/test_solve_operator.py::test_cuda_threads_striding_over_a_large_batch \
   tests/test_solve_operator.py::test_cuda_solve_above_its_kernels_size_runs_the_reference > "$OUT/pytest-cuda.txt" 2>&1
 stamp "pytest exit $?: $(tail -1 "$OUT/pytest-cuda.txt")"
 grep -E "^FAILED|^E  |Fatal|line [0-9]+ in test_" "$OUT/pytest-cuda.txt" | head -30

@@ -176,9 +176,12 @@ def compile_settings(part: str) -> dict:
     # -fopenmp: ATen's parallel_for is a header template that splits the batch across threads with
     # `#pragma omp parallel`; compiled without it, the kernels run on one thread. -fno-math-errno: sqrt
     # without the errno branch, so that loops of square roots across the compact lanes are vectorised.
+    # -ffp-contract=off and --fmad=false: no product fused with an addition the source does not fuse (the kernels
+    # write their fused multiply-adds out), so that error-free transformations (TwoSum after a product, the
+    # splittings) stay exact and a pack's lanes, a scalar and a CUDA thread compute the same bits.
     return dict(sources=[str(path) for path in sources(part)], with_cuda=with_cuda,
                 extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
-                extra_cuda_cflags=["-O3", "-lineinfo"])
+                extra_cuda_cflags=["-O3", "-lineinfo", "--fmad=false"])
 
 
 def _version_line(program: str, containing: str = "") -> str:

@@ -8,10 +8,11 @@ How each system is solved
    *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §12.1: with a fixed approximate inverse each step
    multiplies the error by about ||I - R A||, so one step takes X to working precision wherever R's error is
    small), rounded to A's dtype. Steps 2 and 3 are :func:`neuinv.reference.solve`; the backend runs them
-   (``cpp``: the compiled operator ``neuinv::solve``, one pass per system, for float32 and float64). Where R is
-   not returned (:func:`batched_solve`, and :func:`batched_solve_ex` without ``return_inverse``) and every matrix
-   takes the exact path, step 1 runs in the same pass: each system's R is the exact path's inverse, without the
-   inverse's own second stage.
+   (``cpp``, and ``cuda`` for n <= 8: the compiled operator ``neuinv::solve``, one pass per system, for float32
+   and float64). Where R is not returned (:func:`batched_solve`, and :func:`batched_solve_ex` without
+   ``return_inverse``, outside autograd, torch.func and torch.compile) and every matrix takes the exact path,
+   step 1 runs in the same pass: each system's R is the exact path's inverse, without the inverse's own second
+   stage.
 3. The certificate of the X returned (:func:`neuinv.certificate.solve_error_bound`): with r = B - A X and
    eps = R's certified bound, ||X - A^-1 B||_F <= ||R r||_F + eps / (1 - eps) ||R||_F ||r||_F, evaluated with its
    own rounding accounted for; relative to ||A^-1 B||_F as e / (||X||_F - e). X is NaN wherever the bound is
@@ -54,9 +55,9 @@ class SolveInfo(NamedTuple):
         path).
     fallback: A's inverse came from the exact path; A's batch shape.
     inverse: R, the certified inverse of A used (A's shape and dtype; NaN where not certified), with
-        ``return_inverse=True`` and in calls that autograd or a torch.func transform records (which keep R for the
-        derivatives): pass it as ``init`` of the next call for a warm start. None otherwise (the solve then need
-        not form it).
+        ``return_inverse=True`` and in calls that autograd, a torch.func transform or torch.compile records (which
+        keep R for the derivatives): pass it as ``init`` of the next call for a warm start. None otherwise (the
+        solve then need not form it).
     """
 
     certified: torch.Tensor
@@ -204,7 +205,8 @@ def _solve(A, B, vector, init, options: CallOptions, raise_failures: bool, out, 
            x_only: bool = False, return_inverse: bool = False):
     """The solve on B (*, n, k) ((*, k, n) for left=False: A^T X^T = B^T, with init^T, and info.inverse
     transposed back to A's inverse), through :class:`_BatchedSolve` where autograd or a transform needs it (it
-    keeps R for the derivatives, and returns it); the vector case squeezed back; the copy into out. ``x_only``
+    keeps R for the derivatives, and returns it; torch.compile always traces it); the vector case squeezed back; the
+    copy into out. ``x_only``
     (batched_solve, which returns X only): the info's fields may be None. Elsewhere info.inverse is None unless
     ``return_inverse``."""
     A, B, init = resolved(A), resolved(B), resolved(init)
@@ -235,7 +237,7 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
     "newton_schulz") and k > 0, the backend's solve computes each R in the same pass (:func:`neuinv.reference.solve`
     without R), without the inverse's own second stage (the solve's second stage takes its place; with k = 0 there
     is no solution to take it, and the inverse is computed first); R is then None, iterations 0 and fallback True
-    (the exact path). With ``x_only`` (only X is returned) iterations, fallback and R may be None, and the certified
+    (the exact path; False for n = 0, as the inversion reports it). With ``x_only`` (only X is returned) iterations, fallback and R may be None, and the certified
     mask and the bound are None where every system is certified."""
     compute = COMPUTE_DTYPE.get(A.dtype, A.dtype)
     A_compute = A if A.dtype == compute else A.to(compute)
@@ -260,7 +262,7 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
         R = None
         iterations, fallback = (None, None) if x_only else (
             torch.zeros(A.shape[:-2], dtype=torch.int32, device=A.device),
-            torch.ones(A.shape[:-2], dtype=torch.bool, device=A.device))
+            torch.full(A.shape[:-2], n > 0, dtype=torch.bool, device=A.device))  # (as the inversion reports n = 0)
     else:
         R, inverse_info = invert(A_compute, None if init is None else init.to(compute),
                                  options._replace(max_error=None))
@@ -498,5 +500,5 @@ def _check_out_pair(out, A, B, B_matrix, vector, init, return_inverse: bool) -> 
     shapes = (batch, batch, A.shape[:-2], A.shape[:-2], A.shape)
     for i, (field, tensor, dtype, shape) in enumerate(zip(SolveInfo._fields, info_out, INFO_DTYPES + (A.dtype,),
                                                           shapes)):
-        if tensor is not None:
+        if field != "inverse" or return_inverse:  # (the inverse alone may be None: checked above)
             check_out(tensor, f"out[1].{field}", shape, dtype, A.device, A, B, init, X_out, *info_out[:i])

@@ -327,3 +327,15 @@ def test_no_right_hand_sides_with_a_badly_scaled_matrix(backend, left):
     X = neuinv.batched_solve(A, B, left=left, backend=backend)
     X_ex, info = neuinv.batched_solve_ex(A, B, left=left, backend=backend)
     assert X.shape == X_ex.shape == torch.linalg.solve(A, B, left=left).shape and bool(info.certified)
+
+
+def test_info_of_empty_matrices_is_the_same_with_and_without_the_inverse():
+    """0 x 0 systems: X empty and certified with bound 0, and iterations and fallback as the inversion reports them,
+    whether or not the inverse is returned."""
+    A, B = torch.empty(3, 0, 0, dtype=torch.float64), torch.empty(3, 0, 2, dtype=torch.float64)
+    X, info = neuinv.batched_solve_ex(A, B)
+    X_inverse_first, info_inverse_first = neuinv.batched_solve_ex(A, B, return_inverse=True)
+    assert X.shape == X_inverse_first.shape == (3, 0, 2) and info.inverse is None
+    for field in ("certified", "error_bound", "iterations", "fallback"):
+        assert torch.equal(getattr(info, field), getattr(info_inverse_first, field)), field
+    assert info.certified.all() and (info.error_bound == 0).all()

@@ -467,6 +467,27 @@ def test_cuda_operator_agrees_with_the_cpu_operator(dtype, n, k, positive_defini
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("with_R", [False, True], ids=["without_R", "from_R"])
+def test_cuda_threads_striding_over_a_large_batch(with_R):
+    """12,000 systems of 8 x 8 with 64 right-hand sides: the CUDA launch's workspace cap (64 MiB) leaves about 5,000
+    threads, so each solves two or three systems in turn. Every system certified as on the CPU, each bound holding
+    against an accurate truth."""
+    A = conditioned_matrices(12000, 8, 1e3, torch.float64, seed=3)
+    B = right_hand_sides(12000, 8, 64, torch.float64, seed=3)
+    R_args = _compiled_exact_inverse(A) if with_R else (None, None)
+    X_cpu, bound_cpu = torch.ops.neuinv.solve(A, B, *R_args)
+    X_gpu, bound_gpu = (t.cpu() for t in torch.ops.neuinv.solve(A.cuda(), B.cuda(),
+                                                                  *(None if t is None else t.cuda() for t in R_args)))
+    assert (bound_cpu < 1).all() and (bound_gpu < 1).all()
+    truth = accurate_solve(A, B)
+    error = torch.linalg.matrix_norm(X_gpu - truth) / torch.linalg.matrix_norm(truth)
+    assert (error <= bound_gpu + TRUTH_SLACK).all()
+    assert (torch.linalg.matrix_norm(X_gpu - X_cpu) / torch.linalg.matrix_norm(truth) <=
+            bound_cpu + bound_gpu + 2 * TRUTH_SLACK).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_solve_above_its_kernels_size_runs_the_reference():
     """The CUDA kernel takes n <= 8 and says so by name above; the cuda backend solves larger systems by the
     reference, certified."""

@@ -226,6 +226,10 @@ def test_out_errors_are_clear():
                                            solve_info._replace(inverse=torch.empty(3, 4, 4, dtype=torch.float64))))
     with pytest.raises(TypeError, match="return_inverse must be a bool"):
         neuinv.batched_solve_ex(A, B, return_inverse=1)
+    for field in ("certified", "error_bound", "iterations", "fallback"):  # only the inverse may be None
+        with pytest.raises(TypeError, match=rf"out\[1\].{field} must be a torch.Tensor"):
+            neuinv.batched_solve_ex(A, B, out=(torch.empty(3, 4, dtype=torch.float64),
+                                               solve_info._replace(**{field: None})))
     with pytest.raises(RuntimeError, match="out= cannot be combined with gradients"):
         neuinv.batched_inverse(A.clone().requires_grad_(), out=X_out)
     kept = A.clone()

@@ -130,14 +130,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cu
           fallback.view(batch)};
 }
 
-// Most threads of one neuinv::solve launch, and the most workspace they hold together: enough threads to fill a
-// large GPU, each with its own workspace (csrc/cuda/neuinv_cuda_solve_small.cu).
+// Most threads of one neuinv::solve launch, and the most workspace they hold together (each thread its own,
+// csrc/cuda/neuinv_cuda_solve_small.cu): about 39,000 threads for 8 x 8 float64 systems with one right-hand side.
 constexpr int64_t kSolveMaxThreads = int64_t(1) << 18;
 constexpr int64_t kSolveWorkspaceBytes = int64_t(64) << 20;
 
 // neuinv::solve (reference.solve) for n <= kSmallMaxN: one launch, each thread solving one system at a time
 // (csrc/cuda/neuinv_cuda_solve_small.cu); larger n are refused by name (the cuda backend solves them by the
-// reference).
+// reference). Without R, one A broadcast to every system is inverted once (the inversion's exact path, R NaN
+// where not certified, as each system would compute it) and used as a given R, as on the CPU.
 std::tuple<at::Tensor, at::Tensor> solve_cuda(const at::Tensor& A_in, const at::Tensor& B_in,
                                               const c10::optional<at::Tensor>& R_in,
                                               const c10::optional<at::Tensor>& bound_in, bool positive_definite) {
@@ -151,8 +152,13 @@ std::tuple<at::Tensor, at::Tensor> solve_cuda(const at::Tensor& A_in, const at::
   at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
   if (b == 0) return {X, bound};
   if (n == 0) return {X, empty_matrix_solve_bound(bound_in, b, bound.options())};
-  const at::Tensor R = R_in.has_value() ? R_in->contiguous() : at::Tensor();
-  const at::Tensor eps = bound_in.has_value() ? bound_in->contiguous() : at::Tensor();
+  at::Tensor R = R_in.has_value() ? R_in->contiguous() : at::Tensor();
+  at::Tensor eps = bound_in.has_value() ? bound_in->contiguous() : at::Tensor();
+  if (!R.defined() && A.size(0) != b) {
+    R = at::empty_like(A);
+    eps = std::get<2>(invert_small(A, c10::nullopt, c10::nullopt, R, false, 0.0, 0.0, 0, 0.0, rules::kCertifiedBelow,
+                                   positive_definite, A.sizes()));
+  }
   const int64_t per_thread = cuda_kernels::solve_small_workspace(n, k) * static_cast<int64_t>(sizeof(double)) +
                              (R.defined() ? 0 : n * n * static_cast<int64_t>(A.element_size()));
   const int64_t threads = std::min({b, kSolveMaxThreads, std::max<int64_t>(1, kSolveWorkspaceBytes / per_thread)});
