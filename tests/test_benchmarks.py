@@ -103,8 +103,9 @@ def test_solve_benchmark_runs_every_method(tmp_path, capsys, monkeypatch):
                  "--json", str(tmp_path / "solve.json")])
     data = json.loads((tmp_path / "solve.json").read_text())
     rows = data["rows"]
-    solves = {"neuinv.batched_solve", "torch.linalg.solve", "torch.linalg.solve_ex", "numpy.linalg.solve",
-              "neuinv.batched_inverse @ B"} | ({"jax.jit(jnp.linalg.solve)"} if module.optional_module("jax") else set())
+    solves = {"neuinv.batched_solve", "neuinv.batched_solve_ex", "neuinv.batched_solve_ex return_inverse",
+              "torch.linalg.solve", "torch.linalg.solve_ex", "numpy.linalg.solve", "neuinv.batched_inverse @ B"} | (
+        {"jax.jit(jnp.linalg.solve)"} if module.optional_module("jax") else set())
     expected = {("solve k=1", m) for m in solves} | {("solve k=8", m) for m in solves} | {
         ("SPD inverse", m) for m in ("neuinv.batched_inverse pos", "neuinv.batched_inverse gen",
                                      "torch.cholesky_inverse(cholesky)", "torch.linalg.inv")} | {
@@ -114,6 +115,15 @@ def test_solve_benchmark_runs_every_method(tmp_path, capsys, monkeypatch):
     assert len(rows) == len(expected) and data["commit"] and data["threads"] >= 1
     assert all(row["seconds"] > 0 and row["max_relative_error"] < 1e-12 for row in rows)
     assert capsys.readouterr().out.count("| 3 | float64 | 20 |") == len(expected)
+    flops_path = Path(__file__).resolve().parents[1] / "bench" / "solve_flops.py"
+    flops_spec = importlib.util.spec_from_file_location("solve_flops", flops_path)
+    flops = importlib.util.module_from_spec(flops_spec)
+    flops_spec.loader.exec_module(flops)
+    assert flops.main([str(tmp_path / "solve.json")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "float64" in line]
+    counted = {m for m in solves if m in flops.LU_METHODS + flops.NEUINV_ONE_PASS}
+    assert len(lines) == 2 * len(counted)  # one row per counted method and k
+    assert all(float(line.split("|")[7]) > 0 for line in lines)  # a positive rate
 
 
 @pytest.mark.skipif(not neuinv.available_backends()["cpp"].available, reason="the compiled operator is not built")
