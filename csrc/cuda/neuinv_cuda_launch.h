@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../kernels/invert_arguments.h"
 #include "../neuinv_rules.h"
@@ -39,6 +40,24 @@ cudaError_t launch_error_bound(const T* A, const T* X, const bool* todo, double*
 // The whole of neuinv::invert for n = args.n <= kSmallMaxN, one thread per matrix (csrc/kernels/per_matrix.h), on
 // `batch` matrices: the operator's tensors as contiguous device pointers (x0, use_guess nullable).
 constexpr int kSmallMaxN = 8;
+
+// launch(std::integral_constant<int, n>{}) for n in 1..kSmallMaxN, the sizes the small-n kernels are compiled for
+// (n fixed, so a matrix stays in registers); cudaErrorInvalidValue for any other n.
+template <typename Launch>
+cudaError_t with_small_size(int64_t n, Launch launch) {
+  static_assert(kSmallMaxN == 8, "the cases below are the sizes 1..kSmallMaxN");
+  switch (n) {
+    case 1: return launch(std::integral_constant<int, 1>{});
+    case 2: return launch(std::integral_constant<int, 2>{});
+    case 3: return launch(std::integral_constant<int, 3>{});
+    case 4: return launch(std::integral_constant<int, 4>{});
+    case 5: return launch(std::integral_constant<int, 5>{});
+    case 6: return launch(std::integral_constant<int, 6>{});
+    case 7: return launch(std::integral_constant<int, 7>{});
+    case 8: return launch(std::integral_constant<int, 8>{});
+    default: return cudaErrorInvalidValue;
+  }
+}
 
 template <typename T>
 cudaError_t launch_invert_small(const kernels::InvertArguments<T>& args, int64_t batch, cudaStream_t stream);

@@ -159,10 +159,11 @@ std::tuple<at::Tensor, at::Tensor> solve_cuda(const at::Tensor& A_in, const at::
     eps = std::get<2>(invert_small(A, c10::nullopt, c10::nullopt, R, false, 0.0, 0.0, 0, 0.0, rules::kCertifiedBelow,
                                    positive_definite, A.sizes()));
   }
-  const int64_t per_thread = cuda_kernels::solve_small_workspace(n, k) * static_cast<int64_t>(sizeof(double)) +
+  const int64_t workspace = cuda_kernels::solve_small_workspace(n, k);  // doubles per thread
+  const int64_t per_thread = workspace * static_cast<int64_t>(sizeof(double)) +
                              (R.defined() ? 0 : n * n * static_cast<int64_t>(A.element_size()));
   const int64_t threads = std::min({b, kSolveMaxThreads, std::max<int64_t>(1, kSolveWorkspaceBytes / per_thread)});
-  at::Tensor work = at::empty({threads, cuda_kernels::solve_small_workspace(n, k)}, A.options().dtype(at::kDouble));
+  at::Tensor work = at::empty({threads, workspace}, A.options().dtype(at::kDouble));
   at::Tensor r_work = R.defined() ? at::Tensor() : at::empty({threads, n, n}, A.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_solve_cuda", [&] {

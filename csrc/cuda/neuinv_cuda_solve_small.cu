@@ -49,17 +49,9 @@ int64_t solve_small_workspace(int64_t n, int64_t k) { return kernels::solve_work
 template <typename T>
 cudaError_t launch_solve_small(const SolveSmallArguments<T>& args, int64_t batch, cudaStream_t stream) {
   if (batch == 0) return cudaSuccess;
-  switch (args.n) {
-    case 1: return launch_for_size<T, 1>(args, batch, stream);
-    case 2: return launch_for_size<T, 2>(args, batch, stream);
-    case 3: return launch_for_size<T, 3>(args, batch, stream);
-    case 4: return launch_for_size<T, 4>(args, batch, stream);
-    case 5: return launch_for_size<T, 5>(args, batch, stream);
-    case 6: return launch_for_size<T, 6>(args, batch, stream);
-    case 7: return launch_for_size<T, 7>(args, batch, stream);
-    case 8: return launch_for_size<T, 8>(args, batch, stream);
-    default: return cudaErrorInvalidValue;
-  }
+  return with_small_size(args.n, [&](auto size) {
+    return launch_for_size<T, decltype(size)::value>(args, batch, stream);
+  });
 }
 
 template cudaError_t launch_solve_small<float>(const SolveSmallArguments<float>&, int64_t, cudaStream_t);
