@@ -355,24 +355,25 @@ def split_residual(A: torch.Tensor, X: torch.Tensor, start: torch.Tensor,
     A, X = power_of_two_scaled(A, -balance.transpose(-2, -1)), power_of_two_scaled(X, balance)
     A_high, A_low = _split_on_grid(A, beta, dim=-1)
     X_high, X_low = _split_on_grid(X, beta, dim=-2)
-    first = start - ordered_product(A_high, X_high)  # the product exact: a sum of terms on one grid
+    first = start - torch.bmm(A_high, X_high)  # exact in any order: a sum of terms on one grid
     second = first - ordered_product(A, X_low)
     residual = second - ordered_product(A_low, X_high)
-    magnitude = ordered_product(torch.cat([A.abs(), A_low.abs()], dim=-1),
-                                torch.cat([X_low.abs(), X_high.abs()], dim=-2))
+    magnitude = ordered_product(A_low.abs(), X_high.abs(), ordered_product(A.abs(), X_low.abs()))
     error = (u * (first.abs() + second.abs() + residual.abs()) + g * magnitude * (1 + 2 * (2 * n + 1) * u)
              + 20 * (n + 1) * _SMALLEST_NORMAL64) * (1 + 4 * u)  # last: X's and the products' underflow
     return residual, error
 
 
-def ordered_product(L: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """L M for (b, n, m) L and (b, m, k) M, each entry summed over j = 0..m-1 in that order, every product and sum
-    rounded once (elementwise operations): its rounding obeys the bound of any conventional product, and unlike a
-    batched product's it does not depend on where a matrix sits in memory, so identical matrices get identical
-    certificates."""
-    total = L[:, :, 0:1] * M[:, 0:1, :]
+def ordered_product(L: torch.Tensor, M: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+    """start + L M (start 0 by default) for (b, n, m) L and (b, m, k) M, each entry summed over j = 0..m-1 in that
+    order after start, every product and sum rounded once (elementwise operations, accumulated in place): its
+    rounding obeys the bound of any conventional product, and unlike a batched product's it does not depend on
+    where a matrix sits in memory, so identical matrices get identical certificates."""
+    total = L[:, :, 0:1] * M[:, 0:1, :] if start is None else start + L[:, :, 0:1] * M[:, 0:1, :]
+    term = torch.empty_like(total)
     for j in range(1, L.shape[-1]):
-        total = total + L[:, :, j:j + 1] * M[:, j:j + 1, :]
+        torch.mul(L[:, :, j:j + 1], M[:, j:j + 1, :], out=term)
+        total.add_(term)
     return total
 
 
