@@ -123,7 +123,9 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         max_iter: most Newton–Schulz steps per matrix; default 10 with init or model, 64 from the scaled
             transpose (the documentation's [The rules][neuinv.rules] page).
         max_error: largest ``error_bound`` (relative error of X in the Frobenius norm) a matrix may have
-            and be ``certified``; default None: any bound below 1 (at least one correct digit) is accepted.
+            and be ``certified``; default None: any bound below 1 (at least one correct digit) is accepted. A
+            matrix whose first bound exceeds it is certified again by the scale-aware second stage (equilibrated,
+            componentwise; :data:`neuinv.rules.SCALED_SECOND_STAGE_ABOVE`) before it counts as refused.
         method: what is computed. "auto" (default): Newton–Schulz when init or model gives a guess, else the
             exact path. "exact": Gauss–Jordan or LU with partial pivoting (Cholesky with ``assume_a="pos"``);
             refused with init or model. "newton_schulz": Newton–Schulz from init, model or the scaled transpose. Whatever

@@ -128,7 +128,7 @@ def _second_stage(A, X, info, limit, positive_definite, torch_path):
     the equilibrated exact path (:func:`neuinv.reference.scaled_exact_inverse`); each matrix keeps the result with the
     smallest bound. Under torch.compile it is the operator ``neuinv::second_stage_inverse``, which the graph calls as
     it is (its subset depends on the data)."""
-    if all_below_second_stage(info.error_bound, A.dtype, torch_path=torch_path):
+    if all_below_second_stage(info.error_bound, A.dtype, limit, torch_path):
         return X, info
     n = A.shape[-1]
     flat = (A.reshape(-1, n, n), X.reshape(-1, n, n), info.certified.reshape(-1), info.error_bound.reshape(-1),
@@ -144,7 +144,7 @@ def _second_stage_inverse(A, X, certified_mask, bound, fallback, limit: float, p
                           torch_path: bool):
     """:func:`_second_stage` on the flat batch: (X, certified, error_bound, fallback), new tensors where any matrix
     took it, else the inputs themselves."""
-    index = second_stage_index(bound, A.dtype, A, exact_path=fallback, torch_path=torch_path)
+    index = second_stage_index(bound, A.dtype, A, exact_path=fallback, torch_path=torch_path, limit=limit)
     if index is None:
         return X, certified_mask, bound, fallback
     A_i, X_i, bound_i = A[index], X[index], bound[index]
@@ -208,24 +208,27 @@ def all_below_second_stage(bound: torch.Tensor, dtype: torch.dtype, limit: float
 
 
 def second_stage_index(bound: torch.Tensor, dtype: torch.dtype, A: torch.Tensor, *operands: torch.Tensor,
-                       exact_path: torch.Tensor | None = None, torch_path: bool = False) -> torch.Tensor | None:
+                       exact_path: torch.Tensor | None = None, torch_path: bool = False,
+                       limit: float = math.inf) -> torch.Tensor | None:
     """The indices of the flat batch that take the second stage: :func:`neuinv.rules.second_stage_mask` of the
-    (b,) first bounds and the (b, n, n) matrices A (among the exact path's results where ``exact_path``, an
-    inverse's ``fallback``, is given; ``torch_path``: the first stage ran on backend "torch"), then only those whose
-    A and other operands ((b, r, c) each) are finite; None where there are none. On the torch path the diagonals of
-    the matrices above the lower threshold decide which ones the rule itself reads. Called where
+    (b,) first bounds and the (b, n, n) matrices A, and every first bound above ``limit`` (the caller's
+    ``max_error``: a bound that would refuse is re-evaluated first, whatever its size); among the exact path's
+    results where ``exact_path``, an inverse's ``fallback``, is given (``torch_path``: the first stage ran on backend
+    "torch"); then only those whose A and other operands ((b, r, c) each) are finite; None where there are none. On
+    the torch path the diagonals of the matrices above the lower threshold decide which ones the rule itself reads.
+    Called where
     :func:`all_below_second_stage` could not rule the stage out: that read of the largest bound is the one host
     synchronisation of ``batched_inverse_ex`` on the compiled backends in the common case, the ``nonzero`` here a
     second one where some bound is above the threshold."""
-    above = bound > second_stage_threshold(dtype, torch_path)
+    above = (bound > second_stage_threshold(dtype, torch_path)) | (bound > limit)
     index = (above if exact_path is None else above & exact_path).nonzero().squeeze(1)
     if index.numel() == 0:
         return None
     if torch_path:
         diagonal = torch.diagonal(A, dim1=-2, dim2=-1)[index].abs()
         spread = spreads(diagonal, BADLY_SCALED_SPREAD ** 2)  # implied by the rule
-        index = index[(bound[index] > SCALED_SECOND_STAGE_ABOVE[dtype]) | spread]
-        index = index[second_stage_mask(bound[index], dtype, A[index], torch_path)]
+        index = index[(bound[index] > SCALED_SECOND_STAGE_ABOVE[dtype]) | spread | (bound[index] > limit)]
+        index = index[second_stage_mask(bound[index], dtype, A[index], torch_path) | (bound[index] > limit)]
     for operand in (A, *operands):
         index = index[torch.isfinite(operand[index]).flatten(1).all(dim=1)]
     return index if index.numel() else None

@@ -156,7 +156,8 @@ def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
 SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -12, torch.complex64: 2.0 ** -12,
                              torch.float64: 2.0 ** -20, torch.complex128: 2.0 ** -20}
 """A matrix whose exact-path certificate (a system whose certificate) is above this (a badly scaled one's on the torch
-path: above BADLY_SCALED_SECOND_STAGE_ABOVE), or refused, while its input is finite, takes the second stage
+path: above BADLY_SCALED_SECOND_STAGE_ABOVE), or refused -- by +inf or by the caller's ``max_error`` --, while its
+input is finite, takes the second stage
 (:func:`second_stage_mask`): the exact path on the power-of-two equilibrated matrix, certified componentwise
 (:func:`neuinv.reference.scaled_exact_inverse`, :func:`neuinv.reference.scaled_solve`), and
 keeps whichever result has the smaller bound. Badly scaled and graded matrices, which the normwise certificate

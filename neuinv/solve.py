@@ -158,7 +158,8 @@ def batched_solve_ex(A: torch.Tensor, B: torch.Tensor, *, left: bool = True, ini
         assume_a: as in :func:`neuinv.batched_inverse_ex`.
         backend: as in :func:`neuinv.batched_inverse_ex`.
         max_error: largest ``error_bound`` of a solution that counts as certified; default None: any bound
-            below 1 (at least one correct digit) is accepted.
+            below 1 (at least one correct digit) is accepted. A system whose first bound exceeds it is certified
+            again by the scale-aware second stage before it counts as refused.
         check_errors: as torch's: raise where a system failed (here: is not certified), the error that
             :func:`batched_solve` raises, after nothing has been written to ``out``. Default False.
         return_inverse: also return A's certified inverse R as ``info.inverse`` (for a warm start of the next
@@ -279,7 +280,8 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
             fallback, R
     A_b, B_b = A_f.expand(b, n, n), B_f.expand(b, n, k)
     if X.numel():
-        X, bound = _second_stage(A_b, B_b, X, bound, positive_definite, torch_path)
+        X, bound = _second_stage(A_b, B_b, X, bound, positive_definite, torch_path,
+                                 CERTIFIED_BELOW if options.max_error is None else float(options.max_error))
     if R is None and X.numel():
         X, bound = _from_the_inverse_where_refused(A_b, B_b, X, bound, options)
     verdict = certified(bound, options.max_error)
@@ -312,14 +314,15 @@ def _kept_where_tighter(X, bound, index, X_new, bound_new):
     return X.index_put((index,), X_i), bound.index_put((index,), torch.minimum(bound_new, bound[index]))
 
 
-def _second_stage(A, B, X, bound, positive_definite, torch_path):
+def _second_stage(A, B, X, bound, positive_definite, torch_path, limit):
     """The scale-aware second stage (:func:`neuinv.pipeline.second_stage_index`) for the systems (flat A (b, n, n),
-    B, X (b, n, k)) whose first certificate is refused or above the threshold: the equilibrated solve
-    (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller; (X, bound), the inputs themselves where
-    no system took it. Under torch.compile the operator ``neuinv::second_stage_solve``."""
+    B, X (b, n, k)) whose first certificate is refused, above the threshold or above ``limit`` (the caller's
+    max_error): the equilibrated solve (:func:`neuinv.reference.scaled_solve`), kept where its bound is smaller;
+    (X, bound), the inputs themselves where no system took it. Under torch.compile the operator
+    ``neuinv::second_stage_solve``."""
     if torch.compiler.is_compiling():
-        return torch.ops.neuinv.second_stage_solve(A, B, X, bound, positive_definite, torch_path)
-    index = second_stage_index(bound, COMPUTE_DTYPE.get(A.dtype, A.dtype), A, B, torch_path=torch_path)
+        return torch.ops.neuinv.second_stage_solve(A, B, X, bound, positive_definite, torch_path, limit)
+    index = second_stage_index(bound, COMPUTE_DTYPE.get(A.dtype, A.dtype), A, B, torch_path=torch_path, limit=limit)
     if index is None:
         return X, bound
     X_new, bound_new = reference.scaled_solve(A[index], B[index], positive_definite)
@@ -328,13 +331,13 @@ def _second_stage(A, B, X, bound, positive_definite, torch_path):
 
 @torch.library.custom_op("neuinv::second_stage_solve", mutates_args=())
 def _second_stage_solve_op(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, bound: torch.Tensor,
-                           positive_definite: bool, torch_path: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    X_out, bound_out = _second_stage(A, B, X, bound, positive_definite, torch_path)
+                           positive_definite: bool, torch_path: bool, limit: float) -> tuple[torch.Tensor, torch.Tensor]:
+    X_out, bound_out = _second_stage(A, B, X, bound, positive_definite, torch_path, limit)
     return (X_out.clone() if X_out is X else X_out), (bound_out.clone() if bound_out is bound else bound_out)
 
 
 @_second_stage_solve_op.register_fake
-def _(A, B, X, bound, positive_definite, torch_path):
+def _(A, B, X, bound, positive_definite, torch_path, limit):
     return torch.empty_like(X), torch.empty_like(bound)
 
 
