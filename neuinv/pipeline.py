@@ -98,11 +98,14 @@ def _invert_in_dtype(A, init, options):
     refine = method == "newton_schulz" or (method == "auto" and has_guess)
     rules = newton_schulz_rules(A.dtype, options.tol, options.max_iter, has_guess)
     limit = CERTIFIED_BELOW if options.max_error is None else float(options.max_error)
+    # The exact path's X is kept where its first bound exceeds max_error, for the second stage to certify it
+    # componentwise (its verdict and NaN follow there); Newton-Schulz needs max_error to leave for the exact path.
+    operator_limit = limit if refine else CERTIFIED_BELOW
     b, workspace_bytes = A.numel() // (n * n), chosen.workspace_matrices * n * n * A.element_size()
     X0 = init
     if model is None and (b * workspace_bytes <= WORKSPACE_BYTES or b == 1):
         # the common case: one call on A as it is, (*, n, n)
-        X, *info = chosen.invert(A, X0, None, refine, rules, limit, positive_definite)
+        X, *info = chosen.invert(A, X0, None, refine, rules, operator_limit, positive_definite)
         return _second_stage(A, X, InverseInfo(*info), limit, positive_definite, chosen.name == "torch")
 
     batch_shape, chunk = A.shape[:-2], max(1, WORKSPACE_BYTES // workspace_bytes)
@@ -114,7 +117,7 @@ def _invert_in_dtype(A, init, options):
         X0_part, use_guess = None if X0_flat is None else X0_flat[start:start + chunk], None
         if model is not None:  # (a model always means refine: method="exact" with a model is refused)
             X0_part, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
-        parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, limit, positive_definite))
+        parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, operator_limit, positive_definite))
     X, certified, error_bound, iterations, fallback = (
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
     info = InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
