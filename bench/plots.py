@@ -44,7 +44,7 @@ DEFAULT_FILES = [RESULTS / name for name in (
     "throughput-cpu-2026-12-06-compact-layout.json",     # README and benchmarks: speed and roofline on the CPU
     "throughput-cuda-h100-float32.json",               # benchmarks: the H100
     "certificate-cpu.json",                            # certificate: bound against true error
-    "tightness-cpu-2026-12-07c.json",                  # certificate: how tight, per family
+    "tightness-cpu-2026-12-07d.json",                  # certificate: how tight, per family
     "solve-cpu-2026-12-06c.json",                      # benchmarks: the solve and the SPD solve
     "per-call-cpu-2026-12-07.json",                    # benchmarks: one call on one small matrix, layer by layer
 )]

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         rate = flops * r["batch"] / r["seconds"]
         computed_in = "float64" if r["method"] in NEUINV_ONE_PASS else r["dtype"]
         print(f"| {k} | {n} | {r['dtype']} | {r['method']} | {flops:.0f} | {flops / lu_flops(n, k):.1f} | "
-              f"{rate / 1e9:.2f} | {100 * rate / roof[computed_in]:.0f} |")
+              f"{rate / 1e9:.3g} | {100 * rate / roof[computed_in]:.0f} |")
     return 0
 
 
