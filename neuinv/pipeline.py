@@ -106,7 +106,8 @@ def _invert_in_dtype(A, init, options):
     if model is None and (b * workspace_bytes <= WORKSPACE_BYTES or b == 1):
         # the common case: one call on A as it is, (*, n, n)
         X, *info = chosen.invert(A, X0, None, refine, rules, operator_limit, positive_definite)
-        return _second_stage(A, X, InverseInfo(*info), limit, positive_definite, chosen.name == "torch")
+        X, info = _exact_path_where_refused(chosen, A, X, InverseInfo(*info), rules, operator_limit, positive_definite)
+        return _second_stage(A, X, info, limit, positive_definite, chosen.name == "torch")
 
     batch_shape, chunk = A.shape[:-2], max(1, WORKSPACE_BYTES // workspace_bytes)
     A_flat = A.reshape(-1, n, n)
@@ -122,7 +123,28 @@ def _invert_in_dtype(A, init, options):
         parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
     info = InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
                        iterations.reshape(batch_shape), fallback.reshape(batch_shape))
-    return _second_stage(A, X.reshape(A.shape), info, limit, positive_definite, chosen.name == "torch")
+    X, info = _exact_path_where_refused(chosen, A, X.reshape(A.shape), info, rules, operator_limit, positive_definite)
+    return _second_stage(A, X, info, limit, positive_definite, chosen.name == "torch")
+
+
+def _exact_path_where_refused(chosen, A, X, info, rules, operator_limit, positive_definite):
+    """(X, info) with the exact path's X put back where the operator's max_error (``operator_limit``, below
+    CERTIFIED_BELOW only in refining calls) refused it with a finite bound, so that the second stage can certify that
+    X componentwise as it does for an exact-path call: those matrices inverted again on the exact path alone (the same
+    per-matrix arithmetic, so the same X and bound); still uncertified here. Under torch.compile nothing is put back
+    (a data-dependent subset): the second stage then has only its own X."""
+    if operator_limit >= CERTIFIED_BELOW or torch.compiler.is_compiling() or not X.numel():
+        return X, info
+    n = A.shape[-1]
+    bound = info.error_bound.reshape(-1)
+    refused = info.fallback.reshape(-1) & ~info.certified.reshape(-1) & (bound < CERTIFIED_BELOW)
+    index = refused.nonzero().squeeze(1)
+    if index.numel() == 0:
+        return X, info
+    X_i, _, bound_i, _, _ = chosen.invert(A.reshape(-1, n, n)[index], None, None, False, rules, CERTIFIED_BELOW,
+                                          positive_definite)
+    X = X.reshape(-1, n, n).index_put((index,), X_i).reshape(A.shape)
+    return X, info._replace(error_bound=bound.index_put((index,), bound_i).reshape(info.error_bound.shape))
 
 
 def _second_stage(A, X, info, limit, positive_definite, torch_path):
