@@ -281,7 +281,7 @@ def scaled_solve(A: torch.Tensor, B: torch.Tensor, positive_definite: bool = Fal
     X' <- X' + R' (B' - A' X'), and X = 2^q X' 2^f in A's dtype, certified by
     :func:`neuinv.certificate.scaled_solve_error_bound`. R' never overflows where only A^-1 would. It all runs on
     diag(A, I) and B padded with zero rows (:func:`neuinv.certificate.padded_with_identity`), whose solution is X with
-    zero rows exactly: the same rounding wherever a system sits in the batch."""
+    zero rows exactly: the same rounding wherever a system sits in the batch; the certificate is taken of the A blocks."""
     n = A.shape[-1]
     A_p = certificate.padded_with_identity(A)
     B_p = torch.nn.functional.pad(B, (0, 0, 0, A_p.shape[-1] - n))
@@ -289,7 +289,9 @@ def scaled_solve(A: torch.Tensor, B: torch.Tensor, positive_definite: bool = Fal
     B_s, f, exact_B = scaled_right_hand_sides(B_p, p, A_s.dtype)
     X_s = torch.bmm(R_s, B_s)
     X_s = X_s + torch.bmm(R_s, torch.baddbmm(B_s, A_s, X_s, alpha=-1))
+    # the A blocks (diag(A, I)'s factorisation never mixes the blocks: A_s, R_s and p, q there are those of A alone)
+    A_s, R_s, B_s, X_s, q = A_s[:, :n, :n], R_s[:, :n, :n], B_s[:, :n], X_s[:, :n], q[:, :n]
     X = certificate.power_of_two_scaled(X_s, q[:, :, None] + f[:, None, None]).to(A.dtype)
     bound = certificate.scaled_solve_error_bound(A_s, B_s, X, R_s, q, f)
     read_exactly = ~certificate.has_subnormal(A) & ~certificate.has_subnormal(B)  # a DAZ thread may read them as 0
-    return X[:, :n, :], torch.where(accepted & read_exactly & exact_B, bound, torch.full_like(bound, float("inf")))
+    return X, torch.where(accepted & read_exactly & exact_B, bound, torch.full_like(bound, float("inf")))
