@@ -272,16 +272,15 @@ def _solve_detached(A, B, init, options: CallOptions, raise_failures: bool, x_on
         X, bound = backend.solve(A_f, B_f, flat(R, n, n), eps)
         iterations, fallback, R = inverse_info.iterations, inverse_info.fallback, R.to(A.dtype)
     torch_path = backend.name == "torch"
-    if all_below_second_stage(bound, compute, CERTIFIED_BELOW if options.max_error is None else options.max_error,
-                              torch_path):
+    limit = CERTIFIED_BELOW if options.max_error is None else float(options.max_error)
+    if all_below_second_stage(bound, compute, limit, torch_path):
         if x_only:
             return X.reshape(*batch, n, k), None, None, None, None, None
         return X.reshape(*batch, n, k), bound.new_ones(batch, dtype=torch.bool), bound.reshape(batch), iterations, \
             fallback, R
     A_b, B_b = A_f.expand(b, n, n), B_f.expand(b, n, k)
     if X.numel():
-        X, bound = _second_stage(A_b, B_b, X, bound, positive_definite, torch_path,
-                                 CERTIFIED_BELOW if options.max_error is None else float(options.max_error))
+        X, bound = _second_stage(A_b, B_b, X, bound, positive_definite, torch_path, limit)
     if R is None and X.numel():
         X, bound = _from_the_inverse_where_refused(A_b, B_b, X, bound, options)
     verdict = certified(bound, options.max_error)
