@@ -254,6 +254,10 @@ def methods(A: torch.Tensor, init: torch.Tensor, device: str):
         yield "torch.compile closed form (adjugate)", \
             functools.partial(torch.compile(CLOSED_FORMS[n], dynamic=False), A), 2
     yield "neuinv auto (exact path)", lambda: neuinv.batched_inverse(A), 2
+    # out= into a tensor of the caller's, reused from call to call (a simulation loop): no fresh output to touch.
+    X_torch, X_neuinv = torch.empty_like(A), torch.empty_like(A)
+    yield "torch.linalg.inv, out=", lambda: torch.linalg.inv(A, out=X_torch), 2
+    yield "neuinv auto (exact path), out=", lambda: neuinv.batched_inverse(A, out=X_neuinv), 2
     yield "neuinv torch (exact path)", lambda: neuinv.batched_inverse(A, backend="torch"), 2
     available = neuinv.available_backends()
     device_backends = ("cuda", "triton") if device.startswith("cuda") else ("cpp",)

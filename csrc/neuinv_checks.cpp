@@ -1,9 +1,13 @@
 // The argument checks declared in csrc/neuinv_checks.h, compiled by the host C++ compiler into both libraries
 // (the CPU one and the CUDA one), so that every error is thrown from host-compiled code.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 
 #include <cmath>
+#include <iterator>
 #include <limits>
+#include <tuple>
+#include <utility>
 
 #include "neuinv_checks.h"
 
@@ -18,6 +22,13 @@ void check_like(const at::Tensor& A, const at::Tensor& X, const char* name) {
               X.scalar_type());
   TORCH_CHECK(A.device() == X.device(), "A and ", name, " must be on the same device, got ", A.device(), " and ",
               X.device());
+}
+
+// Whether a and b share elements, as far as ATen can tell (strided layouts it cannot decide count as apart, as in
+// at::assert_no_overlap).
+bool overlap(const at::Tensor& a, const at::Tensor& b) {
+  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
+  return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
 }
 
 }  // namespace
@@ -48,6 +59,36 @@ void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>
               "], got ", max_iter);
   TORCH_CHECK(guard > 0 && std::isfinite(guard), "invert: guard must be finite and > 0, got ", guard);
   TORCH_CHECK(max_error >= 0 && max_error <= 1, "invert: max_error must be in [0, 1], got ", max_error);
+}
+
+void check_invert_outputs(const at::Tensor& A, const c10::optional<at::Tensor>& X0, const at::Tensor& X,
+                          const at::Tensor& certified, const at::Tensor& error_bound, const at::Tensor& iterations,
+                          const at::Tensor& fallback) {
+  check_like(A, X, "X");
+  const auto batch = A.sizes().slice(0, A.dim() - 2);
+  const std::tuple<const at::Tensor*, const char*, at::ScalarType> fields[] = {
+      {&certified, "certified", at::kBool}, {&error_bound, "error_bound", at::kDouble},
+      {&iterations, "iterations", at::kInt}, {&fallback, "fallback", at::kBool}};
+  for (const auto& [field, name, dtype] : fields) {
+    TORCH_CHECK(field->sizes() == batch && field->scalar_type() == dtype && field->device() == A.device(),
+                "invert.out: ", name, " must be a ", dtype, " tensor of A's batch shape ", batch, " on ", A.device(),
+                ", got ", field->scalar_type(), " ", field->sizes(), " on ", field->device());
+  }
+  const std::pair<const at::Tensor*, const char*> outputs[] = {
+      {&X, "X"}, {&certified, "certified"}, {&error_bound, "error_bound"}, {&iterations, "iterations"},
+      {&fallback, "fallback"}};
+  for (size_t i = 0; i < std::size(outputs); ++i) {
+    const auto& [output, name] = outputs[i];
+    TORCH_CHECK(output->is_contiguous() && !output->is_conj() && !output->is_neg(), "invert.out: ", name,
+                " must be contiguous, without conjugate or negative bit");
+    TORCH_CHECK(at::has_internal_overlap(*output) != at::MemOverlap::Yes && !overlap(*output, A) &&
+                    !(X0.has_value() && overlap(*output, *X0)),
+                "invert.out: ", name, " must not share memory with A, X0 or itself");
+    for (size_t j = 0; j < i; ++j) {
+      TORCH_CHECK(!overlap(*output, *outputs[j].first), "invert.out: ", name, " must not share memory with ",
+                  outputs[j].second);
+    }
+  }
 }
 
 void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::optional<at::Tensor>& R,

@@ -353,21 +353,52 @@ def tile(n: int) -> tuple[int, int, bool]:
 @torch.library.triton_op("neuinv_triton::invert", mutates_args=())
 def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
            tol: float, accept: float, max_iter: int, guard: float,
-           max_error: float, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+           max_error: float, positive_definite: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                         torch.Tensor, torch.Tensor]:
     """reference.invert in one launch, for (b, n, n) float32/float64 A with 1 <= n <= MAX_N: returns
     (X, certified, error_bound, iterations, fallback). The arguments are those of ``neuinv::invert`` (with
     positive_definite the exact path is Cholesky of A's lower triangle), checked
     as it checks them (RuntimeError naming the argument)."""
     _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error)
+    batch = A.shape[0]
+    outputs = (torch.empty(A.shape, dtype=A.dtype, device=A.device),
+               *(torch.empty(batch, dtype=dtype, device=A.device) for dtype in OUTPUT_DTYPES))
+    _launch(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite, *outputs)
+    return outputs
+
+
+@torch.library.triton_op("neuinv_triton::invert_out",
+                         mutates_args=("X", "certified", "error_bound", "iterations", "fallback"))
+def invert_out(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
+               tol: float, accept: float, max_iter: int, guard: float, max_error: float, positive_definite: bool,
+               X: torch.Tensor, certified: torch.Tensor, error_bound: torch.Tensor, iterations: torch.Tensor,
+               fallback: torch.Tensor) -> None:
+    """:func:`invert` written into the caller's tensors (as ``neuinv::invert.out``): X like A, certified and
+    fallback bool, error_bound float64, iterations int32, each (b,); all contiguous on A's device."""
+    _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error)
+    batch = A.shape[0]
+    for name, output, shape, dtype in (("X", X, A.shape, A.dtype),
+                                       *zip(("certified", "error_bound", "iterations", "fallback"),
+                                            (certified, error_bound, iterations, fallback), ((batch,),) * 4,
+                                            OUTPUT_DTYPES)):
+        if output.shape != shape or output.dtype != dtype or output.device != A.device or not output.is_contiguous():
+            raise RuntimeError(f"invert_out: {name} must be a contiguous {dtype} tensor of shape {tuple(shape)} on "
+                               f"{A.device}, got {output.dtype} {tuple(output.shape)} on {output.device}")
+    _launch(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite, X, certified,
+            error_bound, iterations, fallback)
+
+
+OUTPUT_DTYPES = (torch.bool, torch.float64, torch.int32, torch.bool)
+"""The dtypes of the per-matrix outputs certified, error_bound, iterations and fallback."""
+
+
+def _launch(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite, X, certified,
+            bound, iterations, fallback) -> None:
+    """The kernel on the checked (b, n, n) A, into the contiguous outputs."""
     batch, n = A.shape[0], A.shape[-1]
-    A = A.contiguous()
-    X = torch.empty_like(A)
-    certified = torch.empty(batch, dtype=torch.bool, device=A.device)
-    bound = torch.empty(batch, dtype=torch.float64, device=A.device)
-    iterations = torch.empty(batch, dtype=torch.int32, device=A.device)
-    fallback = torch.empty(batch, dtype=torch.bool, device=A.device)
     if batch == 0:
-        return X, certified, bound, iterations, fallback
+        return
+    A = A.contiguous()
     block_n, matrices, use_dot = tile(n)
     has_guess = refine and X0 is not None
     has_mask = has_guess and use_guess is not None
@@ -379,7 +410,6 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
         HAS_MASK=has_mask, IS_F64=A.dtype == torch.float64, POSITIVE_DEFINITE=positive_definite,
         num_warps=4 if block_n <= 32 else 8, enable_fp_fusion=False,
     )
-    return X, certified, bound, iterations, fallback
 
 
 @invert.register_fake

@@ -153,14 +153,23 @@ def resolved(tensor: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def written(out, X, info, info_type):
-    """(X, info), or their copies into out = (X_out, info_out) (or a bare X_out for batched_inverse)."""
+    """(X, info), or their copies into out = (X_out, info_out) (or a bare X_out for batched_inverse); a value that
+    is already its output (the operator wrote into it) is not copied."""
     if out is None:
         return X, info
     if isinstance(out, torch.Tensor):
-        return out.copy_(X), info
+        return _copied(out, X), info
     X_out, info_out = out
-    X_out.copy_(X)
+    _copied(X_out, X)
     for target, value in zip(info_out, info):
         if target is not None:  # (None where the field is not computed: a solve's inverse without return_inverse)
-            target.copy_(value)
+            _copied(target, value)
     return X_out, info_type(*info_out)
+
+
+def _copied(target: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """target holding value: copied, unless value is a view of target's own elements in target's layout."""
+    if not (value.data_ptr() == target.data_ptr() and value.shape == target.shape
+            and value.stride() == target.stride() and value.dtype == target.dtype and value.device == target.device):
+        target.copy_(value)
+    return target

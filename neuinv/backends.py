@@ -102,6 +102,13 @@ class TorchBackend:
 
         return _on_flat_batch(run, A, X0, use_guess)
 
+    def invert_into(self, A, X0, use_guess, refine, rules, max_error, positive_definite, outputs):
+        """:meth:`invert` written into ``outputs`` (X, certified, error_bound, iterations, fallback): contiguous
+        tensors of A's shape and batch shape with the dtypes of :meth:`invert`'s results, sharing no memory with A
+        or X0. Here the results are computed, then copied."""
+        for target, value in zip(outputs, self.invert(A, X0, use_guess, refine, rules, max_error, positive_definite)):
+            target.copy_(value)
+
     def solve(self, A, B, R=None, inverse_bound=None, positive_definite=False):
         """(X, error_bound) for A (b, n, n) and B (b, n, k) (either may have 1 in place of b), from R like A
         certified to inverse_bound (b,), or without them from this backend's exact-path inverse of A
@@ -130,6 +137,13 @@ class CompiledBackend(TorchBackend):
     def invert(self, A, X0, use_guess, refine, rules, max_error, positive_definite=False):
         return torch.ops.neuinv.invert(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter,
                                        rules.guard, max_error, positive_definite)
+
+    def invert_into(self, A, X0, use_guess, refine, rules, max_error, positive_definite, outputs):
+        """The operator ``neuinv::invert.out``: the kernels write into ``outputs`` themselves."""
+        X, certified, bound, iterations, fallback = outputs
+        torch.ops.neuinv.invert.out(A, X0, use_guess, refine, rules.tol, rules.accept, rules.max_iter, rules.guard,
+                                    max_error, positive_definite, X=X, certified=certified, error_bound=bound,
+                                    iterations=iterations, fallback=fallback)
 
     def solve(self, A, B, R=None, inverse_bound=None, positive_definite=False):
         """The operator ``neuinv::solve`` where A, B (and R) share a real dtype of the kernels (float16 and
@@ -182,7 +196,7 @@ class TritonBackend(TorchBackend):
     def __init__(self):
         from neuinv.kernels import invert
 
-        self._invert = invert.invert
+        self._invert, self._invert_out = invert.invert, invert.invert_out
 
     def invert(self, A, X0, use_guess, refine, rules, max_error, positive_definite=False):
         """(X, certified, error_bound, iterations, fallback) for A (*, n, n): :func:`neuinv.reference.invert` in
@@ -192,6 +206,15 @@ class TritonBackend(TorchBackend):
                                 max_error, positive_definite)
 
         return _on_flat_batch(launch, A, X0, use_guess)
+
+    def invert_into(self, A, X0, use_guess, refine, rules, max_error, positive_definite, outputs):
+        """The launch writes into ``outputs`` itself."""
+        n = A.shape[-1]
+        X, *info = outputs
+        self._invert_out(A.reshape(-1, n, n), None if X0 is None else X0.reshape(-1, n, n),
+                         None if use_guess is None else use_guess.reshape(-1), refine, rules.tol, rules.accept,
+                         rules.max_iter, rules.guard, max_error, positive_definite, X.view(-1, n, n),
+                         *(field.view(-1) for field in info))
 
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:

@@ -60,7 +60,7 @@ class Part(NamedTuple):
 
 PARTS = {"cpu": Part("cpu", "neuinv_cpu", "neuinv._C", "CPU"),
          "cuda": Part("cuda", "neuinv_cuda", "neuinv._C_cuda", "CUDA")}
-OPERATORS = ("invert",)
+OPERATORS = ("invert", "invert.out")
 """The operators the CPU and the CUDA kernels both implement."""
 AUTO_BUILD_ENV = "NEUINV_AUTO_BUILD"
 """Set to 0 to stop the first call that needs the compiled kernels from building them."""
@@ -575,6 +575,12 @@ def _register_fakes() -> None:
         batch = A.shape[:-2]
         return (A.new_empty(A.shape), A.new_empty(batch, dtype=torch.bool), A.new_empty(batch, dtype=torch.float64),
                 A.new_empty(batch, dtype=torch.int32), A.new_empty(batch, dtype=torch.bool))
+
+    @torch.library.register_fake("neuinv::invert.out")
+    def _(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite=False, *, X,
+          certified, error_bound, iterations, fallback):
+        same_device("invert.out", dict(A=A, X0=X0, use_guess=use_guess, X=X, certified=certified,
+                                       error_bound=error_bound, iterations=iterations, fallback=fallback))
 
     @torch.library.register_fake("neuinv::solve")
     def _(A, B, R=None, inverse_bound=None, positive_definite=False):

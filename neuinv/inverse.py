@@ -74,7 +74,8 @@ def batched_inverse(A: torch.Tensor, *, model=None, init=None, tol=None, max_ite
         method: "auto" (default), "exact" or "newton_schulz", as in :func:`batched_inverse_ex`.
         assume_a: "gen" (default) or "pos" (symmetric/Hermitian positive definite: Cholesky).
         backend: "auto" (default), "torch", "triton", "cpp" or "cuda".
-        out: tensor of A's shape, dtype and device that receives X (and is returned).
+        out: tensor of A's shape, dtype and device that receives X (and is returned); the compiled and Triton
+            kernels write into it directly where it is contiguous. Written before a raise, NaN where not certified.
 
     Returns:
         torch.Tensor: X, A^-1 for every matrix, with A's shape, dtype and device (``out`` if given).
@@ -135,12 +136,13 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
         backend: "auto", "torch", "triton", "cpp" or "cuda": where (see ``available_backends()``); "auto"
             takes the fastest that can run A, or the one the environment variable ``NEUINV_BACKEND`` names.
         check_errors: as torch's: raise where a matrix failed (here: is not certified), the error that
-            :func:`batched_inverse` raises, after nothing has been written to ``out``. Default False.
+            :func:`batched_inverse` raises, after the results have been written into ``out`` (X NaN where not
+            certified; ``torch.linalg.inv(A, out=X)`` also writes X before it raises). Default False.
         out: (X, info) to write the results into: X of A's shape, dtype and device, info an
             :class:`InverseInfo` (or 4-tuple) of tensors of A's batch shape with the dtypes of its fields
             (bool, float64, int32, bool). No output may share memory (overlapping byte ranges, whatever storage
             holds them) with A, init or another output; out cannot be combined with gradients (as torch's
-            ``out=``).
+            ``out=``). The compiled and Triton kernels write into contiguous outputs directly.
 
     Returns:
         InverseResult: ``(inverse, info)``, X with A's shape, dtype and device (NaN where it is not
@@ -170,17 +172,14 @@ def batched_inverse_ex(A: torch.Tensor, *, model=None, init=None, tol=None, max_
 
 def _inverse(A, init, options: CallOptions, raise_failures: bool, out):
     """The inversion through the autograd.Function of :mod:`neuinv.transforms` where autograd or a torch.func
-    transform needs it, else directly; with ``raise_failures`` the raise of :func:`batched_inverse`; then the copy
-    into ``out``."""
+    transform needs it, else directly: the results written into ``out`` (by the operator itself where it can), then
+    with ``raise_failures`` the raise of :func:`batched_inverse`."""
     A, init = resolved(A), resolved(init)
     if transformed(A, init):
         refuse_out_with_transforms(out)
         X, *info = inverse_function().apply(A, init, options, raise_failures)
         return InverseResult(*written(out, X, InverseInfo(*info), InverseInfo))
-    X, info = invert_or_raise(A, init, options, raise_failures)  # (no tensor here records a graph)
-    if out is None:
-        return InverseResult(X, info)
-    return InverseResult(*written(out, X, info, InverseInfo))
+    return InverseResult(*invert_or_raise(A, init, options, raise_failures, out))  # (no tensor records a graph)
 
 
 def _check_out_pair(out, A, init) -> None:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 
 from . import certificate, reference
-from .arguments import COMPUTE_DTYPE, HALF_DTYPES, CallOptions
+from .arguments import COMPUTE_DTYPE, HALF_DTYPES, CallOptions, written
 from .backends import resolve_backend
 from .errors import ArgumentValueError
 from .failures import raise_if_not_certified
@@ -43,22 +43,43 @@ INFO_DTYPES = (torch.bool, torch.float64, torch.int32, torch.bool)
 """The dtypes of the fields of :class:`InverseInfo` (certified, error_bound, iterations, fallback)."""
 
 
-def invert_or_raise(A, init, options: CallOptions, raise_failures: bool):
-    """:func:`invert`, then (``raise_failures``) batched_inverse's raise for the first matrix that is not certified
-    (:func:`neuinv.failures.raise_first_failure`)."""
-    X, info = invert(A, init, options)
+def invert_or_raise(A, init, options: CallOptions, raise_failures: bool, out=None):
+    """:func:`invert`, its results written into ``out`` where given (X, or (X, info): :func:`operator_outputs`),
+    then (``raise_failures``) batched_inverse's raise for the first matrix that is not certified
+    (:func:`neuinv.failures.raise_first_failure`): when it raises, out holds the results, X NaN where not
+    certified."""
+    X, info = invert(A, init, options, operator_outputs(out, A))
+    if out is not None:
+        X, info = written(out, X, info, InverseInfo)
     if raise_failures:
         raise_if_not_certified("batched_inverse", A, info.certified, info.error_bound, options.max_error,
                                options.assume_a)
     return X, info
 
 
-def invert(A, init, options: CallOptions):
+def operator_outputs(out, A) -> tuple | None:
+    """The tensors the backend's operator writes (X, certified, error_bound, iterations, fallback) into: out's own
+    (with fresh info fields where out is X alone) where they are contiguous and A is computed in its own dtype,
+    in eager mode; else None, and the results are copied into out afterwards. What the second stage changes is
+    copied in too (:func:`neuinv.arguments.written` skips the tensors that are out's already)."""
+    if out is None or torch.compiler.is_compiling() or A.dtype in HALF_DTYPES or A.shape[-1] == 0:
+        return None
+    X_out, info_out = (out, None) if isinstance(out, torch.Tensor) else out
+    if info_out is None:
+        info_out = [torch.empty(A.shape[:-2], dtype=dtype, device=A.device) for dtype in INFO_DTYPES]
+    outputs = (X_out, *info_out)
+    if all(t.is_contiguous() and not t.is_conj() and not t.is_neg() for t in outputs):
+        return outputs
+    return None
+
+
+def invert(A, init, options: CallOptions, into=None):
     """(X, :class:`InverseInfo`) for checked arguments (A and init resolved: :func:`neuinv.arguments.resolved`):
-    float16/bfloat16 through float32 (:func:`_invert_half`), every other dtype by :func:`_invert_in_dtype`."""
+    float16/bfloat16 through float32 (:func:`_invert_half`), every other dtype by :func:`_invert_in_dtype`, whose
+    operator writes into ``into`` where given (:func:`operator_outputs`)."""
     if A.dtype in HALF_DTYPES:
         return _invert_half(A, init, options)
-    return _invert_in_dtype(A, init, options)
+    return _invert_in_dtype(A, init, options, into)
 
 
 def _invert_half(A, init, options):
@@ -80,8 +101,9 @@ def _invert_half(A, init, options):
     return X, InverseInfo(verdict, bound, info.iterations, info.fallback)
 
 
-def _invert_in_dtype(A, init, options):
-    """Argument defaults, the model's forward pass, and one call of the backend's operator per chunk."""
+def _invert_in_dtype(A, init, options, into=None):
+    """Argument defaults, the model's forward pass, and one call of the backend's operator per chunk, into the
+    tensors ``into`` where given."""
     chosen = resolve_backend(options.backend, A)
     n = A.shape[-1]
     if n == 0:
@@ -105,22 +127,33 @@ def _invert_in_dtype(A, init, options):
     X0 = init
     if model is None and (b * workspace_bytes <= WORKSPACE_BYTES or b == 1):
         # the common case: one call on A as it is, (*, n, n)
-        X, *info = chosen.invert(A, X0, None, refine, rules, operator_limit, positive_definite)
+        if into is None:
+            X, *info = chosen.invert(A, X0, None, refine, rules, operator_limit, positive_definite)
+        else:
+            chosen.invert_into(A, X0, None, refine, rules, operator_limit, positive_definite, into)
+            X, *info = into
         X, info = _exact_path_where_refused(chosen, A, X, InverseInfo(*info), rules, operator_limit, positive_definite)
         return _second_stage(A, X, info, limit, positive_definite, chosen.name == "torch")
 
     batch_shape, chunk = A.shape[:-2], max(1, WORKSPACE_BYTES // workspace_bytes)
     A_flat = A.reshape(-1, n, n)
     X0_flat = None if X0 is None else X0.reshape(-1, n, n)
+    flat_into = None if into is None else (into[0].view(-1, n, n), *(field.view(-1) for field in into[1:]))
     parts = []
     for start in range(0, max(b, 1), chunk):
         A_part = A_flat[start:start + chunk]
         X0_part, use_guess = None if X0_flat is None else X0_flat[start:start + chunk], None
         if model is not None:  # (a model always means refine: method="exact" with a model is refused)
             X0_part, use_guess = _model_guess(model, A_part, chosen), _model_in_domain(model, A_part)
-        parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, operator_limit, positive_definite))
+        if flat_into is None:
+            parts.append(chosen.invert(A_part, X0_part, use_guess, refine, rules, operator_limit,
+                                       positive_definite))
+        else:
+            chosen.invert_into(A_part, X0_part, use_guess, refine, rules, operator_limit, positive_definite,
+                               tuple(output[start:start + chunk] for output in flat_into))
     X, certified, error_bound, iterations, fallback = (
-        parts[0] if len(parts) == 1 else [torch.cat(field) for field in zip(*parts)])
+        flat_into if flat_into is not None else parts[0] if len(parts) == 1
+        else [torch.cat(field) for field in zip(*parts)])
     info = InverseInfo(certified.reshape(batch_shape), error_bound.reshape(batch_shape),
                        iterations.reshape(batch_shape), fallback.reshape(batch_shape))
     X, info = _exact_path_where_refused(chosen, A, X.reshape(A.shape), info, rules, operator_limit, positive_definite)

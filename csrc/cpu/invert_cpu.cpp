@@ -1,5 +1,5 @@
-// The CPU operator neuinv::invert (schema in csrc/neuinv_ops.cpp): checks the arguments, allocates the outputs
-// and runs the CPU driver (csrc/cpu/invert_range.h) on the batch.
+// The CPU operator neuinv::invert and its out variant (schemas in csrc/neuinv_ops.cpp): checks the arguments,
+// allocates the outputs (or checks the caller's) and runs the CPU driver (csrc/cpu/invert_range.h) on the batch.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <c10/util/accumulate.h>
@@ -32,21 +32,15 @@ at::Tensor empty_output_like(const at::Tensor& A) {
   return X;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cpu(
-    const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
-    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
-    bool positive_definite) {
-  check_invert_arguments(A_in, X0_in, use_guess_in, refine, tol, accept, max_iter, guard, max_error, at::kCPU);
+// The CPU driver on A into the outputs X, certified, bound, iterations, fallback (checked, contiguous).
+void invert_into(const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in,
+                 const c10::optional<at::Tensor>& use_guess_in, bool refine, double tol, double accept,
+                 int64_t max_iter, double guard, double max_error, bool positive_definite, at::Tensor& X,
+                 at::Tensor& certified, at::Tensor& bound, at::Tensor& iterations, at::Tensor& fallback) {
   const at::Tensor A = A_in.contiguous();
   const at::Tensor X0 = X0_in.has_value() ? X0_in->contiguous() : at::Tensor();
   const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->contiguous() : at::Tensor();
-  const auto batch_shape = A.sizes().slice(0, A.dim() - 2);
-  const int64_t b = c10::multiply_integers(batch_shape), n = A.size(-1);
-  at::Tensor X = empty_output_like(A);
-  at::Tensor certified = at::empty(batch_shape, A.options().dtype(at::kBool));
-  at::Tensor bound = at::empty(batch_shape, A.options().dtype(at::kDouble));
-  at::Tensor iterations = at::empty(batch_shape, A.options().dtype(at::kInt));
-  at::Tensor fallback = at::empty(batch_shape, A.options().dtype(at::kBool));
+  const int64_t b = c10::multiply_integers(A.sizes().slice(0, A.dim() - 2)), n = A.size(-1);
   const rules::NewtonSchulzRules rules{tol, accept, max_iter, X0.defined(), guard};
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert", [&] {
     const kernels::InvertArguments<scalar_t> batch{A.data_ptr<scalar_t>(),
@@ -64,7 +58,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cp
                                 positive_definite};
     cpu::invert_batch(batch, b);
   });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cpu(
+    const at::Tensor& A, const c10::optional<at::Tensor>& X0, const c10::optional<at::Tensor>& use_guess,
+    bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
+    bool positive_definite) {
+  check_invert_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, at::kCPU);
+  const auto batch_shape = A.sizes().slice(0, A.dim() - 2);
+  at::Tensor X = empty_output_like(A);
+  at::Tensor certified = at::empty(batch_shape, A.options().dtype(at::kBool));
+  at::Tensor bound = at::empty(batch_shape, A.options().dtype(at::kDouble));
+  at::Tensor iterations = at::empty(batch_shape, A.options().dtype(at::kInt));
+  at::Tensor fallback = at::empty(batch_shape, A.options().dtype(at::kBool));
+  invert_into(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite, X, certified,
+              bound, iterations, fallback);
   return {X, certified, bound, iterations, fallback};
+}
+
+void invert_out_cpu(const at::Tensor& A, const c10::optional<at::Tensor>& X0,
+                    const c10::optional<at::Tensor>& use_guess, bool refine, double tol, double accept,
+                    int64_t max_iter, double guard, double max_error, bool positive_definite, at::Tensor& X,
+                    at::Tensor& certified, at::Tensor& bound, at::Tensor& iterations, at::Tensor& fallback) {
+  check_invert_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, at::kCPU);
+  check_invert_outputs(A, X0, X, certified, bound, iterations, fallback);
+  invert_into(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite, X, certified,
+              bound, iterations, fallback);
 }
 
 }  // namespace
@@ -75,6 +94,7 @@ TORCH_LIBRARY_FRAGMENT(neuinv, m) {
 
 TORCH_LIBRARY_IMPL(neuinv, CPU, m) {
   m.impl("invert", &invert_cpu);
+  m.impl("invert.out", &invert_out_cpu);
 }
 
 }  // namespace neuinv

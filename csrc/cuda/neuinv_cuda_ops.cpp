@@ -67,19 +67,15 @@ at::Tensor scaled_transpose(const at::Tensor& A) {
   return (A.transpose(1, 2) / norm_1 / norm_inf).contiguous();
 }
 
-// neuinv::invert for n <= kSmallMaxN: one launch, one thread per matrix (csrc/cuda/neuinv_cuda_invert_small.cu).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_small(
-    const at::Tensor& A, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
-    at::Tensor& X, bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
-    bool positive_definite, at::IntArrayRef shape) {
+// neuinv::invert for n <= kSmallMaxN on the flat batch A (b, n, n): one launch, one thread per matrix
+// (csrc/cuda/neuinv_cuda_invert_small.cu), into the contiguous outputs X (b, n, n) and the four fields (b,).
+void invert_small_into(const at::Tensor& A, const c10::optional<at::Tensor>& X0_in,
+                       const c10::optional<at::Tensor>& use_guess_in, bool refine, double tol, double accept,
+                       int64_t max_iter, double guard, double max_error, bool positive_definite, at::Tensor& X,
+                       at::Tensor& certified, at::Tensor& bound, at::Tensor& iterations, at::Tensor& fallback) {
   const int64_t b = A.size(0), n = A.size(1);
-  const auto batch = shape.slice(0, shape.size() - 2);
   const at::Tensor X0 = X0_in.has_value() ? X0_in->reshape({b, n, n}).contiguous() : at::Tensor();
   const at::Tensor use_guess = use_guess_in.has_value() ? use_guess_in->reshape({b}).contiguous() : at::Tensor();
-  at::Tensor certified = at::empty({b}, A.options().dtype(at::kBool));
-  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
-  at::Tensor iterations = at::empty({b}, A.options().dtype(at::kInt));
-  at::Tensor fallback = at::empty({b}, A.options().dtype(at::kBool));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(A.scalar_type(), "neuinv_invert_small_cuda", [&] {
     const kernels::InvertArguments<scalar_t> args{
@@ -89,12 +85,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_sm
         positive_definite};
     C10_CUDA_CHECK(cuda_kernels::launch_invert_small<scalar_t>(args, b, stream));
   });
+}
+
+// invert_small_into with fresh outputs, in the shape `shape` (A's before flattening).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_small(
+    const at::Tensor& A, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
+    at::Tensor& X, bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
+    bool positive_definite, at::IntArrayRef shape) {
+  const int64_t b = A.size(0);
+  const auto batch = shape.slice(0, shape.size() - 2);
+  at::Tensor certified = at::empty({b}, A.options().dtype(at::kBool));
+  at::Tensor bound = at::empty({b}, A.options().dtype(at::kDouble));
+  at::Tensor iterations = at::empty({b}, A.options().dtype(at::kInt));
+  at::Tensor fallback = at::empty({b}, A.options().dtype(at::kBool));
+  invert_small_into(A, X0_in, use_guess_in, refine, tol, accept, max_iter, guard, max_error, positive_definite, X,
+                    certified, bound, iterations, fallback);
   return {X.view(shape), certified.view(batch), bound.view(batch), iterations.view(batch), fallback.view(batch)};
 }
 
-// neuinv::invert (reference.invert, on A of shape (*, n, n)) for n > kSmallMaxN as a sequence of launches on the current stream: Newton-Schulz where a guess
-// is used, the certificate of the matrices that stopped done, Gauss-Jordan (Cholesky when positive_definite) and its certificate where that one is
-// missing or above max_error, the verdict. Per-matrix choices are device masks; nothing waits for the host.
+// neuinv::invert (reference.invert, on A of shape (*, n, n)) for n > kSmallMaxN as a sequence of launches on the
+// current stream: Newton-Schulz where a guess is used, the certificate of the matrices that stopped done,
+// Gauss-Jordan (Cholesky when positive_definite) and its certificate where that one is missing or above max_error,
+// the verdict. Per-matrix choices are device masks; nothing waits for the host.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cuda(
     const at::Tensor& A_in, const c10::optional<at::Tensor>& X0_in, const c10::optional<at::Tensor>& use_guess_in,
     bool refine, double tol, double accept, int64_t max_iter, double guard, double max_error,
@@ -128,6 +140,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> invert_cu
   X.masked_fill_(certified.logical_not().view({-1, 1, 1}), std::numeric_limits<double>::quiet_NaN());
   return {X.view(A_in.sizes()), certified.view(batch), bound.view(batch), iterations.view(batch),
           fallback.view(batch)};
+}
+
+// neuinv::invert.out: for n <= kSmallMaxN the kernel writes into the caller's tensors; above, invert_cuda's
+// sequence of launches runs on its own tensors, which are then copied into them.
+void invert_out_cuda(const at::Tensor& A_in, const c10::optional<at::Tensor>& X0,
+                     const c10::optional<at::Tensor>& use_guess, bool refine, double tol, double accept,
+                     int64_t max_iter, double guard, double max_error, bool positive_definite, at::Tensor& X,
+                     at::Tensor& certified, at::Tensor& bound, at::Tensor& iterations, at::Tensor& fallback) {
+  check_invert_arguments(A_in, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, at::kCUDA);
+  check_invert_outputs(A_in, X0, X, certified, bound, iterations, fallback);
+  const c10::cuda::CUDAGuard device_guard(A_in.device());
+  const int64_t b = c10::multiply_integers(A_in.sizes().slice(0, A_in.dim() - 2)), n = A_in.size(-1);
+  if (n <= cuda_kernels::kSmallMaxN) {
+    at::Tensor X_flat = X.view({b, n, n}), certified_flat = certified.view({b}), bound_flat = bound.view({b});
+    at::Tensor iterations_flat = iterations.view({b}), fallback_flat = fallback.view({b});
+    invert_small_into(A_in.reshape({b, n, n}).contiguous(), X0, use_guess, refine, tol, accept, max_iter, guard,
+                      max_error, positive_definite, X_flat, certified_flat, bound_flat, iterations_flat,
+                      fallback_flat);
+    return;
+  }
+  const auto results = invert_cuda(A_in, X0, use_guess, refine, tol, accept, max_iter, guard, max_error,
+                                   positive_definite);
+  X.copy_(std::get<0>(results));
+  certified.copy_(std::get<1>(results));
+  bound.copy_(std::get<2>(results));
+  iterations.copy_(std::get<3>(results));
+  fallback.copy_(std::get<4>(results));
 }
 
 // Most threads of one neuinv::solve launch, and the most workspace they hold together (each thread its own,
@@ -181,6 +220,7 @@ std::tuple<at::Tensor, at::Tensor> solve_cuda(const at::Tensor& A_in, const at::
 
 TORCH_LIBRARY_IMPL(neuinv, CUDA, m) {
   m.impl("invert", &invert_cuda);
+  m.impl("invert.out", &invert_out_cuda);
   m.impl("solve", &solve_cuda);
 }
 
