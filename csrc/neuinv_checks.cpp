@@ -1,9 +1,10 @@
 // The argument checks declared in csrc/neuinv_checks.h, compiled by the host C++ compiler into both libraries
 // (the CPU one and the CUDA one), so that every error is thrown from host-compiled code.
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
+#include <ATen/core/grad_mode.h>
 
 #include <cmath>
+#include <cstdint>
 #include <iterator>
 #include <limits>
 #include <tuple>
@@ -24,11 +25,23 @@ void check_like(const at::Tensor& A, const at::Tensor& X, const char* name) {
               X.device());
 }
 
-// Whether a and b share elements, as far as ATen can tell (strided layouts it cannot decide count as apart, as in
-// at::assert_no_overlap).
-bool overlap(const at::Tensor& a, const at::Tensor& b) {
-  const at::MemOverlapStatus status = at::get_overlap_status(a, b);
-  return status == at::MemOverlapStatus::Full || status == at::MemOverlapStatus::Partial;
+// Whether the byte ranges a and b address (from their lowest to their highest element) intersect on one device,
+// whatever storages hold them (two tensors over one numpy buffer have storages of their own); conservative for
+// strided views that interleave, as neuinv.arguments.check_out.
+bool share_bytes(const at::Tensor& a, const at::Tensor& b) {
+  if (a.device() != b.device() || a.numel() == 0 || b.numel() == 0) return false;
+  const auto span = [](const at::Tensor& t) {
+    int64_t low = 0, high = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) {
+      const int64_t step = (t.size(d) - 1) * t.stride(d);
+      (step < 0 ? low : high) += step;
+    }
+    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+    return std::make_pair(begin + low * t.element_size(), begin + (high + 1) * t.element_size());
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
 }
 
 }  // namespace
@@ -61,9 +74,9 @@ void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>
   TORCH_CHECK(max_error >= 0 && max_error <= 1, "invert: max_error must be in [0, 1], got ", max_error);
 }
 
-void check_invert_outputs(const at::Tensor& A, const c10::optional<at::Tensor>& X0, const at::Tensor& X,
-                          const at::Tensor& certified, const at::Tensor& error_bound, const at::Tensor& iterations,
-                          const at::Tensor& fallback) {
+void prepare_invert_outputs(const at::Tensor& A, const c10::optional<at::Tensor>& X0, const at::Tensor& X,
+                            const at::Tensor& certified, const at::Tensor& error_bound, const at::Tensor& iterations,
+                            const at::Tensor& fallback) {
   check_like(A, X, "X");
   const auto batch = A.sizes().slice(0, A.dim() - 2);
   const std::tuple<const at::Tensor*, const char*, at::ScalarType> fields[] = {
@@ -81,14 +94,16 @@ void check_invert_outputs(const at::Tensor& A, const c10::optional<at::Tensor>& 
     const auto& [output, name] = outputs[i];
     TORCH_CHECK(output->is_contiguous() && !output->is_conj() && !output->is_neg(), "invert.out: ", name,
                 " must be contiguous, without conjugate or negative bit");
-    TORCH_CHECK(at::has_internal_overlap(*output) != at::MemOverlap::Yes && !overlap(*output, A) &&
-                    !(X0.has_value() && overlap(*output, *X0)),
-                "invert.out: ", name, " must not share memory with A, X0 or itself");
+    TORCH_CHECK(!(output->requires_grad() && at::GradMode::is_enabled()), "invert.out: ", name,
+                " requires grad; out= cannot be combined with gradients");
+    TORCH_CHECK(!share_bytes(*output, A) && !(X0.has_value() && share_bytes(*output, *X0)), "invert.out: ", name,
+                " must not share memory with A or X0");
     for (size_t j = 0; j < i; ++j) {
-      TORCH_CHECK(!overlap(*output, *outputs[j].first), "invert.out: ", name, " must not share memory with ",
+      TORCH_CHECK(!share_bytes(*output, *outputs[j].first), "invert.out: ", name, " must not share memory with ",
                   outputs[j].second);
     }
   }
+  for (const auto& [output, name] : outputs) output->unsafeGetTensorImpl()->bump_version();
 }
 
 void check_solve_arguments(const at::Tensor& A, const at::Tensor& B, const c10::optional<at::Tensor>& R,

@@ -16,11 +16,12 @@ void check_invert_arguments(const at::Tensor& A, const c10::optional<at::Tensor>
                             int64_t max_iter, double guard, double max_error, c10::DeviceType device);
 
 // The outputs of neuinv::invert.out for A: X with A's shape and dtype, certified and fallback bool, error_bound
-// float64, iterations int32 of A's batch shape, all contiguous, on A's device, none sharing memory with A, X0 or
-// another output; throws naming the output.
-void check_invert_outputs(const at::Tensor& A, const c10::optional<at::Tensor>& X0, const at::Tensor& X,
-                          const at::Tensor& certified, const at::Tensor& error_bound, const at::Tensor& iterations,
-                          const at::Tensor& fallback);
+// float64, iterations int32 of A's batch shape, all contiguous, on A's device, not requiring grad (in grad mode),
+// none sharing memory with A, X0 or another output (throws naming the output); then their version counters are
+// bumped, as torch's in-place operations do (an inference tensor outside InferenceMode is refused there).
+void prepare_invert_outputs(const at::Tensor& A, const c10::optional<at::Tensor>& X0, const at::Tensor& X,
+                            const at::Tensor& certified, const at::Tensor& error_bound, const at::Tensor& iterations,
+                            const at::Tensor& fallback);
 
 // The arguments of neuinv::solve: A (b, n, n) and B (b, n, k), float32 or float64 (either with 1 in place of b),
 // and R like A with inverse_bound (b,) float64, both given or both None (then n <= 64: the exact path's), all on

@@ -32,6 +32,7 @@ import triton
 import triton.language as tl
 
 from neuinv import certificate, rules
+from neuinv.arguments import share_memory
 from neuinv.kernels.newton_schulz import _batched_matmul
 
 MAX_N = 64
@@ -367,14 +368,34 @@ def invert(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | N
     return outputs
 
 
-@torch.library.triton_op("neuinv_triton::invert_out",
-                         mutates_args=("X", "certified", "error_bound", "iterations", "fallback"))
 def invert_out(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
                tol: float, accept: float, max_iter: int, guard: float, max_error: float, positive_definite: bool,
                X: torch.Tensor, certified: torch.Tensor, error_bound: torch.Tensor, iterations: torch.Tensor,
                fallback: torch.Tensor) -> None:
     """:func:`invert` written into the caller's tensors (as ``neuinv::invert.out``): X like A, certified and
-    fallback bool, error_bound float64, iterations int32, each (b,); all contiguous on A's device."""
+    fallback bool, error_bound float64, iterations int32, each (b,); all contiguous on A's device, without the
+    conjugate or negative bit (refused here, before torch's math-bit fallback could meet them), sharing no memory
+    with A, X0 or one another (RuntimeError naming the output)."""
+    outputs = {"X": X, "certified": certified, "error_bound": error_bound, "iterations": iterations,
+               "fallback": fallback}
+    for i, (name, output) in enumerate(outputs.items()):
+        if output.is_conj() or output.is_neg():
+            raise RuntimeError(f"invert_out: {name} must not have the conjugate or negative bit")
+        for other_name, other in [("A", A), ("X0", X0), *list(outputs.items())[:i]]:
+            if other is not None and share_memory(output, other):
+                raise RuntimeError(f"invert_out: {name} must not share memory with {other_name}")
+    _invert_out(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite, X, certified,
+                error_bound, iterations, fallback)
+
+
+@torch.library.triton_op("neuinv_triton::invert_out",
+                         mutates_args=("X", "certified", "error_bound", "iterations", "fallback"))
+def _invert_out(A: torch.Tensor, X0: torch.Tensor | None, use_guess: torch.Tensor | None, refine: bool,
+                tol: float, accept: float, max_iter: int, guard: float, max_error: float, positive_definite: bool,
+                X: torch.Tensor, certified: torch.Tensor, error_bound: torch.Tensor, iterations: torch.Tensor,
+                fallback: torch.Tensor) -> None:
+    """The launch of :func:`invert_out`, as a registered operator (its arguments checked as :func:`invert`'s, its
+    outputs' shapes, dtypes, devices and layout)."""
     _check_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error)
     batch = A.shape[0]
     for name, output, shape, dtype in (("X", X, A.shape, A.dtype),

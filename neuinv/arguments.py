@@ -99,27 +99,47 @@ def check_flag(value, name: str) -> None:
 
 
 def check_out(tensor, name: str, shape, dtype, device, *inputs) -> None:
-    """out= tensors: exactly the expected shape, dtype and device (no resizing), no element stored twice, sharing
-    no memory (by byte ranges: :func:`_share_memory`) with any of ``inputs`` (the inputs and the outputs checked
-    before it)."""
+    """out= tensors: not requiring grad and outside torch.func transforms (:func:`refuse_out_with_transforms`),
+    dense, exactly the expected shape, dtype and device (no resizing), no element stored twice
+    (:func:`_may_hold_an_element_twice`), sharing no memory (by byte ranges: :func:`share_memory`) with any of
+    ``inputs`` (the inputs and the outputs checked before it)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if not torch.compiler.is_compiling() and (tensor.requires_grad and torch.is_grad_enabled() or any(
+            t is not None and torch._C._functorch.is_functorch_wrapped_tensor(t) for t in (tensor, *inputs))):
+        refuse_out_with_transforms(tensor)  # (before any data pointer is read: a transform's tensors have none)
+    if tensor.layout != torch.strided:
+        raise ArgumentValueError(f"{name} must be a dense (strided) tensor, got layout {tensor.layout}")
     if tensor.shape != shape:
         raise ArgumentValueError(f"{name} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
     if tensor.dtype != dtype:
         raise ArgumentDtypeError(f"{name} must have dtype {dtype}, got {tensor.dtype}")
     if tensor.device != device:
         raise ArgumentValueError(f"{name} must be on device {device}, got {tensor.device}")
-    if any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride())):
-        raise ArgumentValueError(f"{name} must not share memory with itself (an expanded tensor: stride 0 along a "
-                                 f"dimension of size > 1)")
+    if _may_hold_an_element_twice(tensor):
+        raise ArgumentValueError(f"{name} must not share memory with itself: its strides {tuple(tensor.stride())} "
+                                 f"for shape {tuple(tensor.shape)} may address one element twice (an expanded or "
+                                 f"overlapping view)")
     for other in inputs:
-        if other is not None and _share_memory(tensor, other):
+        if other is not None and share_memory(tensor, other):
             raise ArgumentValueError(f"{name} must not share memory with the input or another output "
                                      f"(out= may not alias A, B, init or itself)")
 
 
-def _share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _may_hold_an_element_twice(tensor: torch.Tensor) -> bool:
+    """Whether a strided layout cannot be shown to address each element once: its dimensions of size > 1, by
+    increasing |stride|, must each step past everything the smaller ones span (conservative: a layout whose
+    dimensions interleave without overlapping counts as overlapping)."""
+    spanned = 0
+    for size, stride in sorted(((size, abs(stride)) for size, stride in zip(tensor.shape, tensor.stride())
+                                if size > 1), key=lambda pair: pair[1]):
+        if stride <= spanned:
+            return True
+        spanned += (size - 1) * stride
+    return False
+
+
+def share_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the byte ranges a and b address (from the lowest to the highest byte of their elements) overlap on
     one device, whatever storages hold them: two tensors over one numpy buffer (``torch.from_numpy`` of two
     overlapping slices) have storages of their own. Conservative: two strided views that interleave (even and

@@ -39,6 +39,7 @@ import torch
 
 from .arguments import (CallOptions, check_arguments, check_flag, check_out, refuse_out_with_transforms, resolved,
                         written)
+from .failures import raise_if_not_certified
 from .pipeline import INFO_DTYPES, WORKSPACE_BYTES, InverseInfo, invert_or_raise
 from .transforms import inverse_function, transformed
 
@@ -176,9 +177,13 @@ def _inverse(A, init, options: CallOptions, raise_failures: bool, out):
     with ``raise_failures`` the raise of :func:`batched_inverse`."""
     A, init = resolved(A), resolved(init)
     if transformed(A, init):
-        refuse_out_with_transforms(out)
-        X, *info = inverse_function().apply(A, init, options, raise_failures)
-        return InverseResult(*written(out, X, InverseInfo(*info), InverseInfo))
+        refuse_out_with_transforms(out)  # (out reaches the Function only under torch.compile: written, then raised)
+        X, *info = inverse_function().apply(A, init, options, raise_failures and out is None)
+        X, info = written(out, X, InverseInfo(*info), InverseInfo)
+        if raise_failures and out is not None:
+            raise_if_not_certified("batched_inverse", A, info.certified, info.error_bound, options.max_error,
+                                   options.assume_a)
+        return InverseResult(X, info)
     return InverseResult(*invert_or_raise(A, init, options, raise_failures, out))  # (no tensor records a graph)
 
 

@@ -59,8 +59,10 @@ def invert_or_raise(A, init, options: CallOptions, raise_failures: bool, out=Non
 
 def operator_outputs(out, A) -> tuple | None:
     """The tensors the backend's operator writes (X, certified, error_bound, iterations, fallback) into: out's own
-    (with fresh info fields where out is X alone) where they are contiguous and A is computed in its own dtype,
-    in eager mode; else None, and the results are copied into out afterwards. What the second stage changes is
+    (with fresh info fields where out is X alone) where they are contiguous, without math bits, writable in place
+    (no inference tensor outside inference mode) and A is computed in its own dtype, in eager mode; else None, and
+    the results are copied into out afterwards (the operators bump the outputs' version counters, as torch's
+    in-place operations do). What the second stage changes is
     copied in too (:func:`neuinv.arguments.written` skips the tensors that are out's already)."""
     if out is None or torch.compiler.is_compiling() or A.dtype in HALF_DTYPES or A.shape[-1] == 0:
         return None
@@ -68,9 +70,10 @@ def operator_outputs(out, A) -> tuple | None:
     if info_out is None:
         info_out = [torch.empty(A.shape[:-2], dtype=dtype, device=A.device) for dtype in INFO_DTYPES]
     outputs = (X_out, *info_out)
-    if all(t.is_contiguous() and not t.is_conj() and not t.is_neg() for t in outputs):
+    if all(t.is_contiguous() and not t.is_conj() and not t.is_neg()
+           and (torch.is_inference_mode_enabled() or not t.is_inference()) for t in outputs):
         return outputs
-    return None
+    return None  # (an inference tensor outside inference mode: torch's copy_ refuses it, as every in-place write)
 
 
 def invert(A, init, options: CallOptions, into=None):
@@ -138,7 +141,10 @@ def _invert_in_dtype(A, init, options, into=None):
     batch_shape, chunk = A.shape[:-2], max(1, WORKSPACE_BYTES // workspace_bytes)
     A_flat = A.reshape(-1, n, n)
     X0_flat = None if X0 is None else X0.reshape(-1, n, n)
-    flat_into = None if into is None else (into[0].view(-1, n, n), *(field.view(-1) for field in into[1:]))
+    # (with a model, whose guesses could alias out and whose errors could come after a chunk was written, the
+    # results are copied into out at the end)
+    flat_into = None if into is None or model is not None else (into[0].view(-1, n, n),
+                                                                 *(field.view(-1) for field in into[1:]))
     parts = []
     for start in range(0, max(b, 1), chunk):
         A_part = A_flat[start:start + chunk]

@@ -222,3 +222,113 @@ def test_out_is_not_handed_to_the_operator_where_it_cannot_be():
     assert pipeline.operator_outputs(torch.empty(3, 4, 4, dtype=torch.float16), A.half()) is None
     info = InverseInfo(*(torch.empty(6, dtype=dtype)[::2] for dtype in INFO_DTYPES))
     assert pipeline.operator_outputs((X_out, info), A) is None
+
+
+# ------------------------------------------------------------------- the review's attacks on out= in place
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_written_outputs_bump_their_version_for_autograd(backend):
+    """A tensor saved for backward and then overwritten through out= makes backward raise, as after any in-place
+    write (the operators bump the version counters of the outputs they write); before, the cpp operator left the
+    version at 0 and backward silently used the new values."""
+    A = 2 * torch.eye(2, dtype=torch.float64, device=DEVICE[backend]).repeat(3, 1, 1)
+    X = torch.ones(3, 2, 2, dtype=torch.float64, device=A.device)
+    w = torch.ones(3, 2, 2, dtype=torch.float64, device=A.device, requires_grad=True)
+    loss = (w * X).sum()
+    version = X._version
+    neuinv.batched_inverse(A, backend=backend, out=X)
+    assert X._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_outputs_that_cannot_be_written_are_refused_alike_on_every_backend(backend):
+    """An out that requires grad, one holding an element twice (as_strided), a sparse one, and out= inside vmap:
+    the same named error on every backend, nothing computed; an inference tensor outside inference mode is refused
+    by torch's in-place check."""
+    A = conditioned_matrices(4, 3, 10.0, torch.float64).to(DEVICE[backend])
+    with pytest.raises(RuntimeError, match="out= cannot be combined with gradients"):
+        neuinv.batched_inverse(A, backend=backend, out=torch.zeros_like(A, requires_grad=True))
+    twice = torch.zeros(100, dtype=torch.float64, device=A.device).as_strided((4, 3, 3), (1, 3, 1))
+    with pytest.raises(neuinv.ArgumentValueError, match="may address one element twice"):
+        neuinv.batched_inverse(A, backend=backend, out=twice)
+    outputs = _garbage_outputs(A.view(2, 2, 3, 3))
+    overlapping = torch.zeros(3, dtype=torch.bool, device=A.device).as_strided((2, 2), (1, 1))
+    with pytest.raises(neuinv.ArgumentValueError, match=r"out\[1\].certified must not share memory with itself"):
+        neuinv.batched_inverse_ex(A.view(2, 2, 3, 3), backend=backend,
+                                  out=(outputs[0], InverseInfo(overlapping, *outputs[2:])))
+    if A.device.type == "cpu":
+        with pytest.raises(neuinv.ArgumentValueError, match="must be a dense"):
+            neuinv.batched_inverse(A, backend=backend, out=torch.zeros_like(A).to_sparse())
+    with pytest.raises(RuntimeError, match="out= cannot be combined with gradients or torch.func transforms"):
+        torch.func.vmap(lambda a: neuinv.batched_inverse(a, backend=backend, out=torch.empty_like(A)))(A[None])
+    with torch.inference_mode():
+        X_inference = torch.empty_like(A)
+    with pytest.raises(RuntimeError, match="[Ii]nference tensor"):
+        neuinv.batched_inverse(A, backend=backend, out=X_inference)
+
+
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_a_model_whose_guess_is_the_out_buffer(backend):
+    """A model that returns the caller's out tensor as its guess (a warm start from the last result): the same
+    results as without out=, no error about X0 sharing memory."""
+    A = conditioned_matrices(6, 4, 10.0, torch.float64).to(DEVICE[backend])
+    X_out = torch.linalg.inv(A)
+
+    class LastResult(torch.nn.Module):
+        def forward(self, matrices):
+            return X_out
+
+        def in_domain(self, matrices):
+            return torch.ones(matrices.shape[0], dtype=torch.bool, device=matrices.device)
+
+    expected = neuinv.batched_inverse_ex(A, model=LastResult(), backend=backend)
+    fields = _garbage_outputs(A)[1:]
+    X, info = neuinv.batched_inverse_ex(A, model=LastResult(), backend=backend, out=(X_out, InverseInfo(*fields)))
+    assert X is X_out and _same((X, *info), (expected.inverse, *expected.info))
+
+
+def test_under_torch_compile_out_is_written_before_the_raise():
+    """torch.compile's graph takes the Function path: there too out holds the results (NaN where not certified)
+    when batched_inverse raises."""
+    A = conditioned_matrices(3, 3, 10.0, torch.float64)
+    A[2] = 0.0
+    X_out = torch.full_like(A, 7.0)
+    compiled = torch.compile(lambda A, X: neuinv.batched_inverse(A, out=X), backend="eager", fullgraph=False)
+    with pytest.raises(torch.linalg.LinAlgError):
+        compiled(A, X_out)
+    assert X_out[2].isnan().all() and torch.equal(X_out[:2], neuinv.batched_inverse(A[:2]))
+
+
+@pytest.mark.parametrize("backend", OUT_OPERATORS)
+def test_out_operator_refuses_math_bits_and_aliasing_through_another_storage(backend):
+    """A real output with the negative bit (c.conj().imag) is refused by name (the process lives on; it used to
+    abort in torch's math-bit fallback), an A with the negative bit is read as its values, and outputs over one
+    numpy buffer with A or with each other are refused though their storages differ."""
+    np = pytest.importorskip("numpy")
+    A = conditioned_matrices(4, 3, 10.0, torch.float64).to(DEVICE[backend])
+    args = _arguments(A, None, None, False)
+    outputs = list(_garbage_outputs(A))
+    outputs[0] = torch.zeros(4, 3, 3, dtype=torch.complex128, device=A.device).conj().imag
+    with pytest.raises(RuntimeError, match="X must not have the conjugate or negative bit"):
+        _invert_out(backend, args, outputs)
+    negated = torch._neg_view(-A)
+    outputs = _garbage_outputs(A)
+    if backend != "triton":  # (the Triton launch reads raw memory: its caller resolves views first)
+        _invert_out(backend, _arguments(negated, None, None, False), outputs)
+        assert _same(outputs, _invert(backend, args))
+    if A.device.type != "cpu":
+        return
+    buffer = np.zeros(36 + 36, dtype=np.float64)
+    shared_A = torch.from_numpy(buffer[:36]).view(4, 3, 3)
+    shared_A.copy_(A)
+    outputs = list(_garbage_outputs(A))
+    outputs[0] = torch.from_numpy(buffer[:36]).view(4, 3, 3)
+    with pytest.raises(RuntimeError, match="X must not share memory with A"):
+        _invert_out(backend, _arguments(shared_A, None, None, False), outputs)
+    raw = np.zeros(4, dtype=np.bool_)
+    outputs = list(_garbage_outputs(A))
+    outputs[1], outputs[4] = torch.from_numpy(raw), torch.from_numpy(raw)
+    with pytest.raises(RuntimeError, match="fallback must not share memory with certified"):
+        _invert_out(backend, args, outputs)

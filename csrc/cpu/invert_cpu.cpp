@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -81,12 +82,43 @@ void invert_out_cpu(const at::Tensor& A, const c10::optional<at::Tensor>& X0,
                     int64_t max_iter, double guard, double max_error, bool positive_definite, at::Tensor& X,
                     at::Tensor& certified, at::Tensor& bound, at::Tensor& iterations, at::Tensor& fallback) {
   check_invert_arguments(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, at::kCPU);
-  check_invert_outputs(A, X0, X, certified, bound, iterations, fallback);
+  prepare_invert_outputs(A, X0, X, certified, bound, iterations, fallback);
   invert_into(A, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, positive_definite, X, certified,
               bound, iterations, fallback);
 }
 
+// invert.out where one of its tensors is a negative or conjugate view (a real tensor can carry the negative bit:
+// c.conj().imag), reached before torch's math-bit fallback, which cannot write through such a view: an output with
+// a bit is refused by name; inputs with one are read as their values and the call dispatched again.
+void invert_out_math_bits(const at::Tensor& A, const c10::optional<at::Tensor>& X0,
+                          const c10::optional<at::Tensor>& use_guess, bool refine, double tol, double accept,
+                          int64_t max_iter, double guard, double max_error, bool positive_definite, at::Tensor& X,
+                          at::Tensor& certified, at::Tensor& bound, at::Tensor& iterations, at::Tensor& fallback) {
+  const std::pair<const at::Tensor*, const char*> outputs[] = {
+      {&X, "X"}, {&certified, "certified"}, {&bound, "error_bound"}, {&iterations, "iterations"},
+      {&fallback, "fallback"}};
+  for (const auto& [output, name] : outputs) {
+    TORCH_CHECK(!output->is_conj() && !output->is_neg(), "invert.out: ", name,
+                " must not have the conjugate or negative bit");
+  }
+  const auto values = [](const at::Tensor& t) { return t.resolve_conj().resolve_neg(); };
+  static const auto invert_out = c10::Dispatcher::singleton().findSchemaOrThrow("neuinv::invert", "out").typed<
+      void(const at::Tensor&, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, bool, double,
+           double, int64_t, double, double, bool, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&, at::Tensor&)>();
+  invert_out.call(values(A), X0.has_value() ? c10::optional<at::Tensor>(values(*X0)) : c10::nullopt, use_guess,
+                  refine, tol, accept, max_iter, guard, max_error, positive_definite, X, certified, bound, iterations,
+                  fallback);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(neuinv, Negative, m) {
+  m.impl("invert.out", &invert_out_math_bits);
+}
+
+TORCH_LIBRARY_IMPL(neuinv, Conjugate, m) {
+  m.impl("invert.out", &invert_out_math_bits);
+}
 
 TORCH_LIBRARY_FRAGMENT(neuinv, m) {
   m.def("cpu_kernel_build() -> str", &cpu::kernel_build);

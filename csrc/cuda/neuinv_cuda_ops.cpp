@@ -149,7 +149,7 @@ void invert_out_cuda(const at::Tensor& A_in, const c10::optional<at::Tensor>& X0
                      int64_t max_iter, double guard, double max_error, bool positive_definite, at::Tensor& X,
                      at::Tensor& certified, at::Tensor& bound, at::Tensor& iterations, at::Tensor& fallback) {
   check_invert_arguments(A_in, X0, use_guess, refine, tol, accept, max_iter, guard, max_error, at::kCUDA);
-  check_invert_outputs(A_in, X0, X, certified, bound, iterations, fallback);
+  prepare_invert_outputs(A_in, X0, X, certified, bound, iterations, fallback);
   const c10::cuda::CUDAGuard device_guard(A_in.device());
   const int64_t b = c10::multiply_integers(A_in.sizes().slice(0, A_in.dim() - 2)), n = A_in.size(-1);
   if (n <= cuda_kernels::kSmallMaxN) {
