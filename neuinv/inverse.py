@@ -37,10 +37,8 @@ from typing import NamedTuple
 
 import torch
 
-from .arguments import (CallOptions, check_arguments, check_flag, check_out, refuse_out_with_transforms, resolved,
-                        written)
-from .failures import raise_if_not_certified
-from .pipeline import INFO_DTYPES, WORKSPACE_BYTES, InverseInfo, invert_or_raise
+from .arguments import CallOptions, check_arguments, check_flag, check_out, refuse_out_with_transforms, resolved
+from .pipeline import INFO_DTYPES, WORKSPACE_BYTES, InverseInfo, invert_or_raise, written_then_raised
 from .transforms import inverse_function, transformed
 
 __all__ = ["INFO_DTYPES", "WORKSPACE_BYTES", "InverseInfo", "InverseResult", "batched_inverse", "batched_inverse_ex"]
@@ -179,11 +177,8 @@ def _inverse(A, init, options: CallOptions, raise_failures: bool, out):
     if transformed(A, init):
         refuse_out_with_transforms(out)  # (out reaches the Function only under torch.compile: written, then raised)
         X, *info = inverse_function().apply(A, init, options, raise_failures and out is None)
-        X, info = written(out, X, InverseInfo(*info), InverseInfo)
-        if raise_failures and out is not None:
-            raise_if_not_certified("batched_inverse", A, info.certified, info.error_bound, options.max_error,
-                                   options.assume_a)
-        return InverseResult(X, info)
+        return InverseResult(*written_then_raised(A, X, InverseInfo(*info), options,
+                                                  raise_failures and out is not None, out))
     return InverseResult(*invert_or_raise(A, init, options, raise_failures, out))  # (no tensor records a graph)
 
 

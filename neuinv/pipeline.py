@@ -49,6 +49,12 @@ def invert_or_raise(A, init, options: CallOptions, raise_failures: bool, out=Non
     (:func:`neuinv.failures.raise_first_failure`): when it raises, out holds the results, X NaN where not
     certified."""
     X, info = invert(A, init, options, operator_outputs(out, A))
+    return written_then_raised(A, X, info, options, raise_failures, out)
+
+
+def written_then_raised(A, X, info, options: CallOptions, raise_failures: bool, out=None):
+    """(X, info) written into ``out`` where given (:func:`neuinv.arguments.written`), then (``raise_failures``)
+    batched_inverse's raise for the first matrix of A that is not certified."""
     if out is not None:
         X, info = written(out, X, info, InverseInfo)
     if raise_failures:
