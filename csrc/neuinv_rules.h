@@ -55,6 +55,13 @@ NEUINV_HOST_DEVICE bool certified(double error_bound, double max_error) { return
 // d_k = a_kk - sum_j l_kj^2 is positive and finite (NaN refused); a matrix that meets another is not certified.
 NEUINV_HOST_DEVICE bool cholesky_pivot_accepted(double pivot) { return pivot > 0 && pivot < kInfinity; }
 
+// rules.POSITIVE_DEFINITE_SHIFTS: the shifts sigma = s mu tried in turn by the certificate of a positive-definite
+// solve without an inverse (kernels::smallest_singular_value_bound).
+constexpr int kPositiveDefiniteShiftCount = 3;
+NEUINV_HOST_DEVICE double positive_definite_shift(int attempt) {
+  return attempt == 0 ? 0.75 : attempt == 1 ? 0.25 : 0x1p-5;
+}
+
 // gamma_k = k u / (1 - k u) in double (Higham, Accuracy and Stability, Lemma 3.1).
 NEUINV_HOST_DEVICE double gamma_of(int64_t k) { return k * kUnit / (1 - k * kUnit); }
 

@@ -18,6 +18,7 @@ one backend for ``auto`` calls, and raises like an explicit request where that b
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from typing import NamedTuple
 
@@ -112,11 +113,35 @@ class TorchBackend:
     def solve(self, A, B, R=None, inverse_bound=None, positive_definite=False):
         """(X, error_bound) for A (b, n, n) and B (b, n, k) (either may have 1 in place of b), from R like A
         certified to inverse_bound (b,), or without them from this backend's exact-path inverse of A
-        (:meth:`invert` without refinement): :func:`neuinv.reference.solve`."""
+        (:meth:`invert` without refinement): :func:`neuinv.reference.solve`. Real positive-definite systems without
+        R take :func:`neuinv.reference.positive_definite_solve` (no inverse), and the inverse only where that
+        certifies nothing."""
+        if R is None and positive_definite and not A.is_complex() and A.shape[-1] > 0 and A.shape[0] >= B.shape[0]:
+            X, bound = reference.positive_definite_solve(A, B)
+            return self._from_the_inverse_where_refused(A, B, X, bound)
         if R is None and A.shape[-1] > 0:
-            rules = newton_schulz_rules(A.dtype, None, None, False)  # the defaults; unused without refinement
-            R, _, inverse_bound, _, _ = self.invert(A, None, None, False, rules, CERTIFIED_BELOW, positive_definite)
+            R, inverse_bound = self._exact_inverse(A, positive_definite)
         return reference.solve(A, B, R, inverse_bound)
+
+    def _exact_inverse(self, A, positive_definite):
+        """(R, its bound) by :meth:`invert` without refinement."""
+        rules = newton_schulz_rules(A.dtype, None, None, False)  # the defaults; unused without refinement
+        R, _, inverse_bound, _, _ = self.invert(A, None, None, False, rules, CERTIFIED_BELOW, positive_definite)
+        return R, inverse_bound
+
+    def _from_the_inverse_where_refused(self, A, B, X, bound):
+        """X and bound with the systems whose bound is +inf solved again from the Cholesky inverse
+        (:meth:`solve` with R)."""
+        refused = ~(bound < math.inf)
+        if torch.compiler.is_compiling():  # no data-dependent subset in a graph: every system, then a choice
+            X_i, bound_i = reference.solve(A, B, *self._exact_inverse(A, True))
+            return torch.where(refused[:, None, None], X_i, X), torch.where(refused, bound_i, bound)
+        if not bool(refused.any()):
+            return X, bound
+        index = refused.nonzero().squeeze(1)
+        A_i, B_i = (M if M.shape[0] == 1 else M[index] for M in (A, B))
+        X_i, bound_i = reference.solve(A_i, B_i, *self._exact_inverse(A_i, True))
+        return X.index_put((index,), X_i), bound.index_put((index,), bound_i)
 
     @classmethod
     def unsupported_reason(cls, A: torch.Tensor) -> str | None:

@@ -461,13 +461,6 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     X_s = power_of_two_scaled(X.to(wide), e - f)
     R_s = power_of_two_scaled(R.to(wide), e)
 
-    def flushed(stored, scaled):
-        """Whether a thread with denormals-are-zero read a subnormal entry of `stored` as zero while scaling it:
-        an entry that is not zero (by its bits) became zero. (b,) bool. Otherwise every scaled entry that is
-        normal is exact and one that is subnormal or underflowed is off by less than tiny (float64)."""
-        scaled = torch.view_as_real(scaled) if scaled.is_complex() else scaled
-        return (is_nonzero(stored) & (scaled == 0)).flatten(1).any(dim=1)
-
     residual = torch.baddbmm(B_s, A_s, X_s, alpha=-1)  # fl(B' - A' X') = 2^-f fl(B - A X)
     r_hat = torch.linalg.matrix_norm(residual)
     X_hat, R_hat = torch.linalg.matrix_norm(X_s), torch.linalg.matrix_norm(R_s)
@@ -516,10 +509,159 @@ def solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, R: torc
     error = (y_norm + weighted + eps / (1 - eps) * R_norm * r_norm) * (1 + c * u)  # >= ||X' - X'*||_F
     X_norm = X_hat * (1 - c * u) - lost_squares  # <= ||X'||_F
     bound = error / (X_norm - error) * (1 + c * u)
-    read_as_zero = flushed(A, A_s) | flushed(B, B_s) | flushed(X, X_s) | flushed(R, R_s)
+    read_as_zero = _flushed(A, A_s) | _flushed(B, B_s) | _flushed(X, X_s) | _flushed(R, R_s)
     usable = (eps >= 0) & (eps < 1)  # NaN and negative bounds certify nothing
     bound = torch.where((X_norm > error) & usable & ~read_as_zero, bound, torch.full_like(bound, math.inf))
     zero = ~is_nonzero(B).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1) & usable
+    return torch.where(zero, torch.zeros_like(bound), certified_or_inf(bound))
+
+
+def _flushed(stored: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
+    """Whether a thread with denormals-are-zero read a subnormal entry of `stored` as zero while scaling it: an
+    entry that is not zero (by its bits) became zero. (b,) bool. Otherwise every scaled entry that is normal is
+    exact and one that is subnormal or underflowed is off by less than tiny (float64)."""
+    scaled = torch.view_as_real(scaled) if scaled.is_complex() else scaled
+    return (is_nonzero(stored) & (scaled == 0)).flatten(1).any(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Positive-definite systems without an inverse.
+#
+# Theorem (Rump, "Verification of positive definiteness", BIT 46 (2006) 433; Higham, *Accuracy and Stability*, 2nd
+# ed., Thm. 10.3). Let S be symmetric, sigma > 0, S~ = fl(S - sigma I) (the diagonal only: S~ = S - sigma I + E,
+# |E_ii| <= u |s~_ii|), and let the Cholesky factorisation of S~ in floating point run to completion (every pivot
+# positive and finite) with the computed factor L. Each entry of L is one inner product, summed in any order, and
+# one division or square root (a division as a multiplication by the reciprocal included), so L L^T = S~ + dS with
+# |dS| <= gamma_{n+2} |L| |L^T| + U, U the underflow of at most n + 4 products per entry (each within tiny, flushed
+# or gradual): ||dS||_2 <= gamma_{n+2} ||L||_F^2 + n (n + 4) tiny. As L L^T is positive semidefinite,
+#
+#     lambda_min(S) >= sigma - u max_i |s~_ii| - gamma_{n+2} ||L||_F^2 - n (n + 4) tiny =: lambda.
+#
+# For A = S + N (S from A's lower triangle, N = A - S), sigma_min(A) >= lambda - ||N||_F (Weyl), and for any W
+# (the solution in float64, before rounding) ||W - A^-1 B||_F <= ||A^-1||_2 ||B - A W||_F <= ||r||_F / (lambda -
+# ||N||_F). The stored X adds ||X - W||_F, evaluated. Everything is taken of A 2^-e, B 2^-f, X and W 2^(e-f) as in
+# solve_error_bound, with the same residual evaluation (Dot2 for float64 where its a-priori term dominates and would
+# put the bound above TIGHT_THRESHOLD), the same rounding-up factors and the same absolute terms for entries within
+# tiny of their scaled values (n tiny more for sigma_min). The cost beyond the solve is one more Cholesky (n^3/3
+# flops) instead of the inverse's 2n^3 and its certificate's; the bound exceeds the error by about
+# lambda_min / lambda (at most 4/3 for the first shift of rules.POSITIVE_DEFINITE_SHIFTS that succeeds when mu is
+# close to lambda_min) times ||r|| / (lambda_min ||A^-1 r||).
+
+
+def cholesky_factor(S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lower Cholesky factor L of symmetric float64 S (b, n, n), read from its lower triangle, column by column
+    (left-looking; Golub & Van Loan, *Matrix Computations*, 4th ed., Alg. 4.2.2), each entry one inner product and
+    one division or square root: the rounding of Higham's Thm. 10.3, which the theorem above needs (LAPACK's blocked
+    potrf does not promise it). Returns (L, accepted): accepted (b,) False where a pivot was not positive and
+    finite (:func:`neuinv.rules.cholesky_pivot_accepted`; that column goes on with pivot 1)."""
+    from .rules import cholesky_pivot_accepted
+
+    b, n, _ = S.shape
+    L = torch.zeros_like(S)
+    accepted = torch.ones(b, dtype=torch.bool, device=S.device)
+    for j in range(n):
+        column = S[:, j:, j] - torch.bmm(L[:, j:, :j], L[:, j, :j, None]).squeeze(-1)
+        accepted = accepted & cholesky_pivot_accepted(column[:, 0])
+        pivot = torch.sqrt(torch.where(accepted, column[:, 0], torch.ones_like(column[:, 0])))
+        L[:, j, j] = pivot
+        L[:, j + 1:, j] = column[:, 1:] / pivot[:, None]
+    return L, accepted
+
+
+def smallest_singular_value_bound(A_s: torch.Tensor, mu_s: torch.Tensor) -> torch.Tensor:
+    """lambda (b,) float64 with sigma_min(A_s) >= lambda wherever lambda > 0, for float64 A_s (b, n, n) with
+    |a_ij| <= 1, by the theorem above with sigma = s mu_s for s in rules.POSITIVE_DEFINITE_SHIFTS, the first that
+    proves lambda > 0 kept (0 where none does). mu_s (b,): an estimate of A_s's smallest eigenvalue."""
+    from .rules import POSITIVE_DEFINITE_SHIFTS
+
+    b, n, _ = A_s.shape
+    u, tiny = _U64, _SMALLEST_NORMAL64
+    c = 4 * (n * n + n + 4)
+    g = gamma(n + 2, u)
+    S = A_s.tril() + A_s.tril(-1).mT
+    asymmetry = (torch.linalg.matrix_norm(A_s - S) * (1 + c * u) + n * 2.0 ** -511 + n * tiny)
+    lam = torch.zeros(b, dtype=torch.float64, device=A_s.device)
+    every = torch.compiler.is_compiling()  # no data-dependent subset in a graph: every system at every shift
+    for share in POSITIVE_DEFINITE_SHIFTS:
+        index = None if every else (~(lam > 0)).nonzero().squeeze(1)
+        if index is not None and index.numel() == 0:
+            break
+        S_i, mu_i, asym_i = (S, mu_s, asymmetry) if index is None else (S[index], mu_s[index], asymmetry[index])
+        sigma = share * mu_i
+        shifted_diagonal = torch.diagonal(S_i, dim1=-2, dim2=-1) - sigma[:, None]
+        shifted = S_i.clone()
+        torch.diagonal(shifted, dim1=-2, dim2=-1).copy_(shifted_diagonal)
+        L, accepted = cholesky_factor(shifted)
+        factor_squares = (L * L).sum(dim=(-2, -1)) * (1 + c * u) + n * n * tiny  # squares below tiny lost
+        margin = (u * shifted_diagonal.abs().amax(dim=-1) + g * factor_squares + n * (n + 4) * tiny) * (1 + c * u)
+        proven = (sigma - (margin + asym_i + n * tiny) * (1 + c * u)) * (1 - c * u)
+        proven = torch.where(accepted & (proven > 0), proven, torch.zeros_like(proven))
+        lam = torch.where(~(lam > 0), proven, lam) if index is None else lam.index_put((index,), proven)
+    return lam
+
+
+def positive_definite_solve_error_bound(A: torch.Tensor, B: torch.Tensor, X: torch.Tensor, W: torch.Tensor,
+                                        mu: torch.Tensor) -> torch.Tensor:
+    """Upper bound on ||X - A^-1 B||_F / ||A^-1 B||_F without an approximate inverse (the theorem above), +inf
+    where it certifies nothing.
+
+    Args:
+        A: (b, n, n) real matrices as stored (the lower triangle symmetric positive definite, the bound taken of the
+            full A); B: (b, n, k) right-hand sides; X: (b, n, k) the solutions returned; W: (b, n, k) float64, the
+            solutions before rounding to X's dtype (X itself for float64); mu: (b,) float64, an estimate of
+            lambda_min(A) from above (the shifts are rules.POSITIVE_DEFINITE_SHIFTS times it).
+    Returns:
+        (b,) float64: e / (||X||_F - e) where that is below 1, else +inf; 0 where B and X are zero and A is proven
+        non-singular.
+    """
+    b, n, k = X.shape
+    u, tiny = _U64, _SMALLEST_NORMAL64
+    g = gamma(n + 1, u)
+    c = 4 * (n * max(n, k) + n + 4)
+    entries = math.sqrt(n * k)
+    lost_squares = entries * 2.0 ** -511
+    eta = 4 * n * (entries + 2) * tiny + 2 * lost_squares + n * 2.0 ** -511
+    e = frexp_exponent(A.abs().amax(dim=(-2, -1)))
+    f = frexp_exponent(B.abs().amax(dim=(-2, -1)))
+    A_s = power_of_two_scaled(A.to(torch.float64), -e[:, None, None])
+    B_s = power_of_two_scaled(B.to(torch.float64), -f[:, None, None])
+    X_s = power_of_two_scaled(X.to(torch.float64), (e - f)[:, None, None])
+    W_s = power_of_two_scaled(W.to(torch.float64), (e - f)[:, None, None])
+    lam = smallest_singular_value_bound(A_s, power_of_two_scaled(mu.to(torch.float64), -e))
+
+    residual = torch.baddbmm(B_s, A_s, W_s, alpha=-1)  # fl(B' - A' W')
+    r_hat, W_hat = torch.linalg.matrix_norm(residual), torch.linalg.matrix_norm(W_s)
+    A_up = torch.linalg.matrix_norm(A_s) + n * 2.0 ** -511
+    s = torch.linalg.matrix_norm(B_s) + lost_squares + A_up * (W_hat + lost_squares)
+    t = g * s  # >= ||fl(r') - r'||_F
+    if X.dtype == torch.float64:
+        ill = (t > r_hat) & (t > TIGHT_THRESHOLD * lam * W_hat)
+
+        def compensated(A_s, W_s, B_s):
+            magnitude = (B_s.abs() + _nonnegative_product_upper(A_s.abs(), W_s.abs())) * (1 + 2 * _U64)
+            residual, error = _residual_upper(magnitude, B_s, A_s, W_s, True)
+            underflow = 4 * n * (n + 2) * tiny * torch.linalg.matrix_norm(W_s) + lost_squares
+            return residual, torch.linalg.matrix_norm(residual), torch.linalg.matrix_norm(error) + underflow
+
+        if torch.compiler.is_compiling():
+            better = compensated(A_s, W_s, B_s)
+            residual = torch.where(ill[:, None, None], better[0], residual)
+            r_hat, t = (torch.where(ill, part, full) for full, part in zip((r_hat, t), better[1:]))
+        elif bool(ill.any()):
+            index = ill.nonzero().squeeze(1)
+            better = compensated(A_s[index], W_s[index], B_s[index])
+            residual, r_hat, t = (full.index_put((index,), part) for full, part in zip((residual, r_hat, t), better))
+    sq2 = math.sqrt(2) * entries
+    t = t + sq2 * tiny * (n * (2 * W_hat + 2 * lost_squares) + n + 1)
+    r_norm = (r_hat + t) * (1 + c * u) + eta  # >= ||r'||_F
+    apart = torch.linalg.matrix_norm(X_s - W_s) * (1 + c * u) + lost_squares + 2 * sq2 * tiny  # >= ||X' - W'||_F
+    error = (r_norm / lam * (1 + c * u) + apart) * (1 + c * u)  # >= ||X' - X'*||_F
+    X_norm = torch.linalg.matrix_norm(X_s) * (1 - c * u) - lost_squares  # <= ||X'||_F
+    bound = error / (X_norm - error) * (1 + c * u)
+    read_as_zero = _flushed(A, A_s) | _flushed(B, B_s) | _flushed(X, X_s) | _flushed(W, W_s)
+    proven = lam > 0
+    bound = torch.where((X_norm > error) & proven & ~read_as_zero, bound, torch.full_like(bound, math.inf))
+    zero = ~is_nonzero(B).flatten(1).any(dim=1) & ~is_nonzero(X).flatten(1).any(dim=1) & proven & ~read_as_zero
     return torch.where(zero, torch.zeros_like(bound), certified_or_inf(bound))
 
 

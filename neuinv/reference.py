@@ -234,6 +234,52 @@ def solve(A: torch.Tensor, B: torch.Tensor, R: torch.Tensor | None = None, inver
     return X, certificate.solve_error_bound(A, B, X, R, inverse_bound)
 
 
+def positive_definite_solve(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The solution of A X = B for real symmetric positive-definite A without an inverse (``batched_solve`` with
+    ``assume_a="pos"``, the specification of the compiled solve's route without R): A = L L^T from A's lower
+    triangle in float64, W = L^-T L^-1 B refined once with the full A, W + L^-T L^-1 (B - A W) (Higham, *Accuracy
+    and Stability*, 2nd ed., §12.1), X = W rounded to B's dtype, certified by
+    :func:`neuinv.certificate.positive_definite_solve_error_bound` with mu from :func:`smallest_eigenvalue_estimate`.
+
+    Args:
+        A: (b, n, n), B: (b, n, k), either with 1 in place of b (broadcast); float16, bfloat16, float32 or float64.
+    Returns:
+        X (b, n, k) in B's dtype and its error bound (b,) float64, +inf where not certified (the factorisation
+        failed, or no shift proved A non-singular: :func:`solve` from the Cholesky inverse may still certify it).
+    """
+    b = B.shape[0] if A.shape[0] == 1 else A.shape[0]
+    A, B = A.expand(b, *A.shape[1:]), B.expand(b, *B.shape[1:])
+    A_w, B_w = A.to(torch.float64), B.to(torch.float64)
+    L, info = torch.linalg.cholesky_ex(A_w)
+    accepted = (info == 0) & cholesky_pivot_accepted(torch.diagonal(L, dim1=-2, dim2=-1)).all(dim=-1)
+    L = torch.where(accepted[:, None, None], L, torch.eye(A.shape[-1], dtype=L.dtype, device=L.device))
+    W = torch.cholesky_solve(B_w, L)
+    W = W + torch.cholesky_solve(torch.baddbmm(B_w, A_w, W, alpha=-1), L)
+    X = W.to(B.dtype)
+    bound = certificate.positive_definite_solve_error_bound(A, B, X, W, smallest_eigenvalue_estimate(L))
+    return X, torch.where(accepted, bound, torch.full_like(bound, math.inf))
+
+
+def smallest_eigenvalue_estimate(L: torch.Tensor) -> torch.Tensor:
+    """mu (b,) float64 >= lambda_min(L L^T) (an estimate, close where inverse iteration converges): two steps of
+    inverse iteration from v = (1, ..., 1) / sqrt(n), w = (L L^T)^-1 v with the factor L (b, n, n), mu = 1 / ||w||_2
+    after the second (Golub & Van Loan, *Matrix Computations*, 4th ed., §8.2.2)."""
+    n = L.shape[-1]
+    v = torch.full((L.shape[0], n, 1), 1 / math.sqrt(n), dtype=L.dtype, device=L.device)
+    w = torch.cholesky_solve(v, L)
+    w = torch.cholesky_solve(w / _length(w)[:, None, None], L)
+    return 1 / _length(w)
+
+
+def _length(w: torch.Tensor) -> torch.Tensor:
+    """||w||_2 of each (n, 1) vector of float64 w, taken of w / p, p = 2^floor(log2 max |w_i|) (1 where that is 0
+    or subnormal): no square underflows or overflows, and w 2^k gives exactly 2^k times the length."""
+    largest = w.abs().amax(dim=(-2, -1))
+    p = torch.where(largest >= torch.finfo(w.dtype).smallest_normal,
+                    torch.ldexp(torch.ones_like(largest), torch.frexp(largest).exponent - 1), torch.ones_like(largest))
+    return p * torch.linalg.vector_norm(w / p[:, None, None], dim=(-2, -1))
+
+
 def equilibrated_inverse(A: torch.Tensor, positive_definite: bool = False):
     """(A', R', p, q, accepted) for (b, n, n) A: A' = 2^p A 2^q exactly in float64 (complex128), the power-of-two
     scaling of :func:`neuinv.certificate.equilibration_exponents` (symmetric where ``positive_definite``), and

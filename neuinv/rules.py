@@ -153,6 +153,14 @@ def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
     return (pivot > 0) & torch.isfinite(pivot)
 
 
+POSITIVE_DEFINITE_SHIFTS = (0.75, 0.25, 2.0 ** -5)
+"""The shifts sigma = s mu tried in turn, s from this tuple, by the certificate of a positive-definite solve without
+an inverse (:func:`neuinv.certificate.positive_definite_solve_error_bound`): mu estimates A's smallest eigenvalue
+from above (two steps of inverse iteration with A's Cholesky factor), and the first Cholesky of S - sigma I that
+succeeds with a margin proves lambda_min(S) >= sigma minus that margin. A shift above lambda_min fails and the next,
+smaller one is tried; a system that no shift certifies is solved from the Cholesky inverse instead."""
+
+
 SCALED_SECOND_STAGE_ABOVE = {torch.float32: 2.0 ** -12, torch.complex64: 2.0 ** -12,
                              torch.float64: 2.0 ** -20, torch.complex128: 2.0 ** -20}
 """A matrix whose exact-path certificate (a system whose certificate) is above this (a badly scaled one's on the torch

@@ -21,13 +21,13 @@ void solve_batch_from_inverse(const T* a, const T* rhs, const T* r, const double
 // All b systems (A at a stride of n * n, B at b_stride) without R: each pack's exact-path inverse and solve in one
 // pass, split across threads, in the best instruction-set build for this CPU.
 template <typename T>
-void solve_batch_with_exact_inverse(const T* a, const T* rhs, int64_t b_stride, T* x, double* bound, int64_t n,
+void solve_batch_exact_path(const T* a, const T* rhs, int64_t b_stride, T* x, double* bound, int64_t n,
                                     int64_t k, bool positive_definite, int64_t b);
 
 #define NEUINV_DECLARE_SOLVE_BATCH(T)                                                                            \
   extern template void solve_batch_from_inverse<T>(const T*, const T*, const T*, const double*, SolveStrides, T*, \
                                                    double*, int64_t, int64_t, int64_t);                           \
-  extern template void solve_batch_with_exact_inverse<T>(const T*, const T*, int64_t, T*, double*, int64_t,       \
+  extern template void solve_batch_exact_path<T>(const T*, const T*, int64_t, T*, double*, int64_t,       \
                                                          int64_t, bool, int64_t);
 NEUINV_DECLARE_SOLVE_BATCH(float)
 NEUINV_DECLARE_SOLVE_BATCH(double)

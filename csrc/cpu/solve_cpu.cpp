@@ -46,7 +46,7 @@ std::tuple<at::Tensor, at::Tensor> solve_cpu(const at::Tensor& A_in, const at::T
     scalar_t* x = X.data_ptr<scalar_t>();
     double* out_bound = bound.data_ptr<double>();
     if (!R_in.has_value() && A.size(0) == b) {
-      cpu::solve_batch_with_exact_inverse(A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), b_stride, x, out_bound,
+      cpu::solve_batch_exact_path(A.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), b_stride, x, out_bound,
                                           n, k, positive_definite, b);
       return;
     }

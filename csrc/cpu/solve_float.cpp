@@ -6,7 +6,7 @@ namespace cpu {
 
 template void solve_batch_from_inverse<float>(const float*, const float*, const float*, const double*, SolveStrides,
                                               float*, double*, int64_t, int64_t, int64_t);
-template void solve_batch_with_exact_inverse<float>(const float*, const float*, int64_t, float*, double*, int64_t,
+template void solve_batch_exact_path<float>(const float*, const float*, int64_t, float*, double*, int64_t,
                                                     int64_t, bool, int64_t);
 
 }  // namespace cpu

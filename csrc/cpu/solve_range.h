@@ -33,11 +33,12 @@ NEUINV_HOST_DEVICE void solve_from_inverse_range(void* work, int64_t begin, int6
   }
 }
 
-// Systems begin..end-1 without R (A at a stride of n * n, B at b_stride): each pack's exact-path inverse and solve
-// in one pass (kernels::solve_with_exact_inverse), kLanes systems at a time for a fixed N <= kCompactMaxN (the
+// Systems begin..end-1 without R (A at a stride of n * n, B at b_stride): each pack solved in one pass
+// (kernels::solve_exact_path: without an inverse where positive_definite, else with the exact-path inverse),
+// kLanes systems at a time for a fixed N <= kCompactMaxN (the
 // inversion's packs), one at a time otherwise; `work` holds solve_workspace(n, k) values of the pack, then its R.
 template <typename T, int N>
-NEUINV_HOST_DEVICE void solve_with_exact_inverse_range(void* work, int64_t begin, int64_t end, const T* a,
+NEUINV_HOST_DEVICE void solve_exact_path_range(void* work, int64_t begin, int64_t end, const T* a,
                                                        const T* rhs, int64_t b_stride, T* x, double* bound,
                                                        int64_t n, int64_t k, bool positive_definite) {
   constexpr bool packed = N > 0 && N <= kCompactMaxN;
@@ -48,8 +49,8 @@ NEUINV_HOST_DEVICE void solve_with_exact_inverse_range(void* work, int64_t begin
   T* r = reinterpret_cast<T*>(solve_work + kernels::solve_workspace(n, k));
   for (int64_t m = begin; m < end; m += step) {
     const int count = static_cast<int>(std::min<int64_t>(step, end - m));
-    kernels::solve_with_exact_inverse<T, N, VT, VD, VD>(a + m * n * n, rhs + m * b_stride, b_stride, x + m * n * k,
-                                                        bound + m, count, solve_work, r, n, k, positive_definite);
+    kernels::solve_exact_path<T, N, VT, VD, VD>(a + m * n * n, rhs + m * b_stride, b_stride, x + m * n * k,
+                                                bound + m, count, solve_work, r, n, k, positive_definite);
   }
 }
 
@@ -73,12 +74,12 @@ void solve_batch_from_inverse(const T* a, const T* rhs, const T* r, const double
 }
 
 template <typename T>
-void solve_batch_with_exact_inverse(const T* a, const T* rhs, int64_t b_stride, T* x, double* bound, int64_t n,
+void solve_batch_exact_path(const T* a, const T* rhs, int64_t b_stride, T* x, double* bound, int64_t n,
                                     int64_t k, bool positive_definite, int64_t b) {
   NEUINV_DISPATCH_SIZE(n, [&] {
     const int64_t bytes = kernels::solve_workspace(n, k) * sizeof(kernels::PackDouble) +
                           kernels::exact_inverse_workspace<kernels::PackDouble>(n) * sizeof(T);
-    run_in_shares<solve_with_exact_inverse_range<T, N>, solve_with_exact_inverse_range<T, kBaselineN<N>>>(
+    run_in_shares<solve_exact_path_range<T, N>, solve_exact_path_range<T, kBaselineN<N>>>(
         b, kSolveUnit<N>, solve_grain(kSolveUnit<N>, n, k), bytes, a, rhs, b_stride, x, bound, n, k,
         positive_definite);
   });

@@ -1,5 +1,5 @@
 // neuinv::solve on CUDA for n <= kSmallMaxN: one thread per system running the per-system kernels of
-// csrc/kernels/solve.h (kernels::solve_from_inverse, kernels::solve_with_exact_inverse), the same source the CPU
+// csrc/kernels/solve.h (kernels::solve_from_inverse, kernels::solve_exact_path), the same source the CPU
 // driver (csrc/cpu/solve_range.h) runs on SIMD packs. The threads stride over the batch, each with its slice of a
 // device workspace (so the workspace grows with the threads launched, not with the batch).
 #include <cuda_runtime.h>
@@ -26,8 +26,8 @@ __global__ void solve_small_kernel(SolveSmallArguments<T> args, int64_t batch) {
     const T* b = args.b + m * args.b_stride;
     T* x = args.x + m * N * k;
     if (args.r == nullptr) {
-      kernels::solve_with_exact_inverse<T, N, T, double, double>(a, b, args.b_stride, x, args.bound + m, 1, work,
-                                                                 r_work, N, k, args.positive_definite);
+      kernels::solve_exact_path<T, N, T, double, double>(a, b, args.b_stride, x, args.bound + m, 1, work, r_work, N,
+                                                         k, args.positive_definite);
     } else {
       kernels::solve_from_inverse<T, N, double>(a, b, args.r + m * args.a_stride, args.eps + m * strides.eps,
                                                 strides, x, args.bound + m, 1, work, N, k);

@@ -159,17 +159,18 @@ NEUINV_HOST_DEVICE void adjugate_inverse(const V* a, V* b) {
 #undef NEUINV_A
 }
 
-// The positive-definite exact path (reference.cholesky_inverse): A = L L^T from A's lower triangle
-// (right-looking, Golub & Van Loan, Matrix Computations, Alg. 4.2.1), M = L^-1 by forward substitution,
-// X = M^T M (Higham, Accuracy and Stability, §10.1 and §14.2). A lane whose pivot rules::cholesky_pivot_accepted
-// refuses goes on with pivot 1 (its X is discarded); returns those lanes.
+// The Cholesky factor of S - shift I, S the symmetric matrix of a's lower triangle (right-looking, Golub & Van
+// Loan, Matrix Computations, Alg. 4.2.1): u = L^T (upper triangle, row-major; the rest untouched). Each entry is
+// one inner product (summed in some order) and one square root or one multiplication by a reciprocal: the
+// rounding of Higham's Thm. 10.3 with gamma_{n+2}, which certificate.smallest_singular_value_bound relies on. A
+// lane whose pivot rules::cholesky_pivot_accepted refuses goes on with pivot 1; returns those lanes.
 template <int N, typename V>
-NEUINV_HOST_DEVICE typename Arithmetic<V>::mask cholesky_inverse(const V* a, V* x, int64_t n_runtime) {
+NEUINV_HOST_DEVICE typename Arithmetic<V>::mask cholesky_factor(const V* a, V shift, V* u, int64_t n_runtime) {
   using Ar = Arithmetic<V>;
   const int64_t n = N > 0 ? N : n_runtime;
-  V u[kRoom<N>], inverse[kRoom<N>];  // u = L^T (upper triangle, row-major), inverse = L^-1 (lower triangle)
   for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j <= i; ++j) u[j * n + i] = a[i * n + j];
+    for (int64_t j = 0; j < i; ++j) u[j * n + i] = a[i * n + j];
+    u[i * n + i] = a[i * n + i] - shift;
   }
   typename Ar::mask refused = Ar::negate(Ar::equal(Ar::broadcast(0.0), Ar::broadcast(0.0)));
   for (int64_t k = 0; k < n; ++k) {
@@ -187,6 +188,19 @@ NEUINV_HOST_DEVICE typename Arithmetic<V>::mask cholesky_inverse(const V* a, V* 
       for (int64_t i = j; i < n; ++i) u[j * n + i] = u[j * n + i] - factor * u[k * n + i];
     }
   }
+  return refused;
+}
+
+// The positive-definite exact path (reference.cholesky_inverse): A = L L^T from A's lower triangle
+// (right-looking, Golub & Van Loan, Matrix Computations, Alg. 4.2.1), M = L^-1 by forward substitution,
+// X = M^T M (Higham, Accuracy and Stability, §10.1 and §14.2). A lane whose pivot rules::cholesky_pivot_accepted
+// refuses goes on with pivot 1 (its X is discarded); returns those lanes.
+template <int N, typename V>
+NEUINV_HOST_DEVICE typename Arithmetic<V>::mask cholesky_inverse(const V* a, V* x, int64_t n_runtime) {
+  using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  V u[kRoom<N>], inverse[kRoom<N>];  // u = L^T (upper triangle, row-major), inverse = L^-1 (lower triangle)
+  const auto refused = cholesky_factor<N>(a, Ar::broadcast(0.0), u, n);
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = 0; j <= i; ++j) inverse[i * n + j] = Ar::broadcast(i == j ? 1.0 : 0.0);
     for (int64_t k = 0; k < i; ++k) {

@@ -15,8 +15,9 @@
 namespace neuinv {
 namespace kernels {
 
-// Workspace, in values of V, that solve_from_inverse needs for one system of V.
-NEUINV_HOST_DEVICE int64_t solve_workspace(int64_t n, int64_t k) { return 2 * n * n + 3 * n * k; }
+// Workspace, in values of V, that the solve kernels below need for one system of V (solve_from_inverse 2 n^2 +
+// 3 n k of it, solve_positive_definite all).
+NEUINV_HOST_DEVICE int64_t solve_workspace(int64_t n, int64_t k) { return 2 * n * n + 4 * n * k + n; }
 
 // V from kLanes doubles (lane l from values[l]) and back: through memory, one vector load or store (setting lanes
 // one by one costs a round trip each).
@@ -240,6 +241,240 @@ NEUINV_HOST_DEVICE void solve_with_exact_inverse(const T* a, const T* b, int64_t
   double eps[Arithmetic<V>::kLanes];
   invert_exactly<T, N, VT, VD>(a, r, eps, count, n, positive_definite);
   solve_from_inverse<T, N, V>(a, b, r, eps, SystemStrides{n * n, b_stride, 1}, x, bound, count, work, n, k);
+}
+
+// x <- (L L^T)^-1 x for x n x k, u = L^T as cholesky_factor leaves it: forward then back substitution.
+template <int N, typename V>
+NEUINV_HOST_DEVICE void cholesky_solve(const V* u, V* x, int64_t n_runtime, int64_t k) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      V sum = x[i * k + j];
+      for (int64_t l = 0; l < i; ++l) sum = sum - u[l * n + i] * x[l * k + j];
+      x[i * k + j] = sum / u[i * n + i];
+    }
+  }
+  for (int64_t i = n - 1; i >= 0; --i) {
+    for (int64_t j = 0; j < k; ++j) {
+      V sum = x[i * k + j];
+      for (int64_t l = i + 1; l < n; ++l) sum = sum - u[i * n + l] * x[l * k + j];
+      x[i * k + j] = sum / u[i * n + i];
+    }
+  }
+}
+
+// reference._length: ||v||_2 taken of v / p, p = 2^floor(log2 max |v_i|) (1 where that is 0 or subnormal).
+template <typename V>
+NEUINV_HOST_DEVICE V vector_length(const V* v, int64_t n) {
+  using Ar = Arithmetic<V>;
+  V p = Ar::power_of_two_floor(largest_magnitude(v, n));
+  p = Ar::select(Ar::equal(p, Ar::broadcast(0.0)), Ar::broadcast(1.0), p);
+  V squares = Ar::broadcast(0.0);
+  for (int64_t i = 0; i < n; ++i) squares = squares + (v[i] / p) * (v[i] / p);
+  return p * Ar::square_root(squares);
+}
+
+// reference.smallest_eigenvalue_estimate: mu >= lambda_min(L L^T), two steps of inverse iteration from
+// (1, ..., 1) / sqrt(n) with u = L^T. v: n values of V.
+template <int N, typename V>
+NEUINV_HOST_DEVICE V smallest_eigenvalue_estimate(const V* u, V* v, int64_t n_runtime) {
+  using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  for (int64_t i = 0; i < n; ++i) v[i] = Ar::broadcast(1.0 / sqrt(static_cast<double>(n)));
+  cholesky_solve<N>(u, v, n, 1);
+  const V length = vector_length(v, n);
+  for (int64_t i = 0; i < n; ++i) v[i] = v[i] / length;
+  cholesky_solve<N>(u, v, n, 1);
+  return Ar::broadcast(1.0) / vector_length(v, n);
+}
+
+// certificate.smallest_singular_value_bound: lambda with sigma_min(A') >= lambda where lambda > 0 (0 elsewhere),
+// for A' (a_s, |a'_ij| <= 1) and the estimate mu_s, by the Cholesky of S' - s mu_s I, s from
+// rules::positive_definite_shift in turn, lane by lane. u: n^2 values of V.
+template <int N, typename V>
+NEUINV_HOST_DEVICE V smallest_singular_value_bound(const V* a_s, V mu_s, V* u, int64_t n_runtime) {
+  using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  const double unit = rules::kUnit, tiny = rules::kDoubleMin;
+  const double c = 4.0 * (n * n + n + 4), g = rules::gamma_of(n + 2);
+  V asymmetry_squares = Ar::broadcast(0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < i; ++j) {
+      const V difference = a_s[j * n + i] - a_s[i * n + j];
+      asymmetry_squares = asymmetry_squares + difference * difference;
+    }
+  }
+  const V asymmetry = Ar::square_root(asymmetry_squares) * (1 + c * unit) + (n * 0x1p-511 + n * tiny);
+  const V zero = Ar::broadcast(0.0);
+  V lam = zero;
+  for (int attempt = 0; attempt < rules::kPositiveDefiniteShiftCount; ++attempt) {
+    const auto open = Ar::negate(Ar::greater(lam, zero));
+    if (!Ar::any(open)) break;
+    const V sigma = rules::positive_definite_shift(attempt) * mu_s;
+    const auto refused = cholesky_factor<N>(a_s, sigma, u, n);
+    V factor_squares = zero, largest_diagonal = zero;
+    for (int64_t i = 0; i < n; ++i) {
+      const V shifted = Ar::magnitude(a_s[i * n + i] - sigma);
+      largest_diagonal = Ar::select(Ar::greater(shifted, largest_diagonal), shifted, largest_diagonal);
+      for (int64_t j = i; j < n; ++j) factor_squares = factor_squares + u[i * n + j] * u[i * n + j];
+    }
+    factor_squares = factor_squares * (1 + c * unit) + n * n * tiny;  // squares below tiny lost
+    const V margin = (unit * largest_diagonal + g * factor_squares + n * (n + 4) * tiny) * (1 + c * unit);
+    const V proven = (sigma - (margin + asymmetry + n * tiny) * (1 + c * unit)) * (1 - c * unit);
+    const auto usable = Ar::negate(Ar::either(refused, Ar::negate(Ar::greater(proven, zero))));
+    lam = Ar::select(Ar::negate(Ar::either(Ar::negate(open), Ar::negate(usable))), proven, lam);
+  }
+  return lam;
+}
+
+// certificate.positive_definite_solve_error_bound for systems of V given as doubles: A (a_v), B (b_v), X as
+// stored (x_v), W the solution before rounding (w_v), all scaled in place, and mu: bound[l] for lanes
+// 0..count-1. Residuals of float64 lanes by Dot2 where the a-priori term dominates and would put the bound above
+// rules::kTightThreshold (as certify_solution). u: n^2 values of V, residual: n k.
+template <typename T, int N, typename V>
+NEUINV_HOST_DEVICE void certify_positive_definite_solution(V* a_v, V* b_v, V* x_v, V* w_v, V mu, double* bound,
+                                                           int count, V* u, V* residual, int64_t n_runtime,
+                                                           int64_t k) {
+  using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  constexpr int kLanes = Ar::kLanes;
+  const double unit = rules::kUnit, tiny = rules::kDoubleMin;
+  const double g = rules::gamma_of(n + 1);
+  const double c = 4.0 * (n * (n > k ? n : k) + n + 4);
+  const double entries = sqrt(static_cast<double>(n * k));
+  const double lost_squares = entries * 0x1p-511;
+  const double eta = 4.0 * n * (entries + 2) * tiny + 2 * lost_squares + n * 0x1p-511;
+
+  const V largest_a = largest_magnitude(a_v, n * n), largest_b = largest_magnitude(b_v, n * k);
+  const auto nonzero_solution = Ar::either(Ar::negate(all_zero(b_v, n * k)), Ar::negate(all_zero(x_v, n * k)));
+  double largest_a_l[kLanes], largest_b_l[kLanes], factors[6][kLanes];
+  to_lanes(largest_a, largest_a_l);
+  to_lanes(largest_b, largest_b_l);
+  for (int l = 0; l < kLanes; ++l) {
+    const int e_a = rules::frexp_exponent(largest_a_l[l]), f_b = rules::frexp_exponent(largest_b_l[l]);
+    const rules::PowerOfTwoScale to_a(-e_a), to_x(e_a - f_b), to_b(-f_b);
+    factors[0][l] = to_a.first;
+    factors[1][l] = to_a.second;
+    factors[2][l] = to_x.first;
+    factors[3][l] = to_x.second;
+    factors[4][l] = to_b.first;
+    factors[5][l] = to_b.second;
+  }
+  const V a_first = from_lanes<V>(factors[0]), a_second = from_lanes<V>(factors[1]);
+  const V x_first = from_lanes<V>(factors[2]), x_second = from_lanes<V>(factors[3]);
+  const V b_first = from_lanes<V>(factors[4]), b_second = from_lanes<V>(factors[5]);
+  for (int64_t e = 0; e < n * n; ++e) a_v[e] = a_v[e] * a_first * a_second;
+  for (int64_t e = 0; e < n * k; ++e) {
+    x_v[e] = x_v[e] * x_first * x_second;
+    w_v[e] = w_v[e] * x_first * x_second;
+    b_v[e] = b_v[e] * b_first * b_second;
+  }
+  const V lam = smallest_singular_value_bound<N>(a_v, mu * a_first * a_second, u, n);
+  multiply_add<N>(a_v, w_v, -1.0, b_v, residual, n, k);  // fl(B' - A' W')
+  V r_hat = Ar::square_root(sum_of_squares(residual, n * k));
+  const V w_hat = Ar::square_root(sum_of_squares(w_v, n * k));
+  const V a_up = Ar::square_root(sum_of_squares(a_v, n * n)) + n * 0x1p-511;
+  const V s = Ar::square_root(sum_of_squares(b_v, n * k)) + lost_squares + a_up * (w_hat + lost_squares);
+  V t = g * s;  // >= ||fl(r') - r'||_F
+  if constexpr (sizeof(T) == sizeof(double)) {
+    const auto dot2 = Ar::negate(Ar::either(Ar::negate(Ar::greater(t, r_hat)),
+                                            Ar::negate(Ar::greater(t, rules::kTightThreshold * lam * w_hat))));
+    if (Ar::any(dot2)) {
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t j = 0; j < k; ++j) {
+          residual[i * k + j] = Ar::select(dot2, dot2_residual_entry(a_v, w_v, b_v, i, j, n, k), residual[i * k + j]);
+        }
+      }
+      r_hat = Ar::select(dot2, Ar::square_root(sum_of_squares(residual, n * k)) / (1 - unit), r_hat);
+      t = Ar::select(dot2, sqrt(2.0) * g * g * s + 4.0 * n * (n + 2) * tiny * w_hat, t);
+    }
+  }
+  const double sq2 = sqrt(2.0) * entries;
+  t = t + sq2 * tiny * (static_cast<double>(n) * (2.0 * w_hat + 2.0 * lost_squares) + (n + 1.0));
+  const V r_norm = (r_hat + t) * (1 + c * unit) + eta;  // >= ||r'||_F
+  for (int64_t e = 0; e < n * k; ++e) residual[e] = x_v[e] - w_v[e];
+  const V apart = Ar::square_root(sum_of_squares(residual, n * k)) * (1 + c * unit) + (lost_squares + 2 * sq2 * tiny);
+  const V error = (r_norm / lam * (1 + c * unit) + apart) * (1 + c * unit);  // >= ||X' - X'*||_F
+  const V x_norm = Ar::square_root(sum_of_squares(x_v, n * k)) * (1 - c * unit) - lost_squares;  // <= ||X'||_F
+  const V zero = Ar::broadcast(0.0), infinity = Ar::broadcast(rules::kInfinity);
+  const auto proven = Ar::greater(lam, zero);
+  const auto usable = Ar::negate(Ar::either(Ar::negate(proven), Ar::negate(Ar::greater(x_norm, error))));
+  const V value = Ar::select(usable, rules::certified_or_inf(error / (x_norm - error) * (1 + c * unit)), infinity);
+  double value_l[kLanes];
+  to_lanes(value, value_l);
+  for (int l = 0; l < count; ++l) {
+    const bool solution_zero = !Ar::mask_lane(nonzero_solution, l) && Ar::mask_lane(proven, l);
+    bound[l] = solution_zero ? 0.0 : value_l[l];
+  }
+}
+
+// Systems 0..count-1 of V (A at a stride of n * n, B at b_stride) with A symmetric positive definite, without an
+// inverse (reference.positive_definite_solve): A = L L^T from A's lower triangle in double, W = (L L^T)^-1 B
+// refined once with the full A, X = round_T(W) written to x, certified by certify_positive_definite_solution
+// (+inf where the factorisation fails). work: solve_workspace(n, k) values of V.
+template <typename T, int N, typename V>
+NEUINV_HOST_DEVICE void solve_positive_definite(const T* a, const T* b, int64_t b_stride, T* x, double* bound,
+                                                int count, V* work, int64_t n_runtime, int64_t k) {
+  using Ar = Arithmetic<V>;
+  const int64_t n = N > 0 ? N : n_runtime;
+  V* a_v = work;
+  V* u = a_v + n * n;
+  V* b_v = u + n * n;
+  V* w_v = b_v + n * k;
+  V* x_v = w_v + n * k;
+  V* correction = x_v + n * k;
+  V* v = correction + n * k;
+  load_blocks(a, count, n * n, n * n, a_v);
+  load_blocks(b, count, n * k, b_stride, b_v);
+  const auto refused = cholesky_factor<N>(a_v, Ar::broadcast(0.0), u, n);
+  for (int64_t e = 0; e < n * k; ++e) w_v[e] = b_v[e];
+  cholesky_solve<N>(u, w_v, n, k);
+  multiply_add<N>(a_v, w_v, -1.0, b_v, correction, n, k);  // B - A W
+  cholesky_solve<N>(u, correction, n, k);
+  for (int64_t e = 0; e < n * k; ++e) {
+    w_v[e] = w_v[e] + correction[e];
+    x_v[e] = Ar::template rounded<T>(w_v[e]);
+  }
+  T* targets[Ar::kLanes];
+  for (int l = 0; l < count; ++l) targets[l] = x + l * n * k;
+  Ar::deinterleave(x_v, n * k, targets, count);
+  const V mu = smallest_eigenvalue_estimate<N>(u, v, n);
+  // the factor and the correction are not needed any more: the certificate's shifted factor and residual
+  certify_positive_definite_solution<T, N, V>(a_v, b_v, x_v, w_v, mu, bound, count, u, correction, n, k);
+  for (int l = 0; l < count; ++l) {
+    if (Ar::mask_lane(refused, l)) bound[l] = rules::kInfinity;
+  }
+}
+
+// The exact path of neuinv::solve without R for systems 0..count-1 of V (A at a stride of n * n, B at b_stride):
+// where positive_definite, solve_positive_definite, then each system it leaves uncertified solved again from the
+// Cholesky inverse (solve_with_exact_inverse, one system per call), as TorchBackend.solve does; otherwise
+// solve_with_exact_inverse for all. One call site of solve_with_exact_inverse: every kernel here is inlined, and
+// a second copy would double the compile time. work: solve_workspace(n, k) values of V; r:
+// exact_inverse_workspace(n) values of T.
+template <typename T, int N, typename VT, typename VD, typename V>
+NEUINV_HOST_DEVICE void solve_exact_path(const T* a, const T* b, int64_t b_stride, T* x, double* bound, int count,
+                                         V* work, T* r, int64_t n_runtime, int64_t k, bool positive_definite) {
+  const int64_t n = N > 0 ? N : n_runtime;
+  int first[Arithmetic<V>::kLanes], systems[Arithmetic<V>::kLanes];  // the calls of solve_with_exact_inverse
+  int calls = 0;
+  if (positive_definite) {
+    solve_positive_definite<T, N, V>(a, b, b_stride, x, bound, count, work, n, k);
+    for (int l = 0; l < count; ++l) {
+      if (!(bound[l] < rules::kInfinity)) {
+        first[calls] = l;
+        systems[calls++] = 1;
+      }
+    }
+  } else {
+    first[0] = 0;
+    systems[calls++] = count;
+  }
+  for (int call = 0; call < calls; ++call) {
+    const int l = first[call];
+    solve_with_exact_inverse<T, N, VT, VD, V>(a + l * n * n, b + l * b_stride, b_stride, x + l * n * k, bound + l,
+                                              systems[call], work, r, n, k, positive_definite);
+  }
 }
 
 }  // namespace kernels
