@@ -55,6 +55,10 @@ NEUINV_HOST_DEVICE bool certified(double error_bound, double max_error) { return
 // d_k = a_kk - sum_j l_kj^2 is positive and finite (NaN refused); a matrix that meets another is not certified.
 NEUINV_HOST_DEVICE bool cholesky_pivot_accepted(double pivot) { return pivot > 0 && pivot < kInfinity; }
 
+// rules.POSITIVE_DEFINITE_SOLVE_WITHOUT_INVERSE_ABOVE: positive-definite solves without R take
+// kernels::solve_positive_definite for n above this, the Cholesky inverse at or below.
+constexpr int kPositiveDefiniteSolveWithoutInverseAbove = 8;
+
 // rules.POSITIVE_DEFINITE_SHIFTS: the shifts sigma = s mu tried in turn by the certificate of a positive-definite
 // solve without an inverse (kernels::smallest_singular_value_bound).
 constexpr int kPositiveDefiniteShiftCount = 3;

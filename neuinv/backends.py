@@ -26,7 +26,8 @@ import torch
 
 from . import reference
 from .errors import ArgumentValueError
-from .rules import CERTIFIED_BELOW, NewtonSchulzRules, newton_schulz_rules
+from .rules import (CERTIFIED_BELOW, POSITIVE_DEFINITE_SOLVE_WITHOUT_INVERSE_ABOVE, NewtonSchulzRules,
+                    newton_schulz_rules)
 
 BACKEND_ENV = "NEUINV_BACKEND"
 """Environment variable that makes ``backend="auto"`` mean the backend it names (read when neuinv is imported,
@@ -116,7 +117,8 @@ class TorchBackend:
         (:meth:`invert` without refinement): :func:`neuinv.reference.solve`. Real positive-definite systems without
         R take :func:`neuinv.reference.positive_definite_solve` (no inverse), and the inverse only where that
         certifies nothing."""
-        if R is None and positive_definite and not A.is_complex() and A.shape[-1] > 0 and A.shape[0] >= B.shape[0]:
+        if (R is None and positive_definite and not A.is_complex() and A.shape[0] >= B.shape[0]
+                and A.shape[-1] > POSITIVE_DEFINITE_SOLVE_WITHOUT_INVERSE_ABOVE):
             X, bound = reference.positive_definite_solve(A, B)
             return self._from_the_inverse_where_refused(A, B, X, bound)
         if R is None and A.shape[-1] > 0:

@@ -153,6 +153,12 @@ def cholesky_pivot_accepted(pivot: torch.Tensor) -> torch.Tensor:
     return (pivot > 0) & torch.isfinite(pivot)
 
 
+POSITIVE_DEFINITE_SOLVE_WITHOUT_INVERSE_ABOVE = 8
+"""Positive-definite solves without R take the route without an inverse (:func:`neuinv.reference.positive_definite_solve`)
+for n above this; at n <= 8 the compiled kernels solve from the Cholesky inverse in SIMD packs of systems, where the
+inverse's 2n^3 flops cost about what the route without it costs, and keeping one route there keeps the kernels'
+compile time."""
+
 POSITIVE_DEFINITE_SHIFTS = (0.75, 0.25, 2.0 ** -5)
 """The shifts sigma = s mu tried in turn, s from this tuple, by the certificate of a positive-definite solve without
 an inverse (:func:`neuinv.certificate.positive_definite_solve_error_bound`): mu estimates A's smallest eigenvalue

@@ -1,5 +1,5 @@
 """batched_solve(assume_a="pos") without an inverse (neuinv.reference.positive_definite_solve, the compiled
-kernels::solve_positive_definite): the certificate of certificate.positive_definite_solve_error_bound against an
+kernels::solve_positive_definite; n > rules.POSITIVE_DEFINITE_SOLVE_WITHOUT_INVERSE_ABOVE = 8): the certificate of certificate.positive_definite_solve_error_bound against an
 accurate float64 truth on every available backend -- sound everywhere, tight where it certifies, the same on the
 compiled path as on the reference -- and a batch built to break it: nearly symmetric and non-symmetric members, an
 indefinite, a NaN and a zero member, a smallest eigenvector orthogonal to the start of the inverse iteration, scales
@@ -42,7 +42,7 @@ def relative_errors(X, A, B):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("n", [1, 3, 8, 17])
+@pytest.mark.parametrize("n", [9, 17, 40])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sound_and_tight(backend, n, dtype):
     """Every system certified, no bound below the error; where the bound tracks the error (float32, whose
@@ -55,7 +55,7 @@ def test_sound_and_tight(backend, n, dtype):
         error = relative_errors(X, A, B)
         assert info.certified.all(), (cond, info.error_bound)
         assert (error <= info.error_bound * (1 + TRUTH_SLACK) + TRUTH_SLACK).all(), (cond, error, info.error_bound)
-        if n > 1 and (dtype == torch.float32 or cond > 1e3):  # n = 1: the error is 0 or the last bit
+        if dtype == torch.float32 or cond > 1e3:
             ratio = info.error_bound / error.clamp_min(torch.finfo(torch.float64).tiny)
             assert ratio.median() <= 10, (cond, ratio)
 
@@ -63,24 +63,26 @@ def test_sound_and_tight(backend, n, dtype):
 @pytest.mark.skipif("cpp" not in BACKENDS, reason="the compiled CPU kernels are not built")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_compiled_matches_the_reference(dtype):
-    """The compiled kernel follows reference.positive_definite_solve: the same solutions to rounding and bounds
-    within 2x (both take the same shifts; mu and the factors differ in their last bits), n from a pack to one at a
-    time."""
-    for n in (2, 5, 8, 12, 33):
+    """The compiled kernel follows reference.positive_definite_solve, at a fixed size (16) and at run-time sizes:
+    both certify every system, their solutions lie within the sum of their bounds of each other, and the bounds
+    agree -- to a few digits for float32, whose rounding they bound; within 8x for float64, whose solutions differ
+    in their last bits (LAPACK's factor against the kernel's) and whose bounds follow each one's own residual."""
+    for n in (9, 12, 16, 33):
         A = spd(11, n, 1e5, seed=n).to(dtype)
         B = torch.randn(11, n, 3, generator=torch.Generator().manual_seed(n), dtype=torch.float64).to(dtype)
         X_cpp, bound_cpp = torch.ops.neuinv.solve(A, B, None, None, True)
         X_ref, bound_ref = reference.positive_definite_solve(A, B)
         assert torch.isfinite(bound_ref).all() and torch.isfinite(bound_cpp).all()
-        assert torch.allclose(X_cpp.double(), X_ref.double(), rtol=0, atol=4 * float(bound_ref.max()) *
-                              float(X_ref.double().abs().max()))
+        apart = torch.linalg.matrix_norm(X_cpp.double() - X_ref.double())
+        assert (apart <= (bound_cpp + bound_ref) * torch.linalg.matrix_norm(X_ref.double()) * 1.01).all()
         ratio = bound_cpp / bound_ref
-        assert ((ratio > 0.5) & (ratio < 2)).all(), (n, ratio)
+        spread = 1.01 if dtype == torch.float32 else 8.0
+        assert ((ratio > 1 / spread) & (ratio < spread)).all(), (n, ratio)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_batch_built_to_break_it(backend):
-    n = 6
+    n = 10
     alternating = torch.tensor([(-1.0) ** i for i in range(n)], dtype=torch.float64)
     good = spd(1, n, 1e3, seed=1)
     members = {
@@ -127,8 +129,8 @@ def test_refused_systems_take_the_cholesky_inverse():
     """Where no shift proves A non-singular (the margin of the shifted factorisation exceeds lambda_min), the
     system is solved from the Cholesky inverse, which certifies it: the reference route leaves it at +inf, the
     backend's solve does not."""
-    A = spd(8, 8, 1e15, seed=4)
-    B = torch.randn(8, 8, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    A = spd(8, 12, 1e15, seed=4)
+    B = torch.randn(8, 12, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     _, bound_alone = reference.positive_definite_solve(A, B)
     X, bound = neuinv.backends.resolve_backend("torch", A).solve(A, B, positive_definite=True)
     refused = ~torch.isfinite(bound_alone)

@@ -447,9 +447,9 @@ NEUINV_HOST_DEVICE void solve_positive_definite(const T* a, const T* b, int64_t 
 }
 
 // The exact path of neuinv::solve without R for systems 0..count-1 of V (A at a stride of n * n, B at b_stride):
-// where positive_definite, solve_positive_definite, then each system it leaves uncertified solved again from the
-// Cholesky inverse (solve_with_exact_inverse, one system per call), as TorchBackend.solve does; otherwise
-// solve_with_exact_inverse for all. One call site of solve_with_exact_inverse: every kernel here is inlined, and
+// where positive_definite and n > rules::kPositiveDefiniteSolveWithoutInverseAbove, solve_positive_definite, then
+// each system it leaves uncertified solved again from the Cholesky inverse (solve_with_exact_inverse, one system
+// per call), as TorchBackend.solve does; otherwise solve_with_exact_inverse for all. One call site of solve_with_exact_inverse: every kernel here is inlined, and
 // a second copy would double the compile time. work: solve_workspace(n, k) values of V; r:
 // exact_inverse_workspace(n) values of T.
 template <typename T, int N, typename VT, typename VD, typename V>
@@ -458,15 +458,20 @@ NEUINV_HOST_DEVICE void solve_exact_path(const T* a, const T* b, int64_t b_strid
   const int64_t n = N > 0 ? N : n_runtime;
   int first[Arithmetic<V>::kLanes], systems[Arithmetic<V>::kLanes];  // the calls of solve_with_exact_inverse
   int calls = 0;
-  if (positive_definite) {
-    solve_positive_definite<T, N, V>(a, b, b_stride, x, bound, count, work, n, k);
-    for (int l = 0; l < count; ++l) {
-      if (!(bound[l] < rules::kInfinity)) {
-        first[calls] = l;
-        systems[calls++] = 1;
+  bool without_inverse = false;
+  if constexpr (N == 0 || N > rules::kPositiveDefiniteSolveWithoutInverseAbove) {  // compiled only where it may run
+    without_inverse = positive_definite && n > rules::kPositiveDefiniteSolveWithoutInverseAbove;
+    if (without_inverse) {
+      solve_positive_definite<T, N, V>(a, b, b_stride, x, bound, count, work, n, k);
+      for (int l = 0; l < count; ++l) {
+        if (!(bound[l] < rules::kInfinity)) {
+          first[calls] = l;
+          systems[calls++] = 1;
+        }
       }
     }
-  } else {
+  }
+  if (!without_inverse) {
     first[0] = 0;
     systems[calls++] = count;
   }
