@@ -125,6 +125,17 @@ def test_a_batch_built_to_break_it(backend):
     assert bound["scaled up"] == bound["good"] == bound["scaled down"]
 
 
+@pytest.mark.parametrize("n, rho", [(9, 0.9), (32, 0.5), (64, 0.5), (40, 0.99)])
+def test_equicorrelation_matrices_need_no_inverse(n, rho):
+    """(1 - rho) I + rho 1 1^T, whose eigenvector (1, ..., 1) belongs to the largest eigenvalue: the estimate of
+    lambda_min must not start from that vector alone, or every shift fails and the route refuses them."""
+    A = ((1 - rho) * torch.eye(n, dtype=torch.float64) + rho * torch.ones(n, n, dtype=torch.float64))[None]
+    B = torch.randn(1, n, 2, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    X, bound = reference.positive_definite_solve(A, B)
+    assert torch.isfinite(bound).all()
+    assert (relative_errors(X, A, B) <= bound * (1 + TRUTH_SLACK) + TRUTH_SLACK).all()
+
+
 def test_refused_systems_take_the_cholesky_inverse():
     """Where no shift proves A non-singular (the margin of the shifted factorisation exceeds lambda_min), the
     system is solved from the Cholesky inverse, which certifies it: the reference route leaves it at +inf, the

@@ -274,13 +274,20 @@ NEUINV_HOST_DEVICE V vector_length(const V* v, int64_t n) {
   return p * Ar::square_root(squares);
 }
 
-// reference.smallest_eigenvalue_estimate: mu >= lambda_min(L L^T), two steps of inverse iteration from
-// (1, ..., 1) / sqrt(n) with u = L^T. v: n values of V.
+// reference.smallest_eigenvalue_estimate: mu >= lambda_min(L L^T), two steps of inverse iteration with u = L^T
+// from v_i = 2 + ((7919 i mod 13) - 6) / 6, normalised. v: n values of V.
 template <int N, typename V>
 NEUINV_HOST_DEVICE V smallest_eigenvalue_estimate(const V* u, V* v, int64_t n_runtime) {
   using Ar = Arithmetic<V>;
   const int64_t n = N > 0 ? N : n_runtime;
-  for (int64_t i = 0; i < n; ++i) v[i] = Ar::broadcast(1.0 / sqrt(static_cast<double>(n)));
+  double start_squares = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double start = 2.0 + (static_cast<double>((7919 * i) % 13) - 6.0) / 6.0;
+    start_squares += start * start;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    v[i] = Ar::broadcast((2.0 + (static_cast<double>((7919 * i) % 13) - 6.0) / 6.0) / sqrt(start_squares));
+  }
   cholesky_solve<N>(u, v, n, 1);
   const V length = vector_length(v, n);
   for (int64_t i = 0; i < n; ++i) v[i] = v[i] / length;
