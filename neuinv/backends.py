@@ -120,7 +120,7 @@ class TorchBackend:
         if (R is None and positive_definite and not A.is_complex() and A.shape[0] >= B.shape[0]
                 and A.shape[-1] > POSITIVE_DEFINITE_SOLVE_WITHOUT_INVERSE_ABOVE):
             X, bound = reference.positive_definite_solve(A, B)
-            return self._from_the_inverse_where_refused(A, B, X, bound)
+            return self._from_the_cholesky_inverse_where_refused(A, B, X, bound)
         if R is None and A.shape[-1] > 0:
             R, inverse_bound = self._exact_inverse(A, positive_definite)
         return reference.solve(A, B, R, inverse_bound)
@@ -131,7 +131,7 @@ class TorchBackend:
         R, _, inverse_bound, _, _ = self.invert(A, None, None, False, rules, CERTIFIED_BELOW, positive_definite)
         return R, inverse_bound
 
-    def _from_the_inverse_where_refused(self, A, B, X, bound):
+    def _from_the_cholesky_inverse_where_refused(self, A, B, X, bound):
         """X and bound with the systems whose bound is +inf solved again from the Cholesky inverse
         (:meth:`solve` with R)."""
         refused = ~(bound < math.inf)
