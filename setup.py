@@ -8,11 +8,14 @@ in time (neuinv/extension.py). For a wheel that carries them, build them ahead o
 compiles the module neuinv._C (the CPU kernels) and, where torch is a CUDA build and a CUDA toolkit is found,
 neuinv._C_cuda, each with its build record beside it (the torch it was built against, the sources' digest); the
 wheel's version gets a local label naming that torch, as torch-scatter's wheels do (0.1.0+pt2141cu130). Under
-another torch, neuinv refuses to load those modules and builds its kernels just in time instead.
+another torch, neuinv refuses to load those modules and builds its kernels just in time instead. A part already
+built just in time for this torch from these sources with these flags (`neuinv build-ext`, or a first call; in
+$NEUINV_EXT_DIR or the default cache) is copied into the wheel instead of being compiled again.
 """
 import importlib.util
 import os
 import re
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -64,8 +67,15 @@ def extension_build():
         """torch's BuildExtension, then the build record beside each module (neuinv.extension.write_record)."""
 
         def build_extension(self, ext):
-            super().build_extension(ext)
-            extension.write_record(Path(self.get_ext_fullpath(ext.name)), parts[ext.name])
+            part, module = parts[ext.name], Path(self.get_ext_fullpath(ext.name))
+            built = Path(os.path.realpath(extension.jit_library(part)))
+            if built.exists() and extension.jit_library_problem(built, part) is None:
+                print(f"neuinv: {ext.name} is the just-in-time build {built} (this torch, these sources and flags)")
+                module.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(built, module)
+            else:
+                super().build_extension(ext)
+            extension.write_record(module, part)
 
     return f"{VERSION}+{torch_label(torch)}", modules, {"build_ext": BuildExtensionWithRecord}
 

@@ -66,10 +66,22 @@ AUTO_BUILD_ENV = "NEUINV_AUTO_BUILD"
 """Set to 0 to stop the first call that needs the compiled kernels from building them."""
 DEFAULT_CUDA_ARCH_LIST = "9.0+PTX"
 """Compiled-for GPU architectures when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (sm_90: H100, H200)."""
-BUILD_MINUTES = {"cpu": 6, "cuda": 3}
+CXX_FLAGS = ("-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off", "-fno-gcse", "-fno-gcse-after-reload")
+"""The C++ compiler's flags. -fopenmp: ATen's parallel_for is a header template that splits the batch across threads
+with ``#pragma omp parallel``; compiled without it, the kernels run on one thread. -fno-math-errno: sqrt without the
+errno branch, so that loops of square roots across the compact lanes are vectorised. -ffp-contract=off: no product
+fused with an addition the source does not fuse (the kernels write their fused multiply-adds out), so that
+error-free transformations (TwoSum after a product, the splittings) stay exact and a pack's lanes, a scalar and a
+CUDA thread compute the same bits. -fno-gcse, -fno-gcse-after-reload: GCC's RTL redundancy passes, superlinear in
+the size of the large always-inlined kernels, took 40 % of the build's time and gained no measurable speed
+(bench/RESULTS.md, "Build time")."""
+LINK_FLAGS = ("-fopenmp",)
+NVCC_FLAGS = ("-O3", "-lineinfo", "--fmad=false")
+"""nvcc's flags; --fmad=false as -ffp-contract=off above."""
+BUILD_MINUTES = {"cpu": 12, "cuda": 3}
 """About how long each part takes to compile with two free cores (measured on a 2-core x86_64 VM, bench/RESULTS.md
-"Installing"; one source file dominates each part, so more cores shorten it little); the build's announcement
-quotes it."""
+"Build time"; four source files, one per operator and dtype, hold most of the CPU part's work, so more than four
+cores shorten it little); the build's announcement quotes it."""
 PURE_TORCH_COST = ("it certifies every matrix in float64 with torch operations, several times slower than the "
                    "compiled kernels and slower than torch.linalg.inv itself (measurements: the documentation's "
                    "Benchmarks page, \"Without the compiled kernels\"; docs/benchmarks.md in the source repository)")
@@ -107,9 +119,9 @@ def _headers(part: str) -> list[Path]:
 
 @functools.lru_cache(maxsize=None)
 def source_digest(part: str) -> str:
-    """SHA-256 of `part`'s sources and headers (names relative to csrc/ and contents): a library records the
-    digest of what it was compiled from."""
-    digest = hashlib.sha256()
+    """SHA-256 of `part`'s sources and headers (names relative to csrc/ and contents) and of the compiler flags: a
+    library records the digest of what it was compiled from and how, so that a change of either rebuilds it."""
+    digest = hashlib.sha256(repr((CXX_FLAGS, LINK_FLAGS, NVCC_FLAGS)).encode())
     root = source_directory()
     for path in sources(part) + _headers(part):
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
@@ -173,15 +185,8 @@ def compile_settings(part: str) -> dict:
     missing = [str(path) for path in sources(part) if not path.exists()]
     if missing:
         raise FileNotFoundError(f"the extension's sources are missing: {missing}")
-    # -fopenmp: ATen's parallel_for is a header template that splits the batch across threads with
-    # `#pragma omp parallel`; compiled without it, the kernels run on one thread. -fno-math-errno: sqrt
-    # without the errno branch, so that loops of square roots across the compact lanes are vectorised.
-    # -ffp-contract=off and --fmad=false: no product fused with an addition the source does not fuse (the kernels
-    # write their fused multiply-adds out), so that error-free transformations (TwoSum after a product, the
-    # splittings) stay exact and a pack's lanes, a scalar and a CUDA thread compute the same bits.
-    return dict(sources=[str(path) for path in sources(part)], with_cuda=with_cuda,
-                extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"], extra_ldflags=["-fopenmp"],
-                extra_cuda_cflags=["-O3", "-lineinfo", "--fmad=false"])
+    return dict(sources=[str(path) for path in sources(part)], with_cuda=with_cuda, extra_cflags=list(CXX_FLAGS),
+                extra_ldflags=list(LINK_FLAGS), extra_cuda_cflags=list(NVCC_FLAGS))
 
 
 def _version_line(program: str, containing: str = "") -> str:
@@ -246,7 +251,7 @@ def _mismatch(library: Path, part: str, check_bytes: bool = True) -> str | None:
     if record.get("machine") != platform.machine():
         return f"it was built for {record.get('machine')}, and this machine is {platform.machine()}"
     if record.get("sources_sha256") != source_digest(part):
-        return "it was built from other neuinv sources"
+        return "it was built from other neuinv sources or compiler flags"
     if check_bytes and "library_sha256" not in record:
         return f"its build record {_record_path(library)} holds no SHA-256 of it (built by an older neuinv)"
     if check_bytes and record["library_sha256"] != _file_sha256(library):
@@ -324,6 +329,13 @@ def _candidates(part: str) -> list[Path]:
     return candidates
 
 
+def jit_library_problem(library: Path, part: str) -> str | None:
+    """Why the just-in-time build `library` (resolved) of `part` must not be used here: another user could have
+    changed it or its record (:func:`cache_problem`), or its record does not match this torch, these sources and
+    flags, or its bytes (:func:`_mismatch`); None where it may be loaded, or copied into a wheel (setup.py)."""
+    return cache_problem(library) or cache_problem(_record_path(library)) or _mismatch(library, part)
+
+
 def load(part: str = "cpu") -> bool:
     """Load a finished build of `part` whose record matches this torch and these sources (and, in the cache, whose
     files and folders no one else can change and whose bytes match its record); never compiles. False, with the
@@ -343,7 +355,7 @@ def load(part: str = "cpu") -> bool:
             mismatch = _mismatch(library, part, check_bytes=False)
         else:  # checked and loaded as resolved, so that no link is followed after the check
             library = Path(os.path.realpath(library))
-            mismatch = cache_problem(library) or cache_problem(_record_path(library)) or _mismatch(library, part)
+            mismatch = jit_library_problem(library, part)
         if mismatch is not None:
             refused.append(f"{library} is not loaded: {mismatch}")
             continue

@@ -37,10 +37,10 @@ USER_CALL_LINE = next(number for number, line in enumerate(INVERT_AND_REPORT.spl
 
 
 def child_environment(env_changes: dict) -> dict:
-    """This process's environment with env_changes, and without NEUINV_BACKEND (the child chooses by itself)."""
-    env = {**os.environ, **env_changes}
-    env.pop("NEUINV_BACKEND", None)
-    return env
+    """This process's environment with env_changes, and without NEUINV_BACKEND (the child chooses by itself) or a
+    NEUINV_AUTO_BUILD the case does not set (the child may build unless the case says otherwise)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("NEUINV_BACKEND", extension.AUTO_BUILD_ENV)}
+    return {**env, **env_changes}
 
 
 def run_python(code: str, env_changes: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -150,7 +150,7 @@ print(json.dumps(dict(loaded=extension.load("cpu"), status=extension.status("cpu
 @pytest.mark.skipif(not extension.ensure(), reason="needs a build of the CPU kernels to copy")
 @pytest.mark.parametrize("field, value, reason", [
     ("torch", "2.0.0", f"it was built for torch 2.0.0, and this is torch {torch.__version__}"),
-    ("sources_sha256", "0" * 64, "it was built from other neuinv sources"),
+    ("sources_sha256", "0" * 64, "it was built from other neuinv sources or compiler flags"),
     ("machine", "riscv64", "it was built for riscv64"),
 ])
 def test_a_library_built_for_another_torch_or_other_sources_is_refused_and_rebuilt(tmp_path, field, value, reason):
@@ -218,6 +218,17 @@ def test_the_record_digest_covers_every_source_and_header():
     assert len(digest) == 64 and digest != extension.source_digest("cuda")
     for header in ("cuda/neuinv_cuda_common.cuh", "kernels/per_matrix.h", "kernels/arithmetic.h"):
         assert Path(extension.source_directory() / header) in extension._headers("cuda")
+
+
+def test_the_record_digest_covers_the_compiler_flags(monkeypatch):
+    """A library built with other flags (-ffp-contract=on would break the error-free transformations) is rebuilt."""
+    digest = extension.source_digest("cpu")
+    extension.source_digest.cache_clear()
+    monkeypatch.setattr(extension, "CXX_FLAGS", tuple(flag for flag in extension.CXX_FLAGS if flag != "-ffp-contract=off"))
+    try:
+        assert extension.source_digest("cpu") != digest
+    finally:
+        extension.source_digest.cache_clear()
 
 
 PLANTED_SOURCE = """
