@@ -9,8 +9,10 @@ compiles the module neuinv._C (the CPU kernels) and, where torch is a CUDA build
 neuinv._C_cuda, each with its build record beside it (the torch it was built against, the sources' digest); the
 wheel's version gets a local label naming that torch, as torch-scatter's wheels do (0.1.0+pt2141cu130). Under
 another torch, neuinv refuses to load those modules and builds its kernels just in time instead. A part already
-built just in time for this torch from these sources with these flags (`neuinv build-ext`, or a first call; in
-$NEUINV_EXT_DIR or the default cache) is copied into the wheel instead of being compiled again.
+built just in time for this torch from these sources with these flags, and for the CUDA part these architectures
+(`neuinv build-ext`, or a first call; in $NEUINV_EXT_DIR or the default cache, and passing the cache's ownership
+checks), is copied into the wheel with its record instead of being compiled again: the library a first call builds,
+compiled with neuinv's flags, not with Python's.
 """
 import importlib.util
 import os
@@ -38,6 +40,20 @@ def torch_label(torch) -> str:
     """The local version label naming the torch build the modules are compiled against: pt2141cu130, pt2130cpu."""
     release = torch.__version__.split("+")[0].replace(".", "")
     return f"pt{release}" + (f"cu{torch.version.cuda.replace('.', '')}" if torch.version.cuda else "cpu")
+
+
+def jit_build_problem(extension, built: Path, part: str) -> str | None:
+    """Why the just-in-time build `built` (resolved) of `part` must not go into the wheel, or None: the checks of
+    loading it (extension.jit_library_problem), and for the CUDA part the GPU architectures of this build."""
+    if not built.exists():
+        return "it does not exist"
+    problem = extension.jit_library_problem(built, part)
+    if problem is None and part == "cuda":
+        wanted = extension.build_record("cuda")["cuda_arch_list"]
+        if extension.read_record(built).get("cuda_arch_list") != wanted:
+            problem = (f"it was built for the CUDA architectures {extension.read_record(built).get('cuda_arch_list')}, "
+                       f"not {wanted}")
+    return problem
 
 
 def extension_build():
@@ -69,12 +85,16 @@ def extension_build():
         def build_extension(self, ext):
             part, module = parts[ext.name], Path(self.get_ext_fullpath(ext.name))
             built = Path(os.path.realpath(extension.jit_library(part)))
-            if built.exists() and extension.jit_library_problem(built, part) is None:
+            problem = jit_build_problem(extension, built, part)
+            if problem is None:
                 print(f"neuinv: {ext.name} is the just-in-time build {built} (this torch, these sources and flags)")
                 module.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(built, module)
-            else:
-                super().build_extension(ext)
+                shutil.copyfile(extension.record_path(built), extension.record_path(module))
+                return
+            if built.exists():
+                print(f"neuinv: compiling {ext.name}: the just-in-time build {built} is not used, {problem}")
+            super().build_extension(ext)
             extension.write_record(module, part)
 
     return f"{VERSION}+{torch_label(torch)}", modules, {"build_ext": BuildExtensionWithRecord}

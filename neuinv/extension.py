@@ -213,7 +213,7 @@ def build_record(part: str) -> dict:
 
 def write_record(library: Path, part: str) -> Path:
     """Write build_record(part) and the SHA-256 of `library` beside it (as ``<library without suffixes>.json``)."""
-    path = _record_path(library)
+    path = record_path(library)
     path.write_text(json.dumps({**build_record(part), "library_sha256": _file_sha256(library)}, indent=1) + "\n")
     return path
 
@@ -226,14 +226,15 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _record_path(library: Path) -> Path:
+def record_path(library: Path) -> Path:
+    """Where `library`'s build record lives: beside it, as ``<library's name without suffixes>.json``."""
     return library.with_name(library.name.split(".")[0] + ".json")
 
 
 def read_record(library: Path) -> dict | None:
     """The build record beside `library`, or None where it is missing or unreadable."""
     try:
-        record = json.loads(_record_path(library).read_text())
+        record = json.loads(record_path(library).read_text())
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -243,8 +244,8 @@ def _mismatch(library: Path, part: str, check_bytes: bool = True) -> str | None:
     """Why `library` must not be loaded here (by its build record and, with check_bytes, its SHA-256), or None."""
     record = read_record(library)
     if record is None:
-        if _record_path(library).exists():
-            return f"its build record {_record_path(library)} is unreadable"
+        if record_path(library).exists():
+            return f"its build record {record_path(library)} is unreadable"
         return "it has no build record (built by an older neuinv)"
     if record.get("torch") != torch.__version__:
         return f"it was built for torch {record.get('torch')}, and this is torch {torch.__version__}"
@@ -253,9 +254,9 @@ def _mismatch(library: Path, part: str, check_bytes: bool = True) -> str | None:
     if record.get("sources_sha256") != source_digest(part):
         return "it was built from other neuinv sources or compiler flags"
     if check_bytes and "library_sha256" not in record:
-        return f"its build record {_record_path(library)} holds no SHA-256 of it (built by an older neuinv)"
+        return f"its build record {record_path(library)} holds no SHA-256 of it (built by an older neuinv)"
     if check_bytes and record["library_sha256"] != _file_sha256(library):
-        return f"its bytes do not match the SHA-256 in its build record {_record_path(library)}"
+        return f"its bytes do not match the SHA-256 in its build record {record_path(library)}"
     return None
 
 
@@ -333,7 +334,7 @@ def jit_library_problem(library: Path, part: str) -> str | None:
     """Why the just-in-time build `library` (resolved) of `part` must not be used here: another user could have
     changed it or its record (:func:`cache_problem`), or its record does not match this torch, these sources and
     flags, or its bytes (:func:`_mismatch`); None where it may be loaded, or copied into a wheel (setup.py)."""
-    return cache_problem(library) or cache_problem(_record_path(library)) or _mismatch(library, part)
+    return cache_problem(library) or cache_problem(record_path(library)) or _mismatch(library, part)
 
 
 def load(part: str = "cpu") -> bool:

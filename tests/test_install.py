@@ -440,3 +440,27 @@ def test_the_build_makes_private_folders_writes_nothing_others_can_change_and_re
         assert oct(folder.stat().st_mode & 0o777) == oct(0o700), folder
     for written in (cache / CPU_FOLDER).iterdir():
         assert not written.stat().st_mode & 0o022, written
+
+
+JIT_BUILD_IN_USE = extension.load("cpu") and extension._loaded["cpu"] == Path(os.path.realpath(extension.jit_library("cpu")))
+"""This process runs on a just-in-time build in the cache (not on a wheel's module)."""
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="a CUDA build of torch would put the CUDA part in the "
+                                                           "wheel too, and compile it where the cache lacks it")
+@pytest.mark.skipif(not JIT_BUILD_IN_USE, reason="needs the CPU kernels built just in time in the cache")
+def test_a_wheel_build_copies_the_just_in_time_build_instead_of_compiling(tmp_path):
+    """NEUINV_BUILD_EXT=1 (setup.py) takes the cache's library for this torch, these sources and flags, with its
+    record, byte for byte; the cache is left as it was."""
+    built = Path(os.path.realpath(extension.jit_library("cpu")))
+    before = {path.name: path.read_bytes() for path in built.parent.iterdir() if path.is_file()}
+    result = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                             "--build-temp", str(tmp_path / "temp")], cwd=Path(__file__).resolve().parents[1],
+                            env={**child_environment({}), "NEUINV_BUILD_EXT": "1"}, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert f"neuinv._C is the just-in-time build {built}" in result.stdout, result.stdout
+    module = next((tmp_path / "lib" / "neuinv").glob("_C*.so"))
+    assert module.read_bytes() == built.read_bytes()
+    assert extension.read_record(module) == extension.read_record(built)
+    assert {path.name: path.read_bytes() for path in built.parent.iterdir() if path.is_file()} == before
