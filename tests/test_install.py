@@ -442,17 +442,14 @@ def test_the_build_makes_private_folders_writes_nothing_others_can_change_and_re
         assert not written.stat().st_mode & 0o022, written
 
 
-JIT_BUILD_IN_USE = extension.load("cpu") and extension._loaded["cpu"] == Path(os.path.realpath(extension.jit_library("cpu")))
-"""This process runs on a just-in-time build in the cache (not on a wheel's module)."""
-
-
 @pytest.mark.skipif(torch.version.cuda is not None, reason="a CUDA build of torch would put the CUDA part in the "
                                                            "wheel too, and compile it where the cache lacks it")
-@pytest.mark.skipif(not JIT_BUILD_IN_USE, reason="needs the CPU kernels built just in time in the cache")
 def test_a_wheel_build_copies_the_just_in_time_build_instead_of_compiling(tmp_path):
     """NEUINV_BUILD_EXT=1 (setup.py) takes the cache's library for this torch, these sources and flags, with its
     record, byte for byte; the cache is left as it was."""
     built = Path(os.path.realpath(extension.jit_library("cpu")))
+    if not (extension.ensure("cpu") and extension._loaded["cpu"] == built):
+        pytest.skip(f"needs the CPU kernels built just in time in the cache ({extension.status('cpu')[1]})")
     before = {path.name: path.read_bytes() for path in built.parent.iterdir() if path.is_file()}
     result = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-lib", str(tmp_path / "lib"),
                              "--build-temp", str(tmp_path / "temp")], cwd=Path(__file__).resolve().parents[1],
