@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,30 +63,79 @@ def reported(output: str) -> tuple[str, float]:
     return fields[fields.index("backend") + 1], float(fields[fields.index("error") + 1])
 
 
+def seed_with_this_process_build(folder: Path) -> bool:
+    """Copy the object files and ninja's logs of the just-in-time build this process runs on into `folder`, which
+    then lacks only the library and its record: ninja links it instead of compiling (the suite's first call has
+    compiled from an empty cache already). False, and nothing copied, where this process runs on no such build."""
+    if not extension.ensure("cpu"):
+        return False
+    built = extension._loaded["cpu"].parent
+    if built != Path(os.path.realpath(extension.jit_library("cpu"))).parent:
+        return False
+    for path in built.iterdir():
+        if path.is_file() and (path.suffix == ".o" or path.name in ("build.ninja", ".ninja_log", ".ninja_deps")):
+            shutil.copy2(path, folder / path.name)
+    return True
+
+
+def wait_for_line(child: subprocess.Popen, text: str, timeout: float) -> list[str]:
+    """The lines of `child`'s stderr up to the first that contains `text` (fails after `timeout` seconds)."""
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(iter_until(child.stderr, text)), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert not reader.is_alive() and lines and text in lines[-1], "".join(lines)
+    return lines
+
+
+def iter_until(stream, text: str):
+    for line in stream:
+        yield line
+        if text in line:
+            return
+
+
 @pytest.mark.skipif(extension.build_problem("cpu") is not None,
                     reason=f"the CPU kernels cannot be built here: {extension.build_problem('cpu')}")
 def test_first_call_builds_the_kernels_once_under_a_lock_then_loads_them(tmp_path):
-    """Two processes start at once on an empty cache: one compiles, the other waits for it; both then invert on
-    the compiled kernels; a third process loads the build without compiling."""
+    """Two processes start while the cache's build lock is held (as by a third that is building): both wait; once
+    it is free, one builds, the other waits for it and loads that build; both then invert on the compiled kernels;
+    a fourth process loads the build without building. The cache holds the objects of this process's build, so
+    the build links them rather than compiling again (a first call on an empty cache compiled them)."""
+    from filelock import FileLock
+
     env = {"NEUINV_EXT_DIR": str(tmp_path), "NEUINV_AUTO_BUILD": "1"}
-    children = [start_python(INVERT_AND_REPORT, env, str(seed)) for seed in (1, 2)]
+    folder = tmp_path / CPU_FOLDER
+    folder.mkdir(mode=0o700)
+    seeded = {path.name: path.stat().st_mtime_ns for path in folder.glob("*.o")} \
+        if seed_with_this_process_build(folder) else {}
+    lock = FileLock(str(folder / "build.lock"))
+    lock.acquire()
+    try:
+        children = [start_python(INVERT_AND_REPORT, env, str(seed)) for seed in (1, 2)]
+        early = ["".join(wait_for_line(child, "neuinv: waiting for another process", 600)) for child in children]
+    finally:
+        lock.release()
     outputs = [child.communicate(timeout=1800) for child in children]
     for child, (stdout, stderr) in zip(children, outputs):
         assert child.returncode == 0, stderr
         backend, error = reported(stdout)
         assert backend == "cpp" and error < 1e-12, stdout
-    stderr = "".join(err for _, err in outputs)
+    stderr = "".join(early) + "".join(err for _, err in outputs)
     assert stderr.count("neuinv: compiling the CPU kernels") == 1, stderr
-    assert "neuinv: waiting for another process" in stderr, stderr
-    library = tmp_path / CPU_FOLDER / "neuinv_cpu.so"
-    record = json.loads((tmp_path / CPU_FOLDER / "neuinv_cpu.json").read_text())
+    library = folder / "neuinv_cpu.so"
+    record = json.loads((folder / "neuinv_cpu.json").read_text())
     assert record["torch"] == torch.__version__ and record["sources_sha256"] == extension.source_digest("cpu")
     assert record["library_sha256"] == hashlib.sha256(library.read_bytes()).hexdigest()
     assert library.parent.stat().st_mode & 0o777 == 0o700
 
-    third = run_python(INVERT_AND_REPORT, env, "3")
-    assert third.returncode == 0, third.stderr
-    assert reported(third.stdout)[0] == "cpp" and "compiling" not in third.stderr, third.stderr
+    if seeded:
+        assert {path.name: path.stat().st_mtime_ns for path in folder.glob("*.o")} == seeded, \
+            "the build compiled again instead of linking the copied objects"
+
+    later = run_python(INVERT_AND_REPORT, env, "3")
+    assert later.returncode == 0, later.stderr
+    assert reported(later.stdout)[0] == "cpp" and "compiling" not in later.stderr, later.stderr
 
 
 def test_without_a_compiler_one_warning_says_what_is_lost_and_the_reference_path_runs(tmp_path):
