@@ -66,11 +66,14 @@ def reported(output: str) -> tuple[str, float]:
 def seed_with_this_process_build(folder: Path) -> bool:
     """Copy the object files and ninja's logs of the just-in-time build this process runs on into `folder`, which
     then lacks only the library and its record: ninja links it instead of compiling (the suite's first call has
-    compiled from an empty cache already). False, and nothing copied, where this process runs on no such build."""
+    compiled from an empty cache already). False, and nothing copied, where this process runs on no such build or
+    on one compiled from another checkout's files (the same sources elsewhere: ninja would compile them again)."""
     if not extension.ensure("cpu"):
         return False
     built = extension._loaded["cpu"].parent
     if built != Path(os.path.realpath(extension.jit_library("cpu"))).parent:
+        return False
+    if f" {extension.source_directory() / 'neuinv_ops.cpp'}\n" not in (built / "build.ninja").read_text():
         return False
     for path in built.iterdir():
         if path.is_file() and (path.suffix == ".o" or path.name in ("build.ninja", ".ninja_log", ".ninja_deps")):
