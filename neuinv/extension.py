@@ -78,7 +78,7 @@ the size of the large always-inlined kernels, took 40 % of the build's time and 
 LINK_FLAGS = ("-fopenmp",)
 NVCC_FLAGS = ("-O3", "-lineinfo", "--fmad=false")
 """nvcc's flags; --fmad=false as -ffp-contract=off above."""
-BUILD_MINUTES = {"cpu": 12, "cuda": 3}
+BUILD_MINUTES = {"cpu": 12, "cuda": 7}
 """About how long each part takes to compile with two free cores (measured on a 2-core x86_64 VM, bench/RESULTS.md
 "Build time"; four source files, one per operator and dtype, hold most of the CPU part's work, so more than four
 cores shorten it little); the build's announcement quotes it."""
