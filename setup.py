@@ -49,10 +49,10 @@ def jit_build_problem(extension, built: Path, part: str) -> str | None:
         return "it does not exist"
     problem = extension.jit_library_problem(built, part)
     if problem is None and part == "cuda":
+        built_for = extension.read_record(built).get("cuda_arch_list")
         wanted = extension.build_record("cuda")["cuda_arch_list"]
-        if extension.read_record(built).get("cuda_arch_list") != wanted:
-            problem = (f"it was built for the CUDA architectures {extension.read_record(built).get('cuda_arch_list')}, "
-                       f"not {wanted}")
+        if built_for != wanted:
+            problem = f"it was built for the CUDA architectures {built_for}, not {wanted}"
     return problem
 
 

@@ -19,7 +19,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from throughput import median_seconds  # noqa: E402
 
 ONE_ROUND = "one-round"
 
@@ -46,13 +48,8 @@ def time_one_round(sizes: list[int], repeats: int) -> dict[str, float]:
                      "batched_solve": lambda: neuinv.batched_solve(A, b, backend="cpp"),
                      "batched_solve pos": lambda: neuinv.batched_solve(S, b, assume_a="pos", backend="cpp")}
             for name, call in calls.items():
-                call()
-                samples = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    call()
-                    samples.append(time.perf_counter() - start)
-                times[f"{name}, {str(dtype).removeprefix('torch.')}, n={n}"] = statistics.median(samples) / batch * 1e9
+                seconds, _, _ = median_seconds(call, "cpu", repeats)
+                times[f"{name}, {str(dtype).removeprefix('torch.')}, n={n}"] = seconds / batch * 1e9
     return times
 
 

@@ -73,7 +73,7 @@ errno branch, so that loops of square roots across the compact lanes are vectori
 fused with an addition the source does not fuse (the kernels write their fused multiply-adds out), so that
 error-free transformations (TwoSum after a product, the splittings) stay exact and a pack's lanes, a scalar and a
 CUDA thread compute the same bits. -fno-gcse, -fno-gcse-after-reload: GCC's RTL redundancy passes, superlinear in
-the size of the large always-inlined kernels, took 40 % of the build's time and gained no measurable speed
+the size of the large always-inlined kernels, took about half of the build's time and gained no measurable speed
 (bench/RESULTS.md, "Build time")."""
 LINK_FLAGS = ("-fopenmp",)
 NVCC_FLAGS = ("-O3", "-lineinfo", "--fmad=false")
